@@ -1,0 +1,55 @@
+//! One module per command; [`run`] is the one dispatch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::CliError;
+use crate::ui::Ui;
+
+pub mod guest_init;
+pub mod r#try;
+
+/// Live-patch a running Linux kernel from signed, declarative patch stacks.
+///
+/// kstack keeps livepatch modules in a content-addressed, signed store (a Git
+/// repository), one ordered stack per kernel build ID. A config file declares the stack
+/// a host should run and `kstack sync` makes the running kernel match it.
+///
+/// Exit codes: 0 success, 1 the operation failed, 2 `plan` found changes, 64 bad usage,
+/// 65 bad or untrusted data, 69 something needed is missing, 70 internal error,
+/// 75 busy (another kstack holds the lock).
+#[derive(Debug, Parser)]
+#[command(name = "kstack", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Print machine-readable JSON on stdout instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print no progress or status lines
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// The config file
+    #[arg(long, global = true, env = "KSTACK_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Try(r#try::TryArgs),
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli, ui: &Ui) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Try(args) => r#try::cmd_try(ui, &cli.global, args),
+    }
+}

@@ -1,0 +1,144 @@
+//! One error type for the CLI: every library error is sorted into what the user can
+//! fix and what is kstack's own fault, given a hint where one helps, and mapped to a
+//! stable exit code (documented in the README).
+
+use std::process::ExitCode;
+
+use crate::ui::Ui;
+
+/// The operation failed (a refused stack, a failed sync, a guest command that failed).
+pub const EXIT_FAILURE: u8 = 1;
+/// `kstack plan`: the host differs from the config.
+pub const EXIT_CHANGES: u8 = 2;
+/// The command line is wrong (sysexits `EX_USAGE`).
+pub const EXIT_USAGE: u8 = 64;
+/// Input data is bad: a tampered store, an invalid config, an untrusted signature
+/// (sysexits `EX_DATAERR`).
+pub const EXIT_DATA: u8 = 65;
+/// Something kstack needs is missing: no livepatch in this kernel, no QEMU, no kernel
+/// assets (sysexits `EX_UNAVAILABLE`).
+pub const EXIT_UNAVAILABLE: u8 = 69;
+/// A bug or an unexpected system failure (sysexits `EX_SOFTWARE`).
+pub const EXIT_INTERNAL: u8 = 70;
+/// Another kstack holds the lock, or a transient condition; try again (`EX_TEMPFAIL`).
+pub const EXIT_TEMPFAIL: u8 = 75;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The user or the input can fix it.
+    User,
+    /// Bad or untrusted data.
+    Data,
+    /// A missing capability or asset.
+    Unavailable,
+    /// Retry later.
+    TempFail,
+    /// Everything else.
+    Internal,
+}
+
+#[derive(Debug)]
+pub struct CliError {
+    pub kind: Kind,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl CliError {
+    pub fn new(kind: Kind, message: impl Into<String>) -> Self {
+        CliError {
+            kind,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn user(message: impl Into<String>) -> Self {
+        Self::new(Kind::User, message)
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        match self.kind {
+            Kind::User => EXIT_FAILURE,
+            Kind::Data => EXIT_DATA,
+            Kind::Unavailable => EXIT_UNAVAILABLE,
+            Kind::TempFail => EXIT_TEMPFAIL,
+            Kind::Internal => EXIT_INTERNAL,
+        }
+    }
+
+    /// Prints the error (as JSON with `--json`) and returns the exit code.
+    pub fn report(&self, ui: &Ui) -> ExitCode {
+        let code = self.exit_code();
+        if ui.json() {
+            let kind = match self.kind {
+                Kind::User => "user",
+                Kind::Data => "data",
+                Kind::Unavailable => "unavailable",
+                Kind::TempFail => "tempfail",
+                Kind::Internal => "internal",
+            };
+            let value = serde_json::json!({
+                "error": { "kind": kind, "message": self.message, "hint": self.hint, "exit_code": code }
+            });
+            println!("{value}");
+        } else {
+            eprintln!("error: {}", self.message);
+            if let Some(hint) = &self.hint {
+                eprintln!("hint: {hint}");
+            }
+        }
+        ExitCode::from(code)
+    }
+}
+
+/// Renders an error with its chain of causes, as `a: b: c`.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+impl From<kstack_engine::config::ConfigError> for CliError {
+    fn from(err: kstack_engine::config::ConfigError) -> Self {
+        use kstack_engine::config::ConfigError;
+        match &err {
+            ConfigError::Read { .. } => CliError::new(Kind::User, chain(&err))
+                .with_hint("pass --config FILE, or see examples/kstack.toml"),
+            ConfigError::Invalid { .. } => CliError::new(Kind::Data, chain(&err)),
+        }
+    }
+}
+
+impl From<kstack_engine::sandbox::SandboxError> for CliError {
+    fn from(err: kstack_engine::sandbox::SandboxError) -> Self {
+        use kstack_engine::sandbox::SandboxError;
+        let kind = match &err {
+            SandboxError::MissingAsset { .. } | SandboxError::Spawn { .. } => Kind::Unavailable,
+            SandboxError::Timeout { .. } | SandboxError::NoExitStatus { .. } => Kind::User,
+            _ => Kind::Internal,
+        };
+        let hint = match &err {
+            SandboxError::MissingAsset { .. } | SandboxError::Spawn { .. } => {
+                Some("run `cargo xtask setup` (installs QEMU and fetches the kernel)")
+            }
+            _ => None,
+        };
+        let mut e = CliError::new(kind, chain(&err));
+        e.hint = hint.map(str::to_owned);
+        e
+    }
+}

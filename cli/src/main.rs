@@ -1,0 +1,36 @@
+//! `kstack`: declarative live patching for the Linux kernel.
+//!
+//! This crate only parses arguments, renders output and maps errors to exit codes;
+//! the work is done by `kstack-store` and `kstack-engine`.
+
+mod commands;
+mod error;
+mod ui;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    // As PID 1 of the sandbox VM, kstack is the guest's init, whatever argv says.
+    if std::process::id() == 1 {
+        return commands::guest_init::run_as_init();
+    }
+    let cli = match commands::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                error::EXIT_USAGE
+            } else {
+                0
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let ui = ui::Ui::new(cli.global.json, cli.global.quiet);
+    match commands::run(cli, &ui) {
+        Ok(code) => code,
+        Err(err) => err.report(&ui),
+    }
+}

@@ -1,0 +1,5 @@
+//! The kstack store: ordered, signed livepatch stacks kept in a bare Git repository.
+//!
+//! This crate owns the object model (stacks, patches, manifests), SHA-256 digests,
+//! ed25519 signing and the trust policy, and kernel identity (build IDs, vermagic).
+//! It never talks to the running kernel's livepatch interface: that is `kstack-engine`.
