@@ -1,0 +1,404 @@
+//! Signing keys, stack signatures and the trust policy.
+//!
+//! - A public key is one copyable line: `ed25519:<64 hex>`.
+//! - A private key is a file holding `ed25519-secret:<64 hex>`, mode 0600, written
+//!   atomically and never over an existing file.
+//! - `stack.sig` holds the signer's public key and an ed25519 signature over the
+//!   32-byte SHA-256 of `stack.toml`.
+//! - A [`TrustPolicy`] is the list of public keys whose signatures are accepted.
+
+use std::fmt;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Sha256Digest;
+use crate::model::{FORMAT, SIGNATURE_FILE};
+
+/// Prefix of a public key.
+pub const PUBLIC_PREFIX: &str = "ed25519:";
+/// Prefix of a private key in its file.
+pub const SECRET_PREFIX: &str = "ed25519-secret:";
+/// The only signature algorithm.
+pub const ALGORITHM: &str = "ed25519";
+/// Mode of a private key file.
+pub const SECRET_KEY_MODE: u32 = 0o600;
+
+/// Problems with keys, key files and signatures.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("bad public key {text:?}: expected {PUBLIC_PREFIX}<64 hex digits>")]
+    BadPublicKey { text: String },
+    #[error("{path}: not a kstack private key (expected one line {SECRET_PREFIX}<64 hex digits>)")]
+    BadSecretKey { path: PathBuf },
+    #[error("{path}: private key is readable by others (mode {mode:04o}); run `chmod 600 {path}`")]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("{path} already exists; refusing to overwrite a key")]
+    Exists { path: PathBuf },
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no randomness from the operating system: {message}")]
+    Random { message: String },
+    #[error("{path}: bad signature file: {message}")]
+    BadSignatureFile { path: String, message: String },
+}
+
+/// An ed25519 public key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublicKey(VerifyingKey);
+
+impl PublicKey {
+    /// The 32 key bytes.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    /// A short fingerprint for display: the first 16 hex digits of the key.
+    pub fn short(&self) -> String {
+        hex::encode(&self.to_bytes()[..8])
+    }
+
+    /// Whether `signature` is this key's signature of `digest` (strict verification:
+    /// no malleable or small-order forms).
+    pub fn verifies(&self, digest: &Sha256Digest, signature: &[u8; 64]) -> bool {
+        let signature = ed25519_dalek::Signature::from_bytes(signature);
+        self.0.verify_strict(digest.as_bytes(), &signature).is_ok()
+    }
+}
+
+impl FromStr for PublicKey {
+    type Err = KeyError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || KeyError::BadPublicKey {
+            text: text.to_owned(),
+        };
+        let hex_part = text.trim().strip_prefix(PUBLIC_PREFIX).ok_or_else(bad)?;
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(hex_part, &mut bytes).map_err(|_| bad())?;
+        VerifyingKey::from_bytes(&bytes)
+            .map(PublicKey)
+            .map_err(|_| bad())
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{PUBLIC_PREFIX}{}", hex::encode(self.to_bytes()))
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({self})")
+    }
+}
+
+impl Serialize for PublicKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for PublicKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// An ed25519 private key. Its `Debug` does not print the key.
+#[derive(Clone)]
+pub struct SecretKey(SigningKey);
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretKey(public {})", self.public())
+    }
+}
+
+impl SecretKey {
+    /// A new key from 32 bytes of operating-system randomness.
+    pub fn generate() -> Result<SecretKey, KeyError> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| KeyError::Random {
+            message: e.to_string(),
+        })?;
+        Ok(SecretKey::from_seed(&seed))
+    }
+
+    /// The key whose seed is `seed` (tests and benchmarks use fixed seeds).
+    pub fn from_seed(seed: &[u8; 32]) -> SecretKey {
+        SecretKey(SigningKey::from_bytes(seed))
+    }
+
+    /// The matching public key.
+    pub fn public(&self) -> PublicKey {
+        PublicKey(self.0.verifying_key())
+    }
+
+    /// Signs `stack.toml` by its digest.
+    pub fn sign_stack(&self, stack_toml: &[u8]) -> StackSignature {
+        let digest = Sha256Digest::of(stack_toml);
+        StackSignature {
+            format: FORMAT,
+            algorithm: ALGORITHM.to_owned(),
+            key: self.public(),
+            stack_sha256: digest,
+            signature: hex::encode(self.0.sign(digest.as_bytes()).to_bytes()),
+        }
+    }
+
+    /// The private key file's text.
+    fn to_file_text(&self) -> String {
+        format!(
+            "{SECRET_PREFIX}{}\n# public key: {}\n",
+            hex::encode(self.0.to_bytes()),
+            self.public()
+        )
+    }
+
+    /// Reads a private key file, refusing one that others can read.
+    pub fn read(path: &Path) -> Result<SecretKey, KeyError> {
+        let read_err = |source| KeyError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(read_err)?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::Permissions {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        let bad = || KeyError::BadSecretKey {
+            path: path.to_owned(),
+        };
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .ok_or_else(bad)?;
+        let hex_part = line.strip_prefix(SECRET_PREFIX).ok_or_else(bad)?;
+        let mut seed = [0u8; 32];
+        hex::decode_to_slice(hex_part, &mut seed).map_err(|_| bad())?;
+        Ok(SecretKey::from_seed(&seed))
+    }
+
+    /// Writes the key to a new file with mode 0600: to a temporary file in the same
+    /// directory, then linked into place, so the file never exists half-written or
+    /// with a wider mode, and an existing file is never replaced.
+    pub fn write_new(&self, path: &Path) -> Result<(), KeyError> {
+        if path.exists() {
+            return Err(KeyError::Exists {
+                path: path.to_owned(),
+            });
+        }
+        let write_err = |source| KeyError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        // NamedTempFile creates its file with mode 0600.
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".kstack-key")
+            .permissions(std::fs::Permissions::from_mode(SECRET_KEY_MODE))
+            .tempfile_in(dir)
+            .map_err(write_err)?;
+        tmp.write_all(self.to_file_text().as_bytes())
+            .map_err(write_err)?;
+        tmp.as_file().sync_all().map_err(write_err)?;
+        tmp.persist_noclobber(path).map_err(|e| {
+            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+                KeyError::Exists {
+                    path: path.to_owned(),
+                }
+            } else {
+                write_err(e.error)
+            }
+        })?;
+        Ok(())
+    }
+}
+
+/// Reads a public key from a file holding either a public key line or a private key
+/// (then the matching public key).
+pub fn read_public_key(path: &Path) -> Result<PublicKey, KeyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap_or("");
+    if line.starts_with(SECRET_PREFIX) {
+        return SecretKey::read(path).map(|k| k.public());
+    }
+    line.parse()
+}
+
+/// `stack.sig`: who signed `stack.toml`, and the signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackSignature {
+    pub format: u32,
+    pub algorithm: String,
+    pub key: PublicKey,
+    /// The digest that was signed (recomputed, never trusted, when verifying).
+    pub stack_sha256: Sha256Digest,
+    /// 128 hex digits.
+    pub signature: String,
+}
+
+impl StackSignature {
+    /// The bytes stored as `stack.sig`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a StackSignature always serializes")
+    }
+
+    /// Parses `stack.sig`.
+    pub fn parse(bytes: &[u8]) -> Result<StackSignature, KeyError> {
+        let bad = |message: String| KeyError::BadSignatureFile {
+            path: SIGNATURE_FILE.to_owned(),
+            message,
+        };
+        let text = std::str::from_utf8(bytes).map_err(|e| bad(e.to_string()))?;
+        let sig: StackSignature = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        if sig.format != FORMAT || sig.algorithm != ALGORITHM {
+            return Err(bad(format!(
+                "format {} / algorithm {:?} not supported",
+                sig.format, sig.algorithm
+            )));
+        }
+        sig.signature_bytes()
+            .ok_or_else(|| bad("signature is not 128 hex digits".to_owned()))?;
+        Ok(sig)
+    }
+
+    /// The 64 signature bytes.
+    pub fn signature_bytes(&self) -> Option<[u8; 64]> {
+        let mut out = [0u8; 64];
+        hex::decode_to_slice(&self.signature, &mut out).ok()?;
+        Some(out)
+    }
+
+    /// Whether the signature is valid for `digest` (the recomputed SHA-256 of
+    /// `stack.toml`) under the key it names.
+    pub fn is_valid_for(&self, digest: &Sha256Digest) -> bool {
+        match self.signature_bytes() {
+            Some(sig) => self.key.verifies(digest, &sig),
+            None => false,
+        }
+    }
+}
+
+/// The public keys whose signatures are accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustPolicy {
+    pub keys: Vec<PublicKey>,
+}
+
+impl TrustPolicy {
+    /// Parses the config's `[trust] keys`.
+    pub fn from_strings<S: AsRef<str>>(keys: &[S]) -> Result<TrustPolicy, KeyError> {
+        let keys = keys
+            .iter()
+            .map(|k| k.as_ref().parse())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TrustPolicy { keys })
+    }
+
+    /// Whether `key` is trusted.
+    pub fn trusts(&self, key: &PublicKey) -> bool {
+        self.keys.contains(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_key_line_round_trips() {
+        let key = SecretKey::from_seed(&[7; 32]).public();
+        let line = key.to_string();
+        assert!(
+            line.starts_with("ed25519:") && line.len() == 8 + 64,
+            "{line}"
+        );
+        assert_eq!(line.parse::<PublicKey>().unwrap(), key);
+        assert!("ed25519:zz".parse::<PublicKey>().is_err());
+        assert!(line[8..].parse::<PublicKey>().is_err());
+    }
+
+    #[test]
+    fn sign_and_verify() {
+        let key = SecretKey::from_seed(&[1; 32]);
+        let sig = key.sign_stack(b"stack");
+        let parsed = StackSignature::parse(sig.to_toml().as_bytes()).unwrap();
+        assert_eq!(parsed, sig);
+        assert!(parsed.is_valid_for(&Sha256Digest::of(b"stack")));
+        assert!(!parsed.is_valid_for(&Sha256Digest::of(b"stacK")));
+        let other = SecretKey::from_seed(&[2; 32]).public();
+        let forged = StackSignature { key: other, ..sig };
+        assert!(!forged.is_valid_for(&Sha256Digest::of(b"stack")));
+    }
+
+    #[test]
+    fn key_file_is_0600_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signing.key");
+        let key = SecretKey::generate().unwrap();
+        key.write_new(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(SecretKey::read(&path).unwrap().public(), key.public());
+        assert_eq!(read_public_key(&path).unwrap(), key.public());
+        let err = SecretKey::generate().unwrap().write_new(&path).unwrap_err();
+        assert!(matches!(err, KeyError::Exists { .. }), "{err}");
+        assert_eq!(SecretKey::read(&path).unwrap().public(), key.public());
+        // No temporary files are left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn readable_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        SecretKey::generate().unwrap().write_new(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = SecretKey::read(&path).unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn trust_policy() {
+        let a = SecretKey::from_seed(&[1; 32]).public();
+        let b = SecretKey::from_seed(&[2; 32]).public();
+        let policy = TrustPolicy::from_strings(&[a.to_string()]).unwrap();
+        assert!(policy.trusts(&a) && !policy.trusts(&b));
+        assert!(TrustPolicy::from_strings(&["ed25519:00"]).is_err());
+    }
+}
