@@ -19,11 +19,7 @@ fn main() -> ExitCode {
     let cli = match commands::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() {
-                error::EXIT_USAGE
-            } else {
-                0
-            };
+            let code = if e.use_stderr() { error::EXIT_USAGE } else { 0 };
             let _ = e.print();
             return ExitCode::from(code);
         }

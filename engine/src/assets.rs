@@ -1,1 +1,462 @@
-//! (in progress)
+//! The kernels kstack targets: Debian cloud kernels, fetched into a cache.
+//!
+//! For one kernel release (`6.1.0-56-cloud-amd64`) the cache holds the unpacked
+//! `-unsigned` image package (the `vmlinuz` the sandbox boots, its modules and
+//! config) and the distribution source (`linux-source-6.1` of exactly the image's
+//! Debian version) prepared with the headers' `.config`, as the builder needs it. The
+//! headers themselves are installed with apt (`/usr/src/linux-headers-<release>`), so
+//! kbuild works the usual way.
+//!
+//! Layout under the cache root (`$KSTACK_CACHE`, else `$XDG_CACHE_HOME/kstack`, else
+//! `~/.cache/kstack`):
+//!
+//! ```text
+//! debs/<package>_<version>_<arch>.deb      downloads, kept
+//! kernels/current                           the release `setup` resolved last
+//! kernels/<release>/version                 the Debian version of the image
+//! kernels/<release>/root/boot/vmlinuz-<release>
+//! src/<release>/linux/                      prepared source (marker `.kstack-prepared`)
+//! ```
+//!
+//! Every step checks for its result first and writes into a temporary name that is
+//! renamed when complete, so a second run with nothing new takes seconds and an
+//! interrupted run never leaves a half-unpacked tree that looks complete.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The metapackage that names Debian's current cloud kernel ABI.
+pub const CLOUD_METAPACKAGE: &str = "linux-image-cloud-amd64";
+/// The source package of the 6.1 series; one version per image version.
+pub const SOURCE_PACKAGE: &str = "linux-source-6.1";
+/// Where the source package puts its tarball.
+const SOURCE_TARBALL: &str = "usr/src/linux-source-6.1.tar.xz";
+/// Written when a prepared source tree is complete.
+const PREPARED_MARKER: &str = ".kstack-prepared";
+
+/// An asset that is missing or could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum AssetError {
+    #[error("no kernel has been set up in {cache} (missing {missing})")]
+    NotSetUp { cache: PathBuf, missing: PathBuf },
+    #[error("kernel {release} is not in the cache {cache}")]
+    UnknownRelease { release: String, cache: PathBuf },
+    #[error("cannot resolve {package} from the Debian archive: {reason}")]
+    Resolve { package: String, reason: String },
+    #[error("cannot fetch {package}={version}: {reason}")]
+    Fetch {
+        package: String,
+        version: String,
+        reason: String,
+    },
+    #[error("`{command}` failed: {reason}")]
+    Command { command: String, reason: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AssetError + '_ {
+    move |source| AssetError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The cache of downloaded and prepared kernels.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+impl Cache {
+    /// The cache named by the environment (see the module doc).
+    pub fn from_env() -> Cache {
+        let root = if let Some(dir) = std::env::var_os("KSTACK_CACHE") {
+            PathBuf::from(dir)
+        } else if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+            PathBuf::from(dir).join("kstack")
+        } else {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+            PathBuf::from(home).join(".cache/kstack")
+        };
+        Cache { root }
+    }
+
+    pub fn at(root: impl Into<PathBuf>) -> Cache {
+        Cache { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn debs(&self) -> PathBuf {
+        self.root.join("debs")
+    }
+
+    /// The kernel that set-up resolved last: the one `kstack try` boots by default.
+    pub fn current(&self) -> Result<Kernel, AssetError> {
+        let marker = self.root.join("kernels/current");
+        let release = std::fs::read_to_string(&marker).map_err(|_| AssetError::NotSetUp {
+            cache: self.root.clone(),
+            missing: marker.clone(),
+        })?;
+        self.kernel(release.trim())
+    }
+
+    /// A kernel release that is in the cache.
+    pub fn kernel(&self, release: &str) -> Result<Kernel, AssetError> {
+        let kernel = self.kernel_unchecked(release);
+        if !kernel.vmlinuz().is_file() {
+            return Err(AssetError::UnknownRelease {
+                release: release.to_owned(),
+                cache: self.root.clone(),
+            });
+        }
+        Ok(kernel)
+    }
+
+    fn kernel_unchecked(&self, release: &str) -> Kernel {
+        Kernel {
+            release: release.to_owned(),
+            dir: self.root.join("kernels").join(release),
+            src: self.root.join("src").join(release).join("linux"),
+        }
+    }
+
+    /// Every kernel release in the cache.
+    pub fn kernels(&self) -> Vec<Kernel> {
+        let mut out = Vec::new();
+        if let Ok(dir) = std::fs::read_dir(self.root.join("kernels")) {
+            for entry in dir.flatten() {
+                if let Some(name) = entry.file_name().to_str()
+                    && let Ok(kernel) = self.kernel(name)
+                {
+                    out.push(kernel);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.release.cmp(&b.release));
+        out
+    }
+}
+
+/// One kernel release's assets in the cache.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    pub release: String,
+    dir: PathBuf,
+    src: PathBuf,
+}
+
+impl Kernel {
+    /// The compressed kernel image (bzImage) to boot.
+    pub fn vmlinuz(&self) -> PathBuf {
+        self.dir
+            .join("root/boot")
+            .join(format!("vmlinuz-{}", self.release))
+    }
+
+    /// The kernel's `.config`.
+    pub fn config(&self) -> PathBuf {
+        self.dir
+            .join("root/boot")
+            .join(format!("config-{}", self.release))
+    }
+
+    /// The Debian package version (`6.1.192-2`).
+    pub fn version(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join("version"))
+            .ok()
+            .map(|s| s.trim().to_owned())
+    }
+
+    /// The installed headers, which kbuild builds external modules against.
+    pub fn headers(&self) -> PathBuf {
+        PathBuf::from(format!("/usr/src/linux-headers-{}", self.release))
+    }
+
+    /// The prepared distribution source tree, if set-up prepared it.
+    pub fn source(&self) -> Option<PathBuf> {
+        self.src
+            .join(PREPARED_MARKER)
+            .is_file()
+            .then(|| self.src.clone())
+    }
+}
+
+/// Resolves the release that `linux-image-cloud-amd64` currently depends on, and its
+/// Debian version, from the local apt lists.
+pub fn resolve_current_release() -> Result<(String, String), AssetError> {
+    let out = run_ok(Command::new("apt-cache").args(["depends", CLOUD_METAPACKAGE]))
+        .map_err(|e| resolve_err(CLOUD_METAPACKAGE, e))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let image = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|dep| dep.starts_with("linux-image-"))
+        .ok_or_else(|| AssetError::Resolve {
+            package: CLOUD_METAPACKAGE.into(),
+            reason: "apt knows no such package (run `apt-get update`)".into(),
+        })?;
+    let release = image.trim_start_matches("linux-image-").to_owned();
+    let version = package_version(&format!("linux-image-{release}-unsigned"))?;
+    Ok((release, version))
+}
+
+/// The candidate version of a package in the local apt lists.
+pub fn package_version(package: &str) -> Result<String, AssetError> {
+    let out = run_ok(Command::new("apt-cache").args(["show", "--no-all-versions", package]))
+        .map_err(|e| resolve_err(package, e))?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: "))
+        .map(|v| v.trim().to_owned())
+        .ok_or_else(|| AssetError::Resolve {
+            package: package.into(),
+            reason: "apt knows no version of it (run `apt-get update`)".into(),
+        })
+}
+
+fn resolve_err(package: &str, e: AssetError) -> AssetError {
+    match e {
+        AssetError::Command { reason, .. } => AssetError::Resolve {
+            package: package.into(),
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// What [`fetch_kernel`] should do beyond the image.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchOptions {
+    /// Install the headers package with apt (needs root).
+    pub headers: bool,
+    /// Fetch, unpack and prepare the source tree (about a minute the first time).
+    pub source: bool,
+    /// Make this the default kernel (`kernels/current`).
+    pub make_current: bool,
+}
+
+/// Fetches one kernel release into the cache: image, headers and source, each only if
+/// it is not already there. `log` receives one line per step that does work.
+pub fn fetch_kernel(
+    cache: &Cache,
+    release: &str,
+    version: &str,
+    options: FetchOptions,
+    log: &mut dyn FnMut(&str),
+) -> Result<Kernel, AssetError> {
+    let kernel = cache.kernel_unchecked(release);
+    let debs = cache.debs();
+    mkdir(&debs)?;
+
+    // The image: unpacked, never installed.
+    if !kernel.vmlinuz().is_file() {
+        let package = format!("linux-image-{release}-unsigned");
+        let deb = download(&debs, &package, version, log)?;
+        log(&format!("unpacking {package}"));
+        let tmp = kernel.dir.with_extension("partial");
+        remove_if_exists(&tmp)?;
+        mkdir(&tmp)?;
+        run_ok(
+            Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(&deb)
+                .arg(tmp.join("root")),
+        )?;
+        write(&tmp.join("version"), version)?;
+        remove_if_exists(&kernel.dir)?;
+        rename(&tmp, &kernel.dir)?;
+    }
+
+    if options.headers && !kernel.headers().join(".config").is_file() {
+        let package = format!("linux-headers-{release}");
+        log(&format!("installing {package}={version}"));
+        run_ok(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .arg(format!("{package}={version}"))
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .map_err(|e| fetch_err(&package, version, e))?;
+    }
+
+    if options.source && kernel.source().is_none() {
+        prepare_source(cache, &kernel, version, log)?;
+    }
+
+    if options.make_current {
+        write(&cache.root.join("kernels/current"), release)?;
+    }
+    Ok(kernel)
+}
+
+fn prepare_source(
+    cache: &Cache,
+    kernel: &Kernel,
+    version: &str,
+    log: &mut dyn FnMut(&str),
+) -> Result<(), AssetError> {
+    let deb = download(&cache.debs(), SOURCE_PACKAGE, version, log)?;
+    let parent = kernel.src.parent().expect("the source dir has a parent");
+    mkdir(parent)?;
+    let tmp = parent.join("linux.partial");
+    remove_if_exists(&tmp)?;
+    mkdir(&tmp)?;
+    log(&format!("unpacking {SOURCE_PACKAGE}={version}"));
+    // The .deb holds a tarball of the (Debian-patched) tree; unpack it straight from
+    // the package's data without writing the tarball to disk.
+    let script = format!(
+        "dpkg-deb --fsys-tarfile '{deb}' | tar -xO ./{SOURCE_TARBALL} | tar -xJ -C '{tmp}' --strip-components=1",
+        deb = deb.display(),
+        tmp = tmp.display(),
+    );
+    run_ok(Command::new("bash").args(["-ec", &format!("set -o pipefail; {script}")]))?;
+
+    log("preparing the source tree (make olddefconfig prepare modules_prepare)");
+    let config = kernel.headers().join(".config");
+    let config = if config.is_file() {
+        config
+    } else {
+        kernel.config()
+    };
+    let mut text = std::fs::read_to_string(&config).map_err(io_err(&config))?;
+    // Debian's config names signing keys that are not shipped.
+    text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("CONFIG_SYSTEM_TRUSTED_KEYS=") {
+                "CONFIG_SYSTEM_TRUSTED_KEYS=\"\"".to_owned()
+            } else if l.starts_with("CONFIG_SYSTEM_REVOCATION_KEYS=") {
+                "CONFIG_SYSTEM_REVOCATION_KEYS=\"\"".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    text.push('\n');
+    write(&tmp.join(".config"), &text)?;
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // KERNELRELEASE as Debian's build sets it: without it UTS_RELEASE differs and
+    // code that embeds the release string compiles differently (LAB.md).
+    let release_arg = format!("KERNELRELEASE={}", kernel.release);
+    run_ok(
+        Command::new("make")
+            .arg("-C")
+            .arg(&tmp)
+            .args(["-s", "olddefconfig"])
+            .arg(&release_arg),
+    )?;
+    run_ok(
+        Command::new("make")
+            .arg("-C")
+            .arg(&tmp)
+            .arg("-s")
+            .arg(format!("-j{jobs}"))
+            .args(["prepare", "modules_prepare"])
+            .arg(&release_arg),
+    )?;
+    write(&tmp.join(PREPARED_MARKER), version)?;
+    remove_if_exists(&kernel.src)?;
+    rename(&tmp, &kernel.src)
+}
+
+/// Downloads one package version into `dir` unless it is there already.
+fn download(
+    dir: &Path,
+    package: &str,
+    version: &str,
+    log: &mut dyn FnMut(&str),
+) -> Result<PathBuf, AssetError> {
+    // Debian escapes the epoch colon as %3a in file names.
+    let prefix = format!("{package}_{}_", version.replace(':', "%3a"));
+    if let Some(found) = find_deb(dir, &prefix)? {
+        return Ok(found);
+    }
+    log(&format!("downloading {package}={version}"));
+    let partial = dir.join(".partial");
+    remove_if_exists(&partial)?;
+    mkdir(&partial)?;
+    run_ok(
+        Command::new("apt-get")
+            .args(["download", "-q"])
+            .arg(format!("{package}={version}"))
+            .current_dir(&partial),
+    )
+    .map_err(|e| fetch_err(package, version, e))?;
+    let got = find_deb(&partial, &prefix)?.ok_or_else(|| AssetError::Fetch {
+        package: package.into(),
+        version: version.into(),
+        reason: "apt-get download succeeded but wrote no .deb".into(),
+    })?;
+    let dest = dir.join(got.file_name().expect("a found file has a name"));
+    rename(&got, &dest)?;
+    remove_if_exists(&partial)?;
+    Ok(dest)
+}
+
+fn find_deb(dir: &Path, prefix: &str) -> Result<Option<PathBuf>, AssetError> {
+    let entries = std::fs::read_dir(dir).map_err(io_err(dir))?;
+    Ok(entries.flatten().map(|e| e.path()).find(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".deb"))
+    }))
+}
+
+fn fetch_err(package: &str, version: &str, e: AssetError) -> AssetError {
+    match e {
+        AssetError::Command { reason, .. } => AssetError::Fetch {
+            package: package.into(),
+            version: version.into(),
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// Runs a command; a non-zero exit becomes an error carrying the tail of its stderr.
+fn run_ok(cmd: &mut Command) -> Result<Output, AssetError> {
+    let shown = format!("{cmd:?}").replace('"', "");
+    let out = cmd.output().map_err(|e| AssetError::Command {
+        command: shown.clone(),
+        reason: e.to_string(),
+    })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(12).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(AssetError::Command {
+            command: shown,
+            reason: format!("{}\n{}", out.status, tail.join("\n")),
+        });
+    }
+    Ok(out)
+}
+
+fn mkdir(path: &Path) -> Result<(), AssetError> {
+    std::fs::create_dir_all(path).map_err(io_err(path))
+}
+
+fn write(path: &Path, text: &str) -> Result<(), AssetError> {
+    std::fs::write(path, text).map_err(io_err(path))
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), AssetError> {
+    std::fs::rename(from, to).map_err(io_err(from))
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), AssetError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).map_err(io_err(path)),
+        Ok(_) => std::fs::remove_file(path).map_err(io_err(path)),
+        Err(_) => Ok(()),
+    }
+}

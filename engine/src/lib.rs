@@ -15,3 +15,8 @@ pub mod guest;
 pub mod initramfs;
 pub mod kbuild;
 pub mod sandbox;
+
+/// Parses a duration as people write it (`30s`, `2m`, `1500ms`).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("bad duration {text:?}: {e} (try \"30s\")"))
+}

@@ -1,1 +1,96 @@
-//! Shared helpers for the integration tests.
+//! Shared set-up for kstack's integration and end-to-end tests.
+//!
+//! The end-to-end tests run on a real Debian kernel booted in QEMU. When the kernel,
+//! QEMU or the static guest binary is missing they fail, loudly, naming the command
+//! that sets everything up: they never skip.
+
+use std::path::{Path, PathBuf};
+
+use kstack_engine::assets::{Cache, Kernel};
+use kstack_engine::kbuild::{self, ModuleSpec};
+use kstack_engine::sandbox::{self, Sandbox, SandboxOptions};
+
+/// The one command that installs and fetches everything the tests need.
+pub const SETUP: &str = "cargo xtask setup";
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace root")
+        .to_owned()
+}
+
+/// The kernel that set-up fetched.
+pub fn kernel() -> Kernel {
+    Cache::from_env()
+        .current()
+        .unwrap_or_else(|e| panic!("no test kernel: {e}\nrun `{SETUP}` first"))
+}
+
+/// A sandbox on the set-up kernel with default options.
+pub fn sandbox() -> Sandbox {
+    sandbox_with(|_| {})
+}
+
+/// A sandbox on the set-up kernel, options adjusted by `f`.
+pub fn sandbox_with(f: impl FnOnce(&mut SandboxOptions)) -> Sandbox {
+    let guest = sandbox::find_guest_binary()
+        .unwrap_or_else(|e| panic!("no static kstack for the guest: {e}\nrun `{SETUP}` first"));
+    let mut options = SandboxOptions::new(kernel().vmlinuz(), guest);
+    f(&mut options);
+    if which(&options.qemu).is_none() {
+        panic!(
+            "{} is not installed\nrun `{SETUP}` first",
+            options.qemu.display()
+        );
+    }
+    Sandbox::new(options).unwrap_or_else(|e| panic!("{e}\nrun `{SETUP}` first"))
+}
+
+fn which(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.is_file().then(|| program.to_owned());
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Builds `kmod/demo/kstack_demo.c` against the set-up kernel's headers.
+pub fn build_demo_module(build_dir: &Path) -> PathBuf {
+    let kernel = kernel();
+    kbuild::build_module(
+        &kernel.headers(),
+        &ModuleSpec {
+            name: "kstack_demo".into(),
+            sources: vec![workspace_root().join("kmod/demo/kstack_demo.c")],
+            ccflags: vec![],
+        },
+        build_dir,
+    )
+    .unwrap_or_else(|e| panic!("{e}\nrun `{SETUP}` first if the headers are missing"))
+}
+
+/// Splits guest output into sections that start with a line `== NAME`.
+pub fn sections(output: &str) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in output.lines() {
+        if let Some(name) = line.strip_prefix("== ") {
+            if let Some((n, body)) = current.take() {
+                out.insert(n, body);
+            }
+            current = Some((name.trim().to_owned(), String::new()));
+        } else if let Some((_, body)) = current.as_mut() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    if let Some((n, body)) = current {
+        out.insert(n, body);
+    }
+    out
+}

@@ -21,7 +21,12 @@ pub mod r#try;
 /// 65 bad or untrusted data, 69 something needed is missing, 70 internal error,
 /// 75 busy (another kstack holds the lock).
 #[derive(Debug, Parser)]
-#[command(name = "kstack", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "kstack",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,

@@ -1,0 +1,90 @@
+//! `kstack try` as a user runs it: the dev build of the CLI boots the set-up kernel
+//! with the static guest build inside.
+
+use std::process::Command;
+
+fn kstack() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kstack"));
+    cmd.env_remove("KSTACK_CONFIG");
+    cmd
+}
+
+fn setup_hint(out: &std::process::Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}\n(if assets are missing: run `cargo xtask setup`)",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn try_runs_a_command_and_exits_with_its_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("payload.txt");
+    std::fs::write(&file, "payload from the host\n").unwrap();
+    let out = kstack()
+        .arg("try")
+        .arg("--file")
+        .arg(format!("{}:/root/payload.txt", file.display()))
+        .args(["--", "cat /root/payload.txt; echo oops >&2; exit 5"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", setup_hint(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "payload from the host\n"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("oops\n"), "{}", setup_hint(&out));
+}
+
+#[test]
+fn try_json_reports_status_and_output() {
+    let out = kstack()
+        .args(["--json", "try", "--", "uname", "-r"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", setup_hint(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["exit_code"], 0);
+    assert!(v["stdout"].as_str().unwrap().contains("cloud-amd64"), "{v}");
+}
+
+#[test]
+fn try_with_a_missing_kernel_names_the_problem() {
+    let out = kstack()
+        .args(["try", "--kernel", "/nonexistent/vmlinuz", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(69), "{}", setup_hint(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("kernel image not found at /nonexistent/vmlinuz"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cargo xtask setup"), "{stderr}");
+}
+
+#[test]
+fn help_explains_try() {
+    let out = kstack().args(["try", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "QEMU",
+        "--kernel",
+        "--file",
+        "SRC:DST",
+        "exit status",
+        "Examples",
+    ] {
+        assert!(help.contains(needle), "missing {needle:?} in:\n{help}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_64() {
+    let out = kstack().args(["try"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
