@@ -1,0 +1,455 @@
+//! Making stack commits: adding a patch (a prebuilt livepatch module, with its diff
+//! when there is one) on top of a stack, and reverting a patch out of it.
+//!
+//! Each operation is two steps. [`Store::prepare_add_patch`] / [`Store::prepare_revert`]
+//! check the request against the stack's verified head, write every object (blobs,
+//! trees, `stack.toml`, `stack.sig`, the commit) and return a [`Prepared`] commit that
+//! no ref points to yet; [`Store::publish`] then moves the stack's ref with a
+//! compare-and-swap on the head the commit was built on. Stopping between the two
+//! (a crash) leaves the store as it was, plus unreferenced objects.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::digest::Sha256Digest;
+use crate::ident::{self, IdentError};
+use crate::keys::SecretKey;
+use crate::klp::{self, KlpError};
+use crate::model::{
+    Artifact, DIFF_FILE, FORMAT, FunctionRef, MANIFEST_FILE, MODULE_FILE, Manifest, ModelError,
+    PATCHES_DIR, PatchEntry, PatchSource, SIGNATURE_FILE, STACK_FILE, StackFile, check_name,
+    patch_dir,
+};
+use crate::store::{Author, ItemKind, ObjectId, RefUpdate, StackId, Store, StoreError, TreeItem};
+use crate::verify::{VerifiedStack, VerifyError};
+
+/// A request that cannot be committed, or a store that cannot take it.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("{module}: not a livepatch module (no livepatch=Y in .modinfo)")]
+    NotLivepatch { module: String },
+    #[error(
+        "{module} was built for kernel {module_release}, but stack {stack} is pinned to {stack_release}"
+    )]
+    WrongRelease {
+        module: String,
+        module_release: String,
+        stack: String,
+        stack_release: String,
+    },
+    #[error("stack {stack} already has a patch named {name:?}")]
+    PatchExists { stack: String, name: String },
+    #[error("stack {stack} has no patch named {name:?} (it has: {available})")]
+    NoSuchPatch {
+        stack: String,
+        name: String,
+        available: String,
+    },
+    #[error("stack {stack} does not exist")]
+    NoSuchStack { stack: String },
+    #[error(
+        "cannot revert {patch}: patches above it replace the same functions ({conflicts}); rebuild them without it first"
+    )]
+    Overlap { patch: String, conflicts: String },
+    #[error(
+        "cannot revert {patch}: {unknown} records no replaced functions, so an overlap cannot be ruled out (commit it again with --function)"
+    )]
+    UnknownFunctions { patch: String, unknown: String },
+    #[error("stack {stack} does not verify; refusing to build on it")]
+    DamagedParent {
+        stack: String,
+        #[source]
+        source: VerifyError,
+    },
+    #[error(transparent)]
+    Ident(#[from] IdentError),
+    #[error(transparent)]
+    Klp(#[from] KlpError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A patch to add.
+#[derive(Debug, Clone)]
+pub struct NewPatch {
+    pub name: String,
+    /// The module's bytes.
+    pub module: Vec<u8>,
+    /// The file name it had (recorded in the manifest).
+    pub module_file: String,
+    /// The source change, when there is one.
+    pub diff: Option<Vec<u8>>,
+    /// Functions it replaces, as the caller knows them; those found in the module's
+    /// `klp_func` tables are added.
+    pub functions: Vec<FunctionRef>,
+    /// How it was built (compiler, flags), for kstack-built modules.
+    pub build: BTreeMap<String, String>,
+    pub source: PatchSource,
+}
+
+/// A commit whose objects are written but which no ref points to yet.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub stack: StackId,
+    /// The head it was built on (what [`Store::publish`] expects to find).
+    pub parent: Option<ObjectId>,
+    pub commit: ObjectId,
+    pub stack_file: StackFile,
+}
+
+impl Store {
+    /// Verifies (integrity and signature, not trust) the head of `stack` if it has
+    /// one, so nothing is ever built on damaged data.
+    fn current(&self, stack: &StackId) -> Result<Option<VerifiedStack>, CommitError> {
+        let Some(head) = self.stack_head(stack)? else {
+            return Ok(None);
+        };
+        self.check(head, Some(stack))
+            .map(Some)
+            .map_err(|source| CommitError::DamagedParent {
+                stack: stack.to_string(),
+                source,
+            })
+    }
+
+    /// Writes a commit that adds `patch` on top of `stack` (creating the stack when
+    /// it has no commit yet, for the release the module was built for). The module
+    /// must be a livepatch module built for the stack's kernel release.
+    pub fn prepare_add_patch(
+        &self,
+        stack: &StackId,
+        patch: NewPatch,
+        message: &str,
+        author: &Author,
+        key: &SecretKey,
+    ) -> Result<Prepared, CommitError> {
+        check_name("patch", &patch.name)?;
+        let current = self.current(stack)?;
+        let module_what = patch.module_file.clone();
+        let info = ident::modinfo(&patch.module, &module_what)?;
+        if !info.is_livepatch() {
+            return Err(CommitError::NotLivepatch {
+                module: module_what,
+            });
+        }
+        let module_release = info
+            .release()
+            .expect("ident::modinfo requires a vermagic")
+            .to_owned();
+        let kernel_release = match &current {
+            Some(c) => c.stack.kernel_release.clone(),
+            None => module_release.clone(),
+        };
+        if module_release != kernel_release {
+            return Err(CommitError::WrongRelease {
+                module: module_what,
+                module_release,
+                stack: stack.to_string(),
+                stack_release: kernel_release,
+            });
+        }
+        if let Some(c) = &current {
+            if c.stack.patch(&patch.name).is_some() {
+                return Err(CommitError::PatchExists {
+                    stack: stack.to_string(),
+                    name: patch.name,
+                });
+            }
+        }
+
+        let mut functions = patch.functions.clone();
+        for f in klp::replaced_functions(&patch.module, &module_what)? {
+            if !functions.contains(&f) {
+                functions.push(f);
+            }
+        }
+        let mut artifacts = vec![Artifact {
+            path: MODULE_FILE.to_owned(),
+            sha256: Sha256Digest::of(&patch.module),
+            size: patch.module.len() as u64,
+        }];
+        if let Some(diff) = &patch.diff {
+            artifacts.push(Artifact {
+                path: DIFF_FILE.to_owned(),
+                sha256: Sha256Digest::of(diff),
+                size: diff.len() as u64,
+            });
+        }
+        let manifest = Manifest {
+            format: FORMAT,
+            name: patch.name.clone(),
+            source: patch.source,
+            module_file: patch.module_file.clone(),
+            module_name: info.name.clone(),
+            vermagic: info
+                .vermagic()
+                .expect("ident::modinfo requires a vermagic")
+                .to_owned(),
+            kernel_release: kernel_release.clone(),
+            build_id: stack.build_id.clone(),
+            created_by: author.display(),
+            created_at: rfc3339(author.time),
+            build: patch.build.clone(),
+            artifacts,
+            functions,
+        };
+        manifest.check(MANIFEST_FILE)?;
+        let manifest_text = manifest.to_toml();
+
+        let mut entries: Vec<PatchEntry> = current
+            .as_ref()
+            .map(|c| c.stack.patches.clone())
+            .unwrap_or_default();
+        let dir = patch_dir(entries.len(), &patch.name);
+        let dir_path = format!("{PATCHES_DIR}/{dir}");
+        let mut files = vec![
+            TreeItem {
+                name: MODULE_FILE.to_owned(),
+                id: self.write_blob(&patch.module, &format!("{dir_path}/{MODULE_FILE}"))?,
+                kind: ItemKind::Blob,
+            },
+            TreeItem {
+                name: MANIFEST_FILE.to_owned(),
+                id: self.write_blob(
+                    manifest_text.as_bytes(),
+                    &format!("{dir_path}/{MANIFEST_FILE}"),
+                )?,
+                kind: ItemKind::Blob,
+            },
+        ];
+        if let Some(diff) = &patch.diff {
+            files.push(TreeItem {
+                name: DIFF_FILE.to_owned(),
+                id: self.write_blob(diff, &format!("{dir_path}/{DIFF_FILE}"))?,
+                kind: ItemKind::Blob,
+            });
+        }
+        let patch_tree = self.write_tree(&files, &dir_path)?;
+        entries.push(PatchEntry {
+            name: patch.name.clone(),
+            dir: dir.clone(),
+            manifest_sha256: Sha256Digest::of(manifest_text.as_bytes()),
+        });
+        let mut trees: Vec<(String, ObjectId)> = current
+            .as_ref()
+            .map(|c| {
+                c.stack
+                    .patches
+                    .iter()
+                    .map(|p| (p.dir.clone(), c.patch_trees[&p.dir]))
+                    .collect()
+            })
+            .unwrap_or_default();
+        trees.push((dir, patch_tree));
+        self.write_stack_commit(
+            stack,
+            current.as_ref(),
+            kernel_release,
+            entries,
+            trees,
+            message,
+            author,
+            key,
+        )
+    }
+
+    /// Writes a commit that removes the patch `name` from `stack`. Patches above it
+    /// keep their order when none of them replaces a function that it replaces;
+    /// otherwise the revert is refused, naming the functions.
+    pub fn prepare_revert(
+        &self,
+        stack: &StackId,
+        name: &str,
+        message: &str,
+        author: &Author,
+        key: &SecretKey,
+    ) -> Result<Prepared, CommitError> {
+        let current = self
+            .current(stack)?
+            .ok_or_else(|| CommitError::NoSuchStack {
+                stack: stack.to_string(),
+            })?;
+        let Some((index, _)) = current.stack.patch(name) else {
+            return Err(CommitError::NoSuchPatch {
+                stack: stack.to_string(),
+                name: name.to_owned(),
+                available: current
+                    .stack
+                    .patches
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        let reverted = &current.patches[index].manifest;
+        let above = &current.patches[index + 1..];
+        if !above.is_empty() {
+            let unknown: Vec<&str> = std::iter::once(reverted)
+                .chain(above.iter().map(|p| &p.manifest))
+                .filter(|m| m.functions.is_empty())
+                .map(|m| m.name.as_str())
+                .collect();
+            if !unknown.is_empty() {
+                return Err(CommitError::UnknownFunctions {
+                    patch: name.to_owned(),
+                    unknown: unknown.join(", "),
+                });
+            }
+            let conflicts: Vec<String> = above
+                .iter()
+                .filter_map(|p| {
+                    let shared: Vec<String> = p
+                        .manifest
+                        .functions
+                        .iter()
+                        .filter(|f| reverted.functions.contains(f))
+                        .map(ToString::to_string)
+                        .collect();
+                    (!shared.is_empty()).then(|| format!("{}: {}", p.entry.name, shared.join(", ")))
+                })
+                .collect();
+            if !conflicts.is_empty() {
+                return Err(CommitError::Overlap {
+                    patch: name.to_owned(),
+                    conflicts: conflicts.join("; "),
+                });
+            }
+        }
+        let mut entries = Vec::new();
+        let mut trees = Vec::new();
+        for (i, p) in current.stack.patches.iter().enumerate() {
+            if i == index {
+                continue;
+            }
+            let dir = patch_dir(entries.len(), &p.name);
+            trees.push((dir.clone(), current.patch_trees[&p.dir]));
+            entries.push(PatchEntry { dir, ..p.clone() });
+        }
+        let release = current.stack.kernel_release.clone();
+        self.write_stack_commit(
+            stack,
+            Some(&current),
+            release,
+            entries,
+            trees,
+            message,
+            author,
+            key,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)] // one private call site per operation
+    fn write_stack_commit(
+        &self,
+        stack: &StackId,
+        parent: Option<&VerifiedStack>,
+        kernel_release: String,
+        patches: Vec<PatchEntry>,
+        trees: Vec<(String, ObjectId)>,
+        message: &str,
+        author: &Author,
+        key: &SecretKey,
+    ) -> Result<Prepared, CommitError> {
+        let stack_file = StackFile {
+            format: FORMAT,
+            name: stack.name.clone(),
+            build_id: stack.build_id.clone(),
+            kernel_release,
+            parent: parent.map(|p| p.stack_sha256),
+            message: message.trim_end().to_owned(),
+            patches,
+        };
+        stack_file.check(STACK_FILE)?;
+        let stack_text = stack_file.to_toml();
+        let signature = key.sign_stack(stack_text.as_bytes());
+        let mut root = vec![
+            TreeItem {
+                name: STACK_FILE.to_owned(),
+                id: self.write_blob(stack_text.as_bytes(), STACK_FILE)?,
+                kind: ItemKind::Blob,
+            },
+            TreeItem {
+                name: SIGNATURE_FILE.to_owned(),
+                id: self.write_blob(signature.to_toml().as_bytes(), SIGNATURE_FILE)?,
+                kind: ItemKind::Blob,
+            },
+        ];
+        if !trees.is_empty() {
+            let items: Vec<TreeItem> = trees
+                .into_iter()
+                .map(|(name, id)| TreeItem {
+                    name,
+                    id,
+                    kind: ItemKind::Tree,
+                })
+                .collect();
+            root.push(TreeItem {
+                name: PATCHES_DIR.to_owned(),
+                id: self.write_tree(&items, PATCHES_DIR)?,
+                kind: ItemKind::Tree,
+            });
+        }
+        let tree = self.write_tree(&root, "the root tree")?;
+        let parent_id = parent.map(|p| p.commit);
+        let commit = self.write_commit(tree, parent_id, author, message, &key.public())?;
+        Ok(Prepared {
+            stack: stack.clone(),
+            parent: parent_id,
+            commit,
+            stack_file,
+        })
+    }
+
+    /// Moves the stack's ref to the prepared commit, if the stack still has the head
+    /// the commit was built on; otherwise [`StoreError::StackMoved`] (or
+    /// [`StoreError::Locked`]) and nothing changes.
+    pub fn publish(&self, prepared: &Prepared) -> Result<(), CommitError> {
+        let summary = prepared.stack_file.message.lines().next().unwrap_or("");
+        self.update_refs(
+            &[RefUpdate {
+                name: prepared.stack.ref_name(),
+                expected: prepared.parent,
+                new: Some(prepared.commit),
+            }],
+            &format!("kstack: {summary}"),
+        )?;
+        Ok(())
+    }
+
+    /// [`Store::prepare_add_patch`], then [`Store::publish`].
+    pub fn add_patch(
+        &self,
+        stack: &StackId,
+        patch: NewPatch,
+        message: &str,
+        author: &Author,
+        key: &SecretKey,
+    ) -> Result<Prepared, CommitError> {
+        let prepared = self.prepare_add_patch(stack, patch, message, author, key)?;
+        self.publish(&prepared)?;
+        Ok(prepared)
+    }
+
+    /// [`Store::prepare_revert`], then [`Store::publish`].
+    pub fn revert_patch(
+        &self,
+        stack: &StackId,
+        name: &str,
+        message: &str,
+        author: &Author,
+        key: &SecretKey,
+    ) -> Result<Prepared, CommitError> {
+        let prepared = self.prepare_revert(stack, name, message, author, key)?;
+        self.publish(&prepared)?;
+        Ok(prepared)
+    }
+}
+
+/// RFC 3339 in UTC, to the second.
+fn rfc3339(seconds: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_secs(seconds.max(0) as u64);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
