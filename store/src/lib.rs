@@ -14,3 +14,19 @@ pub mod model;
 pub mod rev;
 pub mod store;
 pub mod verify;
+
+/// Renders an error with its chain of causes, as `a: b: c` (skipping a cause whose
+/// text its parent already shows).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
