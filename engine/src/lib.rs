@@ -14,6 +14,8 @@ pub mod config;
 pub mod guest;
 pub mod initramfs;
 pub mod kbuild;
+pub mod kernel;
+pub mod reconcile;
 pub mod sandbox;
 
 /// Parses a duration as people write it (`30s`, `2m`, `1500ms`).

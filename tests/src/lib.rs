@@ -94,3 +94,46 @@ pub fn sections(output: &str) -> std::collections::BTreeMap<String, String> {
     }
     out
 }
+
+/// Builds `kmod/test/<name>.c` against the set-up kernel's headers, once per source
+/// content: the result is cached under `target/kmod-test/`, built in a temporary
+/// directory and renamed into place, so concurrent tests never see a half-built one.
+pub fn build_test_module(name: &str) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let src_dir = workspace_root().join("kmod/test");
+    let source = src_dir.join(format!("{name}.c"));
+    let header = src_dir.join("proc_patch.h");
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for path in [&source, &header] {
+        std::fs::read(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .hash(&mut hasher);
+    }
+    let kernel = kernel();
+    kernel.release.hash(&mut hasher);
+    let cache = workspace_root()
+        .join("target/kmod-test")
+        .join(format!("{name}-{:016x}", hasher.finish()));
+    let ko = cache.join(format!("{name}.ko"));
+    if ko.is_file() {
+        return ko;
+    }
+    std::fs::create_dir_all(cache.parent().expect("has a parent")).unwrap();
+    let tmp = tempfile::tempdir_in(cache.parent().expect("has a parent")).unwrap();
+    kbuild::build_module(
+        &kernel.headers(),
+        &ModuleSpec {
+            name: name.into(),
+            sources: vec![source, header],
+            ccflags: vec![],
+        },
+        tmp.path(),
+    )
+    .unwrap_or_else(|e| panic!("{e}\nrun `{SETUP}` first if the headers are missing"));
+    let built = tmp.keep();
+    if std::fs::rename(&built, &cache).is_err() {
+        // Another test built it first; theirs is as good.
+        let _ = std::fs::remove_dir_all(&built);
+    }
+    ko
+}

@@ -1,0 +1,257 @@
+//! The planner: how `kstack sync` decides what to do. One pure function.
+//!
+//! The kernel keeps livepatches on a stack: a function patched by several patches
+//! runs the newest one's version, and patches come off the top. So the host can keep
+//! the longest common prefix of what is applied and what is desired; everything
+//! applied above it is reverted, newest first; everything desired above it is then
+//! applied, in order. Nothing shorter reaches the desired stack, since a patch below
+//! the first difference can only be reached by reverting everything above it.
+
+use std::collections::BTreeSet;
+
+/// A kstack livepatch the kernel reports, in load order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub module: String,
+    /// `false` for a module that is still loaded but whose patch is disabled (a
+    /// disabled livepatch cannot be enabled again: it can only be unloaded).
+    pub enabled: bool,
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Step {
+    /// Disable the patch, wait for its transition, unload the module.
+    Revert { module: String },
+    /// Unload a module whose patch is already disabled.
+    Unload { module: String },
+    /// Load the module (its init enables the patch) and wait for the transition.
+    /// `index` is the patch's position in the desired stack.
+    Apply { module: String, index: usize },
+}
+
+impl Step {
+    pub fn module(&self) -> &str {
+        match self {
+            Step::Revert { module } | Step::Unload { module } | Step::Apply { module, .. } => {
+                module
+            }
+        }
+    }
+}
+
+/// What sync will do.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Plan {
+    /// Applied patches that stay, bottom first.
+    pub keep: Vec<String>,
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+}
+
+/// Plans the way from `applied` (kstack's patches as loaded, oldest first; foreign
+/// livepatches are not passed in and so never touched) to `desired` (module names in
+/// stack order).
+pub fn plan(applied: &[Applied], desired: &[String]) -> Plan {
+    // Disabled leftovers are not part of the kernel's patch stack.
+    let enabled: Vec<&str> = applied
+        .iter()
+        .filter(|a| a.enabled)
+        .map(|a| a.module.as_str())
+        .collect();
+    let common = enabled
+        .iter()
+        .zip(desired)
+        .take_while(|(a, d)| **a == d.as_str())
+        .count();
+    let mut steps: Vec<Step> = enabled[common..]
+        .iter()
+        .rev()
+        .map(|m| Step::Revert {
+            module: (*m).to_owned(),
+        })
+        .collect();
+    steps.extend(applied.iter().filter(|a| !a.enabled).map(|a| Step::Unload {
+        module: a.module.clone(),
+    }));
+    steps.extend(
+        desired
+            .iter()
+            .enumerate()
+            .skip(common)
+            .map(|(index, m)| Step::Apply {
+                module: m.clone(),
+                index,
+            }),
+    );
+    Plan {
+        keep: enabled[..common].iter().map(|m| (*m).to_owned()).collect(),
+        steps,
+    }
+}
+
+/// Applies a plan to a model of the kernel's patch stack: what the executor does to
+/// the real one when every step succeeds. Used to check plans; returns an error
+/// naming a step the kernel would refuse.
+pub fn simulate(
+    applied: &[Applied],
+    plan: &Plan,
+    desired: &[String],
+) -> Result<Vec<String>, String> {
+    let mut stack: Vec<String> = applied
+        .iter()
+        .filter(|a| a.enabled)
+        .map(|a| a.module.clone())
+        .collect();
+    let mut disabled: BTreeSet<String> = applied
+        .iter()
+        .filter(|a| !a.enabled)
+        .map(|a| a.module.clone())
+        .collect();
+    for step in &plan.steps {
+        match step {
+            Step::Revert { module } => {
+                if stack.last() != Some(module) {
+                    return Err(format!(
+                        "revert {module}: not the top of the stack {stack:?}"
+                    ));
+                }
+                stack.pop();
+            }
+            Step::Unload { module } => {
+                if !disabled.remove(module) {
+                    return Err(format!("unload {module}: not a disabled module"));
+                }
+            }
+            Step::Apply { module, index } => {
+                if stack.contains(module) || disabled.contains(module) {
+                    return Err(format!("apply {module}: a module of that name is loaded"));
+                }
+                if desired.get(*index) != Some(module) || stack.len() != *index {
+                    return Err(format!("apply {module}: at position {index} of {stack:?}"));
+                }
+                stack.push(module.clone());
+            }
+        }
+    }
+    if !disabled.is_empty() {
+        return Err(format!("left loaded: {disabled:?}"));
+    }
+    Ok(stack)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn on(names: &[&str]) -> Vec<Applied> {
+        names
+            .iter()
+            .map(|m| Applied {
+                module: (*m).into(),
+                enabled: true,
+            })
+            .collect()
+    }
+
+    fn names(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn nothing_to_do() {
+        let p = plan(&on(&["a", "b"]), &names(&["a", "b"]));
+        assert!(p.is_empty());
+        assert_eq!(p.keep, ["a", "b"]);
+    }
+
+    #[test]
+    fn dropping_a_middle_patch_reverts_above_it_and_reapplies() {
+        let p = plan(&on(&["a", "b", "c"]), &names(&["a", "c"]));
+        assert_eq!(
+            p.steps,
+            [
+                Step::Revert { module: "c".into() },
+                Step::Revert { module: "b".into() },
+                Step::Apply {
+                    module: "c".into(),
+                    index: 1
+                },
+            ]
+        );
+        assert_eq!(p.keep, ["a"]);
+    }
+
+    #[test]
+    fn from_nothing_and_to_nothing() {
+        let p = plan(&[], &names(&["a", "b"]));
+        assert_eq!(p.steps.len(), 2);
+        let p = plan(&on(&["a", "b"]), &[]);
+        assert_eq!(
+            p.steps,
+            [
+                Step::Revert { module: "b".into() },
+                Step::Revert { module: "a".into() }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_disabled_leftover_is_unloaded_and_loaded_anew() {
+        let mut applied = on(&["a"]);
+        applied.push(Applied {
+            module: "b".into(),
+            enabled: false,
+        });
+        let p = plan(&applied, &names(&["a", "b"]));
+        assert_eq!(
+            p.steps,
+            [
+                Step::Unload { module: "b".into() },
+                Step::Apply {
+                    module: "b".into(),
+                    index: 1
+                }
+            ]
+        );
+    }
+
+    /// A stack of distinct module names drawn from a small alphabet, so that applied
+    /// and desired often share prefixes.
+    fn stack() -> impl Strategy<Value = Vec<String>> {
+        proptest::sample::subsequence((0..8).map(|i| format!("m{i}")).collect::<Vec<_>>(), 0..8)
+            .prop_shuffle()
+    }
+
+    proptest! {
+        #[test]
+        fn any_plan_reaches_desired_minimally(applied in stack(), desired in stack(), leftovers in proptest::collection::vec(any::<bool>(), 8)) {
+            // Some applied modules are disabled leftovers.
+            let applied: Vec<Applied> = applied
+                .iter()
+                .enumerate()
+                .map(|(i, m)| Applied { module: m.clone(), enabled: !leftovers[i] })
+                .collect();
+            let p = plan(&applied, &desired);
+            let end = simulate(&applied, &p, &desired).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(&end, &desired);
+
+            let enabled: Vec<&String> = applied.iter().filter(|a| a.enabled).map(|a| &a.module).collect();
+            let common = enabled.iter().zip(&desired).take_while(|(a, d)| **a == *d).count();
+            let disabled = applied.len() - enabled.len();
+            // Minimal: every step is forced, nothing common is touched.
+            prop_assert_eq!(p.steps.len(), (enabled.len() - common) + disabled + (desired.len() - common));
+            prop_assert_eq!(p.keep.len(), common);
+            // And a second plan from the result has nothing to do.
+            let after: Vec<Applied> = end.iter().map(|m| Applied { module: m.clone(), enabled: true }).collect();
+            prop_assert!(plan(&after, &desired).is_empty());
+        }
+    }
+}
