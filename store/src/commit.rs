@@ -59,7 +59,7 @@ pub enum CommitError {
     DamagedParent {
         stack: String,
         #[source]
-        source: VerifyError,
+        source: Box<VerifyError>,
     },
     #[error(transparent)]
     Ident(#[from] IdentError),
@@ -110,7 +110,7 @@ impl Store {
             .map(Some)
             .map_err(|source| CommitError::DamagedParent {
                 stack: stack.to_string(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -150,13 +150,13 @@ impl Store {
                 stack_release: kernel_release,
             });
         }
-        if let Some(c) = &current {
-            if c.stack.patch(&patch.name).is_some() {
-                return Err(CommitError::PatchExists {
-                    stack: stack.to_string(),
-                    name: patch.name,
-                });
-            }
+        if let Some(c) = &current
+            && c.stack.patch(&patch.name).is_some()
+        {
+            return Err(CommitError::PatchExists {
+                stack: stack.to_string(),
+                name: patch.name,
+            });
         }
 
         let mut functions = patch.functions.clone();

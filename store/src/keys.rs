@@ -57,14 +57,14 @@ pub enum KeyError {
     BadSignatureFile { path: String, message: String },
 }
 
-/// An ed25519 public key.
+/// An ed25519 public key (checked to be a valid curve point when parsed).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PublicKey(VerifyingKey);
+pub struct PublicKey([u8; 32]);
 
 impl PublicKey {
     /// The 32 key bytes.
     pub fn to_bytes(&self) -> [u8; 32] {
-        self.0.to_bytes()
+        self.0
     }
 
     /// A short fingerprint for display: the first 16 hex digits of the key.
@@ -76,7 +76,8 @@ impl PublicKey {
     /// no malleable or small-order forms).
     pub fn verifies(&self, digest: &Sha256Digest, signature: &[u8; 64]) -> bool {
         let signature = ed25519_dalek::Signature::from_bytes(signature);
-        self.0.verify_strict(digest.as_bytes(), &signature).is_ok()
+        VerifyingKey::from_bytes(&self.0)
+            .is_ok_and(|key| key.verify_strict(digest.as_bytes(), &signature).is_ok())
     }
 }
 
@@ -91,7 +92,7 @@ impl FromStr for PublicKey {
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(hex_part, &mut bytes).map_err(|_| bad())?;
         VerifyingKey::from_bytes(&bytes)
-            .map(PublicKey)
+            .map(|key| PublicKey(key.to_bytes()))
             .map_err(|_| bad())
     }
 }
@@ -149,7 +150,7 @@ impl SecretKey {
 
     /// The matching public key.
     pub fn public(&self) -> PublicKey {
-        PublicKey(self.0.verifying_key())
+        PublicKey(self.0.verifying_key().to_bytes())
     }
 
     /// Signs `stack.toml` by its digest.

@@ -97,10 +97,8 @@ impl Store {
             0 => Ok(None),
             1 => Ok(matches.into_iter().next()),
             _ => {
-                if let Some(kernel) = kernel {
-                    if let Some(id) = matches.iter().find(|id| &id.build_id == kernel) {
-                        return Ok(Some(id.clone()));
-                    }
+                if let Some(id) = kernel.and_then(|k| matches.iter().find(|id| &id.build_id == k)) {
+                    return Ok(Some(id.clone()));
                 }
                 Err(RevError::AmbiguousStack {
                     name: name.to_owned(),

@@ -230,7 +230,7 @@ pub struct RefUpdate {
 /// The store: a bare Git repository.
 pub struct Store {
     pub(crate) repo: gix::Repository,
-    path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 impl fmt::Debug for Store {

@@ -26,7 +26,7 @@ pub enum VerifyError {
     DigestMismatch {
         commit: String,
         path: String,
-        recorded_in: &'static str,
+        recorded_in: RecordedIn,
         expected: Sha256Digest,
         actual: Sha256Digest,
     },
@@ -56,6 +56,24 @@ pub enum VerifyError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Which file records a digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordedIn {
+    /// `stack.toml` records the digests of manifests and of the parent's `stack.toml`.
+    StackToml,
+    /// A patch's manifest records the digests of its artifacts.
+    Manifest,
+}
+
+impl std::fmt::Display for RecordedIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RecordedIn::StackToml => STACK_FILE,
+            RecordedIn::Manifest => "manifest",
+        })
+    }
 }
 
 /// A stack commit that verified.
@@ -137,8 +155,10 @@ impl Store {
             path: path.to_owned(),
             message,
         };
-        if let Some(expected) = stack {
-            if header.stack.build_id != expected.build_id || header.stack.name != expected.name {
+        if let Some(expected) = stack
+            && (header.stack.build_id != expected.build_id || header.stack.name != expected.name)
+        {
+            {
                 return Err(invalid(
                     STACK_FILE,
                     format!(
@@ -221,7 +241,7 @@ impl Store {
             return Err(VerifyError::DigestMismatch {
                 commit: commit.to_owned(),
                 path: manifest_path,
-                recorded_in: STACK_FILE,
+                recorded_in: RecordedIn::StackToml,
                 expected: entry.manifest_sha256,
                 actual,
             });
@@ -278,7 +298,7 @@ impl Store {
                 return Err(VerifyError::DigestMismatch {
                     commit: commit.to_owned(),
                     path,
-                    recorded_in: "manifest",
+                    recorded_in: RecordedIn::Manifest,
                     expected: artifact.sha256,
                     actual,
                 });
@@ -361,8 +381,10 @@ impl Store {
                 key: sig.key,
             });
         }
-        if let Some(claimed) = info.signer {
-            if claimed != sig.key {
+        if let Some(claimed) = info.signer
+            && claimed != sig.key
+        {
+            {
                 return Err(VerifyError::Invalid {
                     commit,
                     path: SIGNATURE_FILE.to_owned(),
@@ -398,7 +420,7 @@ impl Store {
                     return Err(VerifyError::DigestMismatch {
                         commit: commit.clone(),
                         path: format!("parent {parent_commit}: {STACK_FILE}"),
-                        recorded_in: STACK_FILE,
+                        recorded_in: RecordedIn::StackToml,
                         expected: digest,
                         actual,
                     });
@@ -478,12 +500,15 @@ impl Store {
 
     /// Checks the signatures and the `parent` chain of `head` and all its
     /// ancestors, down to (not including) `stop`; returns how many commits were
-    /// checked. Only the head's patches are read ([`Store::verify`] does that).
+    /// checked. With a `policy`, every signer must be trusted; without one, the
+    /// signatures need only be valid (the head's trusted signature covers its
+    /// ancestors through the chain of `parent` digests). Only `stack.toml` and
+    /// `stack.sig` are read; [`Store::verify`] checks a commit's patches.
     pub fn verify_history(
         &self,
         head: ObjectId,
         stop: Option<ObjectId>,
-        policy: &TrustPolicy,
+        policy: Option<&TrustPolicy>,
     ) -> Result<usize, VerifyError> {
         let mut count = 0;
         let mut next = Some(head);
@@ -492,11 +517,15 @@ impl Store {
                 break;
             }
             let header = self.signed_header(id)?;
-            if !policy.trusts(&header.signer) {
-                return Err(VerifyError::Untrusted {
-                    commit: short(&id),
-                    key: header.signer,
-                });
+            if let Some(policy) = policy
+                && !policy.trusts(&header.signer)
+            {
+                {
+                    return Err(VerifyError::Untrusted {
+                        commit: short(&id),
+                        key: header.signer,
+                    });
+                }
             }
             count += 1;
             next = header.parent;

@@ -79,7 +79,7 @@ fn module_swapped_under_the_same_git_id() {
         .verify(head, Some(&env.stack), &env.policy)
         .unwrap_err();
     assert!(
-        matches!(&err, VerifyError::DigestMismatch { path: p, recorded_in: "manifest", .. } if p == path),
+        matches!(&err, VerifyError::DigestMismatch { path: p, recorded_in: kstack_store::verify::RecordedIn::Manifest, .. } if p == path),
         "{err}"
     );
 }
@@ -95,10 +95,7 @@ fn manifest_whose_digest_does_not_match() {
     assert_ne!(text, edited);
     let tampered = rewrite_blob(&env.store, head, path, edited.as_bytes());
     force_ref(&env, tampered);
-    let err = env
-        .store
-        .verify(env.head(), None, &env.policy)
-        .unwrap_err();
+    let err = env.store.verify(env.head(), None, &env.policy).unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
@@ -190,7 +187,10 @@ fn missing_object() {
     let err = store.log(head, None).unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!("commit {}: object {head} is missing from the store", short(&head))
+        format!(
+            "commit {}: object {head} is missing from the store",
+            short(&head)
+        )
     );
 }
 
@@ -238,17 +238,21 @@ fn ref_pointing_nowhere() {
     let err = env.store.stack_head(&env.stack).unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!(
-            "ref refs/kstack/{BUILD_ID}/prod points to {nowhere}, which is not in the store"
-        )
+        format!("ref refs/kstack/{BUILD_ID}/prod points to {nowhere}, which is not in the store")
     );
     let err = env.store.resolve("prod", None).unwrap_err();
-    assert!(err.to_string().contains("which is not in the store"), "{err}");
+    assert!(
+        err.to_string().contains("which is not in the store"),
+        "{err}"
+    );
     let err = env
         .store
         .add_patch(&env.stack, patch("bar", &["f2"]), "m", &author(), &env.key)
         .unwrap_err();
-    assert!(matches!(err, CommitError::Store(StoreError::DanglingRef { .. })), "{err}");
+    assert!(
+        matches!(err, CommitError::Store(StoreError::DanglingRef { .. })),
+        "{err}"
+    );
 }
 
 #[test]
@@ -256,7 +260,10 @@ fn a_commit_claiming_another_stack() {
     let env = Env::new();
     let head = env.add("foo", &["f1"]);
     let other = kstack_store::store::StackId::new(BUILD_ID.parse().unwrap(), "staging").unwrap();
-    let err = env.store.verify(head, Some(&other), &env.policy).unwrap_err();
+    let err = env
+        .store
+        .verify(head, Some(&other), &env.policy)
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
@@ -356,14 +363,23 @@ fn racing_threads_never_fork_history() {
             );
             assert!(loser.to_string().ends_with("retry"), "{loser}");
         }
-        assert_eq!(env.reopen().stack_head(&env.stack).unwrap(), Some(*winners[0]));
+        assert_eq!(
+            env.reopen().stack_head(&env.stack).unwrap(),
+            Some(*winners[0])
+        );
     }
     // A straight line: base + one winner per round, each verifying.
     let store = env.reopen();
     let head = store.stack_head(&env.stack).unwrap().unwrap();
     assert_eq!(store.log(head, None).unwrap().len(), 1 + rounds);
-    assert_eq!(store.verify_history(head, None, &env.policy).unwrap(), 1 + rounds);
-    assert_eq!(store.verify(head, None, &env.policy).unwrap().patches.len(), 1 + rounds);
+    assert_eq!(
+        store.verify_history(head, None, Some(&env.policy)).unwrap(),
+        1 + rounds
+    );
+    assert_eq!(
+        store.verify(head, None, &env.policy).unwrap().patches.len(),
+        1 + rounds
+    );
 }
 
 #[test]
@@ -404,7 +420,10 @@ fn git_reads_the_store() {
     git(&env.path(), &["fsck", "--strict", "--no-progress"]);
     let log = git(&env.path(), &["log", "--format=%s", &env.stack.ref_name()]);
     assert_eq!(log, "add bar\nadd foo\n");
-    let files = git(&env.path(), &["ls-tree", "-r", "--name-only", &env.stack.ref_name()]);
+    let files = git(
+        &env.path(),
+        &["ls-tree", "-r", "--name-only", &env.stack.ref_name()],
+    );
     assert_eq!(
         files,
         "patches/0001-foo/manifest.toml\npatches/0001-foo/module.ko\npatches/0001-foo/patch.diff\n\

@@ -41,7 +41,9 @@ fn commit_verify_and_log() {
     assert_eq!(log[0].summary(), "add fix-b");
     assert_eq!(log[0].signer, Some(env.key.public()));
     assert_eq!(
-        env.store.verify_history(second, None, &env.policy).unwrap(),
+        env.store
+            .verify_history(second, None, Some(&env.policy))
+            .unwrap(),
         2
     );
 

@@ -1,6 +1,7 @@
 //! Shared helpers for the store's integration tests: a temporary store, fixed keys
 //! and timestamps, and synthetic livepatch modules.
 #![allow(dead_code)] // each test binary uses its own subset
+#![allow(clippy::unwrap_used)] // helpers of tests: a failure here is a test failure
 
 use std::path::{Path, PathBuf};
 
