@@ -9,7 +9,6 @@
 //! (a crash) leaves the store as it was, plus unreferenced objects.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, UNIX_EPOCH};
 
 use crate::digest::Sha256Digest;
 use crate::ident::{self, IdentError};
@@ -20,7 +19,9 @@ use crate::model::{
     PATCHES_DIR, PatchEntry, PatchSource, SIGNATURE_FILE, STACK_FILE, StackFile, check_name,
     patch_dir,
 };
-use crate::store::{Author, ItemKind, ObjectId, RefUpdate, StackId, Store, StoreError, TreeItem};
+use crate::store::{
+    Author, ItemKind, ObjectId, RefUpdate, StackId, Store, StoreError, TreeItem, format_time,
+};
 use crate::verify::{VerifiedStack, VerifyError};
 
 /// A request that cannot be committed, or a store that cannot take it.
@@ -114,12 +115,15 @@ impl Store {
             })
     }
 
-    /// Writes a commit that adds `patch` on top of `stack` (creating the stack when
-    /// it has no commit yet, for the release the module was built for). The module
-    /// must be a livepatch module built for the stack's kernel release.
+    /// Writes a commit that adds `patch` on top of `stack`, creating the stack when
+    /// it has no commit yet. `release` is the kernel release when the caller knows
+    /// it (from the kernel image or the running kernel); a new stack is pinned to
+    /// it, or else to the release the module was built for. The module must be a
+    /// livepatch module built for the stack's release.
     pub fn prepare_add_patch(
         &self,
         stack: &StackId,
+        release: Option<&str>,
         patch: NewPatch,
         message: &str,
         author: &Author,
@@ -138,9 +142,10 @@ impl Store {
             .release()
             .expect("ident::modinfo requires a vermagic")
             .to_owned();
-        let kernel_release = match &current {
-            Some(c) => c.stack.kernel_release.clone(),
-            None => module_release.clone(),
+        let kernel_release = match (&current, release) {
+            (Some(c), _) => c.stack.kernel_release.clone(),
+            (None, Some(release)) => release.to_owned(),
+            (None, None) => module_release.clone(),
         };
         if module_release != kernel_release {
             return Err(CommitError::WrongRelease {
@@ -190,7 +195,7 @@ impl Store {
             kernel_release: kernel_release.clone(),
             build_id: stack.build_id.clone(),
             created_by: author.display(),
-            created_at: rfc3339(author.time),
+            created_at: format_time(author.time),
             build: patch.build.clone(),
             artifacts,
             functions,
@@ -423,12 +428,13 @@ impl Store {
     pub fn add_patch(
         &self,
         stack: &StackId,
+        release: Option<&str>,
         patch: NewPatch,
         message: &str,
         author: &Author,
         key: &SecretKey,
     ) -> Result<Prepared, CommitError> {
-        let prepared = self.prepare_add_patch(stack, patch, message, author, key)?;
+        let prepared = self.prepare_add_patch(stack, release, patch, message, author, key)?;
         self.publish(&prepared)?;
         Ok(prepared)
     }
@@ -446,10 +452,4 @@ impl Store {
         self.publish(&prepared)?;
         Ok(prepared)
     }
-}
-
-/// RFC 3339 in UTC, to the second.
-fn rfc3339(seconds: i64) -> String {
-    let time = UNIX_EPOCH + Duration::from_secs(seconds.max(0) as u64);
-    humantime::format_rfc3339_seconds(time).to_string()
 }

@@ -328,6 +328,11 @@ pub fn fake_bzimage(vmlinux: &[u8], how: FakeCompression) -> Vec<u8> {
     image[bzimage::SETUP_SECTS] = setup_sects as u8;
     image[bzimage::HEADER..bzimage::HEADER + 4].copy_from_slice(bzimage::HEADER_MAGIC);
     image[bzimage::VERSION..bzimage::VERSION + 2].copy_from_slice(&0x020fu16.to_le_bytes());
+    let version = format!("{RELEASE} (fixture@kstack) #1 SMP\0");
+    let version_at = 0x300;
+    image[version_at..version_at + version.len()].copy_from_slice(version.as_bytes());
+    image[bzimage::KERNEL_VERSION..bzimage::KERNEL_VERSION + 2]
+        .copy_from_slice(&((version_at - bzimage::KERNEL_VERSION_BASE) as u16).to_le_bytes());
     let decompressor_len = 0x300u32;
     image[bzimage::PAYLOAD_OFFSET..bzimage::PAYLOAD_OFFSET + 4]
         .copy_from_slice(&decompressor_len.to_le_bytes());

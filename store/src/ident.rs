@@ -48,6 +48,10 @@ pub mod bzimage {
     pub const PAYLOAD_OFFSET: usize = 0x248;
     /// `payload_length`.
     pub const PAYLOAD_LENGTH: usize = 0x24c;
+    /// `kernel_version`: offset of the version string, minus 0x200 (protocol 2.00+).
+    pub const KERNEL_VERSION: usize = 0x20e;
+    /// What `kernel_version` is relative to.
+    pub const KERNEL_VERSION_BASE: usize = 0x200;
     /// Size of one setup sector.
     pub const SECTOR: usize = 512;
     /// What `setup_sects == 0` means, for compatibility with old images.
@@ -251,6 +255,66 @@ pub fn build_id_from_note_stream(mut data: &[u8], little_endian: bool) -> Option
         data = &data[next..];
     }
     None
+}
+
+/// A kernel: its build ID and, when it can be told, its release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelIdentity {
+    pub build_id: BuildId,
+    pub release: Option<String>,
+}
+
+/// The running kernel's identity.
+pub fn running_kernel() -> Result<KernelIdentity, IdentError> {
+    Ok(KernelIdentity {
+        build_id: running_kernel_build_id()?,
+        release: running_kernel_release().ok(),
+    })
+}
+
+/// The identity of a kernel image file: the build ID of the vmlinux in it and the
+/// release from the bzImage's `kernel_version` string (or the vmlinux's banner).
+pub fn image_identity(path: &Path) -> Result<KernelIdentity, IdentError> {
+    let bytes = read_file(path)?;
+    let what = path.display().to_string();
+    if bytes.starts_with(&object::elf::ELFMAG) {
+        return Ok(KernelIdentity {
+            build_id: elf_build_id(&bytes, &what)?,
+            release: banner_release(&bytes),
+        });
+    }
+    let vmlinux = bzimage_vmlinux(&bytes, &what)?;
+    Ok(KernelIdentity {
+        build_id: elf_build_id(&vmlinux, &format!("{what} (decompressed vmlinux)"))?,
+        release: bzimage_release(&bytes).or_else(|| banner_release(&vmlinux)),
+    })
+}
+
+/// The first word of a bzImage's `kernel_version` string.
+pub fn bzimage_release(image: &[u8]) -> Option<String> {
+    use bzimage::*;
+    let field = image.get(KERNEL_VERSION..KERNEL_VERSION + 2)?;
+    let offset = u16::from_le_bytes([field[0], field[1]]) as usize;
+    if offset == 0 {
+        return None;
+    }
+    first_word(image.get(offset + KERNEL_VERSION_BASE..)?)
+}
+
+/// The release in `linux_banner` ("Linux version 6.1.0-56-cloud-amd64 (...").
+pub fn banner_release(vmlinux: &[u8]) -> Option<String> {
+    const BANNER: &[u8] = b"Linux version ";
+    let at = vmlinux.windows(BANNER.len()).position(|w| w == BANNER)?;
+    first_word(&vmlinux[at + BANNER.len()..])
+}
+
+fn first_word(bytes: &[u8]) -> Option<String> {
+    let end = bytes
+        .iter()
+        .position(|&b| b == 0 || b.is_ascii_whitespace())
+        .unwrap_or(bytes.len().min(64));
+    let word = std::str::from_utf8(&bytes[..end]).ok()?;
+    (!word.is_empty() && word.len() <= 64).then(|| word.to_owned())
 }
 
 /// The build ID of a kernel image file: a bzImage or a raw vmlinux.
@@ -754,6 +818,8 @@ mod tests {
         // As `lz4 -d` + `readelf -n` report it for 6.1.0-56-cloud-amd64 (6.1.192-2).
         if path.ends_with("vmlinuz-6.1.0-56-cloud-amd64") {
             assert_eq!(id.to_hex(), "3b43fad5034874490492495d552c0af6a5fab235");
+            let identity = image_identity(&path).unwrap();
+            assert_eq!(identity.release.as_deref(), Some("6.1.0-56-cloud-amd64"));
         }
     }
 

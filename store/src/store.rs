@@ -168,6 +168,12 @@ pub enum StoreError {
     },
 }
 
+/// RFC 3339 in UTC, to the second (how commit and manifest times are shown).
+pub fn format_time(seconds: i64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds.max(0) as u64);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
 fn boxed(e: impl std::error::Error + Send + Sync + 'static) -> BoxError {
     Box::new(e)
 }

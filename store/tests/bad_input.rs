@@ -42,7 +42,14 @@ fn flipped_byte_in_a_module() {
     // Nothing is built on top of it either.
     let err = env
         .store
-        .add_patch(&env.stack, patch("bar", &["f2"]), "m", &author(), &env.key)
+        .add_patch(
+            &env.stack,
+            None,
+            patch("bar", &["f2"]),
+            "m",
+            &author(),
+            &env.key,
+        )
         .unwrap_err();
     assert!(matches!(err, CommitError::DamagedParent { .. }), "{err}");
 }
@@ -131,7 +138,14 @@ fn signature_by_an_untrusted_key() {
     let stranger = SecretKey::from_seed(&[9; 32]);
     let prepared = env
         .store
-        .add_patch(&env.stack, patch("foo", &["f"]), "m", &author(), &stranger)
+        .add_patch(
+            &env.stack,
+            None,
+            patch("foo", &["f"]),
+            "m",
+            &author(),
+            &stranger,
+        )
         .unwrap();
     let err = env
         .store
@@ -247,7 +261,14 @@ fn ref_pointing_nowhere() {
     );
     let err = env
         .store
-        .add_patch(&env.stack, patch("bar", &["f2"]), "m", &author(), &env.key)
+        .add_patch(
+            &env.stack,
+            None,
+            patch("bar", &["f2"]),
+            "m",
+            &author(),
+            &env.key,
+        )
         .unwrap_err();
     assert!(
         matches!(err, CommitError::Store(StoreError::DanglingRef { .. })),
@@ -295,11 +316,25 @@ fn concurrent_commits_on_one_stack_lose_cleanly() {
     // Deterministic: both prepared on the same head, published one after the other.
     let a = env
         .store
-        .prepare_add_patch(&env.stack, patch("a", &["f1"]), "a", &author(), &env.key)
+        .prepare_add_patch(
+            &env.stack,
+            None,
+            patch("a", &["f1"]),
+            "a",
+            &author(),
+            &env.key,
+        )
         .unwrap();
     let other = env.reopen();
     let b = other
-        .prepare_add_patch(&env.stack, patch("b", &["f2"]), "b", &author(), &env.key)
+        .prepare_add_patch(
+            &env.stack,
+            None,
+            patch("b", &["f2"]),
+            "b",
+            &author(),
+            &env.key,
+        )
         .unwrap();
     env.store.publish(&a).unwrap();
     let err = other.publish(&b).unwrap_err();
@@ -318,7 +353,14 @@ fn concurrent_commits_on_one_stack_lose_cleanly() {
     assert_eq!(env.head(), a.commit);
     // A retry builds on the new head.
     other
-        .add_patch(&env.stack, patch("b", &["f2"]), "b", &author(), &env.key)
+        .add_patch(
+            &env.stack,
+            None,
+            patch("b", &["f2"]),
+            "b",
+            &author(),
+            &env.key,
+        )
         .unwrap();
     let log = env.store.log(env.head(), None).unwrap();
     assert_eq!(log.len(), 3);
@@ -343,7 +385,14 @@ fn racing_threads_never_fork_history() {
                     let store = Store::open(&path).unwrap();
                     let name = format!("r{round}t{t}");
                     let prepared = store
-                        .prepare_add_patch(&stack, patch(&name, &["f"]), &name, &author(), &key)
+                        .prepare_add_patch(
+                            &stack,
+                            None,
+                            patch(&name, &["f"]),
+                            &name,
+                            &author(),
+                            &key,
+                        )
                         .unwrap();
                     barrier.wait();
                     store.publish(&prepared).map(|()| prepared.commit)
@@ -390,7 +439,14 @@ fn crash_between_objects_and_ref() {
     // Write every object of a commit, then "crash" before the ref moves.
     let prepared = env
         .store
-        .prepare_add_patch(&env.stack, patch("bar", &["f2"]), "m", &author(), &env.key)
+        .prepare_add_patch(
+            &env.stack,
+            None,
+            patch("bar", &["f2"]),
+            "m",
+            &author(),
+            &env.key,
+        )
         .unwrap();
     let path = env.path();
     drop(env.store);
@@ -401,7 +457,14 @@ fn crash_between_objects_and_ref() {
     store.verify(head, Some(&env.stack), &env.policy).unwrap();
     // And the next commit proceeds normally.
     store
-        .add_patch(&env.stack, patch("bar", &["f2"]), "m", &author(), &env.key)
+        .add_patch(
+            &env.stack,
+            None,
+            patch("bar", &["f2"]),
+            "m",
+            &author(),
+            &env.key,
+        )
         .unwrap();
     if have_git() {
         git(&path, &["fsck", "--no-progress"]);

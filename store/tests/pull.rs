@@ -109,6 +109,7 @@ fn untrusted_signer_is_refused() {
         .store
         .add_patch(
             &remote.stack,
+            None,
             patch("foo", &["f"]),
             "m",
             &author(),
@@ -134,7 +135,7 @@ fn one_bad_stack_refuses_the_whole_pull() {
     let stranger = SecretKey::from_seed(&[7; 32]);
     remote
         .store
-        .add_patch(&other, patch("x", &["f"]), "m", &author(), &stranger)
+        .add_patch(&other, None, patch("x", &["f"]), "m", &author(), &stranger)
         .unwrap();
     let err = local
         .store

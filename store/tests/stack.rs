@@ -128,7 +128,7 @@ fn given_functions_are_recorded_with_discovered_ones() {
     let mut p = patch("a", &["found_one"]);
     p.functions = vec!["given_one".parse().unwrap(), "found_one".parse().unwrap()];
     env.store
-        .add_patch(&env.stack, p, "add a", &author(), &env.key)
+        .add_patch(&env.stack, None, p, "add a", &author(), &env.key)
         .unwrap();
     let v = env.store.verify(env.head(), None, &env.policy).unwrap();
     let f: Vec<String> = v.patches[0]
@@ -151,7 +151,7 @@ fn commit_refuses_bad_modules() {
     p.module = m.build();
     let err = env
         .store
-        .add_patch(&env.stack, p, "m", &author(), &env.key)
+        .add_patch(&env.stack, None, p, "m", &author(), &env.key)
         .unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -166,7 +166,7 @@ fn commit_refuses_bad_modules() {
     p.module = m.build();
     let err = env
         .store
-        .add_patch(&env.stack, p, "m", &author(), &env.key)
+        .add_patch(&env.stack, None, p, "m", &author(), &env.key)
         .unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -177,13 +177,13 @@ fn commit_refuses_bad_modules() {
     p.module = b"junk".to_vec();
     let err = env
         .store
-        .add_patch(&env.stack, p, "m", &author(), &env.key)
+        .add_patch(&env.stack, None, p, "m", &author(), &env.key)
         .unwrap_err();
     assert!(err.to_string().starts_with("junk.ko: bad ELF"), "{err}");
     // A name already in the stack.
     let err = env
         .store
-        .add_patch(&env.stack, patch("a", &[]), "m", &author(), &env.key)
+        .add_patch(&env.stack, None, patch("a", &[]), "m", &author(), &env.key)
         .unwrap_err();
     assert!(matches!(err, CommitError::PatchExists { .. }), "{err}");
     assert_eq!(env.store.log(env.head(), None).unwrap().len(), 1);
@@ -219,7 +219,7 @@ fn revisions() {
     // The same name for another kernel makes the bare name ambiguous.
     let other = StackId::new("00ff00ff".parse().unwrap(), "prod").unwrap();
     env.store
-        .add_patch(&other, patch("x", &["f"]), "x", &author(), &env.key)
+        .add_patch(&other, None, patch("x", &["f"]), "x", &author(), &env.key)
         .unwrap();
     let err = r("prod").unwrap_err();
     assert!(err.to_string().contains("pass --kernel"), "{err}");
@@ -232,4 +232,32 @@ fn revisions() {
             .commit,
         third
     );
+}
+
+#[test]
+fn a_new_stack_takes_the_given_release_and_refuses_other_modules() {
+    let env = Env::new();
+    let err = env
+        .store
+        .add_patch(
+            &env.stack,
+            Some("6.1.0-57-cloud-amd64"),
+            patch("a", &["f"]),
+            "m",
+            &author(),
+            &env.key,
+        )
+        .unwrap_err();
+    assert!(matches!(err, CommitError::WrongRelease { .. }), "{err}");
+    assert!(env.store.stack_head(&env.stack).unwrap().is_none());
+    env.store
+        .add_patch(
+            &env.stack,
+            Some("6.1.0-56-cloud-amd64"),
+            patch("a", &["f"]),
+            "m",
+            &author(),
+            &env.key,
+        )
+        .unwrap();
 }

@@ -53,6 +53,7 @@ impl Env {
         self.store
             .add_patch(
                 &self.stack,
+                None,
                 patch(name, functions),
                 &format!("add {name}"),
                 &author(),
