@@ -142,3 +142,44 @@ impl From<kstack_engine::sandbox::SandboxError> for CliError {
         e
     }
 }
+
+impl From<kstack_engine::reconcile::host::SyncError> for CliError {
+    fn from(err: kstack_engine::reconcile::host::SyncError) -> Self {
+        use kstack_engine::kernel::KernelError;
+        use kstack_engine::reconcile::host::SyncError;
+        use kstack_engine::reconcile::state::StateError;
+        let kind = match &err {
+            SyncError::Verify(_)
+            | SyncError::WrongKernel { .. }
+            | SyncError::WrongRelease { .. }
+            | SyncError::ModuleDigest { .. } => Kind::Data,
+            SyncError::State(StateError::Busy { .. }) | SyncError::TransitionInProgress(_) => {
+                Kind::TempFail
+            }
+            SyncError::State(StateError::Corrupt { .. }) => Kind::Data,
+            SyncError::Kernel(KernelError::NoLivepatch) => Kind::Unavailable,
+            SyncError::Kernel(KernelError::Identify(_)) => Kind::Unavailable,
+            SyncError::Kernel(_) | SyncError::Failed(_) => Kind::User,
+            SyncError::NoStack { .. }
+            | SyncError::Revision(_)
+            | SyncError::NoRollbackTarget(_)
+            | SyncError::State(StateError::NoSuchGeneration(_)) => Kind::User,
+            SyncError::Store(_) | SyncError::State(_) => Kind::Internal,
+        };
+        let hint = match &err {
+            SyncError::Failed(e) if e.restored() => {
+                Some("the host is back on its previous generation (see `kstack status`)")
+            }
+            SyncError::Failed(_) => Some(
+                "some undo steps failed: the host is NOT on a known generation; see `kstack status`",
+            ),
+            SyncError::Kernel(KernelError::NoLivepatch) => {
+                Some("run the stack in a VM instead: kstack try --config FILE -- kstack status")
+            }
+            _ => None,
+        };
+        let mut e = CliError::new(kind, chain(&err));
+        e.hint = hint.map(str::to_owned);
+        e
+    }
+}

@@ -4,6 +4,7 @@
 //! the work is done by `kstack-store` and `kstack-engine`.
 
 mod commands;
+mod context;
 mod error;
 mod ui;
 

@@ -108,6 +108,41 @@ impl Initramfs {
         )
     }
 
+    /// A host directory, recursively, at `path`: regular files (copied when the archive
+    /// is written), directories and symbolic links.
+    pub fn host_tree(&mut self, path: &str, host: &Path) -> Result<&mut Self, InitramfsError> {
+        let read_err = |source| InitramfsError::Read {
+            path: host.to_owned(),
+            source,
+        };
+        self.dir(path, 0o755)?;
+        let mut entries: Vec<_> = std::fs::read_dir(host)
+            .map_err(read_err)?
+            .collect::<Result<_, _>>()
+            .map_err(read_err)?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                return Err(InitramfsError::BadPath(format!(
+                    "{}",
+                    entry.path().display()
+                )));
+            };
+            let guest = format!("{}/{name}", path.trim_end_matches('/'));
+            let kind = entry.file_type().map_err(read_err)?;
+            if kind.is_dir() {
+                self.host_tree(&guest, &entry.path())?;
+            } else if kind.is_symlink() {
+                let target = std::fs::read_link(entry.path()).map_err(read_err)?;
+                self.symlink(&guest, &target.to_string_lossy())?;
+            } else if kind.is_file() {
+                self.host_file(&guest, &entry.path())?;
+            }
+        }
+        Ok(self)
+    }
+
     /// A symbolic link to `target`.
     pub fn symlink(&mut self, path: &str, target: &str) -> Result<&mut Self, InitramfsError> {
         self.insert(path, S_IFLNK | 0o777, Content::Symlink(target.to_owned()))
@@ -321,6 +356,10 @@ mod tests {
         fs.file("/etc/motd", 0o600, b"hello".to_vec()).unwrap();
         fs.host_file("/bin/blob", &host).unwrap();
         fs.symlink("/init", "/bin/blob").unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("a/b")).unwrap();
+        std::fs::write(tree.join("a/b/deep"), b"deep").unwrap();
+        fs.host_tree("/srv/tree", &tree).unwrap();
         let img = dir.path().join("x.cpio");
         fs.write_file(&img).unwrap();
         let root = dir.path().join("root");

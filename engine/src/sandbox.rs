@@ -187,6 +187,12 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Copies a host directory tree into the guest when the VM starts.
+    pub fn add_host_tree(&mut self, guest_path: &str, host: &Path) -> Result<(), SandboxError> {
+        self.root.host_tree(guest_path, host)?;
+        Ok(())
+    }
+
     /// Puts bytes into the guest as a file.
     pub fn add_file(
         &mut self,

@@ -137,3 +137,4 @@ pub fn build_test_module(name: &str) -> PathBuf {
     }
     ko
 }
+pub mod stack;

@@ -8,7 +8,12 @@ use clap::{Args, Parser, Subcommand};
 use crate::error::CliError;
 use crate::ui::Ui;
 
+pub mod generations;
 pub mod guest_init;
+pub mod plan;
+pub mod rollback;
+pub mod status;
+pub mod sync;
 pub mod r#try;
 
 /// Live-patch a running Linux kernel from signed, declarative patch stacks.
@@ -45,16 +50,29 @@ pub struct GlobalArgs {
     /// The config file
     #[arg(long, global = true, env = "KSTACK_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The store (a bare Git repository) [default: the config's, else /var/lib/kstack/store]
+    #[arg(long, global = true, env = "KSTACK_STORE", value_name = "DIR")]
+    pub store: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    Sync(sync::SyncArgs),
+    Plan(plan::PlanArgs),
+    Status(status::StatusArgs),
+    Generations(generations::GenerationsArgs),
+    Rollback(rollback::RollbackArgs),
     Try(r#try::TryArgs),
 }
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli, ui: &Ui) -> Result<ExitCode, CliError> {
     match cli.command {
+        Command::Sync(args) => sync::cmd_sync(ui, &cli.global, args),
+        Command::Plan(args) => plan::cmd_plan(ui, &cli.global, args),
+        Command::Status(args) => status::cmd_status(ui, &cli.global, args),
+        Command::Generations(args) => generations::cmd_generations(ui, &cli.global, args),
+        Command::Rollback(args) => rollback::cmd_rollback(ui, &cli.global, args),
         Command::Try(args) => r#try::cmd_try(ui, &cli.global, args),
     }
 }

@@ -5,6 +5,7 @@
 //! - [`exec`]: the executor, which runs a plan on the kernel and undoes it on failure.
 
 pub mod exec;
+pub mod host;
 pub mod plan;
 pub mod state;
 

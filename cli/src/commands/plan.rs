@@ -1,0 +1,116 @@
+//! `kstack plan`: what `kstack sync` would do, terraform-style.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use kstack_engine::reconcile::Step;
+use kstack_engine::reconcile::host::{Host, Prepared};
+
+use super::GlobalArgs;
+use crate::context::Context;
+use crate::error::{CliError, EXIT_CHANGES};
+use crate::ui::Ui;
+
+/// Show what `kstack sync` would change, without changing anything
+///
+/// Identifies the running kernel, verifies the stack the config declares (signatures,
+/// digests, build ID, vermagic), reads the applied livepatches and prints the plan:
+/// the patches kept, reverted (newest first) and applied (in stack order).
+///
+/// Exit status: 0 when the kernel already runs the declared stack, 2 when there are
+/// changes, 1 (or another error code) when the plan cannot be made.
+#[derive(Debug, Args)]
+pub struct PlanArgs {}
+
+pub fn cmd_plan(ui: &Ui, global: &GlobalArgs, _args: PlanArgs) -> Result<ExitCode, CliError> {
+    let ctx = Context::load(global, true)?;
+    let store = ctx.open_store()?;
+    let host = Host {
+        config: &ctx.config,
+        store: &store,
+        state: ctx.state_dir(),
+        trust: ctx.trust()?,
+    };
+    let prepared = host.plan()?;
+    if ui.json() {
+        ui.emit_json(&plan_json(&prepared));
+    } else {
+        render_plan(ui, &prepared);
+    }
+    Ok(if prepared.plan.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_CHANGES)
+    })
+}
+
+/// The plan as JSON (shared with `sync --json`).
+pub fn plan_json(p: &Prepared) -> serde_json::Value {
+    let stack = p.desired.stack.as_ref();
+    serde_json::json!({
+        "kernel": { "release": p.identity.release, "build_id": p.identity.build_id.to_hex() },
+        "stack": stack.map(|s| &s.stack.name),
+        "commit": p.desired.commit().map(|c| c.to_string()),
+        "keep": p.plan.keep,
+        "steps": p.plan.steps,
+        "foreign": p.foreign,
+        "changes": !p.plan.is_empty(),
+    })
+}
+
+/// The plan for people.
+pub fn render_plan(ui: &Ui, p: &Prepared) {
+    let stack = match &p.desired.stack {
+        Some(s) => format!(
+            "stack {} @ {} ({} patches)",
+            s.stack.name,
+            s.commit.to_hex_with_len(12),
+            s.patches.len()
+        ),
+        None => "no stack declared".to_owned(),
+    };
+    ui.line(format!(
+        "kernel {} (build ID {}), {stack}",
+        p.identity.release,
+        p.identity.build_id.short()
+    ));
+    let name_of = |module: &str| {
+        p.desired
+            .stack
+            .as_ref()
+            .and_then(|s| s.patches.iter().find(|x| x.manifest.module_name == module))
+            .map(|x| format!(" (patch {})", x.manifest.name))
+            .unwrap_or_default()
+    };
+    for module in &p.plan.keep {
+        ui.line(format!("  = {module}{}", name_of(module)));
+    }
+    let (mut apply, mut revert) = (0, 0);
+    for step in &p.plan.steps {
+        match step {
+            Step::Revert { module } => {
+                revert += 1;
+                ui.line(format!("  - {module}  revert"));
+            }
+            Step::Unload { module } => {
+                revert += 1;
+                ui.line(format!("  - {module}  unload (already disabled)"));
+            }
+            Step::Apply { module, .. } => {
+                apply += 1;
+                ui.line(format!("  + {module}  apply{}", name_of(module)));
+            }
+        }
+    }
+    for module in &p.foreign {
+        ui.line(format!("  ! {module}  not kstack's: left alone"));
+    }
+    if p.plan.is_empty() {
+        ui.line("Nothing to do: the kernel runs the declared stack.");
+    } else {
+        ui.line(format!(
+            "Plan: {apply} to apply, {revert} to revert, {} kept.",
+            p.plan.keep.len()
+        ));
+    }
+}

@@ -1,0 +1,158 @@
+//! `kstack sync`: make the running kernel run the declared stack.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use indicatif::ProgressBar;
+use kstack_engine::reconcile::Step;
+use kstack_engine::reconcile::exec::Observer;
+use kstack_engine::reconcile::host::{Host, Synced};
+
+use super::GlobalArgs;
+use super::plan::{plan_json, render_plan};
+use crate::context::Context;
+use crate::error::CliError;
+use crate::ui::Ui;
+
+/// Apply or revert livepatch modules until the kernel runs the declared stack
+///
+/// Verifies the declared stack completely before anything reaches the kernel
+/// (signatures against the trusted keys, every SHA-256, the kernel build ID, each
+/// module's vermagic). Then keeps the longest common prefix of the applied and the
+/// declared patches, reverts the rest of the applied ones newest first and applies
+/// the rest of the declared ones in order, waiting for each livepatch transition. If a
+/// step fails or its transition does not finish within the configured timeout, the
+/// transition is reversed, the completed steps are undone and the host stays on its
+/// previous generation. A successful sync that changes something records a new
+/// generation; a second sync does nothing. Livepatches kstack did not load are never
+/// touched. Only one kstack changes the kernel at a time (exit 75 when busy).
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Verify and print the plan, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Bound on each transition [default: the config's, else 60s]
+    #[arg(long, value_parser = kstack_engine::parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+}
+
+pub fn cmd_sync(ui: &Ui, global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode, CliError> {
+    let ctx = Context::load(global, true)?;
+    let store = ctx.open_store()?;
+    let host = Host {
+        config: &ctx.config,
+        store: &store,
+        state: ctx.state_dir(),
+        trust: ctx.trust()?,
+    };
+    if args.dry_run {
+        let prepared = host.plan()?;
+        if ui.json() {
+            ui.emit_json(&plan_json(&prepared));
+        } else {
+            render_plan(ui, &prepared);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let timeout = args.timeout.unwrap_or(ctx.config.sync.transition_timeout);
+    let mut progress = Progress::new(ui);
+    let result = host.sync(timeout, &mut progress);
+    progress.bar.finish_and_clear();
+    let synced = result?;
+    report(ui, &synced, "sync");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints what a sync or rollback did.
+pub fn report(ui: &Ui, synced: &Synced, verb: &str) {
+    let kernel_time: Duration = synced.timings.iter().map(|t| t.elapsed).sum();
+    if ui.json() {
+        let mut value = plan_json(&synced.prepared);
+        value["generation"] = serde_json::json!(synced.generation);
+        value["timings"] = synced
+            .timings
+            .iter()
+            .map(|t| serde_json::json!({ "step": t.step, "ms": t.elapsed.as_secs_f64() * 1e3 }))
+            .collect();
+        value["kernel_ms"] = serde_json::json!(kernel_time.as_secs_f64() * 1e3);
+        value["kstack_ms"] = serde_json::json!(synced.overhead.as_secs_f64() * 1e3);
+        ui.emit_json(&value);
+        return;
+    }
+    for t in &synced.timings {
+        let (sign, what) = match &t.step {
+            Step::Apply { .. } => ("+", "applied"),
+            Step::Revert { .. } => ("-", "reverted"),
+            Step::Unload { .. } => ("-", "unloaded"),
+        };
+        ui.line(format!(
+            "  {sign} {}  {what} in {:.0} ms",
+            t.step.module(),
+            t.elapsed.as_secs_f64() * 1e3
+        ));
+    }
+    match synced.generation {
+        Some(n) => ui.line(format!(
+            "{verb}: now on generation {n} ({} patches; kernel {:.0} ms, kstack {:.0} ms)",
+            synced.prepared.desired.modules.len(),
+            kernel_time.as_secs_f64() * 1e3,
+            synced.overhead.as_secs_f64() * 1e3
+        )),
+        None => ui.line(format!(
+            "{verb}: nothing to do, the kernel runs the declared stack"
+        )),
+    }
+    for module in &synced.prepared.foreign {
+        ui.status(format!(
+            "note: livepatch {module} is not kstack's; left alone"
+        ));
+    }
+}
+
+/// A progress bar over the plan's steps.
+pub struct Progress {
+    pub bar: ProgressBar,
+    ui_quiet: bool,
+}
+
+impl Progress {
+    pub fn new(ui: &Ui) -> Progress {
+        Progress {
+            bar: ui.steps(0, "verifying and planning"),
+            ui_quiet: ui.json(),
+        }
+    }
+}
+
+impl Observer for Progress {
+    fn step_started(&mut self, index: usize, total: usize, step: &Step) {
+        self.bar.set_length(total as u64);
+        self.bar.set_position(index as u64);
+        let verb = match step {
+            Step::Apply { .. } => "applying",
+            Step::Revert { .. } => "reverting",
+            Step::Unload { .. } => "unloading",
+        };
+        self.bar.set_message(format!("{verb} {}", step.module()));
+    }
+
+    fn step_finished(&mut self, index: usize, _step: &Step, _elapsed: Duration) {
+        self.bar.set_position(index as u64 + 1);
+    }
+
+    fn undoing(&mut self, step: &Step) {
+        if !self.ui_quiet {
+            self.bar
+                .println(format!("undoing: {} {}", describe(step), step.module()));
+        }
+    }
+}
+
+fn describe(step: &Step) -> &'static str {
+    match step {
+        Step::Apply { .. } => "apply of",
+        Step::Revert { .. } => "revert of",
+        Step::Unload { .. } => "unload of",
+    }
+}

@@ -1,0 +1,104 @@
+//! What every command needs from its surroundings: the config file, the store, the
+//! trust policy and the state directory, each found the same way for all commands.
+//!
+//! Precedence, highest first: the command-line flag, the environment variable, the
+//! config file, the default (root: `/var/lib/kstack/...`; others: the XDG dirs).
+
+use std::path::{Path, PathBuf};
+
+use kstack_engine::config::{Config, DEFAULT_CONFIG_PATH};
+use kstack_engine::reconcile::state::StateDir;
+use kstack_store::keys::TrustPolicy;
+use kstack_store::store::Store;
+
+use crate::commands::GlobalArgs;
+use crate::error::{CliError, Kind, chain};
+
+#[derive(Debug)]
+pub struct Context {
+    pub config: Config,
+    /// Where the config was read from; `None` when there was none (and none was
+    /// required).
+    pub config_path: Option<PathBuf>,
+    store_flag: Option<PathBuf>,
+}
+
+impl Context {
+    /// Reads the config named by `--config`/`KSTACK_CONFIG`, else the default path if
+    /// it exists. With `require`, a missing config is an error: a host with no
+    /// declaration must never be treated as declaring "no patches".
+    pub fn load(global: &GlobalArgs, require: bool) -> Result<Context, CliError> {
+        let (path, explicit) = match &global.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let (config, config_path) = if explicit || path.exists() {
+            (Config::load(&path)?, Some(path))
+        } else if require {
+            return Err(CliError::user(format!(
+                "no config file: {DEFAULT_CONFIG_PATH} does not exist"
+            ))
+            .with_hint("pass --config FILE (see examples/kstack.toml)"));
+        } else {
+            (Config::default(), None)
+        };
+        Ok(Context {
+            config,
+            config_path,
+            store_flag: global.store.clone(),
+        })
+    }
+
+    /// The store's path: `--store`/`KSTACK_STORE`, the config's `[store] path`, the
+    /// default.
+    pub fn store_path(&self) -> PathBuf {
+        self.store_flag
+            .clone()
+            .or_else(|| self.config.store.path.clone())
+            .unwrap_or_else(|| default_dir("XDG_DATA_HOME", ".local/share").join("store"))
+    }
+
+    /// Opens the store (it must exist: `kstack init` creates it).
+    pub fn open_store(&self) -> Result<Store, CliError> {
+        let path = self.store_path();
+        Store::open(&path).map_err(|e| {
+            CliError::new(Kind::User, chain(&e)).with_hint(format!(
+                "create it with `kstack init --store {}`, or point --store at it",
+                path.display()
+            ))
+        })
+    }
+
+    /// The trusted keys of the config.
+    pub fn trust(&self) -> Result<TrustPolicy, CliError> {
+        TrustPolicy::from_strings(&self.config.trust.keys).map_err(|e| {
+            let at = self
+                .config_path
+                .as_deref()
+                .map_or_else(String::new, |p| format!(" in {}", p.display()));
+            CliError::new(Kind::Data, format!("[trust] keys{at}: {}", chain(&e)))
+        })
+    }
+
+    /// The state directory: `KSTACK_STATE_DIR`, the config's `[sync] state_dir`, the
+    /// default.
+    pub fn state_dir(&self) -> StateDir {
+        let path = std::env::var_os("KSTACK_STATE_DIR")
+            .map(PathBuf::from)
+            .or_else(|| self.config.sync.state_dir.clone())
+            .unwrap_or_else(|| default_dir("XDG_STATE_HOME", ".local/state"));
+        StateDir::new(path)
+    }
+}
+
+/// `/var/lib/kstack` for root, else `$XDG_*_HOME/kstack` (or `~/<fallback>/kstack`).
+fn default_dir(xdg_var: &str, fallback: &str) -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from(kstack_engine::config::DEFAULT_STATE_DIR);
+    }
+    if let Some(dir) = std::env::var_os(xdg_var) {
+        return Path::new(&dir).join("kstack");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+    Path::new(&home).join(fallback).join("kstack")
+}

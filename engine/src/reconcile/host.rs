@@ -1,0 +1,575 @@
+//! One host's reconciliation: from the config, the store and the running kernel to a
+//! plan, its execution, and the generation it leaves behind. `kstack sync`, `plan`,
+//! `rollback` and `status` are thin renderings of these functions.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use kstack_store::digest::Sha256Digest;
+use kstack_store::ident::BuildId;
+use kstack_store::keys::TrustPolicy;
+use kstack_store::model::{FunctionRef, MODULE_FILE};
+use kstack_store::rev::RevError;
+use kstack_store::store::{ObjectId, StackId, Store, StoreError};
+use kstack_store::verify::{VerifiedStack, VerifyError};
+
+use super::exec::{self, ExecError, Modules, Observer};
+use super::plan::{self, Applied, Plan};
+use super::state::{Generation, State, StateDir, StateError, now_rfc3339};
+use crate::config::Config;
+use crate::kernel::{self, KernelError, KernelIdentity};
+
+/// Module names kstack gives the patches it builds.
+pub const MODULE_PREFIX: &str = "kstack_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Revision(#[from] RevError),
+    #[error("refused before anything was loaded: {0}")]
+    Verify(#[from] VerifyError),
+    #[error(
+        "the store has no stack {name:?} for this kernel (build ID {build_id}){}",
+        others_suffix(.others)
+    )]
+    NoStack {
+        name: String,
+        build_id: BuildId,
+        others: Vec<String>,
+    },
+    #[error(
+        "refused before anything was loaded: stack commit {commit} is pinned to kernel build ID {stack}, \
+         but the running kernel's is {running}"
+    )]
+    WrongKernel {
+        commit: String,
+        stack: BuildId,
+        running: BuildId,
+    },
+    #[error(
+        "refused before anything was loaded: patch {patch} was built for kernel {module_release}, \
+         the running kernel is {running}"
+    )]
+    WrongRelease {
+        patch: String,
+        module_release: String,
+        running: String,
+    },
+    #[error(
+        "refused before anything was loaded: patch {patch}: module.ko does not match its manifest \
+         (SHA-256 {actual}, manifest says {expected})"
+    )]
+    ModuleDigest {
+        patch: String,
+        expected: Sha256Digest,
+        actual: Sha256Digest,
+    },
+    #[error("livepatch {0} is in a transition; wait for it to finish (see `kstack status`)")]
+    TransitionInProgress(String),
+    #[error("{0}")]
+    Failed(#[from] ExecError),
+    #[error("there is no generation to roll back to{0}")]
+    NoRollbackTarget(String),
+}
+
+fn others_suffix(others: &[String]) -> String {
+    if others.is_empty() {
+        String::new()
+    } else {
+        format!("; it exists for other kernels: {}", others.join(", "))
+    }
+}
+
+/// What the config asks this host to run, verified.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    /// `None`: no kstack patches at all.
+    pub stack: Option<VerifiedStack>,
+    /// Module names in stack order.
+    pub modules: Vec<String>,
+    /// Their verified bytes.
+    pub bytes: Modules,
+}
+
+impl Desired {
+    fn empty() -> Desired {
+        Desired {
+            stack: None,
+            modules: Vec::new(),
+            bytes: Modules::default(),
+        }
+    }
+
+    pub fn commit(&self) -> Option<ObjectId> {
+        self.stack.as_ref().map(|s| s.commit)
+    }
+}
+
+/// Everything `sync` knows before it acts.
+#[derive(Debug)]
+pub struct Prepared {
+    pub identity: KernelIdentity,
+    pub desired: Desired,
+    pub plan: Plan,
+    /// Livepatches that kstack did not load: reported, never touched.
+    pub foreign: Vec<String>,
+    pub state: State,
+    /// Time spent by kstack itself: identification, verification, planning.
+    pub overhead: Duration,
+}
+
+/// The result of a sync.
+#[derive(Debug)]
+pub struct Synced {
+    pub prepared: Prepared,
+    pub timings: Vec<exec::StepTiming>,
+    /// The generation recorded, if the sync changed anything.
+    pub generation: Option<u64>,
+    /// kstack's own time (verification, planning, state), as opposed to the kernel's.
+    pub overhead: Duration,
+}
+
+/// A host: its config, store and state directory.
+#[derive(Debug)]
+pub struct Host<'a> {
+    pub config: &'a Config,
+    pub store: &'a Store,
+    pub state: StateDir,
+    pub trust: TrustPolicy,
+}
+
+impl Host<'_> {
+    /// Resolves and verifies the stack the config declares for the running kernel.
+    pub fn desired(&self, identity: &KernelIdentity) -> Result<Desired, SyncError> {
+        let Some(wanted) = &self.config.stack else {
+            return Ok(Desired::empty());
+        };
+        let stack_id = StackId {
+            build_id: identity.build_id.clone(),
+            name: wanted.name.clone(),
+        };
+        let commit = match &wanted.commit {
+            Some(rev) => {
+                self.store
+                    .resolve(rev, Some(&identity.build_id))
+                    .map_err(SyncError::from)?
+                    .commit
+            }
+            None => match self.store.stack_head(&stack_id)? {
+                Some(head) => head,
+                None => {
+                    let others = self
+                        .store
+                        .stacks()?
+                        .into_iter()
+                        .filter(|(id, _)| id.name == wanted.name)
+                        .map(|(id, _)| id.build_id.to_hex())
+                        .collect();
+                    return Err(SyncError::NoStack {
+                        name: wanted.name.clone(),
+                        build_id: identity.build_id.clone(),
+                        others,
+                    });
+                }
+            },
+        };
+        self.load_commit(commit, identity)
+    }
+
+    /// Verifies one stack commit for the running kernel and reads its modules.
+    pub fn load_commit(
+        &self,
+        commit: ObjectId,
+        identity: &KernelIdentity,
+    ) -> Result<Desired, SyncError> {
+        let verified = self.store.verify(commit, None, &self.trust)?;
+        if verified.stack.build_id != identity.build_id {
+            return Err(SyncError::WrongKernel {
+                commit: commit.to_hex_with_len(12).to_string(),
+                stack: verified.stack.build_id.clone(),
+                running: identity.build_id.clone(),
+            });
+        }
+        let mut desired = Desired::empty();
+        for patch in &verified.patches {
+            let manifest = &patch.manifest;
+            if manifest.kernel_release != identity.release {
+                return Err(SyncError::WrongRelease {
+                    patch: manifest.name.clone(),
+                    module_release: manifest.kernel_release.clone(),
+                    running: identity.release.clone(),
+                });
+            }
+            let bytes = self.store.blob(
+                patch.module_blob,
+                &format!("{}/{MODULE_FILE}", patch.entry.dir),
+            )?;
+            // What goes to the kernel is checked once more, from the very bytes.
+            let actual = Sha256Digest::of(&bytes);
+            let expected = manifest
+                .artifact(MODULE_FILE)
+                .map(|a| a.sha256)
+                .unwrap_or(actual);
+            if actual != expected {
+                return Err(SyncError::ModuleDigest {
+                    patch: manifest.name.clone(),
+                    expected,
+                    actual,
+                });
+            }
+            desired.modules.push(manifest.module_name.clone());
+            desired.bytes.insert(manifest.module_name.clone(), bytes);
+        }
+        desired.stack = Some(verified);
+        Ok(desired)
+    }
+
+    /// Reads the kernel and plans the way to `desired`.
+    pub fn prepare(
+        &self,
+        desired: Desired,
+        identity: KernelIdentity,
+        started: Instant,
+    ) -> Result<Prepared, SyncError> {
+        let state = self.state.load()?;
+        let loaded = kernel::loaded_patches()?;
+        if let Some(busy) = loaded.iter().find(|p| p.transition) {
+            return Err(SyncError::TransitionInProgress(busy.module.clone()));
+        }
+        let ours = ours(&state, &desired);
+        let mut applied = Vec::new();
+        let mut foreign = Vec::new();
+        for patch in &loaded {
+            if is_ours(&ours, &patch.module) {
+                applied.push(Applied {
+                    module: patch.module.clone(),
+                    enabled: patch.enabled,
+                });
+            } else {
+                foreign.push(patch.module.clone());
+            }
+        }
+        // Livepatch modules of ours that are loaded but no longer registered (their
+        // patch was disabled, the module never unloaded).
+        for module in kernel::livepatch_modules_without_patch()? {
+            if is_ours(&ours, &module) {
+                applied.push(Applied {
+                    module,
+                    enabled: false,
+                });
+            }
+        }
+        let plan = plan::plan(&applied, &desired.modules);
+        Ok(Prepared {
+            identity,
+            desired,
+            plan,
+            foreign,
+            state,
+            overhead: started.elapsed(),
+        })
+    }
+
+    /// Identifies the kernel, verifies the desired stack, plans.
+    pub fn plan(&self) -> Result<Prepared, SyncError> {
+        let started = Instant::now();
+        let identity = kernel::identify()?;
+        if !kernel::livepatch_supported() {
+            return Err(KernelError::NoLivepatch.into());
+        }
+        let desired = self.desired(&identity)?;
+        self.prepare(desired, identity, started)
+    }
+
+    /// `kstack sync`: plan under the lock, execute, record the generation.
+    pub fn sync(
+        &self,
+        timeout: Duration,
+        observer: &mut dyn Observer,
+    ) -> Result<Synced, SyncError> {
+        let _lock = self.state.lock()?;
+        let prepared = self.plan()?;
+        self.execute(prepared, timeout, observer, Record::NewGeneration)
+    }
+
+    /// `kstack rollback`: make generation `to` (default: the one before the current)
+    /// current again, re-verifying its stack against today's trust policy.
+    pub fn rollback(
+        &self,
+        to: Option<u64>,
+        timeout: Duration,
+        observer: &mut dyn Observer,
+    ) -> Result<Synced, SyncError> {
+        let _lock = self.state.lock()?;
+        let started = Instant::now();
+        let state = self.state.load()?;
+        let target = match to {
+            Some(n) => state
+                .generation(n)
+                .ok_or(StateError::NoSuchGeneration(n))?
+                .clone(),
+            None => {
+                let current = state.current.ok_or_else(|| {
+                    SyncError::NoRollbackTarget(" (no sync has recorded one yet)".into())
+                })?;
+                state
+                    .generations
+                    .iter()
+                    .filter(|g| g.number < current)
+                    .max_by_key(|g| g.number)
+                    .ok_or_else(|| {
+                        SyncError::NoRollbackTarget(format!(" (generation {current} is the first)"))
+                    })?
+                    .clone()
+            }
+        };
+        let identity = kernel::identify()?;
+        let desired = if target.commit.is_empty() {
+            Desired::empty()
+        } else {
+            let id =
+                ObjectId::from_hex(target.commit.as_bytes()).map_err(|e| StateError::Corrupt {
+                    path: self.state.path().join("state.toml"),
+                    message: format!(
+                        "generation {}: commit {:?}: {e}",
+                        target.number, target.commit
+                    ),
+                })?;
+            self.load_commit(id, &identity)?
+        };
+        let prepared = self.prepare(desired, identity, started)?;
+        self.execute(prepared, timeout, observer, Record::Switch(target.number))
+    }
+
+    fn execute(
+        &self,
+        prepared: Prepared,
+        timeout: Duration,
+        observer: &mut dyn Observer,
+        record: Record,
+    ) -> Result<Synced, SyncError> {
+        let mut overhead = prepared.overhead;
+        // To undo a revert the executor loads the module again: give it the current
+        // generation's modules too (best effort: if that stack is gone from the store,
+        // an undo that needs it reports so).
+        let mut modules = prepared.desired.bytes.clone();
+        let reverts_something = prepared
+            .plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, plan::Step::Revert { .. }));
+        if reverts_something
+            && let Some(current) = prepared.state.current()
+            && let Ok(id) = ObjectId::from_hex(current.commit.as_bytes())
+            && let Ok(previous) = self.load_commit(id, &prepared.identity)
+        {
+            for module in &previous.modules {
+                if let Some(bytes) = previous.bytes.get(module) {
+                    modules.insert(module.clone(), bytes.to_vec());
+                }
+            }
+        }
+        let timings = exec::execute(&prepared.plan, &modules, timeout, observer)?;
+
+        let bookkeeping = Instant::now();
+        let mut state = prepared.state.clone();
+        let commit = prepared
+            .desired
+            .commit()
+            .map(|c| c.to_string())
+            .unwrap_or_default();
+        let generation = match record {
+            Record::Switch(n) => {
+                state.current = Some(n);
+                self.state.save(&state)?;
+                Some(n)
+            }
+            Record::NewGeneration => {
+                let changed = !prepared.plan.is_empty()
+                    || match state.current() {
+                        Some(g) => g.commit != commit,
+                        // No generation yet: an empty desired stack changes nothing.
+                        None => !commit.is_empty(),
+                    };
+                if changed {
+                    let stack = prepared.desired.stack.as_ref();
+                    let n = state.push(Generation {
+                        number: 0,
+                        commit,
+                        stack: stack.map(|s| s.stack.name.clone()).unwrap_or_default(),
+                        build_id: prepared.identity.build_id.to_hex(),
+                        created_at: now_rfc3339(),
+                        modules: prepared.desired.modules.clone(),
+                    });
+                    self.state.save(&state)?;
+                    Some(n)
+                } else {
+                    None
+                }
+            }
+        };
+        overhead += bookkeeping.elapsed();
+        Ok(Synced {
+            prepared,
+            timings,
+            generation,
+            overhead,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Record {
+    NewGeneration,
+    Switch(u64),
+}
+
+/// Module names that are kstack's: every module of any generation, the desired ones,
+/// and anything named with kstack's prefix.
+fn ours(state: &State, desired: &Desired) -> BTreeSet<String> {
+    state
+        .generations
+        .iter()
+        .flat_map(|g| g.modules.iter().cloned())
+        .chain(desired.modules.iter().cloned())
+        .collect()
+}
+
+fn is_ours(ours: &BTreeSet<String>, module: &str) -> bool {
+    ours.contains(module) || module.starts_with(MODULE_PREFIX)
+}
+
+/// One applied patch as `status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AppliedPatch {
+    pub module: String,
+    pub enabled: bool,
+    pub transition: bool,
+    /// The patch's name and functions, when the current generation's stack has it.
+    pub patch: Option<String>,
+    pub functions: Vec<String>,
+}
+
+/// What `kstack status` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    pub release: String,
+    pub build_id: String,
+    pub livepatch: bool,
+    pub generation: Option<Generation>,
+    pub applied: Vec<AppliedPatch>,
+    pub foreign: Vec<String>,
+    /// Differences between the state file and the kernel.
+    pub drift: Vec<String>,
+    pub taint: u64,
+    pub taint_flags: String,
+}
+
+impl Host<'_> {
+    /// Reads the kernel and the state; verifies the current generation's stack to
+    /// name the patches' functions (without it, modules are listed by name only).
+    pub fn status(&self) -> Result<Status, SyncError> {
+        let identity = kernel::identify()?;
+        let state = self.state.load()?;
+        let (taint, taint_flags) = kernel::taint()?;
+        let livepatch = kernel::livepatch_supported();
+        let loaded = if livepatch {
+            kernel::loaded_patches()?
+        } else {
+            Vec::new()
+        };
+        let current = state.current().cloned();
+        let functions_by_module: Vec<(String, String, Vec<FunctionRef>)> = current
+            .as_ref()
+            .and_then(|g| ObjectId::from_hex(g.commit.as_bytes()).ok())
+            .and_then(|id| self.store.check(id, None).ok())
+            .map(|v| {
+                v.patches
+                    .iter()
+                    .map(|p| {
+                        (
+                            p.manifest.module_name.clone(),
+                            p.manifest.name.clone(),
+                            p.manifest.functions.clone(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ours: BTreeSet<String> = state
+            .generations
+            .iter()
+            .flat_map(|g| g.modules.iter().cloned())
+            .collect();
+        let mut applied = Vec::new();
+        let mut foreign = Vec::new();
+        for p in loaded {
+            if !is_ours(&ours, &p.module) {
+                foreign.push(p.module);
+                continue;
+            }
+            let known = functions_by_module.iter().find(|(m, _, _)| *m == p.module);
+            applied.push(AppliedPatch {
+                patch: known.map(|(_, name, _)| name.clone()),
+                functions: known
+                    .map(|(_, _, f)| f.iter().map(ToString::to_string).collect())
+                    .unwrap_or_default(),
+                module: p.module,
+                enabled: p.enabled,
+                transition: p.transition,
+            });
+        }
+        let mut drift = Vec::new();
+        let expected: Vec<&String> = current.iter().flat_map(|g| g.modules.iter()).collect();
+        let actual: Vec<&String> = applied
+            .iter()
+            .filter(|a| a.enabled)
+            .map(|a| &a.module)
+            .collect();
+        if expected != actual {
+            drift.push(format!(
+                "the state file says generation {} runs [{}], the kernel runs [{}]",
+                current
+                    .as_ref()
+                    .map_or("none".into(), |g| g.number.to_string()),
+                expected
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                actual
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ));
+        }
+        if let Some(g) = &current
+            && g.build_id != identity.build_id.to_hex()
+        {
+            drift.push(format!(
+                "generation {} was made for kernel {}, the running kernel is {} (rebooted into another kernel?)",
+                g.number,
+                g.build_id,
+                identity.build_id.to_hex()
+            ));
+        }
+        Ok(Status {
+            release: identity.release,
+            build_id: identity.build_id.to_hex(),
+            livepatch,
+            generation: current,
+            applied,
+            foreign,
+            drift,
+            taint,
+            taint_flags,
+        })
+    }
+}
