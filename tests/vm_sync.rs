@@ -154,7 +154,7 @@ fn a_module_whose_init_fails_leaves_the_previous_generation() {
     let run = run(
         &vm,
         r#"
-kstack --config /etc/kstack/good.toml sync >/dev/null; echo "== first"; echo "rc=$?"
+kstack --config /etc/kstack/good.toml sync >/dev/null; rc=$?; echo "== first"; echo "rc=$rc"
 echo "== bad"; kstack --config /etc/kstack/bad.toml sync 2>&1; echo "rc=$?"
 view after
 echo "== generations"; kstack --config /etc/kstack/bad.toml generations
@@ -202,7 +202,7 @@ fn a_stalled_transition_is_reversed_and_the_host_rolled_back() {
         &vm,
         r#"
 insmod /root/kstack_parker.ko
-kstack --config /etc/kstack/ab.toml sync >/dev/null; echo "== first"; echo "rc=$?"
+kstack --config /etc/kstack/ab.toml sync >/dev/null; rc=$?; echo "== first"; echo "rc=$rc"
 echo "== stall"; kstack --config /etc/kstack/stall.toml sync 2>&1; echo "rc=$?"
 view after
 echo "== transition"; cat /sys/kernel/livepatch/*/transition
@@ -301,4 +301,72 @@ echo "== state"; ls /var/lib/kstack
     );
     assert!(!s["after"].contains("kstack_test"), "{}", s["after"]);
     assert!(!s["state"].contains("state.toml"), "{}", s["state"]);
+}
+
+#[test]
+fn boot_sync_honours_the_kernel_command_line_off_switch() {
+    let fx = StackFixture::new();
+    fx.commit("prod", "a", &build_test_module("kstack_test_a"));
+    let mut vm = kstack_tests::sandbox_with(|o| o.kernel_args.push("kstack.sync=0".into()));
+    fx.install(&mut vm, &[("prod", fx.config("prod", None, "10s"))]);
+    let run = run(
+        &vm,
+        r#"
+echo "== boot"; kstack --config /etc/kstack/prod.toml sync --boot 2>&1; echo "rc=$?"
+view after-boot
+echo "== manual"; kstack --config /etc/kstack/prod.toml sync 2>&1; echo "rc=$?"
+view after-manual
+"#,
+    );
+    let s = sections(&run.stdout);
+    assert!(
+        s["boot"].contains("skipped, kstack.sync=0"),
+        "{}",
+        s["boot"]
+    );
+    assert!(s["boot"].contains("rc=0"), "{}", s["boot"]);
+    assert!(!shows(&s["after-boot"], A), "{}", s["after-boot"]);
+    // An operator's own sync still works on such a boot.
+    assert!(s["manual"].contains("rc=0"), "{}", s["manual"]);
+    assert!(shows(&s["after-manual"], A), "{}", s["after-manual"]);
+}
+
+#[test]
+fn a_second_sync_while_one_runs_is_refused_with_exit_75() {
+    let fx = StackFixture::new();
+    fx.commit("prod", "stall", &build_test_module("kstack_test_stall"));
+    let mut vm = sandbox();
+    vm.add_host_file(
+        "/root/kstack_parker.ko",
+        &build_test_module("kstack_parker"),
+    )
+    .unwrap();
+    fx.install(&mut vm, &[("prod", fx.config("prod", None, "4s"))]);
+    let run = run(
+        &vm,
+        r#"
+insmod /root/kstack_parker.ko
+kstack --config /etc/kstack/prod.toml sync >/tmp/first.log 2>&1 &
+first=$!
+# The first sync is waiting on its stalled transition, holding the lock.
+while [ ! -e /sys/kernel/livepatch/kstack_test_stall ]; do sleep 0.05; done
+echo "== second"; kstack --config /etc/kstack/prod.toml sync 2>&1; echo "rc=$?"
+wait $first; rc=$?; echo "== first"; echo "rc=$rc"; cat /tmp/first.log
+view after
+"#,
+    );
+    let s = sections(&run.stdout);
+    assert!(s["second"].contains("rc=75"), "{}", s["second"]);
+    assert!(
+        s["second"].contains("another kstack is running"),
+        "{}",
+        s["second"]
+    );
+    assert!(s["first"].contains("rc=1"), "{}", s["first"]);
+    assert!(
+        s["first"].contains("did not finish within 4s"),
+        "{}",
+        s["first"]
+    );
+    assert!(!s["after"].contains("kstack_test_stall"), "{}", s["after"]);
 }

@@ -27,6 +27,8 @@ pub const EXIT_TEMPFAIL: u8 = 75;
 pub enum Kind {
     /// The user or the input can fix it.
     User,
+    /// The command line itself is wrong.
+    Usage,
     /// Bad or untrusted data.
     Data,
     /// A missing capability or asset.
@@ -65,6 +67,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self.kind {
             Kind::User => EXIT_FAILURE,
+            Kind::Usage => EXIT_USAGE,
             Kind::Data => EXIT_DATA,
             Kind::Unavailable => EXIT_UNAVAILABLE,
             Kind::TempFail => EXIT_TEMPFAIL,
@@ -78,6 +81,7 @@ impl CliError {
         if ui.json() {
             let kind = match self.kind {
                 Kind::User => "user",
+                Kind::Usage => "usage",
                 Kind::Data => "data",
                 Kind::Unavailable => "unavailable",
                 Kind::TempFail => "tempfail",
@@ -181,5 +185,113 @@ impl From<kstack_engine::reconcile::host::SyncError> for CliError {
         let mut e = CliError::new(kind, chain(&err));
         e.hint = hint.map(str::to_owned);
         e
+    }
+}
+
+impl From<kstack_store::store::StoreError> for CliError {
+    fn from(err: kstack_store::store::StoreError) -> Self {
+        use kstack_store::store::StoreError;
+        let (kind, hint) = match &err {
+            StoreError::NotAStore { .. } => (
+                Kind::User,
+                Some("create it with `kstack init`, or point --store at it"),
+            ),
+            StoreError::MissingObject { .. }
+            | StoreError::ReadObject { .. }
+            | StoreError::WrongKind { .. }
+            | StoreError::Malformed { .. }
+            | StoreError::DanglingRef { .. }
+            | StoreError::SymbolicRef { .. } => (
+                Kind::Data,
+                Some("the store is damaged; `kstack pull` from a good copy can restore objects"),
+            ),
+            StoreError::StackMoved { .. } | StoreError::Locked { .. } => (Kind::TempFail, None),
+            StoreError::Init { .. }
+            | StoreError::Refs { .. }
+            | StoreError::Write { .. }
+            | StoreError::UpdateRef { .. } => (Kind::Internal, None),
+        };
+        let mut e = CliError::new(kind, chain(&err));
+        e.hint = hint.map(str::to_owned);
+        e
+    }
+}
+
+impl From<kstack_store::verify::VerifyError> for CliError {
+    fn from(err: kstack_store::verify::VerifyError) -> Self {
+        use kstack_store::verify::VerifyError;
+        match err {
+            VerifyError::Store(e) => e.into(),
+            VerifyError::Untrusted { .. } => CliError::new(Kind::Data, chain(&err))
+                .with_hint("if you trust this key, add it to [trust] keys in the config"),
+            _ => CliError::new(Kind::Data, chain(&err)),
+        }
+    }
+}
+
+impl From<kstack_store::commit::CommitError> for CliError {
+    fn from(err: kstack_store::commit::CommitError) -> Self {
+        use kstack_store::commit::CommitError;
+        match err {
+            CommitError::Store(e) => e.into(),
+            CommitError::DamagedParent { .. } => CliError::new(Kind::Data, chain(&err))
+                .with_hint("run `kstack verify` to see what is wrong"),
+            CommitError::UnknownFunctions { .. } | CommitError::Overlap { .. } => {
+                CliError::new(Kind::User, chain(&err))
+            }
+            _ => CliError::new(Kind::User, chain(&err)),
+        }
+    }
+}
+
+impl From<kstack_store::rev::RevError> for CliError {
+    fn from(err: kstack_store::rev::RevError) -> Self {
+        use kstack_store::rev::RevError;
+        match err {
+            RevError::Store(e) => e.into(),
+            RevError::NotFound { .. } => CliError::new(Kind::User, chain(&err))
+                .with_hint("see `kstack stacks` and `kstack log`"),
+            _ => CliError::new(Kind::User, chain(&err)),
+        }
+    }
+}
+
+impl From<kstack_store::pull::PullError> for CliError {
+    fn from(err: kstack_store::pull::PullError) -> Self {
+        use kstack_store::pull::PullError;
+        match err {
+            PullError::Store(e) => e.into(),
+            PullError::Rejected { .. }
+            | PullError::SourceObject { .. }
+            | PullError::SourceCorrupt { .. } => CliError::new(Kind::Data, chain(&err)),
+            PullError::Fetch { .. } => CliError::new(Kind::Unavailable, chain(&err)),
+            PullError::OpenSource { .. } | PullError::Unsupported { .. } => {
+                CliError::new(Kind::User, chain(&err))
+            }
+        }
+    }
+}
+
+impl From<kstack_store::keys::KeyError> for CliError {
+    fn from(err: kstack_store::keys::KeyError) -> Self {
+        use kstack_store::keys::KeyError;
+        let kind = match &err {
+            KeyError::BadSignatureFile { .. } => Kind::Data,
+            KeyError::Write { .. } | KeyError::Random { .. } => Kind::Internal,
+            _ => Kind::User,
+        };
+        CliError::new(kind, chain(&err))
+    }
+}
+
+impl From<kstack_store::ident::IdentError> for CliError {
+    fn from(err: kstack_store::ident::IdentError) -> Self {
+        CliError::new(Kind::User, chain(&err))
+    }
+}
+
+impl From<kstack_store::model::ModelError> for CliError {
+    fn from(err: kstack_store::model::ModelError) -> Self {
+        CliError::new(Kind::User, chain(&err))
     }
 }

@@ -29,6 +29,7 @@ const PACKAGES: &[&str] = &[
     "xz-utils",
     "kmod",
     "git",
+    "systemd",
 ];
 
 /// apt lists older than this are refreshed, so "current kernel" means current.

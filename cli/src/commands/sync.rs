@@ -35,9 +35,25 @@ pub struct SyncArgs {
     /// Bound on each transition [default: the config's, else 60s]
     #[arg(long, value_parser = kstack_engine::parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
+    /// Running at boot (the systemd unit): do nothing if the kernel command line
+    /// has kstack.sync=0
+    #[arg(long)]
+    pub boot: bool,
 }
 
+/// The kernel command-line switch that turns boot-time sync off.
+pub const BOOT_OFF_SWITCH: &str = "kstack.sync=0";
+
 pub fn cmd_sync(ui: &Ui, global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode, CliError> {
+    if args.boot
+        && std::fs::read_to_string("/proc/cmdline")
+            .is_ok_and(|c| c.split_whitespace().any(|w| w == BOOT_OFF_SWITCH))
+    {
+        ui.status(format!(
+            "sync: skipped, {BOOT_OFF_SWITCH} is on the kernel command line"
+        ));
+        return Ok(ExitCode::SUCCESS);
+    }
     let ctx = Context::load(global, true)?;
     let store = ctx.open_store()?;
     let host = Host {

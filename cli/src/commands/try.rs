@@ -9,6 +9,7 @@ use kstack_engine::assets::Cache;
 use kstack_engine::sandbox::{self, Accel, Sandbox, SandboxOptions};
 
 use super::GlobalArgs;
+use crate::context::Context;
 use crate::error::{CliError, Kind, chain};
 use crate::ui::Ui;
 
@@ -19,6 +20,12 @@ use crate::ui::Ui;
 /// with /bin/sh, its words joined by spaces as ssh does, so shell syntax works when
 /// quoted: kstack try -- 'insmod /m.ko && cat /proc/cmdline'.
 ///
+/// With --config FILE, the VM first runs the stack that FILE declares: the store
+/// (--store, else the config's [store] path) and the config are copied into the guest,
+/// `kstack sync` and `kstack status` run there (their output on stderr), and the
+/// command runs only if the sync succeeded. This is how a stack is tried before it
+/// reaches a real host.
+///
 /// The command's stdout and stderr are printed as they were in the guest, separate
 /// from the kernel's messages (--console shows those), and kstack exits with the
 /// command's exit status. Nothing on the host is changed. QEMU runs under software
@@ -27,7 +34,8 @@ use crate::ui::Ui;
 #[command(after_help = "Examples:\n  \
     kstack try -- uname -r\n  \
     kstack try --file ./kstack_demo.ko:/root/demo.ko -- 'insmod /root/demo.ko; cat /proc/cmdline'\n  \
-    kstack try --kernel /boot/vmlinuz-6.1.0-56-cloud-amd64 --append nokaslr -- cat /proc/kallsyms")]
+    kstack try --kernel /boot/vmlinuz-6.1.0-56-cloud-amd64 --append nokaslr -- cat /proc/kallsyms\n  \
+    kstack try --config examples/kstack.toml -- cat /proc/cmdline")]
 pub struct TryArgs {
     /// The kernel image (bzImage) to boot [default: the kernel that set-up fetched]
     #[arg(long, value_name = "IMAGE")]
@@ -50,8 +58,8 @@ pub struct TryArgs {
     /// Print the kernel's console output on stderr after the command's output
     #[arg(long)]
     pub console: bool,
-    /// The command to run in the guest
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    /// The command to run in the guest [default with --config: none, only sync and status]
+    #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
@@ -71,7 +79,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .or_else(|_| kstack_engine::parse_duration(s))
 }
 
-pub fn cmd_try(ui: &Ui, _global: &GlobalArgs, args: TryArgs) -> Result<ExitCode, CliError> {
+/// Where `--config` puts the store, the config and the state in the guest.
+const GUEST_STORE: &str = "/var/lib/kstack/store";
+const GUEST_STATE: &str = "/var/lib/kstack";
+const GUEST_CONFIG: &str = "/etc/kstack/kstack.toml";
+
+pub fn cmd_try(ui: &Ui, global: &GlobalArgs, args: TryArgs) -> Result<ExitCode, CliError> {
     let kernel = match args.kernel {
         Some(k) => k,
         None => Cache::from_env()
@@ -94,7 +107,33 @@ pub fn cmd_try(ui: &Ui, _global: &GlobalArgs, args: TryArgs) -> Result<ExitCode,
     for (src, dst) in &args.files {
         vm.add_host_file(dst, src)?;
     }
-    let script = format!("{}\n", args.command.join(" "));
+    let mut script = String::new();
+    if let Some(config) = &global.config {
+        let ctx = Context::load(global, true)?;
+        let store = ctx.store_path();
+        if !store.is_dir() {
+            return Err(
+                CliError::user(format!("the store {} does not exist", store.display()))
+                    .with_hint("pass --store DIR, or set [store] path in the config"),
+            );
+        }
+        vm.add_host_tree(GUEST_STORE, &store)?;
+        vm.add_host_file(GUEST_CONFIG, config)?;
+        // Sync and status report on stderr, so stdout stays the command's own.
+        script.push_str(&format!(
+            "export KSTACK_CONFIG={GUEST_CONFIG} KSTACK_STORE={GUEST_STORE} KSTACK_STATE_DIR={GUEST_STATE}\n\
+             echo '$ kstack sync' >&2\nkstack sync >&2\nrc=$?\n\
+             echo '$ kstack status' >&2\nkstack status >&2\n\
+             [ $rc -eq 0 ] || exit $rc\n"
+        ));
+    } else if args.command.is_empty() {
+        return Err(CliError::new(
+            Kind::Usage,
+            "nothing to run: give a command after --, or --config FILE",
+        ));
+    }
+    script.push_str(&args.command.join(" "));
+    script.push('\n');
 
     let spinner = ui.spinner(format!(
         "booting {} in QEMU ({})",

@@ -279,10 +279,10 @@ impl Host<'_> {
     /// Identifies the kernel, verifies the desired stack, plans.
     pub fn plan(&self) -> Result<Prepared, SyncError> {
         let started = Instant::now();
-        let identity = kernel::identify()?;
         if !kernel::livepatch_supported() {
             return Err(KernelError::NoLivepatch.into());
         }
+        let identity = kernel::identify()?;
         let desired = self.desired(&identity)?;
         self.prepare(desired, identity, started)
     }
