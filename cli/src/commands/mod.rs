@@ -8,13 +8,22 @@ use clap::{Args, Parser, Subcommand};
 use crate::error::CliError;
 use crate::ui::Ui;
 
+pub mod commit;
 pub mod generations;
 pub mod guest_init;
+pub mod init;
+pub mod key;
+pub mod log;
 pub mod plan;
+pub mod pull;
+pub mod revert;
 pub mod rollback;
+pub mod show;
+pub mod stacks;
 pub mod status;
 pub mod sync;
 pub mod r#try;
+pub mod verify;
 
 /// Live-patch a running Linux kernel from signed, declarative patch stacks.
 ///
@@ -63,6 +72,15 @@ pub enum Command {
     Generations(generations::GenerationsArgs),
     Rollback(rollback::RollbackArgs),
     Try(r#try::TryArgs),
+    Init(init::InitArgs),
+    Key(key::KeyArgs),
+    Commit(commit::CommitArgs),
+    Log(log::LogArgs),
+    Show(show::ShowArgs),
+    Revert(revert::RevertArgs),
+    Verify(verify::VerifyArgs),
+    Stacks(stacks::StacksArgs),
+    Pull(pull::PullArgs),
 }
 
 /// Runs one parsed command line.
@@ -74,5 +92,14 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<ExitCode, CliError> {
         Command::Generations(args) => generations::cmd_generations(ui, &cli.global, args),
         Command::Rollback(args) => rollback::cmd_rollback(ui, &cli.global, args),
         Command::Try(args) => r#try::cmd_try(ui, &cli.global, args),
+        Command::Init(args) => init::cmd_init(ui, &cli.global, args),
+        Command::Key(args) => key::cmd_key(ui, &cli.global, args),
+        Command::Commit(args) => commit::cmd_commit(ui, &cli.global, args),
+        Command::Log(args) => log::cmd_log(ui, &cli.global, args),
+        Command::Show(args) => show::cmd_show(ui, &cli.global, args),
+        Command::Revert(args) => revert::cmd_revert(ui, &cli.global, args),
+        Command::Verify(args) => verify::cmd_verify(ui, &cli.global, args),
+        Command::Stacks(args) => stacks::cmd_stacks(ui, &cli.global, args),
+        Command::Pull(args) => pull::cmd_pull(ui, &cli.global, args),
     }
 }

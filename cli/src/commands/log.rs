@@ -1,0 +1,171 @@
+//! `kstack log`: a stack's history, newest first, like `git log` of its ref. Also
+//! home to what the reading commands share: resolving a revision and saying whether
+//! a signer is trusted.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use kstack_store::keys::{PublicKey, TrustPolicy};
+use kstack_store::rev::Resolved;
+use kstack_store::store::{CommitInfo, Store, format_time};
+
+use super::GlobalArgs;
+use crate::context::Context;
+use crate::error::CliError;
+use crate::ui::Ui;
+
+/// Show the history of a stack, newest first
+///
+/// Reads commit headers only, so it is fast on long histories; the signer shown is
+/// the key the commit names, marked trusted when the config's [trust] keys list it.
+/// `kstack show` and `kstack verify` check the signature and every digest.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  kstack log\n  kstack log prod~3 -n 5\n  kstack log --oneline 3b43fad50348/prod"
+)]
+pub struct LogArgs {
+    /// Where to start: a stack name, BUILD-ID/NAME, a commit id, or REV~N [default:
+    /// the config's stack]
+    pub rev: Option<String>,
+    /// Pick among same-named stacks of several kernels: a build ID or a kernel image
+    /// [default: the running kernel]
+    #[arg(long, value_name = "BUILD-ID|IMAGE")]
+    pub kernel: Option<String>,
+    /// Show at most N commits
+    #[arg(long = "max-count", short = 'n', value_name = "N")]
+    pub max_count: Option<usize>,
+    /// One line per commit: short id and summary
+    #[arg(long)]
+    pub oneline: bool,
+}
+
+pub fn cmd_log(ui: &Ui, global: &GlobalArgs, args: LogArgs) -> Result<ExitCode, CliError> {
+    let ctx = Context::load(global, false)?;
+    let store = ctx.open_store()?;
+    let trust = Trust::load(&ctx)?;
+    let resolved = resolve(&ctx, &store, args.rev.as_deref(), args.kernel.as_deref())?;
+    let log = store.log(resolved.commit, args.max_count)?;
+    if ui.json() {
+        let entries: Vec<_> = log.iter().map(|c| commit_json(c, &trust)).collect();
+        ui.emit_json(&serde_json::json!({
+            "stack": resolved.stack.as_ref().map(|s| serde_json::json!({
+                "build_id": s.build_id.to_hex(), "name": s.name,
+            })),
+            "commits": entries,
+        }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Like git's decoration: the stack's name beside its head.
+    let head = match &resolved.stack {
+        Some(stack) => store.stack_head(stack)?.map(|h| (h, stack.name.clone())),
+        None => None,
+    };
+    let mut out = String::new();
+    for (i, c) in log.iter().enumerate() {
+        let decoration = match &head {
+            Some((h, name)) if *h == c.id => format!(" ({name})"),
+            _ => String::new(),
+        };
+        if args.oneline {
+            out.push_str(&format!(
+                "{}{decoration} {}\n",
+                c.id.to_hex_with_len(12),
+                c.summary()
+            ));
+            continue;
+        }
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!("commit {}{decoration}\n", c.id));
+        out.push_str(&format!("Author: {} <{}>\n", c.author, c.email));
+        out.push_str(&format!("Date:   {}\n", format_time(c.time)));
+        out.push_str(&format!(
+            "Signer: {} ({})\n\n",
+            c.signer
+                .map_or_else(|| "none".to_owned(), |k| k.to_string()),
+            trust.label(c.signer.as_ref())
+        ));
+        for line in c.message.lines() {
+            out.push_str(&format!("    {line}\n"));
+        }
+    }
+    ui.line(out.trim_end());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn commit_json(c: &CommitInfo, trust: &Trust) -> serde_json::Value {
+    serde_json::json!({
+        "id": c.id.to_string(),
+        "parents": c.parents.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "author": c.author,
+        "email": c.email,
+        "time": format_time(c.time),
+        "message": c.message,
+        "signer": c.signer.map(|k| k.to_string()),
+        "trusted": trust.trusted(c.signer.as_ref()),
+    })
+}
+
+/// The trust policy, and whether there was a config to take it from.
+#[derive(Debug)]
+pub(crate) struct Trust {
+    pub policy: TrustPolicy,
+    pub has_config: bool,
+}
+
+impl Trust {
+    pub fn load(ctx: &Context) -> Result<Trust, CliError> {
+        Ok(Trust {
+            policy: ctx.trust()?,
+            has_config: ctx.config_path.is_some(),
+        })
+    }
+
+    pub fn trusted(&self, key: Option<&PublicKey>) -> bool {
+        key.is_some_and(|k| self.policy.trusts(k))
+    }
+
+    /// "trusted", "untrusted", "untrusted (no config)" or "unsigned".
+    pub fn label(&self, key: Option<&PublicKey>) -> &'static str {
+        match key {
+            None => "unsigned",
+            Some(_) if !self.has_config => "untrusted (no config)",
+            Some(k) if self.policy.trusts(k) => "trusted",
+            Some(_) => "untrusted",
+        }
+    }
+}
+
+/// Resolves a revision, defaulting to the config's stack, else the store's only
+/// stack. `kernel` (or the running kernel) picks among same-named stacks.
+pub(crate) fn resolve(
+    ctx: &Context,
+    store: &Store,
+    rev: Option<&str>,
+    kernel: Option<&str>,
+) -> Result<Resolved, CliError> {
+    let hint = super::commit::kernel_hint(kernel)?;
+    let rev = match rev {
+        Some(rev) => rev.to_owned(),
+        None => {
+            match &ctx.config.stack {
+                Some(stack) => stack.name.clone(),
+                None => {
+                    let stacks = store.stacks()?;
+                    match stacks.as_slice() {
+                        [(only, _)] => only.to_string(),
+                        [] => return Err(CliError::user("the store has no stacks yet").with_hint(
+                            "add a patch with `kstack commit`, or fetch stacks with `kstack pull`",
+                        )),
+                        _ => {
+                            return Err(CliError::user("which stack? the store has several")
+                            .with_hint("name one (see `kstack stacks`), or set [stack] name in the config"));
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(store.resolve(&rev, hint.as_ref())?)
+}

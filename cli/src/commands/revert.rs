@@ -1,0 +1,71 @@
+//! `kstack revert`: a new signed commit without one patch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::GlobalArgs;
+use super::commit::{author, kernel_hint, signing_key, stack_name, with_retry};
+use crate::context::Context;
+use crate::error::CliError;
+use crate::ui::Ui;
+
+/// Remove a patch from a stack with a new signed commit
+///
+/// Patches above the reverted one keep their order when none of them replaces a
+/// function that it replaces (as the manifests record them); otherwise the revert is
+/// refused and the shared functions are named. History keeps the patch: `kstack log`
+/// shows both commits.
+#[derive(Debug, Args)]
+pub struct RevertArgs {
+    /// The patch's name
+    pub patch: String,
+    /// Why it is reverted (signed with the stack)
+    #[arg(long, short = 'm', value_name = "MESSAGE")]
+    pub message: String,
+    /// The stack [default: the config's [stack] name]
+    #[arg(long, value_name = "NAME")]
+    pub stack: Option<String>,
+    /// Pick among same-named stacks of several kernels: a build ID or a kernel image
+    /// [default: the running kernel]
+    #[arg(long, value_name = "BUILD-ID|IMAGE")]
+    pub kernel: Option<String>,
+    /// The private key to sign with [default: the config's [trust] signing_key]
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+}
+
+pub fn cmd_revert(ui: &Ui, global: &GlobalArgs, args: RevertArgs) -> Result<ExitCode, CliError> {
+    let ctx = Context::load(global, false)?;
+    let store = ctx.open_store()?;
+    let key = signing_key(&ctx, args.key.as_deref())?;
+    let name = stack_name(&ctx, args.stack.as_deref())?;
+    let hint = kernel_hint(args.kernel.as_deref())?;
+    let stack = store
+        .find_stack(&name, hint.as_ref())?
+        .ok_or_else(|| CliError::user(format!("stack {name} does not exist")))?;
+    let author = author();
+    let prepared = with_retry(ui, &stack, || {
+        store.revert_patch(&stack, &args.patch, &args.message, &author, &key)
+    })?;
+    if ui.json() {
+        ui.emit_json(&serde_json::json!({
+            "commit": prepared.commit.to_string(),
+            "parent": prepared.parent.map(|p| p.to_string()),
+            "stack": { "build_id": stack.build_id.to_hex(), "name": stack.name },
+            "reverted": args.patch,
+            "patches": prepared.stack_file.patches.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+        }));
+    } else {
+        ui.line(format!(
+            "Reverted {} from stack {} ({}): {} patch(es) left",
+            args.patch,
+            stack.name,
+            stack.build_id.short(),
+            prepared.stack_file.patches.len()
+        ));
+        ui.line(format!("  commit   {}", prepared.commit));
+    }
+    Ok(ExitCode::SUCCESS)
+}

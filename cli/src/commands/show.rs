@@ -1,0 +1,122 @@
+//! `kstack show`: one stack commit with its patches, after checking every digest and
+//! the signature.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use kstack_store::store::format_time;
+
+use super::GlobalArgs;
+use super::log::{Trust, resolve};
+use crate::context::Context;
+use crate::error::CliError;
+use crate::ui::Ui;
+
+/// Show a stack commit: its signer, its patches and what they replace
+///
+/// Every digest and the signature are checked first; a commit that fails is
+/// reported as such (exit 65) and not shown.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The commit: a stack name, BUILD-ID/NAME, a commit id, or REV~N [default: the
+    /// config's stack]
+    pub rev: Option<String>,
+    /// Pick among same-named stacks of several kernels: a build ID or a kernel image
+    /// [default: the running kernel]
+    #[arg(long, value_name = "BUILD-ID|IMAGE")]
+    pub kernel: Option<String>,
+}
+
+pub fn cmd_show(ui: &Ui, global: &GlobalArgs, args: ShowArgs) -> Result<ExitCode, CliError> {
+    let ctx = Context::load(global, false)?;
+    let store = ctx.open_store()?;
+    let trust = Trust::load(&ctx)?;
+    let resolved = resolve(&ctx, &store, args.rev.as_deref(), args.kernel.as_deref())?;
+    let info = store.commit_info(resolved.commit)?;
+    let v = store.check(resolved.commit, resolved.stack.as_ref())?;
+    let label = trust.label(Some(&v.signer));
+    if ui.json() {
+        let patches: Vec<_> = v
+            .patches
+            .iter()
+            .map(|p| {
+                let m = &p.manifest;
+                serde_json::json!({
+                    "name": p.entry.name,
+                    "dir": p.entry.dir,
+                    "manifest_sha256": p.entry.manifest_sha256.to_hex(),
+                    "source": m.source,
+                    "module_file": m.module_file,
+                    "module_name": m.module_name,
+                    "vermagic": m.vermagic,
+                    "created_by": m.created_by,
+                    "created_at": m.created_at,
+                    "functions": m.functions.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "artifacts": m.artifacts.iter().map(|a| serde_json::json!({
+                        "path": a.path, "sha256": a.sha256.to_hex(), "size": a.size,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        ui.emit_json(&serde_json::json!({
+            "commit": v.commit.to_string(),
+            "parents": info.parents.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "stack": {
+                "build_id": v.stack.build_id.to_hex(),
+                "name": v.stack.name,
+                "kernel_release": v.stack.kernel_release,
+            },
+            "stack_sha256": v.stack_sha256.to_hex(),
+            "author": info.author,
+            "email": info.email,
+            "time": format_time(info.time),
+            "message": v.stack.message,
+            "signer": v.signer.to_string(),
+            "trusted": trust.trusted(Some(&v.signer)),
+            "verified": true,
+            "patches": patches,
+        }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = format!("commit {}\n", v.commit);
+    out.push_str(&format!(
+        "Stack:  {} for kernel {} ({})\n",
+        v.stack.name, v.stack.build_id, v.stack.kernel_release
+    ));
+    out.push_str(&format!("Author: {} <{}>\n", info.author, info.email));
+    out.push_str(&format!("Date:   {}\n", format_time(info.time)));
+    out.push_str(&format!(
+        "Signer: {} ({label}; signature and digests verified)\n\n",
+        v.signer
+    ));
+    for line in v.stack.message.lines() {
+        out.push_str(&format!("    {line}\n"));
+    }
+    out.push('\n');
+    if v.patches.is_empty() {
+        out.push_str("No patches.\n");
+    } else {
+        out.push_str(&format!("Patches ({}, in load order):\n", v.patches.len()));
+    }
+    for p in &v.patches {
+        let m = &p.manifest;
+        out.push_str(&format!("  {}  module {}\n", p.entry.dir, m.module_name));
+        let functions: Vec<String> = m.functions.iter().map(ToString::to_string).collect();
+        out.push_str(&format!(
+            "      replaces {}\n",
+            if functions.is_empty() {
+                "(not recorded)".to_owned()
+            } else {
+                functions.join(", ")
+            }
+        ));
+        for a in &m.artifacts {
+            out.push_str(&format!(
+                "      {:<12} {} bytes  sha256:{}\n",
+                a.path, a.size, a.sha256
+            ));
+        }
+    }
+    ui.line(out.trim_end());
+    Ok(ExitCode::SUCCESS)
+}

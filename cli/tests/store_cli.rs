@@ -1,0 +1,413 @@
+//! The store commands end to end, through the `kstack` binary: a temporary HOME,
+//! store and config, a cleared environment, a fixed author, key and timestamp, so
+//! commit ids (and the snapshots) are the same on every machine.
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns: a failure is a test failure
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kstack_store::fixtures::FakeModule;
+
+const BUILD_ID: &str = "3b43fad5034874490492495d552c0af6a5fab235";
+/// `ed25519-secret:` of a fixed seed, so signatures (and commit ids) are stable.
+const SECRET: &str =
+    "ed25519-secret:2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a";
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let env = Env {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let key = env.path("signing.key");
+        std::fs::write(&key, format!("{SECRET}\n")).unwrap();
+        set_mode(&key, 0o600);
+        let public = env
+            .command(&["key", "show", key.to_str().unwrap()])
+            .env_remove("KSTACK_CONFIG")
+            .output()
+            .unwrap();
+        assert!(public.status.success(), "{}", stderr(&public));
+        env.write_config(&[stdout(&public).trim()]);
+        let out = env.run(&["init"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        env
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn write_config(&self, keys: &[&str]) {
+        let keys: Vec<String> = keys.iter().map(|k| format!("{k:?}")).collect();
+        std::fs::write(
+            self.path("kstack.toml"),
+            format!(
+                "[stack]\nname = \"prod\"\n\n[trust]\nkeys = [{}]\nsigning_key = {:?}\n",
+                keys.join(", "),
+                self.path("signing.key")
+            ),
+        )
+        .unwrap();
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kstack"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("KSTACK_STORE", self.path("store"))
+            .env("KSTACK_CONFIG", self.path("kstack.toml"))
+            .env("KSTACK_TIMESTAMP", "1700000000")
+            .env("KSTACK_AUTHOR", "Test Author <test@example.invalid>")
+            .current_dir(self.dir.path())
+            .args(args);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Runs and requires success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "kstack {args:?} failed ({:?}):\n{}",
+            out.status.code(),
+            stderr(&out)
+        );
+        stdout(&out)
+    }
+
+    /// Writes a synthetic livepatch module and returns its path.
+    fn module(&self, name: &str, functions: &[&str]) -> String {
+        let path = self.path(&format!("{name}.ko"));
+        let mut m = FakeModule::livepatch(&format!("kstack_{name}"), functions);
+        m.seed = name.len() as u64 + 1;
+        std::fs::write(&path, m.build()).unwrap();
+        path.display().to_string()
+    }
+
+    fn commit(&self, name: &str, functions: &[&str]) -> String {
+        let module = self.module(name, functions);
+        self.ok(&[
+            "commit",
+            "--module",
+            &module,
+            "--name",
+            name,
+            "-m",
+            &format!("add {name}"),
+            "--kernel",
+            BUILD_ID,
+        ])
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn init_is_idempotent() {
+    let env = Env::new();
+    let out = env.ok(&["init", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["created"], false);
+    assert!(env.path("store/HEAD").exists());
+}
+
+#[test]
+fn key_generate_and_show() {
+    let env = Env::new();
+    let key = env.path("keys/new.key");
+    let out = env.run(&["key", "generate", "--out", key.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let public = stdout(&out);
+    assert!(
+        public.starts_with("ed25519:") && public.trim().len() == 72,
+        "{public}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(env.ok(&["key", "show", key.to_str().unwrap()]), public);
+    // Never over an existing key.
+    let out = env.run(&["key", "generate", "--out", key.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("already exists; refusing to overwrite a key"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.ok(&["key", "show", key.to_str().unwrap()]), public);
+}
+
+#[test]
+fn commit_log_show_verify_stacks() {
+    let env = Env::new();
+    let out = env.commit("fix-cmdline", &["cmdline_proc_show"]);
+    insta::assert_snapshot!(out, @r"
+    Committed fix-cmdline to stack prod (3b43fad50348) as patch 0001-fix-cmdline
+      commit   cc4f3b8644af9f84935895f320b07a8265f5d4a1
+      module   kstack_fix-cmdline for 6.1.0-56-cloud-amd64
+      replaces vmlinux:cmdline_proc_show
+    ");
+    env.commit("fix-meminfo", &["meminfo_proc_show"]);
+
+    let log = env.ok(&["log"]);
+    insta::assert_snapshot!(log, @r"
+    commit 178a0f5de1f958310b4b33cd24aed086e7622602 (prod)
+    Author: Test Author <test@example.invalid>
+    Date:   2023-11-14T22:13:20Z
+    Signer: ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61 (trusted)
+
+        add fix-meminfo
+
+    commit cc4f3b8644af9f84935895f320b07a8265f5d4a1
+    Author: Test Author <test@example.invalid>
+    Date:   2023-11-14T22:13:20Z
+    Signer: ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61 (trusted)
+
+        add fix-cmdline
+    ");
+    let oneline = env.ok(&["log", "--oneline", "prod~1"]);
+    insta::assert_snapshot!(oneline, @"cc4f3b8644af add fix-cmdline");
+    let show = env.ok(&["show"]);
+    insta::assert_snapshot!(show, @r"
+    commit 178a0f5de1f958310b4b33cd24aed086e7622602
+    Stack:  prod for kernel 3b43fad5034874490492495d552c0af6a5fab235 (6.1.0-56-cloud-amd64)
+    Author: Test Author <test@example.invalid>
+    Date:   2023-11-14T22:13:20Z
+    Signer: ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61 (trusted; signature and digests verified)
+
+        add fix-meminfo
+
+    Patches (2, in load order):
+      0001-fix-cmdline  module kstack_fix-cmdline
+          replaces vmlinux:cmdline_proc_show
+          module.ko    2152 bytes  sha256:86bb21edb5eb66139669e072754653c916301600b01292f461f860ed4b90ad62
+      0002-fix-meminfo  module kstack_fix-meminfo
+          replaces vmlinux:meminfo_proc_show
+          module.ko    2152 bytes  sha256:4d512b4a8085a368a7e8154da679fb3dd5d0f03f7320a51c03cb21513c8460a8
+    ");
+    let verify = env.ok(&["verify"]);
+    insta::assert_snapshot!(verify, @r"
+    ok    3b43fad5034874490492495d552c0af6a5fab235/prod 178a0f5de1f9: 2 patch(es), 2 commit(s), signed by ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61
+    ");
+    let stacks = env.ok(&["stacks"]);
+    assert!(stacks.starts_with(BUILD_ID), "{stacks}");
+    assert!(stacks.contains("prod"), "{stacks}");
+
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["show", "--json", "prod"])).unwrap();
+    assert_eq!(v["trusted"], true);
+    assert_eq!(v["verified"], true);
+    assert_eq!(v["patches"][1]["functions"][0], "vmlinux:meminfo_proc_show");
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["log", "--json"])).unwrap();
+    assert_eq!(v["commits"].as_array().unwrap().len(), 2);
+    assert_eq!(v["commits"][0]["trusted"], true);
+}
+
+#[test]
+fn log_without_config_says_untrusted() {
+    let env = Env::new();
+    env.commit("a", &["f"]);
+    let out = env
+        .command(&["log", "--config", "/nonexistent/kstack.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "an explicit config must exist");
+    let out = env
+        .command(&["log", &format!("{BUILD_ID}/prod")])
+        .env_remove("KSTACK_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("(untrusted (no config))"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn commit_refuses_a_module_for_another_release() {
+    let env = Env::new();
+    env.commit("a", &["f"]);
+    let path = env.path("other.ko");
+    let mut m = FakeModule::livepatch("kstack_other", &["g"]);
+    m.vermagic = "6.1.0-99-cloud-amd64 SMP mod_unload modversions ".into();
+    std::fs::write(&path, m.build()).unwrap();
+    let out = env.run(&[
+        "commit",
+        "--module",
+        path.to_str().unwrap(),
+        "--name",
+        "other",
+        "-m",
+        "m",
+        "--kernel",
+        BUILD_ID,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!(stderr(&out), @"error: other.ko was built for kernel 6.1.0-99-cloud-amd64, but stack 3b43fad5034874490492495d552c0af6a5fab235/prod is pinned to 6.1.0-56-cloud-amd64");
+}
+
+#[test]
+fn revert_and_refused_overlap() {
+    let env = Env::new();
+    env.commit("a", &["f1", "f2"]);
+    env.commit("b", &["f3"]);
+    env.commit("c", &["f2"]);
+    let out = env.run(&["revert", "a", "-m", "drop a"]);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!(stderr(&out), @"error: cannot revert a: patches above it replace the same functions (c: vmlinux:f2); rebuild them without it first");
+    let out = env.ok(&["revert", "b", "-m", "drop b"]);
+    assert!(
+        out.starts_with("Reverted b from stack prod (3b43fad50348): 2 patch(es) left"),
+        "{out}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["show", "--json"])).unwrap();
+    let dirs: Vec<&str> = v["patches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["dir"].as_str().unwrap())
+        .collect();
+    assert_eq!(dirs, ["0001-a", "0002-c"]);
+}
+
+#[test]
+fn verify_names_a_missing_object_and_exits_65() {
+    let env = Env::new();
+    env.commit("a", &["f"]);
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["show", "--json"])).unwrap();
+    let module_sha = v["patches"][0]["artifacts"][0]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(module_sha.len(), 64);
+    // Remove the module's blob from the object database.
+    let store = kstack_store::store::Store::open(&env.path("store")).unwrap();
+    let head = store.resolve("prod", None).unwrap().commit;
+    let verified = store.check(head, None).unwrap();
+    let blob = verified.patches[0].module_blob.to_string();
+    std::fs::remove_file(env.path(&format!("store/objects/{}/{}", &blob[..2], &blob[2..])))
+        .unwrap();
+
+    let out = env.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(65));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "patches/0001-a/module.ko: object {blob} is missing from the store"
+        )),
+        "{text}"
+    );
+    let out = env.run(&["show", "--json"]);
+    assert_eq!(out.status.code(), Some(65));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["error"]["kind"], "data");
+}
+
+#[test]
+fn untrusted_signer_fails_verify() {
+    let env = Env::new();
+    env.commit("a", &["f"]);
+    env.write_config(&["ed25519:e2a02cc93092575359d7fe2cd7e7ef9869696d7783c491e79cc0e80f2e59e080"]);
+    let out = env.run(&["verify", "prod"]);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(
+        stdout(&out).contains("which is not a trusted key"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(env.ok(&["log"]).contains("(untrusted)"));
+}
+
+#[test]
+fn pull_between_stores() {
+    let upstream = Env::new();
+    upstream.commit("a", &["f1"]);
+    upstream.commit("b", &["f2"]);
+    let host = Env::new();
+    let url = upstream.path("store").display().to_string();
+    let out = host.ok(&["pull", &url]);
+    assert!(out.starts_with("prod (3b43fad50348): new at "), "{out}");
+    assert_eq!(
+        host.ok(&["log", "--oneline"]),
+        upstream.ok(&["log", "--oneline"])
+    );
+    let out = host.ok(&["pull", &url]);
+    assert_eq!(out, "prod (3b43fad50348): up to date\n");
+
+    // A host that trusts another key refuses the next pull and keeps its refs.
+    upstream.commit("c", &["f3"]);
+    host.write_config(&[
+        "ed25519:e2a02cc93092575359d7fe2cd7e7ef9869696d7783c491e79cc0e80f2e59e080",
+    ]);
+    let before = host.ok(&["log", "--oneline"]);
+    let out = host.run(&["pull", &url]);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(
+        stderr(&out).contains("refused; local refs are unchanged"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(host.ok(&["log", "--oneline"]), before);
+}
+
+#[test]
+fn concurrent_commits_from_two_processes() {
+    let env = Env::new();
+    env.commit("base", &["f0"]);
+    let a = env.module("a", &["f1"]);
+    let b = env.module("b", &["f2"]);
+    let spawn = |module: &str, name: &str| {
+        env.command(&[
+            "commit", "--module", module, "--name", name, "-m", name, "--kernel", BUILD_ID,
+        ])
+        .spawn()
+        .unwrap()
+    };
+    let (mut pa, mut pb) = (spawn(&a, "a"), spawn(&b, "b"));
+    let (sa, sb) = (pa.wait().unwrap(), pb.wait().unwrap());
+    // Each succeeds (a lost race is retried) or says to retry (exit 75).
+    for s in [sa, sb] {
+        assert!(s.success() || s.code() == Some(75), "{s:?}");
+    }
+    let wins = [sa, sb].iter().filter(|s| s.success()).count();
+    let log = env.ok(&["log", "--oneline"]);
+    assert_eq!(log.lines().count(), 1 + wins, "{log}");
+    env.ok(&["verify"]);
+}
+
+#[test]
+fn errors_in_json() {
+    let env = Env::new();
+    let out = env.run(&["--json", "log", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["error"]["kind"], "user");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no stack and no commit"),
+        "{v}"
+    );
+}
