@@ -410,7 +410,8 @@ impl Store {
 
     /// Moves the stack's ref to the prepared commit, if the stack still has the head
     /// the commit was built on; otherwise [`StoreError::StackMoved`] (or
-    /// [`StoreError::Locked`]) and nothing changes.
+    /// [`StoreError::Locked`]) and nothing changes. Then packs loose objects if there
+    /// are many ([`Store::maybe_pack`]; best effort: the commit stands either way).
     pub fn publish(&self, prepared: &Prepared) -> Result<(), CommitError> {
         let summary = prepared.stack_file.message.lines().next().unwrap_or("");
         self.update_refs(
@@ -421,6 +422,7 @@ impl Store {
             }],
             &format!("kstack: {summary}"),
         )?;
+        let _ = self.maybe_pack();
         Ok(())
     }
 

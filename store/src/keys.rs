@@ -81,6 +81,18 @@ impl PublicKey {
     }
 }
 
+impl PublicKey {
+    /// Parses `ed25519:<64 hex>` without checking that it is a curve point (a
+    /// costly decompression): for keys that are only displayed or compared, such as
+    /// a commit's signer trailer. [`PublicKey::verifies`] still rejects bad points.
+    pub(crate) fn parse_unchecked(text: &str) -> Option<PublicKey> {
+        let hex_part = text.trim().strip_prefix(PUBLIC_PREFIX)?;
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(hex_part, &mut bytes).ok()?;
+        Some(PublicKey(bytes))
+    }
+}
+
 impl FromStr for PublicKey {
     type Err = KeyError;
 

@@ -11,6 +11,7 @@ pub mod ident;
 pub mod keys;
 pub mod klp;
 pub mod model;
+pub mod pack;
 pub mod pull;
 pub mod rev;
 pub mod store;

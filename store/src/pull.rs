@@ -313,6 +313,8 @@ impl Store {
         if !updates.is_empty() {
             self.update_refs(&updates, &format!("kstack pull {url}"))?;
         }
+        // Best effort, as after a commit: the pull stands either way.
+        let _ = self.maybe_pack();
         Ok(report)
     }
 

@@ -307,7 +307,7 @@ impl Store {
         let Some(id) = self.read_ref_unchecked(name)? else {
             return Ok(None);
         };
-        if !self.repo.has_object(id) {
+        if !self.has_object(id) {
             return Err(StoreError::DanglingRef {
                 name: name.to_owned(),
                 id,
@@ -451,24 +451,40 @@ impl Store {
 
     // ---- reading objects -------------------------------------------------------
 
+    /// Reads an object of the `expected` kind. A miss (or a read error) is looked up
+    /// again in a freshly opened repository before it is reported: another kstack may
+    /// have packed objects or merged packs since this handle last looked.
     fn find(
         &self,
         id: ObjectId,
         what: &str,
         expected: gix::objs::Kind,
-    ) -> Result<gix::Object<'_>, StoreError> {
-        let object = self
-            .repo
-            .try_find_object(id)
-            .map_err(|e| StoreError::ReadObject {
-                what: what.to_owned(),
-                id,
-                source: e.into(),
-            })?
-            .ok_or_else(|| StoreError::MissingObject {
-                what: what.to_owned(),
-                id,
-            })?;
+    ) -> Result<gix::ObjectDetached, StoreError> {
+        let first = self.repo.try_find_object(id).map(|o| o.map(|o| o.detach()));
+        let object = match first {
+            Ok(Some(object)) => object,
+            first => {
+                let second = self
+                    .reopened()
+                    .map(|repo| repo.try_find_object(id).map(|o| o.map(|o| o.detach())));
+                match (second, first) {
+                    (Some(Ok(Some(object))), _) => object,
+                    (_, Err(e)) => {
+                        return Err(StoreError::ReadObject {
+                            what: what.to_owned(),
+                            id,
+                            source: e.into(),
+                        });
+                    }
+                    _ => {
+                        return Err(StoreError::MissingObject {
+                            what: what.to_owned(),
+                            id,
+                        });
+                    }
+                }
+            }
+        };
         if object.kind != expected {
             return Err(StoreError::WrongKind {
                 what: what.to_owned(),
@@ -483,6 +499,11 @@ impl Store {
             });
         }
         Ok(object)
+    }
+
+    /// The same repository, opened anew (a current view of its packs).
+    fn reopened(&self) -> Option<gix::Repository> {
+        gix::open_opts(&self.path, open_options()).ok()
     }
 
     /// Reads a commit's header and message (not its tree).
@@ -568,7 +589,7 @@ impl Store {
 
     /// Whether an object is in the store.
     pub fn has_object(&self, id: ObjectId) -> bool {
-        self.repo.has_object(id)
+        self.repo.has_object(id) || self.reopened().is_some_and(|repo| repo.has_object(id))
     }
 
     // ---- writing objects -------------------------------------------------------
@@ -673,10 +694,10 @@ fn split_signer_trailer(raw: &str) -> (String, Option<PublicKey>) {
     let trimmed = raw.trim_end();
     if let Some((body, last)) = trimmed.rsplit_once('\n') {
         if let Some(key) = last.strip_prefix(&format!("{SIGNER_TRAILER}: ")) {
-            return (body.trim_end().to_owned(), key.parse().ok());
+            return (body.trim_end().to_owned(), PublicKey::parse_unchecked(key));
         }
     } else if let Some(key) = trimmed.strip_prefix(&format!("{SIGNER_TRAILER}: ")) {
-        return (String::new(), key.parse().ok());
+        return (String::new(), PublicKey::parse_unchecked(key));
     }
     (trimmed.to_owned(), None)
 }

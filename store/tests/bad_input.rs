@@ -494,3 +494,40 @@ fn git_reads_the_store() {
          stack.sig\nstack.toml\n"
     );
 }
+
+#[test]
+fn packing_while_another_kstack_commits() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = Env::new();
+    env.add("base", &["f0"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let packer = {
+        let stop = stop.clone();
+        let path = env.path();
+        std::thread::spawn(move || {
+            let store = Store::open(&path).unwrap();
+            let mut runs = 0;
+            while !stop.load(Ordering::Relaxed) {
+                store.pack(runs % 3 == 2).unwrap();
+                runs += 1;
+            }
+            runs
+        })
+    };
+    for i in 0..12 {
+        env.add(&format!("p{i}"), &[&format!("f{}", i + 1)]);
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(packer.join().unwrap() > 0);
+    let head = env.head();
+    for store in [&env.store, &env.reopen()] {
+        assert_eq!(
+            store.verify(head, None, &env.policy).unwrap().patches.len(),
+            13
+        );
+        assert_eq!(store.verify_history(head, None, None).unwrap(), 13);
+    }
+    if have_git() {
+        git(&env.path(), &["fsck", "--strict", "--no-progress"]);
+    }
+}

@@ -261,3 +261,38 @@ fn a_new_stack_takes_the_given_release_and_refuses_other_modules() {
         )
         .unwrap();
 }
+
+#[test]
+fn packing_keeps_everything_readable() {
+    let env = Env::new();
+    for i in 0..6 {
+        env.add(&format!("p{i}"), &[&format!("f{i}")]);
+    }
+    let old_handle = env.reopen();
+    let head = env.head();
+    let report = env.store.pack(false).unwrap().unwrap();
+    assert!(
+        report.packed > 20 && report.loose_removed == report.packed,
+        "{report:?}"
+    );
+    env.add("after", &["g"]);
+    let report = env.store.pack(false).unwrap().unwrap();
+    assert!(report.packed > 0, "{report:?}");
+    let report = env.store.pack(true).unwrap().unwrap();
+    assert_eq!(report.packs_removed, 2, "{report:?}");
+    // Handles opened before packing and fresh ones read the same.
+    for store in [&old_handle, &env.store, &env.reopen()] {
+        store.verify(head, Some(&env.stack), &env.policy).unwrap();
+        assert_eq!(store.log(head, None).unwrap().len(), 6);
+    }
+    let now = env.head();
+    env.reopen().verify(now, None, &env.policy).unwrap();
+    if have_git() {
+        git(&env.path(), &["fsck", "--strict", "--no-progress"]);
+        let count = git(&env.path(), &["count-objects", "-v"]);
+        assert!(
+            count.contains("count: 0\n") && count.contains("packs: 1\n"),
+            "{count}"
+        );
+    }
+}
