@@ -54,6 +54,8 @@ pub struct SandboxOptions {
     pub timeout: Duration,
     /// Added to the kernel command line (`nokaslr`, `loglevel=7`, ...).
     pub kernel_args: Vec<String>,
+    /// The CPU model QEMU emulates (`-cpu`); QEMU's default when `None`.
+    pub cpu: Option<String>,
 }
 
 impl SandboxOptions {
@@ -67,6 +69,7 @@ impl SandboxOptions {
             accel: Accel::default(),
             timeout: DEFAULT_TIMEOUT,
             kernel_args: Vec::new(),
+            cpu: None,
         }
     }
 }
@@ -231,6 +234,9 @@ impl Sandbox {
             Accel::Tcg => cmd.args(["-accel", "tcg"]),
             Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
         };
+        if let Some(cpu) = &opts.cpu {
+            cmd.args(["-cpu", cpu]);
+        }
         cmd.args([
             "-nodefaults",
             "-no-user-config",

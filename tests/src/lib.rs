@@ -95,22 +95,32 @@ pub fn sections(output: &str) -> std::collections::BTreeMap<String, String> {
     out
 }
 
-/// Builds `kmod/test/<name>.c` against the set-up kernel's headers, once per source
+/// Builds `kmod/test/<name>.c` against the set-up kernel's headers (see
+/// [`build_module_cached`]).
+pub fn build_test_module(name: &str) -> PathBuf {
+    let src_dir = workspace_root().join("kmod/test");
+    let read = |file: &str| {
+        let path = src_dir.join(file);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let c_file = format!("{name}.c");
+    build_module_cached(
+        name,
+        &[
+            (&c_file, read(&c_file)),
+            ("proc_patch.h", read("proc_patch.h")),
+        ],
+    )
+}
+
+/// Builds a module from source texts against the set-up kernel's headers, once per
 /// content: the result is cached under `target/kmod-test/`, built in a temporary
 /// directory and renamed into place, so concurrent tests never see a half-built one.
-pub fn build_test_module(name: &str) -> PathBuf {
+pub fn build_module_cached(name: &str, sources: &[(&str, String)]) -> PathBuf {
     use std::hash::{Hash, Hasher};
-    let src_dir = workspace_root().join("kmod/test");
-    let source = src_dir.join(format!("{name}.c"));
-    let header = src_dir.join("proc_patch.h");
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for path in [&source, &header] {
-        std::fs::read(path)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-            .hash(&mut hasher);
-    }
     let kernel = kernel();
-    kernel.release.hash(&mut hasher);
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (name, sources, &kernel.release).hash(&mut hasher);
     let cache = workspace_root()
         .join("target/kmod-test")
         .join(format!("{name}-{:016x}", hasher.finish()));
@@ -118,13 +128,21 @@ pub fn build_test_module(name: &str) -> PathBuf {
     if ko.is_file() {
         return ko;
     }
-    std::fs::create_dir_all(cache.parent().expect("has a parent")).unwrap();
-    let tmp = tempfile::tempdir_in(cache.parent().expect("has a parent")).unwrap();
+    let parent = cache.parent().expect("has a parent");
+    std::fs::create_dir_all(parent).unwrap();
+    let src = tempfile::tempdir_in(parent).unwrap();
+    let mut paths = Vec::new();
+    for (file, text) in sources {
+        let path = src.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        paths.push(path);
+    }
+    let tmp = tempfile::tempdir_in(parent).unwrap();
     kbuild::build_module(
         &kernel.headers(),
         &ModuleSpec {
             name: name.into(),
-            sources: vec![source, header],
+            sources: paths,
             ccflags: vec![],
         },
         tmp.path(),
@@ -137,4 +155,5 @@ pub fn build_test_module(name: &str) -> PathBuf {
     }
     ko
 }
+
 pub mod stack;
