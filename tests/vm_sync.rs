@@ -17,7 +17,9 @@ export KSTACK_STATE_DIR=/var/lib/kstack
 "#;
 
 fn run(vm: &kstack_engine::sandbox::Sandbox, script: &str) -> kstack_engine::sandbox::GuestRun {
-    let run = vm.run(&format!("{VIEW}{script}")).unwrap();
+    let run = vm
+        .run(&format!("{VIEW}{script}"))
+        .expect("the VM runs the script to its end");
     eprintln!(
         "guest stdout:\n{}\nguest stderr:\n{}",
         run.stdout, run.stderr

@@ -198,8 +198,7 @@ impl Initramfs {
     /// Writes the archive: every entry owned by root, mtime 0, so the same content
     /// gives the same bytes.
     pub fn write_to(&self, out: &mut dyn Write) -> Result<(), InitramfsError> {
-        let mut ino = 1u32;
-        for (path, entry) in &self.entries {
+        for (ino, (path, entry)) in (1u32..).zip(&self.entries) {
             let (size, rdev) = match &entry.content {
                 Content::Dir => (0, (0, 0)),
                 Content::Bytes(b) => (b.len() as u64, (0, 0)),
@@ -238,7 +237,6 @@ impl Initramfs {
                 }
             }
             pad4(out, size as usize)?;
-            ino += 1;
         }
         write_header(out, 0, 0, 1, 0, (0, 0), TRAILER)?;
         Ok(())

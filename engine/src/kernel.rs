@@ -445,6 +445,33 @@ impl KmsgCursor {
     }
 }
 
+/// Loaded modules that carry the livepatch taint (`K` in `/proc/modules`) but have no
+/// patch registered in sysfs: their patch was disabled and the module never unloaded.
+pub fn livepatch_modules_without_patch() -> Result<Vec<String>, KernelError> {
+    let path = Path::new(PROC_MODULES);
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    Ok(livepatch_modules(&text)
+        .into_iter()
+        .filter(|m| !patch_dir(m).exists())
+        .collect())
+}
+
+/// Modules whose `/proc/modules` taint flags include `K` (TAINT_LIVEPATCH, set for
+/// modules with `livepatch=Y` in their modinfo), oldest first.
+pub fn livepatch_modules(proc_modules: &str) -> Vec<String> {
+    let mut names: Vec<String> = proc_modules
+        .lines()
+        .filter(|l| {
+            l.rsplit_once('(')
+                .is_some_and(|(_, flags)| flags.trim_end_matches(')').contains('K'))
+        })
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    names.reverse();
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,31 +515,4 @@ mod tests {
         assert!(text.contains("kstack-parked (pid 42)"), "{text}");
         assert!(text.contains("kstack_parker_wait"), "{text}");
     }
-}
-
-/// Loaded modules that carry the livepatch taint (`K` in `/proc/modules`) but have no
-/// patch registered in sysfs: their patch was disabled and the module never unloaded.
-pub fn livepatch_modules_without_patch() -> Result<Vec<String>, KernelError> {
-    let path = Path::new(PROC_MODULES);
-    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    Ok(livepatch_modules(&text)
-        .into_iter()
-        .filter(|m| !patch_dir(m).exists())
-        .collect())
-}
-
-/// Modules whose `/proc/modules` taint flags include `K` (TAINT_LIVEPATCH, set for
-/// modules with `livepatch=Y` in their modinfo), oldest first.
-pub fn livepatch_modules(proc_modules: &str) -> Vec<String> {
-    let mut names: Vec<String> = proc_modules
-        .lines()
-        .filter(|l| {
-            l.rsplit_once('(')
-                .is_some_and(|(_, flags)| flags.trim_end_matches(')').contains('K'))
-        })
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_owned)
-        .collect();
-    names.reverse();
-    names
 }

@@ -8,8 +8,11 @@
 //!
 //! Run: `cargo bench -p kstack-tests --bench sync` (after `cargo xtask setup`).
 
+// A benchmark driver: a failed unwrap is a failed run, with its message.
+#![allow(clippy::unwrap_used)]
+
 use kstack_tests::stack::StackFixture;
-use kstack_tests::{build_module_cached, sandbox, sections, workspace_root};
+use kstack_tests::{build_module_cached, sections, workspace_root};
 
 const PATCHES: usize = 10;
 const ROUNDS: usize = 3;

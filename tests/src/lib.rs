@@ -4,6 +4,9 @@
 //! QEMU or the static guest binary is missing they fail, loudly, naming the command
 //! that sets everything up: they never skip.
 
+// Test support: a failed unwrap here is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
 use kstack_engine::assets::{Cache, Kernel};

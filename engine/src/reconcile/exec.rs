@@ -95,7 +95,7 @@ pub fn execute(
     modules: &Modules,
     timeout: Duration,
     observer: &mut dyn Observer,
-) -> Result<Vec<StepTiming>, ExecError> {
+) -> Result<Vec<StepTiming>, Box<ExecError>> {
     let mut done: Vec<StepTiming> = Vec::new();
     let total = plan.steps.len();
     for (index, step) in plan.steps.iter().enumerate() {
@@ -120,12 +120,12 @@ pub fn execute(
                         Err(e) => undo_failures.push((completed.step.clone(), e.to_string())),
                     }
                 }
-                return Err(ExecError {
+                return Err(Box::new(ExecError {
                     step: step.clone(),
                     cause,
                     undone,
                     undo_failures,
-                });
+                }));
             }
         }
     }

@@ -73,7 +73,7 @@ pub enum SyncError {
     #[error("livepatch {0} is in a transition; wait for it to finish (see `kstack status`)")]
     TransitionInProgress(String),
     #[error("{0}")]
-    Failed(#[from] ExecError),
+    Failed(#[from] Box<ExecError>),
     #[error("there is no generation to roll back to{0}")]
     NoRollbackTarget(String),
 }
