@@ -8,8 +8,9 @@
 //! stack of N patches (default 100, 64 KiB modules), then measures each operation in
 //! a fresh child process (so its peak RSS, VmHWM, is its own), median of `--runs`:
 //! `log` of the long stack (and `git log --oneline` of the same ref), `verify` of the
-//! 100-patch stack, and committing a 1 MiB module. The long stack is measured twice:
-//! with loose objects, as kstack writes them, and after `git repack -adq`. With
+//! 100-patch stack, and committing a 1 MiB module. Each is measured twice: on the
+//! store as kstack wrote it (loose objects, auto-packed past a threshold) and after
+//! `git repack -adq`. With
 //! `KSTACK_BIN` set to a built `kstack`, `kstack log --oneline` is timed too.
 #![allow(clippy::unwrap_used)] // a benchmark: any failure should stop it loudly
 
@@ -93,16 +94,23 @@ fn measure(what: &str, store: &Path) {
             } else {
                 stack("wide")
             };
+            let start = Instant::now();
             store
                 .add_patch(&target, None, p, "add a 1 MiB module", &author(), &key())
                 .unwrap();
+            let elapsed = start.elapsed();
             if what == "commit-wide" {
-                // Leave the stack as it was for the next run.
+                // Leave the stack as it was for the next run (not timed).
                 store
                     .revert_patch(&target, "big", "undo", &author(), &key())
                     .unwrap();
             }
-            format!("{size}-byte module")
+            println!(
+                "{} {} {size}-byte module",
+                elapsed.as_micros(),
+                vm_hwm_kib()
+            );
+            return;
         }
         other => panic!("unknown measurement {other}"),
     };
@@ -247,6 +255,15 @@ fn main() {
             .unwrap();
     }
     let wide_setup = setup.elapsed();
+    let objects = Command::new("git")
+        .args([
+            &format!("--git-dir={}", path.display()),
+            "count-objects",
+            "-v",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).replace('\n', " "))
+        .unwrap_or_default();
     drop(store);
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -267,14 +284,15 @@ fn main() {
         long_setup.as_secs_f64() * 1000.0 / commits as f64,
         wide_setup.as_secs_f64()
     );
+    println!("objects after setup: {objects}");
     println!();
-    println!("| operation | objects | time | peak RSS | detail |");
+    println!("| operation | store | time | peak RSS | detail |");
     println!("|---|---|---|---|---|");
     let refname = long.ref_name();
     let git_dir = format!("--git-dir={}", path.display());
     let kstack_bin = std::env::var("KSTACK_BIN").ok();
-    for layout in ["loose", "packed"] {
-        if layout == "packed" {
+    for layout in ["as kstack wrote it", "after `git repack -adq`"] {
+        if layout != "as kstack wrote it" {
             let ok = Command::new("git")
                 .args([&git_dir, "repack", "-adq"])
                 .status()
@@ -328,9 +346,10 @@ fn main() {
         );
         let s = child("commit-wide", &path, runs);
         println!(
-            "| commit a 1 MiB module onto the {patches}-patch stack, then revert it | {layout} | {} | {} | includes verifying the parent twice |",
+            "| commit a 1 MiB module onto the {patches}-patch stack | {layout} | {} | {} | {}; the parent is verified first |",
             ms(s.elapsed),
-            mib(s.peak_kib)
+            mib(s.peak_kib),
+            s.detail
         );
     }
 }
