@@ -163,7 +163,7 @@ fn commit_log_show_verify_stacks() {
     let out = env.commit("fix-cmdline", &["cmdline_proc_show"]);
     insta::assert_snapshot!(out, @r"
     Committed fix-cmdline to stack prod (3b43fad50348) as patch 0001-fix-cmdline
-      commit   cc4f3b8644af9f84935895f320b07a8265f5d4a1
+      commit   d513e202825a496e538c61232a07a4fae1193389
       module   kstack_fix-cmdline for 6.1.0-56-cloud-amd64
       replaces vmlinux:cmdline_proc_show
     ");
@@ -171,14 +171,14 @@ fn commit_log_show_verify_stacks() {
 
     let log = env.ok(&["log"]);
     insta::assert_snapshot!(log, @r"
-    commit 178a0f5de1f958310b4b33cd24aed086e7622602 (prod)
+    commit 4579399eeb9650bdc9514dcbbd577ed089abe0fc (prod)
     Author: Test Author <test@example.invalid>
     Date:   2023-11-14T22:13:20Z
     Signer: ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61 (trusted)
 
         add fix-meminfo
 
-    commit cc4f3b8644af9f84935895f320b07a8265f5d4a1
+    commit d513e202825a496e538c61232a07a4fae1193389
     Author: Test Author <test@example.invalid>
     Date:   2023-11-14T22:13:20Z
     Signer: ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61 (trusted)
@@ -186,10 +186,10 @@ fn commit_log_show_verify_stacks() {
         add fix-cmdline
     ");
     let oneline = env.ok(&["log", "--oneline", "prod~1"]);
-    insta::assert_snapshot!(oneline, @"cc4f3b8644af add fix-cmdline");
+    insta::assert_snapshot!(oneline, @"d513e202825a add fix-cmdline");
     let show = env.ok(&["show"]);
     insta::assert_snapshot!(show, @r"
-    commit 178a0f5de1f958310b4b33cd24aed086e7622602
+    commit 4579399eeb9650bdc9514dcbbd577ed089abe0fc
     Stack:  prod for kernel 3b43fad5034874490492495d552c0af6a5fab235 (6.1.0-56-cloud-amd64)
     Author: Test Author <test@example.invalid>
     Date:   2023-11-14T22:13:20Z
@@ -200,15 +200,13 @@ fn commit_log_show_verify_stacks() {
     Patches (2, in load order):
       0001-fix-cmdline  module kstack_fix-cmdline
           replaces vmlinux:cmdline_proc_show
-          module.ko    2152 bytes  sha256:86bb21edb5eb66139669e072754653c916301600b01292f461f860ed4b90ad62
+          module.ko    2152 bytes  sha256:98b8736d5f35af08c56a3bafd468e1c00d3aba4062875ea626a5daf456a109de
       0002-fix-meminfo  module kstack_fix-meminfo
           replaces vmlinux:meminfo_proc_show
-          module.ko    2152 bytes  sha256:4d512b4a8085a368a7e8154da679fb3dd5d0f03f7320a51c03cb21513c8460a8
+          module.ko    2152 bytes  sha256:dc24d092e20282c41a8d55dd564d03f245bc647251de8be636cbea0c2a46299b
     ");
     let verify = env.ok(&["verify"]);
-    insta::assert_snapshot!(verify, @r"
-    ok    3b43fad5034874490492495d552c0af6a5fab235/prod 178a0f5de1f9: 2 patch(es), 2 commit(s), signed by ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61
-    ");
+    insta::assert_snapshot!(verify, @"ok    3b43fad5034874490492495d552c0af6a5fab235/prod 4579399eeb96: 2 patch(es), 2 commit(s), signed by ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61");
     let stacks = env.ok(&["stacks"]);
     assert!(stacks.starts_with(BUILD_ID), "{stacks}");
     assert!(stacks.contains("prod"), "{stacks}");

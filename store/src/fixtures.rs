@@ -19,8 +19,8 @@ use crate::model::{FunctionRef, VMLINUX};
 
 /// The release of the Debian 6.1 cloud kernel that kstack targets.
 pub const RELEASE: &str = "6.1.0-56-cloud-amd64";
-/// Its vermagic, as modpost writes it.
-pub const VERMAGIC: &str = "6.1.0-56-cloud-amd64 SMP mod_unload modversions ";
+/// Its vermagic, as modpost writes it (as in a module kbuild built for it).
+pub const VERMAGIC: &str = "6.1.0-56-cloud-amd64 SMP preempt mod_unload modversions ";
 
 /// What a synthetic module holds.
 #[derive(Debug, Clone)]

@@ -610,7 +610,7 @@ impl ModInfo {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The vermagic string, e.g. `6.1.0-56-cloud-amd64 SMP mod_unload modversions `.
+    /// The vermagic string, e.g. `6.1.0-56-cloud-amd64 SMP preempt mod_unload modversions `.
     pub fn vermagic(&self) -> Option<&str> {
         self.get("vermagic")
     }
@@ -831,7 +831,7 @@ mod tests {
         assert_eq!(info.release(), Some("6.1.0-56-cloud-amd64"));
         assert_eq!(
             info.vermagic(),
-            Some("6.1.0-56-cloud-amd64 SMP mod_unload modversions ")
+            Some("6.1.0-56-cloud-amd64 SMP preempt mod_unload modversions ")
         );
         assert!(info.is_livepatch());
 

@@ -446,7 +446,7 @@ mod tests {
             source: PatchSource::Prebuilt,
             module_file: "foo.ko".into(),
             module_name: "kstack_0123456789ab".into(),
-            vermagic: "6.1.0-56-cloud-amd64 SMP mod_unload modversions ".into(),
+            vermagic: "6.1.0-56-cloud-amd64 SMP preempt mod_unload modversions ".into(),
             kernel_release: "6.1.0-56-cloud-amd64".into(),
             build_id: "00ff".parse().unwrap(),
             created_by: "root@host".into(),
