@@ -10,6 +10,7 @@
 //! It is quiet: it returns values and errors and never prints; the CLI renders.
 
 pub mod assets;
+pub mod build;
 pub mod config;
 pub mod guest;
 pub mod initramfs;

@@ -1,0 +1,45 @@
+//! The builder: from a source diff to a livepatch module, Ksplice's and kpatch's
+//! method (pre/post differencing of the objects of the translation units a diff
+//! touches).
+//!
+//! - [`diff`]: the ELF differ: correlates the pre and post objects and decides which
+//!   functions changed, which are new, and what must be refused.
+//! - [`klp`]: the output object (the changed and new functions with what they need,
+//!   livepatch relocations for what the module loader cannot resolve) and the
+//!   post-link step that turns them into `.klp.rela` sections in the final module.
+
+pub mod diff;
+pub mod klp;
+
+/// How the target kernel resolves a symbol that a new function refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// Exported (`EXPORT_SYMBOL*`, listed in `Module.symvers`): the module loader
+    /// resolves it; a plain undefined symbol.
+    Exported,
+    /// Known to kallsyms but not exported: a livepatch relocation
+    /// (`.klp.sym.<object>.<name>,<sympos>`), resolved by the livepatch core.
+    Livepatch { sympos: u64 },
+}
+
+/// Why a symbol cannot be resolved in the target kernel.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("symbol {name} is not in the target kernel's symbol table")]
+    Missing { name: String },
+    #[error("symbol {name} is ambiguous: {candidates} local symbols have that name and the translation unit does not say which ({detail})")]
+    Ambiguous {
+        name: String,
+        candidates: usize,
+        detail: String,
+    },
+}
+
+/// The target kernel's symbols, as the builder needs them.
+pub trait SymbolResolver {
+    /// How to reach `name`, a symbol the translation unit `tu` (object path in the
+    /// tree, e.g. `fs/proc/cmdline.o`) refers to; `local` says whether the object
+    /// file defines it as a local (static) symbol, which decides among same-named
+    /// statics of several files.
+    fn resolve(&self, name: &str, tu: &str, local: bool) -> Result<Resolution, ResolveError>;
+}
