@@ -155,8 +155,7 @@ impl From<kstack_engine::reconcile::host::SyncError> for CliError {
         let kind = match &err {
             SyncError::Verify(_)
             | SyncError::WrongKernel { .. }
-            | SyncError::WrongRelease { .. }
-            | SyncError::ModuleDigest { .. } => Kind::Data,
+            | SyncError::WrongRelease { .. } => Kind::Data,
             SyncError::State(StateError::Busy { .. }) | SyncError::TransitionInProgress(_) => {
                 Kind::TempFail
             }

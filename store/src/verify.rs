@@ -105,6 +105,10 @@ pub struct VerifiedPatch {
     pub manifest: Manifest,
     /// The Git id of the `module.ko` blob.
     pub module_blob: ObjectId,
+    /// The module's bytes: exactly those whose SHA-256 was checked, so a caller that
+    /// loads them into the kernel needs no second read (which would trust Git's
+    /// SHA-1 to return the same bytes).
+    pub module: Vec<u8>,
 }
 
 /// The signed part of a commit, read without its patches.
@@ -284,6 +288,7 @@ impl Store {
             }
         }
         let mut module_blob = None;
+        let mut module = Vec::new();
         for artifact in &manifest.artifacts {
             let path = format!("{dir_path}/{}", artifact.path);
             let id = *files
@@ -314,6 +319,7 @@ impl Store {
                 let info =
                     ident::modinfo(&bytes, &path).map_err(|e| invalid(&path, e.to_string()))?;
                 check_module(&info, &manifest, stack).map_err(|m| invalid(&path, m))?;
+                module = bytes;
             }
         }
         Ok(VerifiedPatch {
@@ -321,6 +327,7 @@ impl Store {
             manifest,
             module_blob: module_blob
                 .expect("Manifest::check requires module.ko among the artifacts"),
+            module,
         })
     }
 

@@ -5,10 +5,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use kstack_store::digest::Sha256Digest;
 use kstack_store::ident::BuildId;
 use kstack_store::keys::TrustPolicy;
-use kstack_store::model::{FunctionRef, MODULE_FILE};
+use kstack_store::model::FunctionRef;
 use kstack_store::rev::RevError;
 use kstack_store::store::{ObjectId, StackId, Store, StoreError};
 use kstack_store::verify::{VerifiedStack, VerifyError};
@@ -60,15 +59,6 @@ pub enum SyncError {
         patch: String,
         module_release: String,
         running: String,
-    },
-    #[error(
-        "refused before anything was loaded: patch {patch}: module.ko does not match its manifest \
-         (SHA-256 {actual}, manifest says {expected})"
-    )]
-    ModuleDigest {
-        patch: String,
-        expected: Sha256Digest,
-        actual: Sha256Digest,
     },
     #[error("livepatch {0} is in a transition; wait for it to finish (see `kstack status`)")]
     TransitionInProgress(String),
@@ -206,25 +196,11 @@ impl Host<'_> {
                     running: identity.release.clone(),
                 });
             }
-            let bytes = self.store.blob(
-                patch.module_blob,
-                &format!("{}/{MODULE_FILE}", patch.entry.dir),
-            )?;
-            // What goes to the kernel is checked once more, from the very bytes.
-            let actual = Sha256Digest::of(&bytes);
-            let expected = manifest
-                .artifact(MODULE_FILE)
-                .map(|a| a.sha256)
-                .unwrap_or(actual);
-            if actual != expected {
-                return Err(SyncError::ModuleDigest {
-                    patch: manifest.name.clone(),
-                    expected,
-                    actual,
-                });
-            }
             desired.modules.push(manifest.module_name.clone());
-            desired.bytes.insert(manifest.module_name.clone(), bytes);
+            // The very bytes whose SHA-256 verification checked.
+            desired
+                .bytes
+                .insert(manifest.module_name.clone(), patch.module.clone());
         }
         desired.stack = Some(verified);
         Ok(desired)
