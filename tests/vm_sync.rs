@@ -372,3 +372,55 @@ view after
     );
     assert!(!s["after"].contains("kstack_test_stall"), "{}", s["after"]);
 }
+
+#[test]
+fn a_foreign_livepatch_is_reported_and_never_touched() {
+    let fx = StackFixture::new();
+    fx.commit("prod", "a", &build_test_module("kstack_test_a"));
+    let mut vm = sandbox();
+    vm.add_host_file("/root/vendor_fix.ko", &build_test_module("vendor_fix"))
+        .unwrap();
+    let empty =
+        "[store]\npath = \"/var/lib/kstack/store\"\n[sync]\nstate_dir = \"/var/lib/kstack\"\n";
+    fx.install(
+        &mut vm,
+        &[
+            ("prod", fx.config("prod", None, "10s")),
+            ("empty", empty.to_owned()),
+        ],
+    );
+    let run = run(
+        &vm,
+        r#"
+insmod /root/vendor_fix.ko
+echo "== plan"; kstack --config /etc/kstack/prod.toml plan; echo "rc=$?"
+echo "== sync"; kstack --config /etc/kstack/prod.toml sync 2>&1; echo "rc=$?"
+echo "== status"; kstack --config /etc/kstack/prod.toml --json status
+echo "== empty"; kstack --config /etc/kstack/empty.toml sync 2>&1; echo "rc=$?"
+echo "== uptime"; cat /proc/uptime; ls /sys/kernel/livepatch; cat /sys/kernel/livepatch/vendor_fix/enabled
+"#,
+    );
+    let s = sections(&run.stdout);
+    assert!(
+        s["plan"].contains("! vendor_fix  not kstack's: left alone"),
+        "{}",
+        s["plan"]
+    );
+    assert!(s["sync"].contains("rc=0"), "{}", s["sync"]);
+    let status: serde_json::Value = serde_json::from_str(s["status"].trim()).unwrap();
+    assert_eq!(
+        status["foreign"],
+        serde_json::json!(["vendor_fix"]),
+        "{status}"
+    );
+    assert_eq!(status["applied"][0]["module"], "kstack_test_a", "{status}");
+    // Declaring no stack reverts kstack's patches and only those.
+    assert!(s["empty"].contains("- kstack_test_a"), "{}", s["empty"]);
+    assert!(!s["empty"].contains("- vendor_fix"), "{}", s["empty"]);
+    assert_eq!(
+        s["uptime"].lines().collect::<Vec<_>>(),
+        ["vendor-fix", "vendor_fix", "1"],
+        "{}",
+        s["uptime"]
+    );
+}
