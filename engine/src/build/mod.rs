@@ -11,6 +11,7 @@
 pub mod diff;
 pub mod klp;
 pub mod symbols;
+pub mod tree;
 
 /// How the target kernel resolves a symbol that a new function refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]
