@@ -11,6 +11,7 @@ use crate::ui::Ui;
 pub mod commit;
 pub mod generations;
 pub mod guest_init;
+pub mod kernel;
 pub mod init;
 pub mod key;
 pub mod log;
@@ -72,6 +73,7 @@ pub enum Command {
     Generations(generations::GenerationsArgs),
     Rollback(rollback::RollbackArgs),
     Try(r#try::TryArgs),
+    Kernel(kernel::KernelArgs),
     Init(init::InitArgs),
     Key(key::KeyArgs),
     Commit(commit::CommitArgs),
@@ -92,6 +94,7 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<ExitCode, CliError> {
         Command::Generations(args) => generations::cmd_generations(ui, &cli.global, args),
         Command::Rollback(args) => rollback::cmd_rollback(ui, &cli.global, args),
         Command::Try(args) => r#try::cmd_try(ui, &cli.global, args),
+        Command::Kernel(args) => kernel::cmd_kernel(ui, &cli.global, args),
         Command::Init(args) => init::cmd_init(ui, &cli.global, args),
         Command::Key(args) => key::cmd_key(ui, &cli.global, args),
         Command::Commit(args) => commit::cmd_commit(ui, &cli.global, args),

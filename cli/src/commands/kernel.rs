@@ -1,0 +1,147 @@
+//! `kstack kernel add` / `kstack kernel list`: the kernels kstack can build for and
+//! boot in the sandbox.
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use kstack_engine::assets::{self, Cache, FetchOptions};
+
+use super::GlobalArgs;
+use crate::error::{CliError, Kind, chain};
+use crate::ui::Ui;
+
+/// Manage the kernels in the cache (images, headers, prepared source trees)
+#[derive(Debug, Args)]
+pub struct KernelArgs {
+    #[command(subcommand)]
+    pub command: KernelCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    Add(KernelAddArgs),
+    List(KernelListArgs),
+}
+
+/// Fetch a Debian cloud kernel release into the cache
+///
+/// Downloads the release's unsigned image (unpacked, not installed), installs its
+/// headers with apt, and unpacks and prepares linux-source-6.1 of exactly the image's
+/// Debian version, which `kstack commit PATCH.diff` builds against. Any release still
+/// in the Debian archive can be added, not only the newest: fleets run older kernels.
+/// Needs root (apt). The cache is $KSTACK_CACHE, default ~/.cache/kstack.
+#[derive(Debug, Args)]
+pub struct KernelAddArgs {
+    /// The kernel release, as `uname -r` prints it (6.1.0-56-cloud-amd64), or
+    /// `current` for the one linux-image-cloud-amd64 depends on now
+    pub release: String,
+    /// The Debian package version [default: the archive's candidate for that release]
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Only the image and headers, no source tree (enough for `kstack try`)
+    #[arg(long)]
+    pub no_source: bool,
+    /// Make it the kernel `kstack try` boots by default
+    #[arg(long)]
+    pub default: bool,
+}
+
+/// List the kernels in the cache, with their build IDs
+#[derive(Debug, Args)]
+pub struct KernelListArgs {}
+
+pub fn cmd_kernel(ui: &Ui, _global: &GlobalArgs, args: KernelArgs) -> Result<ExitCode, CliError> {
+    let cache = Cache::from_env();
+    match args.command {
+        KernelCommand::Add(args) => {
+            let (release, version) = if args.release == "current" {
+                assets::resolve_current_release().map_err(asset_error)?
+            } else {
+                let version = match args.version {
+                    Some(v) => v,
+                    None => {
+                        assets::package_version(&format!("linux-image-{}-unsigned", args.release))
+                            .map_err(asset_error)?
+                    }
+                };
+                (args.release, version)
+            };
+            let spinner = ui.spinner(format!("fetching kernel {release} ({version})"));
+            let result = assets::fetch_kernel(
+                &cache,
+                &release,
+                &version,
+                FetchOptions {
+                    headers: true,
+                    source: !args.no_source,
+                    make_current: args.default,
+                },
+                &mut |line| spinner.set_message(line.to_owned()),
+            );
+            spinner.finish_and_clear();
+            let kernel = result.map_err(asset_error)?;
+            let build_id = kstack_store::ident::image_build_id(&kernel.vmlinuz())
+                .map_err(|e| CliError::new(Kind::Data, chain(&e)))?;
+            if ui.json() {
+                ui.emit_json(&serde_json::json!({
+                    "release": release, "version": version, "build_id": build_id.to_hex(),
+                    "image": kernel.vmlinuz(), "source": kernel.source(),
+                }));
+            } else {
+                ui.line(format!("{release} ({version}) build ID {build_id}"));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KernelCommand::List(_) => {
+            let current = cache.current().ok().map(|k| k.release);
+            let mut rows = Vec::new();
+            for kernel in cache.kernels() {
+                let build_id = kstack_store::ident::image_build_id(&kernel.vmlinuz())
+                    .map(|b| b.to_hex())
+                    .unwrap_or_else(|e| format!("? ({e})"));
+                rows.push(serde_json::json!({
+                    "release": kernel.release,
+                    "version": kernel.version(),
+                    "build_id": build_id,
+                    "default": current.as_deref() == Some(kernel.release.as_str()),
+                    "headers": kernel.headers().join(".config").is_file(),
+                    "source": kernel.source(),
+                }));
+            }
+            if ui.json() {
+                ui.emit_json(&serde_json::Value::Array(rows));
+                return Ok(ExitCode::SUCCESS);
+            }
+            if rows.is_empty() {
+                ui.line(format!(
+                    "no kernels in {} (kstack kernel add current)",
+                    cache.root().display()
+                ));
+            }
+            for r in rows {
+                ui.line(format!(
+                    "{} {:<24} {:<12} {}  headers:{} source:{}",
+                    if r["default"] == true { "*" } else { " " },
+                    r["release"].as_str().unwrap_or(""),
+                    r["version"].as_str().unwrap_or("?"),
+                    r["build_id"].as_str().unwrap_or(""),
+                    if r["headers"] == true { "yes" } else { "no" },
+                    if r["source"].is_null() {
+                        "no"
+                    } else {
+                        "prepared"
+                    },
+                ));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn asset_error(e: assets::AssetError) -> CliError {
+    let kind = match e {
+        assets::AssetError::Resolve { .. } | assets::AssetError::Fetch { .. } => Kind::Unavailable,
+        _ => Kind::Internal,
+    };
+    CliError::new(kind, chain(&e))
+}

@@ -1,0 +1,78 @@
+//! `kstack kernel add` for an older release than the newest (fleets run those), then
+//! `kernel list` and a boot of that kernel in the sandbox. The release is chosen from
+//! the Debian archive at test time: the newest but one.
+
+use std::process::Command;
+
+fn kstack() -> Command {
+    let bin = kstack_engine::sandbox::find_guest_binary()
+        .unwrap_or_else(|e| panic!("{e}\nrun `{}` first", kstack_tests::SETUP));
+    let mut cmd = Command::new(bin);
+    cmd.env_remove("KSTACK_CONFIG");
+    cmd
+}
+
+fn previous_release() -> String {
+    let out = Command::new("apt-cache")
+        .args([
+            "search",
+            "--names-only",
+            "^linux-image-6.1.0-.*-cloud-amd64-unsigned$",
+        ])
+        .output()
+        .expect("apt-cache");
+    let mut abis: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("linux-image-6.1.0-"))
+        .filter_map(|l| l.split('-').next()?.parse().ok())
+        .collect();
+    abis.sort_unstable();
+    abis.dedup();
+    assert!(
+        abis.len() >= 2,
+        "the archive lists fewer than two cloud kernels: {abis:?} (run `apt-get update`)"
+    );
+    format!("6.1.0-{}-cloud-amd64", abis[abis.len() - 2])
+}
+
+#[test]
+fn an_older_release_is_added_listed_and_boots() {
+    let release = previous_release();
+    let out = kstack()
+        .args(["--json", "kernel", "add", &release, "--no-source"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let added: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(added["release"], release.as_str());
+
+    let out = kstack()
+        .args(["--json", "kernel", "list"])
+        .output()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = list.as_array().unwrap();
+    let older = rows
+        .iter()
+        .find(|r| r["release"] == release.as_str())
+        .unwrap();
+    let current = rows.iter().find(|r| r["default"] == true).unwrap();
+    assert_ne!(older["build_id"], current["build_id"], "{list}");
+    assert_eq!(older["headers"], true, "{list}");
+
+    let image = added["image"].as_str().unwrap();
+    let out = kstack()
+        .args(["try", "--kernel", image, "--", "uname", "-r"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), release);
+}
