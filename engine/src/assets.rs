@@ -154,6 +154,12 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    /// The release's directory in the cache (kstack keeps derived files there too,
+    /// such as the kernel's captured kallsyms).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The compressed kernel image (bzImage) to boot.
     pub fn vmlinuz(&self) -> PathBuf {
         self.dir

@@ -48,12 +48,32 @@ pub enum KbuildError {
     Compile { name: String, output: String },
 }
 
+/// How kbuild is run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Let modpost only warn about undefined symbols (`KBUILD_MODPOST_WARN=1`): a
+    /// livepatch module's references to unexported symbols stay undefined until
+    /// kstack turns them into livepatch relocations after the link.
+    pub modpost_warn: bool,
+}
+
 /// Builds `spec` against the kernel headers (or prepared source tree) at `kernel_dir`
 /// in `build_dir`, which is created if needed. Returns the path of the `.ko`.
 pub fn build_module(
     kernel_dir: &Path,
     spec: &ModuleSpec,
     build_dir: &Path,
+) -> Result<PathBuf, KbuildError> {
+    build_module_with(kernel_dir, spec, build_dir, &Options::default())
+}
+
+/// [`build_module`] with options. Sources ending in `.o_shipped` are prebuilt objects:
+/// kbuild copies `x.o_shipped` to `x.o` and links it like a compiled one.
+pub fn build_module_with(
+    kernel_dir: &Path,
+    spec: &ModuleSpec,
+    build_dir: &Path,
+    options: &Options,
 ) -> Result<PathBuf, KbuildError> {
     if !kernel_dir.join("Makefile").is_file() {
         return Err(KbuildError::NoHeaders(kernel_dir.to_owned()));
@@ -81,7 +101,11 @@ pub fn build_module(
             path: src.clone(),
             source,
         })?;
-        if let Some(stem) = file_name.to_str().and_then(|n| n.strip_suffix(".c")) {
+        let name = file_name.to_str().unwrap_or_default();
+        if let Some(stem) = name
+            .strip_suffix(".c")
+            .or_else(|| name.strip_suffix(".o_shipped"))
+        {
             objects.push(format!("{stem}.o"));
         }
     }
@@ -98,14 +122,16 @@ pub fn build_module(
     })?;
 
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let out = Command::new("make")
-        .arg("-C")
+    let mut make = Command::new("make");
+    make.arg("-C")
         .arg(kernel_dir)
         .arg(format!("M={}", build_dir.display()))
         .arg(format!("-j{jobs}"))
-        .arg("modules")
-        .output()
-        .map_err(KbuildError::Make)?;
+        .arg("modules");
+    if options.modpost_warn {
+        make.arg("KBUILD_MODPOST_WARN=1");
+    }
+    let out = make.output().map_err(KbuildError::Make)?;
     let ko = build_dir.join(format!("{}.ko", spec.name));
     if !out.status.success() || !ko.is_file() {
         let mut output = String::from_utf8_lossy(&out.stderr).into_owned();

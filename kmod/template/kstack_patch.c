@@ -33,18 +33,25 @@ static struct klp_func kstack_vmlinux_funcs[] = {
 	{}
 };
 
-#ifdef KSTACK_HOOKS
-#include "kstack/hooks.h"
-KSTACK_HOOK_DECLARATIONS
-#endif
+/*
+ * The patch's hooks, if its hook file defines them (kstack/hooks.h); weak, so a
+ * patch without hooks links with NULL callbacks.
+ */
+extern int __kstack_hook_pre_apply(struct klp_object *obj) __weak;
+extern void __kstack_hook_post_apply(struct klp_object *obj) __weak;
+extern void __kstack_hook_pre_revert(struct klp_object *obj) __weak;
+extern void __kstack_hook_post_revert(struct klp_object *obj) __weak;
 
 static struct klp_object kstack_objs[] = {
 	{
 		/* .name == NULL: vmlinux */
 		.funcs = kstack_vmlinux_funcs,
-#ifdef KSTACK_HOOKS
-		.callbacks = KSTACK_HOOK_CALLBACKS,
-#endif
+		.callbacks = {
+			.pre_patch = __kstack_hook_pre_apply,
+			.post_patch = __kstack_hook_post_apply,
+			.pre_unpatch = __kstack_hook_pre_revert,
+			.post_unpatch = __kstack_hook_post_revert,
+		},
 	},
 	{}
 };
