@@ -50,6 +50,7 @@ fn patch(name: &str, functions: &[&str], size: usize, seed: u64) -> NewPatch {
         functions: Vec::new(),
         build: Default::default(),
         source: PatchSource::Prebuilt,
+        extra: Default::default(),
     }
 }
 

@@ -38,6 +38,8 @@ pub enum CommitError {
         stack: String,
         stack_release: String,
     },
+    #[error("patch file name {name:?} is not allowed (a plain file name, not one of kstack's own)")]
+    BadExtraFile { name: String },
     #[error("stack {stack} already has a patch named {name:?}")]
     PatchExists { stack: String, name: String },
     #[error("stack {stack} has no patch named {name:?} (it has: {available})")]
@@ -88,6 +90,10 @@ pub struct NewPatch {
     /// How it was built (compiler, flags), for kstack-built modules.
     pub build: BTreeMap<String, String>,
     pub source: PatchSource,
+    /// More files of the patch, by file name (the hook source `hooks.c`, the run-pre
+    /// images `before.toml`): stored beside the module, each with its digest in the
+    /// manifest, so the signature covers them.
+    pub extra: BTreeMap<String, Vec<u8>>,
 }
 
 /// A commit whose objects are written but which no ref points to yet.
@@ -182,6 +188,19 @@ impl Store {
                 size: diff.len() as u64,
             });
         }
+        for (name, bytes) in &patch.extra {
+            if name.is_empty()
+                || name.contains('/')
+                || [MODULE_FILE, DIFF_FILE, MANIFEST_FILE].contains(&name.as_str())
+            {
+                return Err(CommitError::BadExtraFile { name: name.clone() });
+            }
+            artifacts.push(Artifact {
+                path: name.clone(),
+                sha256: Sha256Digest::of(bytes),
+                size: bytes.len() as u64,
+            });
+        }
         let manifest = Manifest {
             format: FORMAT,
             name: patch.name.clone(),
@@ -231,6 +250,15 @@ impl Store {
                 kind: ItemKind::Blob,
             });
         }
+        for (name, bytes) in &patch.extra {
+            files.push(TreeItem {
+                name: name.clone(),
+                id: self.write_blob(bytes, &format!("{dir_path}/{name}"))?,
+                kind: ItemKind::Blob,
+            });
+        }
+        // Git wants a tree's entries sorted by name.
+        files.sort_by(|a, b| a.name.cmp(&b.name));
         let patch_tree = self.write_tree(&files, &dir_path)?;
         entries.push(PatchEntry {
             name: patch.name.clone(),

@@ -357,9 +357,14 @@ pub fn real_vmlinuz() -> Option<std::path::PathBuf> {
         None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
             .join(".cache/kstack"),
     };
+    // The kernel set-up resolved (`kernels/current`), else the one these fixtures
+    // describe.
+    let current = std::fs::read_to_string(cache.join("kernels/current"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| RELEASE.to_owned());
     [
+        format!("kernels/{current}/root/boot/vmlinuz-{current}"),
         format!("kernels/{RELEASE}/root/boot/vmlinuz-{RELEASE}"),
-        format!("kernels/x/boot/vmlinuz-{RELEASE}"),
     ]
     .iter()
     .map(|p| cache.join(p))

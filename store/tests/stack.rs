@@ -287,7 +287,8 @@ fn packing_keeps_everything_readable() {
     }
     let now = env.head();
     env.reopen().verify(now, None, &env.policy).unwrap();
-    if have_git() {
+    {
+        require_git();
         git(&env.path(), &["fsck", "--strict", "--no-progress"]);
         let count = git(&env.path(), &["count-objects", "-v"]);
         assert!(

@@ -68,6 +68,7 @@ impl StackFixture {
             functions: Vec::new(),
             build: BTreeMap::new(),
             source: PatchSource::Prebuilt,
+            extra: Default::default(),
         };
         self.store
             .add_patch(

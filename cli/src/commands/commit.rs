@@ -83,6 +83,7 @@ pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<Exit
         functions: args.functions.clone(),
         build: Default::default(),
         source: PatchSource::Prebuilt,
+        extra: Default::default(),
     };
     let author = author();
     let prepared = with_retry(ui, &stack, || {

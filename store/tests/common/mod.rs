@@ -92,15 +92,18 @@ pub fn patch(name: &str, functions: &[&str]) -> NewPatch {
         functions: Vec::new(),
         build: Default::default(),
         source: PatchSource::Prebuilt,
+        extra: Default::default(),
     }
 }
 
-/// Whether `git` is on PATH (the tests that use it to pack or serve skip without it).
-pub fn have_git() -> bool {
-    std::process::Command::new("git")
+/// `git` must be on PATH: the tests use it to pack, check and serve stores (the
+/// product itself never runs it). Missing, they fail rather than skip.
+pub fn require_git() {
+    let found = std::process::Command::new("git")
         .arg("--version")
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    assert!(found, "git is not installed: run `cargo xtask setup`");
 }
 
 pub fn git(dir: &Path, args: &[&str]) -> String {
