@@ -128,6 +128,13 @@ impl Cache {
         }
     }
 
+    /// The kernel in the cache with that build ID.
+    pub fn kernel_with_build_id(&self, build_id: &kstack_store::ident::BuildId) -> Option<Kernel> {
+        self.kernels()
+            .into_iter()
+            .find(|k| k.build_id().is_ok_and(|id| &id == build_id))
+    }
+
     /// Every kernel release in the cache.
     pub fn kernels(&self) -> Vec<Kernel> {
         let mut out = Vec::new();
@@ -172,6 +179,24 @@ impl Kernel {
         self.dir
             .join("root/boot")
             .join(format!("config-{}", self.release))
+    }
+
+    /// The GNU build ID of the image, read once from the vmlinux inside it and kept
+    /// beside it (`build-id`).
+    pub fn build_id(&self) -> Result<kstack_store::ident::BuildId, AssetError> {
+        let cached = self.dir.join("build-id");
+        if let Ok(text) = std::fs::read_to_string(&cached)
+            && let Ok(id) = text.trim().parse()
+        {
+            return Ok(id);
+        }
+        let id =
+            kstack_store::ident::image_build_id(&self.vmlinuz()).map_err(|e| AssetError::Io {
+                path: self.vmlinuz(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        let _ = std::fs::write(&cached, id.to_hex());
+        Ok(id)
     }
 
     /// The Debian package version (`6.1.192-2`).
