@@ -1,0 +1,1 @@
+//! The livepatch output object end to end (in progress).
