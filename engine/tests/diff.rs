@@ -1,0 +1,383 @@
+//! The ELF differ, on data: small C files in `tests/diff/` (`<case>.pre.c`,
+//! `<case>.post.c`), compiled here with gcc and kernel-like flags, one pair per rule,
+//! with the reports snapshotted in `tests/diff/snapshots/`; and real objects of the
+//! prepared Debian kernel tree (`cargo xtask setup`), compiled with kbuild in a
+//! private copy of that tree.
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns: a failure is a test failure
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kstack_engine::build::diff::{DiffOptions, DiffReport, Status, diff_objects, special_entries};
+use object::Object;
+
+#[path = "diff/kernel.rs"]
+mod kernel;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/diff");
+
+/// The flags of an x86-64 kernel object that matter to the differ: one section per
+/// function and object, the kernel code model, an fentry call and its
+/// `__mcount_loc` entry, returns and indirect calls through thunks, no unwind
+/// tables, no debug info.
+const CFLAGS: &[&str] = &[
+    "-c",
+    "-O2",
+    "-std=gnu11",
+    "-g0",
+    "-ffunction-sections",
+    "-fdata-sections",
+    "-fno-pic",
+    "-mcmodel=kernel",
+    "-mno-red-zone",
+    "-pg",
+    "-mfentry",
+    "-mrecord-mcount",
+    "-fno-asynchronous-unwind-tables",
+    "-fno-common",
+    "-fno-jump-tables",
+    "-fno-stack-protector",
+    "-fcf-protection=none",
+    "-mindirect-branch=thunk-extern",
+    "-mindirect-branch-register",
+    "-mfunction-return=thunk-extern",
+];
+
+/// Compiles `source` as `<name>.c` in `dir`, so that pre and post see the same
+/// `__FILE__`. A first line `/* cflags: ... */` adds flags.
+fn compile(source: &Path, dir: &Path, name: &str) -> Vec<u8> {
+    let text = std::fs::read_to_string(source).unwrap();
+    let extra: Vec<&str> = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("/* cflags:"))
+        .and_then(|l| l.strip_suffix("*/"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    std::fs::write(dir.join(format!("{name}.c")), &text).unwrap();
+    let out = Command::new("gcc")
+        .current_dir(dir)
+        .args(CFLAGS)
+        .args(&extra)
+        .arg(format!("-I{FIXTURES}"))
+        .arg(format!("{name}.c"))
+        .args(["-o", &format!("{name}.o")])
+        .output()
+        .expect("gcc runs");
+    assert!(
+        out.status.success(),
+        "gcc failed on {}:\n{}",
+        source.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(dir.join(format!("{name}.o"))).unwrap()
+}
+
+fn fixture_with(case: &str, opts: &DiffOptions) -> DiffReport {
+    let fixtures = PathBuf::from(FIXTURES);
+    let pre_dir = tempfile::tempdir().unwrap();
+    let post_dir = tempfile::tempdir().unwrap();
+    let pre = compile(
+        &fixtures.join(format!("{case}.pre.c")),
+        pre_dir.path(),
+        case,
+    );
+    let post = compile(
+        &fixtures.join(format!("{case}.post.c")),
+        post_dir.path(),
+        case,
+    );
+    diff_objects(&pre, &post, opts).unwrap()
+}
+
+fn fixture(case: &str) -> DiffReport {
+    fixture_with(case, &DiffOptions::default())
+}
+
+fn snapshot(name: &str, report: &impl serde::Serialize) {
+    insta::with_settings!({
+        snapshot_path => "diff/snapshots",
+        prepend_module_to_snapshot => false,
+        omit_expression => true,
+    }, {
+        insta::assert_json_snapshot!(name, report);
+    });
+}
+
+/// The status of the post function of that name (or the removed pre one).
+fn status(report: &DiffReport, function: &str) -> Status {
+    report
+        .functions
+        .iter()
+        .find(|f| f.name == function && f.status != Status::Removed)
+        .or_else(|| report.functions.iter().find(|f| f.name == function))
+        .unwrap_or_else(|| panic!("no function {function} in {:#?}", report.functions))
+        .status
+}
+
+#[test]
+fn identical_objects_have_no_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = PathBuf::from(FIXTURES);
+    for case in [
+        "changed_data",
+        "warn_line",
+        "renamed_constprop",
+        "changed_init",
+    ] {
+        let obj = compile(&fixtures.join(format!("{case}.pre.c")), dir.path(), case);
+        let report = diff_objects(&obj, &obj, &DiffOptions::default()).unwrap();
+        assert!(report.is_patchable(), "{case}: {:#?}", report.refusals);
+        assert!(
+            report
+                .functions
+                .iter()
+                .all(|f| f.status == Status::Unchanged),
+            "{case}: {:#?}",
+            report.functions
+        );
+        assert!(report.data.iter().all(|d| d.status == Status::Unchanged));
+    }
+}
+
+#[test]
+fn changed_code() {
+    let report = fixture("changed_code");
+    assert!(report.has("function:changed:add"));
+    assert!(report.has("function:unchanged:triple"));
+    assert!(report.is_patchable());
+    snapshot("changed_code", &report);
+}
+
+#[test]
+fn changed_callee() {
+    let report = fixture("changed_callee");
+    assert!(report.has("function:changed:forward"));
+    assert!(report.has("function:unchanged:unrelated"));
+    let forward = &report.functions[0];
+    assert!(
+        forward
+            .reasons
+            .iter()
+            .any(|r| r == "relocation target helper_a -> helper_b"),
+        "{forward:#?}"
+    );
+    snapshot("changed_callee", &report);
+}
+
+#[test]
+fn moved_string_is_no_change() {
+    let report = fixture("moved_string");
+    assert_eq!(status(&report, "hello"), Status::Unchanged);
+    assert_eq!(status(&report, "goodbye"), Status::Unchanged);
+    assert_eq!(status(&report, "greeting"), Status::New);
+    snapshot("moved_string", &report);
+}
+
+#[test]
+fn warn_line_only_is_no_change_but_flags_are() {
+    let report = fixture("warn_line");
+    assert_eq!(status(&report, "checked"), Status::Unchanged);
+    assert_eq!(status(&report, "flagged"), Status::Changed);
+    snapshot("warn_line", &report);
+}
+
+#[test]
+fn renumbered_constprop_is_the_same_function() {
+    let report = fixture("renamed_constprop");
+    // The pre scale.constprop.0 is gone; the post one is the pre scale.constprop.1.
+    assert!(report.has("function:removed:scale.constprop.0"));
+    let clone = report
+        .functions
+        .iter()
+        .find(|f| f.key == "function:unchanged:scale.constprop.0")
+        .unwrap();
+    assert_eq!(clone.pre.as_ref().unwrap().name, "scale.constprop.1");
+    assert_eq!(status(&report, "scale_by_200"), Status::Unchanged);
+    assert_eq!(status(&report, "scale_by_three"), Status::Changed);
+    snapshot("renamed_constprop", &report);
+}
+
+#[test]
+fn new_function() {
+    let report = fixture("new_function");
+    assert!(report.has("function:new:clamp"));
+    assert!(report.has("function:changed:compute"));
+    let mut patched: Vec<&str> = report
+        .patched_functions()
+        .map(|f| f.name.as_str())
+        .collect();
+    patched.sort();
+    assert_eq!(patched, ["clamp", "compute"]);
+    snapshot("new_function", &report);
+}
+
+#[test]
+fn changed_data_is_refused() {
+    let report = fixture("changed_data");
+    assert!(report.has("data:changed:limits"));
+    assert!(report.has("data:unchanged:counter"));
+    assert!(report.has("data:unchanged:names"));
+    assert!(report.has("refuse:data:limits"));
+    assert!(report.has("function:unchanged:lookup"));
+    assert!(!report.is_patchable());
+    assert!(report.refusals[0].remedy.contains("shadow variable"));
+    snapshot("changed_data", &report);
+}
+
+#[test]
+fn changed_data_allowed_by_a_hook() {
+    let opts = DiffOptions {
+        allowed_data: ["limits".to_owned()].into(),
+    };
+    let report = fixture_with("changed_data", &opts);
+    assert!(report.has("data:changed:limits"));
+    assert!(report.data.iter().any(|d| d.name == "limits" && d.allowed));
+    assert!(report.is_patchable(), "{:#?}", report.refusals);
+    snapshot("changed_data_allowed", &report);
+}
+
+#[test]
+fn changed_init_is_refused() {
+    let report = fixture("changed_init");
+    assert!(report.has("function:changed:setup_thing"));
+    assert!(report.has("refuse:init:setup_thing"));
+    assert!(report.has("function:unchanged:runtime_path"));
+    snapshot("changed_init", &report);
+}
+
+#[test]
+fn changed_notrace_is_refused() {
+    let report = fixture("notrace");
+    assert!(report.has("refuse:notrace:fast_path"));
+    assert!(report.has("function:changed:traced_path"));
+    assert!(!report.has("refuse:notrace:traced_path"));
+    snapshot("notrace", &report);
+}
+
+#[test]
+fn renumbered_static_local_is_the_same_object() {
+    let report = fixture("static_local");
+    assert_eq!(status(&report, "count_calls"), Status::Unchanged);
+    assert_eq!(status(&report, "count_other"), Status::New);
+    assert!(report.is_patchable(), "{:#?}", report.refusals);
+    snapshot("static_local", &report);
+}
+
+#[test]
+fn garbage_is_an_error_not_a_panic() {
+    let err = diff_objects(b"not an object", b"", &DiffOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("pre object"), "{err}");
+}
+
+// Real translation units of the prepared kernel tree. Their snapshots hold the keys
+// of the findings only: sizes and offsets follow the kernel release that
+// `cargo xtask setup` resolved.
+
+fn changed_keys(report: &DiffReport) -> Vec<&str> {
+    let unchanged = |k: &&str| k.contains(":unchanged:");
+    report
+        .keys()
+        .into_iter()
+        .filter(|k| !unchanged(k))
+        .collect()
+}
+
+fn kernel_diff(unit: &str, edit: impl Fn(&str) -> String) -> (DiffReport, Vec<u8>) {
+    let (pre, post) = kernel::tree().pre_post(unit, edit);
+    let report = diff_objects(&pre, &post, &DiffOptions::default()).unwrap();
+    (report, post)
+}
+
+#[test]
+fn kernel_cmdline_proc_show_changed() {
+    let (report, post) = kernel_diff("fs/proc/cmdline.c", |s| {
+        s.replace("seq_putc(m, '\\n');", "seq_puts(m, \" kstack\\n\");")
+    });
+    assert!(report.has("function:unchanged:proc_cmdline_init"));
+    assert!(report.is_patchable(), "{:#?}", report.refusals);
+    let show = &report.functions[0];
+    assert_eq!(show.key, "function:changed:cmdline_proc_show");
+    assert_eq!(show.pre.as_ref().unwrap().name, "cmdline_proc_show");
+    assert!(show.post.as_ref().unwrap().local);
+    for reason in [
+        "new reference \" kstack\\n\"",
+        "new callee seq_puts",
+        "no longer calls seq_putc",
+    ] {
+        assert!(
+            show.reasons.iter().any(|r| r == reason),
+            "{reason}: {show:#?}"
+        );
+    }
+    snapshot("kernel_cmdline", &changed_keys(&report));
+
+    // What the output object must carry along with the function.
+    let file = object::File::parse(&*post).unwrap();
+    let section = file.section_by_name(".text.cmdline_proc_show").unwrap();
+    let entries = special_entries(&file, object::ObjectSection::index(&section)).unwrap();
+    let sections: Vec<&str> = entries.iter().map(|e| e.section.as_str()).collect();
+    for needed in [
+        "__mcount_loc",
+        ".return_sites",
+        ".orc_unwind_ip",
+        ".orc_unwind",
+    ] {
+        assert!(sections.contains(&needed), "{needed}: {entries:#?}");
+    }
+    let mcount = entries
+        .iter()
+        .find(|e| e.section == "__mcount_loc")
+        .unwrap();
+    assert_eq!((mcount.size, mcount.target), (8, 0));
+    for orc in entries
+        .iter()
+        .filter(|e| e.section.starts_with(".orc_unwind"))
+    {
+        assert_eq!(orc.size, if orc.section == ".orc_unwind" { 6 } else { 4 });
+    }
+}
+
+#[test]
+fn kernel_version_proc_show_changed() {
+    let (report, _) = kernel_diff("fs/proc/version.c", |s| {
+        s.replacen(
+            "\treturn 0;\n}",
+            "\tseq_puts(m, \"patched by kstack\\n\");\n\treturn 0;\n}",
+            1,
+        )
+    });
+    assert!(report.has("function:changed:version_proc_show"));
+    assert!(report.has("function:unchanged:proc_version_init"));
+    assert!(report.is_patchable(), "{:#?}", report.refusals);
+    snapshot("kernel_version", &changed_keys(&report));
+}
+
+/// Every `__LINE__` of a file with WARNs, BUGs and pr_debug()s moves: nothing
+/// changes (the bug table's lines and the `_ddebug` line numbers are no change).
+#[test]
+fn kernel_moved_lines_are_no_change() {
+    let (report, _) = kernel_diff("kernel/module/main.c", |s| {
+        s.replacen("\n", "\n/* kstack: moves every __LINE__ */\n\n", 1)
+    });
+    assert!(report.functions.len() > 50);
+    assert!(
+        changed_keys(&report).is_empty(),
+        "{:#?}",
+        changed_keys(&report)
+    );
+}
+
+#[test]
+fn kernel_changed_table_is_refused() {
+    let (report, _) = kernel_diff("fs/proc/base.c", |s| {
+        s.replacen(
+            "REG(\"environ\",    S_IRUSR, proc_environ_operations),",
+            "REG(\"environ\",    S_IRUSR|S_IRGRP, proc_environ_operations),",
+            1,
+        )
+    });
+    assert!(!report.is_patchable());
+    snapshot("kernel_base_table", &changed_keys(&report));
+}

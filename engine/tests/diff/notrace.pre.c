@@ -1,0 +1,11 @@
+#include "kernel.h"
+
+notrace int fast_path(int x)
+{
+	return helper_a(x) + 1;
+}
+
+int traced_path(int x)
+{
+	return helper_b(x) + 1;
+}

@@ -1,0 +1,7 @@
+#include "kernel.h"
+
+int count_calls(void)
+{
+	static int calls;
+	return ++calls;
+}
