@@ -239,6 +239,27 @@ fn changed_data_allowed_by_a_hook() {
 }
 
 #[test]
+fn changed_bss_size_is_refused() {
+    let report = fixture("changed_bss");
+    assert!(report.has("data:changed:history"));
+    assert!(report.has("data:unchanged:depth"));
+    assert!(report.has("refuse:data:history"));
+    assert!(report.has("function:unchanged:record"));
+    snapshot("changed_bss", &report);
+}
+
+#[test]
+fn changed_cold_part_changes_its_function() {
+    let report = fixture("cold_part");
+    let f = &report.functions[0];
+    assert_eq!(f.key, "function:changed:checked_div");
+    assert_eq!(f.post_parts[0].name, "checked_div.cold");
+    assert!(f.reasons[0].starts_with("cold part: "), "{f:#?}");
+    assert!(report.is_patchable(), "{:#?}", report.refusals);
+    snapshot("cold_part", &report);
+}
+
+#[test]
 fn changed_init_is_refused() {
     let report = fixture("changed_init");
     assert!(report.has("function:changed:setup_thing"));
