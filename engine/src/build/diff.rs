@@ -522,8 +522,13 @@ struct Sec<'d> {
     nobits: bool,
     /// For `SHF_MERGE` constants (`.rodata.cst16`): the size of one constant.
     merge_entsize: Option<u64>,
+    /// `SHF_EXECINSTR`.
+    exec: bool,
     /// Sorted by offset.
     relocs: Vec<Rel>,
+    /// The places in this section that relocations through its section symbol
+    /// refer to, sorted: where anonymous pieces of it begin.
+    entry_points: Vec<i64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -594,7 +599,9 @@ impl<'d> Elf<'d> {
                 size: 0,
                 nobits: false,
                 merge_entsize: None,
+                exec: false,
                 relocs: Vec::new(),
+                entry_points: Vec::new(),
             })
             .collect();
         for section in obj.sections() {
@@ -654,7 +661,9 @@ impl<'d> Elf<'d> {
                 size: section.size(),
                 nobits,
                 merge_entsize,
+                exec: sh_flags & elf::SHF_EXECINSTR.0 != 0,
                 relocs,
+                entry_points: Vec::new(),
             };
         }
 
@@ -711,6 +720,28 @@ impl<'d> Elf<'d> {
                     detail: format!("relocation at {:#x} names no symbol", bad.offset),
                 });
             }
+        }
+
+        let mut entry_points: Vec<Vec<i64>> = vec![Vec::new(); sections.len()];
+        for section in &sections {
+            for rel in &section.relocs {
+                let Some(sym) = rel.sym.map(|i| &symbols[i]) else {
+                    continue;
+                };
+                if let (SymKind::Section, Some(target)) = (sym.kind, sym.section) {
+                    let slack = if section.exec && is_pc_relative(rel.r_type) {
+                        4
+                    } else {
+                        0
+                    };
+                    entry_points[target].push(rel.addend + slack);
+                }
+            }
+        }
+        for (section, mut points) in sections.iter_mut().zip(entry_points) {
+            points.sort_unstable();
+            points.dedup();
+            section.entry_points = points;
         }
 
         let mut by_section: Vec<Vec<usize>> = vec![Vec::new(); sections.len()];
@@ -1127,28 +1158,43 @@ impl<'d> Elf<'d> {
                 return format!("constant {}", hex(bytes));
             }
         }
-        // Anonymous code or data (`.altinstr_aux`, a constant pool): by section and
-        // offset, and by the section's contents so that any change in it counts.
         let name = normalize_section(&sec.name);
-        if namer.digest_anonymous {
-            let inner = Namer {
-                names: namer.names,
-                digest_anonymous: false,
-            };
-            let whole = self.shape(
-                Piece {
-                    section,
-                    offset: 0,
-                    size: sec.size,
-                },
-                sec.class == Class::Text,
-                &inner,
-            );
-            let digest = fnv1a(format!("{whole:?}").as_bytes());
-            format!("{name}{} [{digest:08x}]", signed_hex(at))
-        } else {
-            format!("{name}{}", signed_hex(at))
+        if !namer.digest_anonymous {
+            return format!("{name}{}", signed_hex(at));
         }
+        let inner = Namer {
+            names: namer.names,
+            digest_anonymous: false,
+        };
+        if sec.exec {
+            // Anonymous code: the snippets that `static_cpu_has()` puts in
+            // `.altinstr_aux`, each entered from one place and jumping back into
+            // its function. A snippet runs from where it is entered to where the
+            // next one is, and is what it contains, wherever it sits.
+            let start = u64::try_from(at).unwrap_or(0).min(sec.size);
+            let end = sec
+                .entry_points
+                .iter()
+                .copied()
+                .find(|&p| p > at)
+                .map_or(sec.size, |p| u64::try_from(p).unwrap_or(sec.size));
+            let snippet = Piece {
+                section,
+                offset: start,
+                size: end.max(start) - start,
+            };
+            let digest = fnv1a(format!("{:?}", self.shape(snippet, true, &inner)).as_bytes());
+            return format!("{name} snippet [{digest:08x}]");
+        }
+        // Anonymous data: by offset, and by the whole section's contents so that
+        // any change in it counts.
+        let whole = Piece {
+            section,
+            offset: 0,
+            size: sec.size,
+        };
+        let digest = fnv1a(format!("{:?}", self.shape(whole, false, &inner)).as_bytes());
+        format!("{name}{} [{digest:08x}]", signed_hex(at))
     }
 
     fn name_of(&self, sym: usize, namer: &Namer<'_>) -> String {
