@@ -23,7 +23,7 @@
 //! target kernel (the resolver), generating and building the template (the pipeline).
 //! Only x86-64 is supported, with the layouts of Linux 6.1's special sections.
 
-mod insn;
+pub mod insn;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -126,7 +126,8 @@ pub struct Extracted {
     pub functions: Vec<ExtractedFunction>,
     /// Every undefined symbol, sorted by name.
     pub references: Vec<ExternalReference>,
-    /// Names of the post object's sections that the output carries, whole or in part.
+    /// Names of the post object's sections that the output carries, whole or in part
+    /// (special sections: some of their entries), sorted.
     pub sections: Vec<String>,
 }
 
@@ -177,7 +178,7 @@ pub enum KlpError {
         place: String,
         symbol: String,
         #[source]
-        source: ResolveError,
+        source: Box<ResolveError>,
     },
     #[error("{tu}: {place} refers to {section}+{offset:#x}, where no symbol is defined")]
     NoSymbol {
@@ -381,10 +382,10 @@ impl<'d> Input<'d> {
                 .symbol_section(endian, sym, index)
                 .map_err(read_err(tu))?
                 .map(|s| s.0);
-            if let Some(s) = section {
-                if s >= sections.len() {
-                    return Err(malformed(tu, format!("symbol {index} in section {s}")));
-                }
+            if let Some(s) = section
+                && s >= sections.len()
+            {
+                return Err(malformed(tu, format!("symbol {index} in section {s}")));
             }
             symbols.push(InSymbol {
                 name: String::from_utf8_lossy(name).into_owned(),
@@ -397,10 +398,11 @@ impl<'d> Input<'d> {
             });
         }
         for (index, sym) in symbols.iter().enumerate().skip(1) {
-            if let Some(s) = sym.section {
-                if !sym.is_section() && sym.kind != elf::STT_FILE.0 {
-                    sections[s].symbols.push(index);
-                }
+            if let Some(s) = sym.section
+                && !sym.is_section()
+                && sym.kind != elf::STT_FILE.0
+            {
+                sections[s].symbols.push(index);
             }
         }
 
@@ -621,6 +623,8 @@ fn is_unrelated_section(name: &str) -> bool {
         ".con_initcall",
         ".security_initcall",
         "__ksymtab",
+        "___ksymtab",
+        "___kcrctab",
         "__kcrctab",
         ".export_symbol",
         "__param",
@@ -843,10 +847,10 @@ impl Extractor<'_, '_> {
                 continue;
             }
             for rel in &section.relocs {
-                if let Some(t) = self.input.symbols[rel.sym].section {
-                    if t != src {
-                        self.referrers.entry(t).or_default().push((src, rel.offset));
-                    }
+                if let Some(t) = self.input.symbols[rel.sym].section
+                    && t != src
+                {
+                    self.referrers.entry(t).or_default().push((src, rel.offset));
                 }
             }
         }
@@ -865,10 +869,11 @@ impl Extractor<'_, '_> {
             let s = &self.input.symbols[sym];
             let sec = s.section.expect("functions() only returns defined symbols");
             let section = &self.input.sections[sec];
-            let others = section
-                .symbols
-                .iter()
-                .any(|&o| o != sym && self.input.symbols[o].is_func());
+            // Aliases (SYSCALL_DEFINE's `__x64_sys_*` for `__do_sys_*`) are the same code.
+            let others = section.symbols.iter().any(|&o| {
+                let other = &self.input.symbols[o];
+                o != sym && other.is_func() && (other.value, other.size) != (s.value, s.size)
+            });
             if s.value != 0 || others || !section.is_text() {
                 return Err(KlpError::NotBundled {
                     tu: self.tu(),
@@ -1315,7 +1320,7 @@ impl Extractor<'_, '_> {
                 tu: self.tu(),
                 place: place.to_owned(),
                 symbol: name.to_owned(),
-                source,
+                source: Box::new(source),
             })?;
         self.resolved.insert(key, r.clone());
         Ok(r)
@@ -1349,6 +1354,7 @@ impl Extractor<'_, '_> {
 
         // Special sections: the kept entries, concatenated.
         let mut guarded = Vec::new();
+        let mut special_names = Vec::new();
         for special in SPECIAL_SECTIONS {
             let Some(sec) = self.section_named(special.name) else {
                 continue;
@@ -1387,9 +1393,11 @@ impl Extractor<'_, '_> {
                     _ => {}
                 }
             }
+            special_names.push(section.name.clone());
             outs.push(OutSection::copy_of(section, data));
             if special.kind == SpecialKind::OrcIp {
                 outs.push(self.orc_entries(sec, &groups)?);
+                special_names.push(ORC_UNWIND.to_owned());
             }
         }
         self.check_unknown_special_sections(&layout)?;
@@ -1505,15 +1513,18 @@ impl Extractor<'_, '_> {
         }
 
         let object = write_object(outs, &externals)?;
+        let mut sections: Vec<String> = self
+            .carried
+            .keys()
+            .map(|&s| self.input.sections[s].name.clone())
+            .chain(special_names)
+            .collect();
+        sections.sort();
         Ok(Extracted {
             object,
             functions,
             references: externals.into_values().collect(),
-            sections: self
-                .carried
-                .keys()
-                .map(|&s| self.input.sections[s].name.clone())
-                .collect(),
+            sections,
         })
     }
 
@@ -1954,6 +1965,26 @@ pub fn post_link(ko: &[u8]) -> Result<PostLinked> {
         .map(|s| s.id())
         .ok_or_else(|| malformed(WHAT, "no symbol table"))?;
 
+    // Every relocation section must name the section it applies to (SHF_INFO_LINK),
+    // or its livepatch relocations could not be moved and would reach the loader.
+    for s in builder.sections.iter() {
+        if let out::SectionData::Relocation(relocs) = &s.data {
+            let klp = relocs.iter().any(|r| {
+                r.symbol
+                    .is_some_and(|id| klp_objects.contains_key(&id.index()))
+            });
+            if klp && s.sh_info_section.is_none() {
+                return Err(malformed(
+                    WHAT,
+                    format!(
+                        "relocation section {} has livepatch relocations but no target section",
+                        String::from_utf8_lossy(s.name.as_slice())
+                    ),
+                ));
+            }
+        }
+    }
+
     // The kernel refuses to apply two relocations to one location.
     let mut seen = BTreeSet::new();
     for s in builder.sections.iter() {
@@ -2047,7 +2078,9 @@ pub fn post_link(ko: &[u8]) -> Result<PostLinked> {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
+    //! Helpers of the unit tests: gcc with kernel-like flags, a resolver from a table.
+
     use std::cell::RefCell;
     use std::path::{Path, PathBuf};
     use std::process::Command;
@@ -2058,7 +2091,7 @@ mod tests {
     use super::*;
 
     /// The kernel's code generation flags that matter for the object's shape.
-    const KERNEL_LIKE_FLAGS: &[&str] = &[
+    pub(super) const KERNEL_LIKE_FLAGS: &[&str] = &[
         "-O2",
         "-ffunction-sections",
         "-fdata-sections",
@@ -2074,14 +2107,14 @@ mod tests {
         "-c",
     ];
 
-    fn fixture(name: &str) -> PathBuf {
+    pub(super) fn fixture(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/klp")
             .join(name)
     }
 
     /// Compiles `engine/tests/klp/<name>` with gcc and kernel-like flags.
-    fn compile(name: &str, extra: &[&str]) -> Vec<u8> {
+    pub(super) fn compile(name: &str, extra: &[&str]) -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
         let obj = dir.path().join("out.o");
         let out = Command::new("gcc")
@@ -2100,15 +2133,54 @@ mod tests {
         std::fs::read(obj).unwrap()
     }
 
+    /// Assembles or compiles `engine/tests/klp/<name>` with plain flags.
+    pub(super) fn compile_plain(name: &str) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let obj = dir.path().join("out.o");
+        let out = Command::new("gcc")
+            .args(["-O2", "-c"])
+            .arg(fixture(name))
+            .arg("-o")
+            .arg(&obj)
+            .output()
+            .expect("gcc runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read(obj).unwrap()
+    }
+
+    /// Links relocatable objects into one with `ld -r`, as kbuild links a module.
+    pub(super) fn link(objects: &[&[u8]]) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("ld");
+        cmd.args(["-r", "-m", "elf_x86_64", "-o"])
+            .arg(dir.path().join("linked.o"));
+        for (i, o) in objects.iter().enumerate() {
+            let path = dir.path().join(format!("{i}.o"));
+            std::fs::write(&path, o).unwrap();
+            cmd.arg(path);
+        }
+        let out = cmd.output().expect("ld runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read(dir.path().join("linked.o")).unwrap()
+    }
+
     /// A resolver from a table; records every question.
     #[derive(Debug, Default)]
-    struct FakeResolver {
+    pub(super) struct FakeResolver {
         table: HashMap<&'static str, Resolution>,
         asked: RefCell<Vec<(String, bool)>>,
     }
 
     impl FakeResolver {
-        fn new(entries: &[(&'static str, Option<u64>)]) -> Self {
+        pub(super) fn new(entries: &[(&'static str, Option<u64>)]) -> Self {
             FakeResolver {
                 table: entries
                     .iter()
@@ -2123,7 +2195,7 @@ mod tests {
                 asked: RefCell::default(),
             }
         }
-        fn asked_local(&self, name: &str) -> Option<bool> {
+        pub(super) fn asked_local(&self, name: &str) -> Option<bool> {
             self.asked
                 .borrow()
                 .iter()
@@ -2142,7 +2214,7 @@ mod tests {
         }
     }
 
-    fn changed(name: &str) -> FunctionSpec {
+    pub(super) fn changed(name: &str) -> FunctionSpec {
         FunctionSpec {
             post_name: name.into(),
             old_name: name.into(),
@@ -2150,7 +2222,7 @@ mod tests {
         }
     }
 
-    fn basic_resolver() -> FakeResolver {
+    pub(super) fn basic_resolver() -> FakeResolver {
         FakeResolver::new(&[
             ("__fentry__", None),
             ("printk", None),
@@ -2167,7 +2239,7 @@ mod tests {
         ])
     }
 
-    fn extract_basic(functions: &[FunctionSpec]) -> (Extracted, FakeResolver) {
+    pub(super) fn extract_basic(functions: &[FunctionSpec]) -> (Extracted, FakeResolver) {
         let object = compile("basic.c", &[]);
         let resolver = basic_resolver();
         let request = ExtractRequest {
@@ -2182,7 +2254,7 @@ mod tests {
 
     /// Every relocation of section `name` as (offset, target name, addend), where a
     /// section symbol is named by its section.
-    fn relocs(elf: &ElfFile64<'_>, name: &str) -> Vec<(u64, String, i64)> {
+    pub(super) fn relocs(elf: &ElfFile64<'_>, name: &str) -> Vec<(u64, String, i64)> {
         let section = elf
             .section_by_name(name)
             .unwrap_or_else(|| panic!("no {name}"));
@@ -2207,14 +2279,21 @@ mod tests {
         out.sort();
         out
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use object::read::elf::ElfFile64;
+    use object::{Object, ObjectSection, ObjectSymbol};
+
+    use super::tests_support::*;
+    use super::*;
 
     #[test]
     fn extract_carries_the_function_and_what_belongs_to_it() {
         let (ex, resolver) = extract_basic(&[changed("patched")]);
-        let mut carried = ex.sections.clone();
-        carried.sort();
         assert_eq!(
-            carried,
+            ex.sections,
             [
                 ".rodata.names",
                 ".rodata.own_table",
@@ -2222,6 +2301,7 @@ mod tests {
                 ".rodata.str1.1",
                 ".text.patched",
                 ".text.unlikely.patched",
+                "__mcount_loc",
             ]
         );
         assert_eq!(
@@ -2370,5 +2450,321 @@ mod tests {
             new_symbol_name("foo.constprop.0").unwrap(),
             "__kstack_new_foo__constprop__0"
         );
+    }
+}
+
+#[cfg(test)]
+mod special_tests {
+    use object::read::elf::ElfFile64;
+    use object::{Object, ObjectSection};
+
+    use super::tests_support::*;
+    use super::*;
+
+    fn special_resolver() -> FakeResolver {
+        FakeResolver::new(&[
+            ("__fentry__", None),
+            ("printk", None),
+            ("orig_insn", None),
+            ("repl_insn", None),
+            ("boot_cpu_data", None),
+            ("__x86_indirect_thunk_rax", None),
+            ("__SCK__my_call", Some(0)),
+            ("my_key", Some(0)),
+            ("patched", Some(0)),
+        ])
+    }
+
+    fn extract_special(extra: &[&str], objname: &str) -> Result<Extracted> {
+        let object = compile("special.c", extra);
+        let request = ExtractRequest {
+            object: &object,
+            tu: "test/special.o",
+            objname,
+            functions: &[changed("patched")],
+        };
+        extract(&request, &special_resolver())
+    }
+
+    #[test]
+    fn special_section_entries_of_the_function_come_along() {
+        let ex = extract_special(&[], VMLINUX).unwrap();
+        let elf = ElfFile64::<Endianness>::parse(&*ex.object).unwrap();
+        let size = |name: &str| elf.section_by_name(name).map(|s| s.size());
+        let new = ".text.__kstack_new_patched";
+        // One entry each: `other`'s are left behind.
+        for (section, bytes) in [
+            ("__bug_table", 12),
+            ("__ex_table", 12),
+            ("__jump_table", 16),
+            (".altinstructions", 24),
+            (".static_call_sites", 8),
+            (".retpoline_sites", 4),
+            (".return_sites", 4),
+            (".smp_locks", 4),
+            (".parainstructions", 16),
+            (".orc_unwind_ip", 8),
+            (".orc_unwind", 12),
+            ("__mcount_loc", 8),
+            // `jmp %l[t_no]` and `call repl_insn`, not `other`'s replacements.
+            (".altinstr_replacement", 10),
+        ] {
+            assert_eq!(size(section), Some(bytes), "{section}");
+        }
+        let r = relocs(&elf, "__bug_table");
+        assert_eq!(r[0], (0, new.into(), 0x14));
+        // bug_entry::file: the file name, in whichever string section gcc put it.
+        let strings = elf.section_by_name(&r[1].1).unwrap().data().unwrap();
+        let file = &strings[r[1].2 as usize..];
+        assert!(file.starts_with(fixture("special.c").to_str().unwrap().as_bytes()));
+        assert_eq!(
+            relocs(&elf, "__jump_table"),
+            [
+                (0, new.into(), 0x1f),
+                (4, new.into(), 0x50),
+                (8, ".klp.sym.vmlinux.my_key,0".into(), 1)
+            ]
+        );
+        assert_eq!(
+            relocs(&elf, ".altinstructions"),
+            [
+                (0, new.into(), 0x24),
+                (4, ".altinstr_replacement".into(), 0),
+                (12, new.into(), 0x2c),
+                (16, ".altinstr_replacement".into(), 5)
+            ]
+        );
+        assert_eq!(
+            relocs(&elf, ".altinstr_replacement"),
+            [(1, new.into(), 0x28), (6, "repl_insn".into(), -4)]
+        );
+        // The static_cpu_has() snippet: test, jnz back, jmp back.
+        let aux = relocs(&elf, ".altinstr_aux");
+        assert_eq!(
+            aux,
+            [
+                (2, "boot_cpu_data".into(), 7),
+                (9, new.into(), 0x25),
+                (14, new.into(), 0x28)
+            ]
+        );
+        let jmp = relocs(&elf, new);
+        assert!(jmp.contains(&(0x25, ".altinstr_aux".into(), -4)), "{jmp:?}");
+        assert_eq!(
+            relocs(&elf, ".static_call_sites"),
+            [
+                (0, new.into(), 0x31),
+                (4, ".klp.sym.vmlinux.__SCK__my_call,0".into(), 0)
+            ]
+        );
+        assert_eq!(
+            relocs(&elf, ".orc_unwind_ip"),
+            [(0, new.into(), 0x31), (4, new.into(), 0x3f)]
+        );
+        assert_eq!(relocs(&elf, ".parainstructions"), [(0, new.into(), 0x3f)]);
+        assert_eq!(relocs(&elf, ".return_sites"), [(0, new.into(), 0x41)]);
+    }
+
+    #[test]
+    fn unknown_special_sections_are_refused() {
+        let err = extract_special(&["-DWEIRD"], VMLINUX).unwrap_err();
+        assert!(
+            matches!(&err, KlpError::UnknownSpecialSection { section, .. } if section == ".weird_table"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn module_targets_refuse_livepatch_relocations_in_special_sections() {
+        let err = extract_special(&[], "ext4").unwrap_err();
+        assert!(
+            matches!(&err, KlpError::ModuleSpecialRelocation { symbol, .. } if symbol == ".klp.sym.ext4.my_key,0"),
+            "{err}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod post_link_tests {
+    use object::read::elf::{ElfFile64, SectionHeader as _};
+    use object::{Object, ObjectSection, ObjectSymbol};
+
+    use super::tests_support::*;
+    use super::*;
+
+    /// The raw entries of relocation section `name`: (offset, symbol name, addend).
+    fn relas_of(elf: &ElfFile64<'_>, data: &[u8], name: &str) -> Vec<(u64, String, i64)> {
+        let endian = Endianness::Little;
+        let section = elf.section_by_name(name).unwrap();
+        let (relas, _) = section
+            .elf_section_header()
+            .rela(endian, data)
+            .unwrap()
+            .unwrap();
+        let symbols = elf.elf_symbol_table();
+        relas
+            .iter()
+            .map(|r| {
+                let index = object::SymbolIndex(r.r_sym(endian, false) as usize);
+                let sym = symbols.symbol(index).unwrap();
+                let sym_name = symbols.symbol_name(endian, sym).unwrap();
+                (
+                    r.r_offset(endian),
+                    String::from_utf8_lossy(sym_name).into_owned(),
+                    r.r_addend(endian),
+                )
+            })
+            .collect()
+    }
+
+    fn linked_module() -> Vec<u8> {
+        let object = compile("basic.c", &[]);
+        let request = ExtractRequest {
+            object: &object,
+            tu: "test/basic.o",
+            objname: VMLINUX,
+            functions: &[changed("patched")],
+        };
+        let resolver = FakeResolver::new(&[
+            ("__fentry__", None),
+            ("printk", None),
+            ("report_failure", None),
+            ("saved_command_line", Some(0)),
+            ("counter", Some(0)),
+            ("helper", Some(1)),
+            ("shared_table", Some(0)),
+            ("once_a", Some(0)),
+            ("callee", Some(0)),
+            ("patched", Some(0)),
+        ]);
+        let extracted = extract(&request, &resolver).unwrap();
+        link(&[&compile_plain("template.c"), &extracted.object])
+    }
+
+    #[test]
+    fn post_link_moves_livepatch_relocations_into_klp_rela_sections() {
+        let ko = linked_module();
+        let before = ElfFile64::<Endianness>::parse(&*ko).unwrap();
+        // Counted from the raw tables: the reader's own view of relocations treats
+        // allocated relocation sections differently.
+        let count = |elf: &ElfFile64<'_>| -> usize {
+            elf.sections()
+                .filter(|s| s.elf_section_header().sh_type(Endianness::Little) == elf::SHT_RELA)
+                .map(|s| s.size() as usize / 24)
+                .sum()
+        };
+        let total_before = count(&before);
+
+        let done = post_link(&ko).unwrap();
+        let text = ".text.__kstack_new_patched";
+        let klp_text = format!(".klp.rela.vmlinux.{text}");
+        let mut names: Vec<(&str, &str)> = done
+            .sections
+            .iter()
+            .map(|s| (s.name.as_str(), s.target.as_str()))
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                (klp_text.as_str(), text),
+                (
+                    ".klp.rela.vmlinux..text.unlikely.patched",
+                    ".text.unlikely.patched"
+                )
+            ]
+        );
+        assert_eq!(
+            done.symbols,
+            [
+                ".klp.sym.vmlinux.callee,0",
+                ".klp.sym.vmlinux.counter,0",
+                ".klp.sym.vmlinux.helper,1",
+                ".klp.sym.vmlinux.once_a,0",
+                ".klp.sym.vmlinux.saved_command_line,0",
+                ".klp.sym.vmlinux.shared_table,0",
+            ]
+        );
+
+        let elf = ElfFile64::<Endianness>::parse(&*done.ko).unwrap();
+        let endian = Endianness::Little;
+        assert_eq!(count(&elf), total_before, "no relocation lost or added");
+        let klp = elf.section_by_name(&klp_text).unwrap();
+        let header = klp.elf_section_header();
+        assert_eq!(header.sh_type(endian), elf::SHT_RELA);
+        let flags = header.sh_flags(endian).0;
+        assert_eq!(
+            flags,
+            SHF_RELA_LIVEPATCH | elf::SHF_ALLOC.0 | elf::SHF_INFO_LINK.0
+        );
+        let target = elf.section_by_name(text).unwrap();
+        assert_eq!(header.sh_info(endian) as usize, target.index().0);
+        let symtab = elf.section_by_name(".symtab").unwrap();
+        assert_eq!(header.sh_link(endian) as usize, symtab.index().0);
+
+        // Every livepatch symbol is SHN_LIVEPATCH; nothing else is.
+        for sym in elf.symbols() {
+            let name = sym.name().unwrap();
+            let shndx = sym.elf_symbol().st_shndx(endian).0;
+            assert_eq!(
+                name.starts_with(KLP_SYM_PREFIX),
+                shndx == SHN_LIVEPATCH,
+                "{name}: {shndx:#x}"
+            );
+        }
+        // The ordinary relocations stay where they were, the livepatch ones moved.
+        for section in elf.sections() {
+            let name = section.name().unwrap();
+            if name.starts_with(".rela") {
+                assert!(
+                    relas_of(&elf, &done.ko, name)
+                        .iter()
+                        .all(|r| !r.1.starts_with(KLP_SYM_PREFIX)),
+                    "{name} kept a livepatch relocation"
+                );
+            }
+        }
+        let relas = |name: &str| relas_of(&elf, &done.ko, name);
+        let moved = relas(&klp_text);
+        assert!(moved.contains(&(0x1b, ".klp.sym.vmlinux.saved_command_line,0".into(), -4)));
+        assert!(moved.contains(&(0x39, ".klp.sym.vmlinux.once_a,0".into(), -5)));
+        assert!(moved.iter().all(|r| r.1.starts_with(KLP_SYM_PREFIX)));
+        assert!(relas(&format!(".rela{text}")).contains(&(1, "__fentry__".into(), -4)));
+
+        // Once only.
+        assert!(matches!(
+            post_link(&done.ko),
+            Err(KlpError::AlreadyPostLinked { .. })
+        ));
+    }
+
+    #[test]
+    fn post_link_refuses_what_the_kernel_would_refuse() {
+        let twice = compile_plain("twice.s");
+        assert!(matches!(
+            post_link(&twice),
+            Err(KlpError::DuplicateRelocation { offset: 0, .. })
+        ));
+        let bad = compile_plain("badname.c");
+        let err = post_link(&bad).unwrap_err();
+        assert!(
+            matches!(&err, KlpError::BadKlpName { name, .. } if name == ".klp.sym.vmlinux.no_position"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn post_link_without_livepatch_symbols_changes_nothing_that_matters() {
+        let plain = compile_plain("template.c");
+        let done = post_link(&plain).unwrap();
+        assert!(done.sections.is_empty() && done.symbols.is_empty());
+        let before = ElfFile64::<Endianness>::parse(&*plain).unwrap();
+        let after = ElfFile64::<Endianness>::parse(&*done.ko).unwrap();
+        let names = |elf: &ElfFile64<'_>| -> Vec<String> {
+            elf.sections()
+                .map(|s| s.name().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(names(&before), names(&after));
     }
 }
