@@ -17,6 +17,7 @@ pub mod initramfs;
 pub mod kbuild;
 pub mod kernel;
 pub mod reconcile;
+pub mod runpre;
 pub mod sandbox;
 
 /// Parses a duration as people write it (`30s`, `2m`, `1500ms`).

@@ -1,0 +1,825 @@
+//! The "before" image of a function: what the builder compiled for it, kept with the
+//! patch so that the target can prove it runs the same code.
+//!
+//! Taken from the pre object of a translation unit compiled with
+//! `-ffunction-sections`: the function's bytes, its relocation sites and what each
+//! refers to (by symbol name, since addresses are the target's business), and the
+//! entries of the special sections through which the kernel rewrites that code at
+//! boot or later (alternatives, paravirt, retpoline and return-thunk sites, static
+//! keys, static calls, `LOCK` prefixes, the fentry call). Serialised as TOML, one
+//! file per function; the code is a hex string.
+
+use std::collections::BTreeMap;
+
+use object::read::{
+    Object, ObjectSection, ObjectSymbol, Relocation, RelocationTarget as ObjTarget,
+};
+use object::{RelocationFlags, SectionIndex, SymbolKind, elf};
+use serde::{Deserialize, Serialize};
+
+use super::RunPreError;
+use super::x86;
+
+/// Special sections of the kernel's objects (names and entry layouts).
+mod sections {
+    /// `struct alt_instr` (arch/x86/include/asm/alternative.h): `s32 instr_offset,
+    /// s32 repl_offset, u16 cpuid, u8 instrlen, u8 replacementlen`, packed.
+    pub const ALTINSTRUCTIONS: &str = ".altinstructions";
+    pub const ALT_ENTRY: u64 = 12;
+    pub const ALT_INSTR: u64 = 0;
+    pub const ALT_REPL: u64 = 4;
+    pub const ALT_CPUID: usize = 8;
+    pub const ALT_INSTRLEN: usize = 10;
+    pub const ALT_REPLLEN: usize = 11;
+    /// `struct paravirt_patch_site` (arch/x86/include/asm/paravirt_types.h): `u8
+    /// *instr; u8 type; u8 len;`, 16 bytes with padding.
+    pub const PARAINSTRUCTIONS: &str = ".parainstructions";
+    pub const PARA_ENTRY: u64 = 16;
+    pub const PARA_TYPE: usize = 8;
+    pub const PARA_LEN: usize = 9;
+    /// `struct jump_entry` (include/linux/jump_label.h): `s32 code; s32 target;
+    /// long key;`.
+    pub const JUMP_TABLE: &str = "__jump_table";
+    pub const JUMP_ENTRY: u64 = 16;
+    pub const JUMP_CODE: u64 = 0;
+    pub const JUMP_TARGET: u64 = 4;
+    pub const JUMP_KEY: u64 = 8;
+    /// `struct static_call_site` (include/linux/static_call_types.h): `s32 addr;
+    /// s32 key;`, the key's low bits flags (`STATIC_CALL_SITE_TAIL` = 2).
+    pub const STATIC_CALL_SITES: &str = ".static_call_sites";
+    pub const STATIC_CALL_ENTRY: u64 = 8;
+    pub const STATIC_CALL_ADDR: u64 = 0;
+    pub const STATIC_CALL_KEY: u64 = 4;
+    pub const STATIC_CALL_SITE_TAIL: i64 = 2;
+    pub const STATIC_CALL_SITE_FLAGS: i64 = 3;
+    /// `s32` offsets to `jmp __x86_return_thunk` and to calls and jumps through
+    /// `__x86_indirect_thunk_*` (written by objtool, tools/objtool/check.c).
+    pub const RETURN_SITES: &str = ".return_sites";
+    pub const RETPOLINE_SITES: &str = ".retpoline_sites";
+    /// `s32` offsets to `LOCK` prefixes (`LOCK_PREFIX`,
+    /// arch/x86/include/asm/alternative.h).
+    pub const SMP_LOCKS: &str = ".smp_locks";
+    /// Addresses of the `call __fentry__` sites (gcc `-mrecord-mcount`).
+    pub const MCOUNT_LOC: &str = "__mcount_loc";
+    /// The profiling hook `-mfentry` calls first thing (arch/x86/kernel/ftrace_64.S).
+    pub const FENTRY: &str = "__fentry__";
+}
+
+/// How a symbol is bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Binding {
+    Local,
+    Global,
+    /// `__weak`: another file's strong definition may win at link time.
+    Weak,
+}
+
+/// How a relocated field is computed (`S` target, `A` addend, `P` the field's own
+/// address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RelocKind {
+    /// `R_X86_64_64`: `S + A`, 8 bytes.
+    Abs64,
+    /// `R_X86_64_32`: `S + A`, zero-extended 4 bytes.
+    Abs32,
+    /// `R_X86_64_32S`: `S + A`, sign-extended 4 bytes (`-mcmodel=kernel`).
+    Abs32s,
+    /// `R_X86_64_PC32`: `S + A - P`, 4 bytes.
+    Pc32,
+    /// `R_X86_64_PLT32`: the same as `Pc32` in the kernel, which has no PLT.
+    Plt32,
+    /// `R_X86_64_PC64`: `S + A - P`, 8 bytes.
+    Pc64,
+}
+
+impl RelocKind {
+    fn from_elf(r_type: elf::RelocationType) -> Option<RelocKind> {
+        Some(match r_type {
+            elf::R_X86_64_64 => RelocKind::Abs64,
+            elf::R_X86_64_32 => RelocKind::Abs32,
+            elf::R_X86_64_32S => RelocKind::Abs32s,
+            elf::R_X86_64_PC32 => RelocKind::Pc32,
+            elf::R_X86_64_PLT32 => RelocKind::Plt32,
+            elf::R_X86_64_PC64 => RelocKind::Pc64,
+            _ => return None,
+        })
+    }
+
+    /// The ELF name, for reports.
+    pub fn elf_name(self) -> &'static str {
+        match self {
+            RelocKind::Abs64 => "R_X86_64_64",
+            RelocKind::Abs32 => "R_X86_64_32",
+            RelocKind::Abs32s => "R_X86_64_32S",
+            RelocKind::Pc32 => "R_X86_64_PC32",
+            RelocKind::Plt32 => "R_X86_64_PLT32",
+            RelocKind::Pc64 => "R_X86_64_PC64",
+        }
+    }
+
+    /// Bytes the field takes.
+    pub fn width(self) -> usize {
+        match self {
+            RelocKind::Abs64 | RelocKind::Pc64 => 8,
+            _ => 4,
+        }
+    }
+
+    pub fn is_pc_relative(self) -> bool {
+        matches!(self, RelocKind::Pc32 | RelocKind::Plt32 | RelocKind::Pc64)
+    }
+
+    /// The value `S + A` that the field encodes, given the field as found at
+    /// address `place`.
+    pub fn decode(self, field: &[u8], place: u64) -> Option<u64> {
+        let v = match self.width() {
+            8 => u64::from_le_bytes(field.try_into().ok()?),
+            _ => {
+                let raw = u32::from_le_bytes(field.try_into().ok()?);
+                match self {
+                    RelocKind::Abs32 => u64::from(raw),
+                    _ => raw as i32 as i64 as u64,
+                }
+            }
+        };
+        Some(if self.is_pc_relative() {
+            v.wrapping_add(place)
+        } else {
+            v
+        })
+    }
+}
+
+/// What a relocation refers to: `S` in `S + A`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "to", rename_all = "kebab-case")]
+pub enum RelocTarget {
+    /// A symbol by name: `S` is its kallsyms address plus `bias` (a section-relative
+    /// reference is anchored at a symbol of that section: the bias is minus that
+    /// symbol's offset in the section).
+    Symbol {
+        name: String,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        bias: i64,
+        /// Defined as a static in the object: several kallsyms entries may share
+        /// the name.
+        #[serde(default, skip_serializing_if = "is_false")]
+        local: bool,
+    },
+    /// The function's own code: `S` is the function's address plus `bias`.
+    Own {
+        #[serde(default, skip_serializing_if = "is_zero")]
+        bias: i64,
+    },
+    /// Data no kallsyms name locates (a string literal, `.altinstr_aux`, an
+    /// unnamed constant): accepted without a check, and counted.
+    Anonymous {
+        section: String,
+        /// The string, when the section holds strings.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        string: Option<String>,
+    },
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
+/// A relocated field in the code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelocSite {
+    /// From the start of the code it belongs to.
+    pub offset: u32,
+    pub kind: RelocKind,
+    pub addend: i64,
+    pub target: RelocTarget,
+}
+
+impl RelocSite {
+    pub fn width(&self) -> usize {
+        self.kind.width()
+    }
+}
+
+/// An address a special-section entry refers to: `S + addend`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Referent {
+    pub target: RelocTarget,
+    pub addend: i64,
+}
+
+/// An alternative's replacement code (from `.altinstr_replacement`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replacement {
+    #[serde(with = "hex_bytes")]
+    pub code: Vec<u8>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relocs: Vec<RelocSite>,
+}
+
+/// A place the kernel may rewrite, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum SiteKind {
+    /// `call __fentry__`: a 5-byte nop once ftrace initialised, or a call to an
+    /// ftrace trampoline while traced or live-patched.
+    Fentry,
+    /// `jmp __x86_return_thunk`: another return thunk, or `ret; int3...`.
+    ReturnThunk,
+    /// A call or jump through `__x86_indirect_thunk_<reg>`: the indirect branch
+    /// itself (maybe after `lfence`), or an ITS thunk.
+    Retpoline,
+    /// A `LOCK` prefix byte: a `DS` prefix on a uniprocessor.
+    SmpLock,
+    /// A static key: a nop or a `jmp` to `target`, 2 or 5 bytes.
+    JumpLabel { target: Referent, key: String },
+    /// A static call: a call or tail jump to the current function, or a nop.
+    StaticCall { key: String, tail: bool },
+    /// A paravirt call site of `len` bytes: a direct call, or nothing.
+    Paravirt { len: u8, pv_type: u8 },
+    /// `len` bytes that become `replacement` when the CPU has feature `cpuid`
+    /// (bit 15 inverts; arch/x86/include/asm/alternative.h `ALTINSTR_FLAG_INV`).
+    Alternative {
+        len: u8,
+        cpuid: u16,
+        replacement: Replacement,
+    },
+}
+
+/// A site at an offset of the function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Site {
+    pub offset: u32,
+    #[serde(flatten)]
+    pub kind: SiteKind,
+}
+
+impl Site {
+    /// The bytes of the function the site covers (at least), from its offset.
+    pub fn len(&self, code: &[u8]) -> u32 {
+        match &self.kind {
+            SiteKind::SmpLock => 1,
+            SiteKind::Paravirt { len, .. } | SiteKind::Alternative { len, .. } => u32::from(*len),
+            _ => code
+                .get(self.offset as usize..)
+                .and_then(|c| x86::decode_one(c, 0))
+                .map_or(1, |i| i.len() as u32),
+        }
+    }
+}
+
+/// The "before" image of one function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BeforeImage {
+    pub function: String,
+    /// The section the object holds it in (`.text.<function>`).
+    pub section: String,
+    pub binding: Binding,
+    pub size: u32,
+    #[serde(with = "hex_bytes")]
+    pub code: Vec<u8>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relocs: Vec<RelocSite>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<Site>,
+}
+
+impl BeforeImage {
+    pub fn to_toml(&self) -> Result<String, RunPreError> {
+        toml::to_string(self).map_err(|e| RunPreError::Toml(e.to_string()))
+    }
+
+    pub fn from_toml(text: &str) -> Result<BeforeImage, RunPreError> {
+        let image: BeforeImage =
+            toml::from_str(text).map_err(|e| RunPreError::Toml(e.to_string()))?;
+        image.check()?;
+        Ok(image)
+    }
+
+    /// Whether the fields agree with each other (a hand-edited or damaged file).
+    fn check(&self) -> Result<(), RunPreError> {
+        let bad = |detail: String| RunPreError::BadImage {
+            function: self.function.clone(),
+            detail,
+        };
+        if self.code.len() != self.size as usize {
+            return Err(bad(format!(
+                "{} bytes of code, size {}",
+                self.code.len(),
+                self.size
+            )));
+        }
+        for r in &self.relocs {
+            if r.offset as usize + r.width() > self.code.len() {
+                return Err(bad(format!(
+                    "relocation at {:#x} beyond the code",
+                    r.offset
+                )));
+            }
+        }
+        for s in &self.sites {
+            if s.offset >= self.size {
+                return Err(bad(format!("site at {:#x} beyond the code", s.offset)));
+            }
+        }
+        Ok(())
+    }
+}
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::x86::hex(bytes, ""))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        let text: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        if !text.len().is_multiple_of(2) {
+            return Err(serde::de::Error::custom("odd number of hex digits"));
+        }
+        (0..text.len())
+            .step_by(2)
+            .map(|i| {
+                u8::from_str_radix(&text[i..i + 2], 16)
+                    .map_err(|e| serde::de::Error::custom(format!("bad hex: {e}")))
+            })
+            .collect()
+    }
+}
+
+/// The object being read, with what the extraction needs at hand.
+struct Obj<'d> {
+    file: object::File<'d>,
+    what: String,
+}
+
+/// Where a function is in the object.
+#[derive(Clone, Copy)]
+struct Func {
+    section: SectionIndex,
+    value: u64,
+    size: u64,
+}
+
+impl<'d> Obj<'d> {
+    fn bad(&self, detail: String) -> RunPreError {
+        RunPreError::BadObject {
+            what: self.what.clone(),
+            detail,
+        }
+    }
+
+    fn section_name(&self, index: SectionIndex) -> String {
+        self.file
+            .section_by_index(index)
+            .ok()
+            .and_then(|s| s.name().ok().map(str::to_owned))
+            .unwrap_or_else(|| format!("section #{}", index.0))
+    }
+
+    /// The relocations of a section, by offset.
+    fn relocations(&self, index: SectionIndex) -> Result<Vec<(u64, Relocation)>, RunPreError> {
+        let section = self
+            .file
+            .section_by_index(index)
+            .map_err(|e| self.bad(e.to_string()))?;
+        let mut relocs: Vec<(u64, Relocation)> = section.relocations().collect();
+        relocs.sort_by_key(|(off, _)| *off);
+        Ok(relocs)
+    }
+
+    /// A relocation's symbol: its section, its value, and (for a named symbol that
+    /// is not a section symbol) its name and whether it is local.
+    fn target_symbol(&self, reloc: &Relocation) -> Result<TargetSym, RunPreError> {
+        let ObjTarget::Symbol(index) = reloc.target() else {
+            return Err(self.bad(format!("relocation to {:?}, not a symbol", reloc.target())));
+        };
+        let sym = self
+            .file
+            .symbol_by_index(index)
+            .map_err(|e| self.bad(e.to_string()))?;
+        let name = sym.name().map_err(|e| self.bad(e.to_string()))?;
+        let named = sym.kind() != SymbolKind::Section && !name.is_empty();
+        Ok(TargetSym {
+            section: sym.section_index(),
+            value: sym.address(),
+            name: named.then(|| name.to_owned()),
+            local: sym.is_local(),
+        })
+    }
+
+    /// The offset in `func` that a data field (`label - .` or an absolute address)
+    /// refers to, if it refers into `func`.
+    fn offset_in(&self, func: Func, reloc: &Relocation) -> Result<Option<u32>, RunPreError> {
+        let t = self.target_symbol(reloc)?;
+        if t.section != Some(func.section) {
+            return Ok(None);
+        }
+        let at = (t.value as i64).wrapping_add(reloc.addend()) - func.value as i64;
+        Ok((0..func.size as i64).contains(&at).then_some(at as u32))
+    }
+
+    /// What a relocation refers to, where `referent` is the offset it means in
+    /// the target's section (the addend, adjusted for PC-relative code fields).
+    fn resolve(
+        &self,
+        func: Func,
+        reloc: &Relocation,
+        referent: i64,
+    ) -> Result<RelocTarget, RunPreError> {
+        let t = self.target_symbol(reloc)?;
+        if t.section == Some(func.section) {
+            return Ok(RelocTarget::Own {
+                bias: t.value as i64 - func.value as i64,
+            });
+        }
+        if let Some(name) = t.name {
+            return Ok(RelocTarget::Symbol {
+                name,
+                bias: 0,
+                local: t.local,
+            });
+        }
+        let Some(section) = t.section else {
+            return Err(self.bad("relocation to an unnamed symbol outside any section".into()));
+        };
+        let at = t.value as i64 + referent;
+        if let Some((name, value, local)) = self.anchor(section, at) {
+            return Ok(RelocTarget::Symbol {
+                name,
+                bias: -(value as i64),
+                local,
+            });
+        }
+        let sec = self
+            .file
+            .section_by_index(section)
+            .map_err(|e| self.bad(e.to_string()))?;
+        let strings = matches!(sec.flags(), object::SectionFlags::Elf { sh_flags, .. } if sh_flags.0 & elf::SHF_STRINGS.0 != 0);
+        let string = strings
+            .then(|| {
+                let data = sec.data().ok()?;
+                let tail = data.get(usize::try_from(at).ok()?..)?;
+                let end = tail.iter().position(|&b| b == 0)?;
+                Some(String::from_utf8_lossy(&tail[..end]).into_owned())
+            })
+            .flatten();
+        Ok(RelocTarget::Anonymous {
+            section: self.section_name(section),
+            string,
+        })
+    }
+
+    /// A named symbol of `section` to anchor a section-relative reference at: the
+    /// one that holds offset `at`, else any, globals first.
+    fn anchor(&self, section: SectionIndex, at: i64) -> Option<(String, u64, bool)> {
+        let mut best: Option<(u8, String, u64, bool)> = None;
+        for sym in self.file.symbols() {
+            if sym.section_index() != Some(section) || sym.kind() == SymbolKind::Section {
+                continue;
+            }
+            let Ok(name) = sym.name() else { continue };
+            if name.is_empty() || name.starts_with(".L") {
+                continue;
+            }
+            let holds =
+                (sym.address() as i64..(sym.address() + sym.size().max(1)) as i64).contains(&at);
+            let rank = u8::from(!holds) * 2 + u8::from(sym.is_local());
+            if best.as_ref().is_none_or(|b| rank < b.0) {
+                best = Some((rank, name.to_owned(), sym.address(), sym.is_local()));
+            }
+        }
+        best.map(|(_, n, v, l)| (n, v, l))
+    }
+
+    /// The relocation sites of `code`, which starts at `start` in section `index`.
+    fn code_relocs(
+        &self,
+        func: Func,
+        index: SectionIndex,
+        start: u64,
+        code: &[u8],
+    ) -> Result<Vec<RelocSite>, RunPreError> {
+        let end = start + code.len() as u64;
+        let insns = x86::decode_all(code, 0);
+        let mut out = Vec::new();
+        for (off, reloc) in self.relocations(index)? {
+            if off < start || off >= end {
+                continue;
+            }
+            let RelocationFlags::Elf { r_type } = reloc.flags() else {
+                continue;
+            };
+            let offset = (off - start) as u32;
+            let kind = RelocKind::from_elf(r_type).ok_or_else(|| {
+                self.bad(format!(
+                    "relocation type {} at {:#x} of {} is not supported",
+                    r_type.0,
+                    offset,
+                    self.section_name(index)
+                ))
+            })?;
+            // A PC-relative field is relative to its own address: what it means is
+            // relative to the instruction's end, which may follow the field.
+            let referent = if kind.is_pc_relative() {
+                let insn_end = insns
+                    .iter()
+                    .find(|i| i.offset <= offset && offset < i.offset + i.len)
+                    .map_or(offset + kind.width() as u32, |i| i.offset + i.len);
+                reloc.addend() + i64::from(insn_end - offset)
+            } else {
+                reloc.addend()
+            };
+            out.push(RelocSite {
+                offset,
+                kind,
+                addend: reloc.addend(),
+                target: self.resolve(func, &reloc, referent)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The entries of a special section, by entry index: `(field, relocation)`.
+    fn entries(&self, name: &str, entry: u64) -> Result<Option<(Vec<u8>, Entries)>, RunPreError> {
+        let Some(section) = self.file.section_by_name(name) else {
+            return Ok(None);
+        };
+        let data = section
+            .data()
+            .map_err(|e| self.bad(e.to_string()))?
+            .to_vec();
+        let mut by_entry: BTreeMap<u64, Vec<(u64, Relocation)>> = BTreeMap::new();
+        for (off, reloc) in self.relocations(section.index())? {
+            by_entry
+                .entry(off / entry)
+                .or_default()
+                .push((off % entry, reloc));
+        }
+        Ok(Some((data, by_entry)))
+    }
+}
+
+/// A special section's relocations by entry index: `(field offset, relocation)`.
+type Entries = BTreeMap<u64, Vec<(u64, Relocation)>>;
+
+struct TargetSym {
+    section: Option<SectionIndex>,
+    value: u64,
+    name: Option<String>,
+    local: bool,
+}
+
+fn field(fields: &[(u64, Relocation)], at: u64) -> Option<&Relocation> {
+    fields.iter().find(|(f, _)| *f == at).map(|(_, r)| r)
+}
+
+/// The "before" image of `function` in a relocatable x86-64 object.
+pub fn before_image(object: &[u8], function: &str) -> Result<BeforeImage, RunPreError> {
+    before_image_named(object, function, "object")
+}
+
+/// [`before_image`], naming the object in errors (its path).
+pub fn before_image_named(
+    object: &[u8],
+    function: &str,
+    what: &str,
+) -> Result<BeforeImage, RunPreError> {
+    let file = object::File::parse(object).map_err(|source| RunPreError::Object {
+        what: what.to_owned(),
+        source,
+    })?;
+    let obj = Obj {
+        file,
+        what: what.to_owned(),
+    };
+    if obj.file.architecture() != object::Architecture::X86_64 {
+        return Err(obj.bad(format!("{:?} object, not x86-64", obj.file.architecture())));
+    }
+    let sym = obj
+        .file
+        .symbols()
+        .find(|s| s.kind() == SymbolKind::Text && s.is_definition() && s.name() == Ok(function))
+        .ok_or_else(|| RunPreError::NoSuchFunction {
+            what: what.to_owned(),
+            function: function.to_owned(),
+        })?;
+    let section = sym
+        .section_index()
+        .ok_or_else(|| obj.bad(format!("{function} has no section")))?;
+    let func = Func {
+        section,
+        value: sym.address(),
+        size: sym.size(),
+    };
+    let binding = if sym.is_weak() {
+        Binding::Weak
+    } else if sym.is_global() {
+        Binding::Global
+    } else {
+        Binding::Local
+    };
+    let data = obj
+        .file
+        .section_by_index(section)
+        .and_then(|s| s.data())
+        .map_err(|e| obj.bad(e.to_string()))?;
+    let code = usize::try_from(func.value)
+        .ok()
+        .and_then(|v| data.get(v..v.checked_add(usize::try_from(func.size).ok()?)?))
+        .ok_or_else(|| obj.bad(format!("{function} extends beyond its section")))?
+        .to_vec();
+    let relocs = obj.code_relocs(func, section, func.value, &code)?;
+    let mut sites = special_sites(&obj, func)?;
+    // The fentry call, also where `__mcount_loc` is absent (not built with
+    // -mrecord-mcount).
+    for r in &relocs {
+        if matches!(&r.target, RelocTarget::Symbol { name, .. } if name == sections::FENTRY)
+            && r.offset >= 1
+            && code.get(r.offset as usize - 1) == Some(&x86::CALL_REL32)
+            && !sites
+                .iter()
+                .any(|s| s.offset == r.offset - 1 && s.kind == SiteKind::Fentry)
+        {
+            sites.push(Site {
+                offset: r.offset - 1,
+                kind: SiteKind::Fentry,
+            });
+        }
+    }
+    sites.sort_by_key(|s| s.offset);
+    let image = BeforeImage {
+        function: function.to_owned(),
+        section: obj.section_name(section),
+        binding,
+        size: code.len() as u32,
+        code,
+        relocs,
+        sites,
+    };
+    image.check()?;
+    Ok(image)
+}
+
+/// The special-section entries that touch `func`.
+fn special_sites(obj: &Obj, func: Func) -> Result<Vec<Site>, RunPreError> {
+    use sections::*;
+    let mut sites = Vec::new();
+    let mut push = |offset: Option<u32>, kind: SiteKind| {
+        if let Some(offset) = offset {
+            sites.push(Site { offset, kind });
+        }
+    };
+    for (name, kind) in [
+        (RETURN_SITES, SiteKind::ReturnThunk),
+        (RETPOLINE_SITES, SiteKind::Retpoline),
+        (SMP_LOCKS, SiteKind::SmpLock),
+    ] {
+        if let Some((_, entries)) = obj.entries(name, 4)? {
+            for fields in entries.values() {
+                if let Some(r) = field(fields, 0) {
+                    push(obj.offset_in(func, r)?, kind.clone());
+                }
+            }
+        }
+    }
+    if let Some((_, entries)) = obj.entries(MCOUNT_LOC, 8)? {
+        for fields in entries.values() {
+            if let Some(r) = field(fields, 0) {
+                push(obj.offset_in(func, r)?, SiteKind::Fentry);
+            }
+        }
+    }
+    if let Some((_, entries)) = obj.entries(JUMP_TABLE, JUMP_ENTRY)? {
+        for fields in entries.values() {
+            let (Some(code), Some(target), Some(key)) = (
+                field(fields, JUMP_CODE),
+                field(fields, JUMP_TARGET),
+                field(fields, JUMP_KEY),
+            ) else {
+                continue;
+            };
+            let Some(at) = obj.offset_in(func, code)? else {
+                continue;
+            };
+            let key_sym = obj.target_symbol(key)?;
+            push(
+                Some(at),
+                SiteKind::JumpLabel {
+                    target: Referent {
+                        target: obj.resolve(func, target, target.addend())?,
+                        addend: target.addend(),
+                    },
+                    key: key_sym.name.unwrap_or_else(|| "?".into()),
+                },
+            );
+        }
+    }
+    if let Some((_, entries)) = obj.entries(STATIC_CALL_SITES, STATIC_CALL_ENTRY)? {
+        for fields in entries.values() {
+            let (Some(addr), Some(key)) = (
+                field(fields, STATIC_CALL_ADDR),
+                field(fields, STATIC_CALL_KEY),
+            ) else {
+                continue;
+            };
+            let Some(at) = obj.offset_in(func, addr)? else {
+                continue;
+            };
+            let flags = key.addend() & STATIC_CALL_SITE_FLAGS;
+            push(
+                Some(at),
+                SiteKind::StaticCall {
+                    key: obj.target_symbol(key)?.name.unwrap_or_else(|| "?".into()),
+                    tail: flags & STATIC_CALL_SITE_TAIL != 0,
+                },
+            );
+        }
+    }
+    if let Some((data, entries)) = obj.entries(PARAINSTRUCTIONS, PARA_ENTRY)? {
+        for (index, fields) in &entries {
+            let Some(instr) = field(fields, 0) else {
+                continue;
+            };
+            let Some(at) = obj.offset_in(func, instr)? else {
+                continue;
+            };
+            let base = (index * PARA_ENTRY) as usize;
+            let (Some(&pv_type), Some(&len)) =
+                (data.get(base + PARA_TYPE), data.get(base + PARA_LEN))
+            else {
+                return Err(obj.bad(format!("{PARAINSTRUCTIONS} entry {index} is truncated")));
+            };
+            push(Some(at), SiteKind::Paravirt { len, pv_type });
+        }
+    }
+    if let Some((data, entries)) = obj.entries(ALTINSTRUCTIONS, ALT_ENTRY)? {
+        for (index, fields) in &entries {
+            let (Some(instr), Some(repl)) = (field(fields, ALT_INSTR), field(fields, ALT_REPL))
+            else {
+                continue;
+            };
+            let Some(at) = obj.offset_in(func, instr)? else {
+                continue;
+            };
+            let base = (index * ALT_ENTRY) as usize;
+            let (Some(cpuid), Some(&len), Some(&repl_len)) = (
+                data.get(base + ALT_CPUID..base + ALT_CPUID + 2),
+                data.get(base + ALT_INSTRLEN),
+                data.get(base + ALT_REPLLEN),
+            ) else {
+                return Err(obj.bad(format!("{ALTINSTRUCTIONS} entry {index} is truncated")));
+            };
+            let cpuid = u16::from_le_bytes([cpuid[0], cpuid[1]]);
+            let replacement = replacement(obj, func, repl, repl_len)?;
+            push(
+                Some(at),
+                SiteKind::Alternative {
+                    len,
+                    cpuid,
+                    replacement,
+                },
+            );
+        }
+    }
+    Ok(sites)
+}
+
+/// The replacement code an `.altinstructions` entry points at, with its relocations.
+fn replacement(
+    obj: &Obj,
+    func: Func,
+    repl: &Relocation,
+    len: u8,
+) -> Result<Replacement, RunPreError> {
+    let t = obj.target_symbol(repl)?;
+    let section = t
+        .section
+        .ok_or_else(|| obj.bad("alternative replacement outside any section".into()))?;
+    let start = (t.value as i64 + repl.addend()) as u64;
+    let data = obj
+        .file
+        .section_by_index(section)
+        .and_then(|s| s.data())
+        .map_err(|e| obj.bad(e.to_string()))?;
+    let code = usize::try_from(start)
+        .ok()
+        .and_then(|s| data.get(s..s + usize::from(len)))
+        .ok_or_else(|| {
+            obj.bad(format!(
+                "alternative replacement at {start:#x} of {} is truncated",
+                obj.section_name(section)
+            ))
+        })?
+        .to_vec();
+    let relocs = obj.code_relocs(func, section, start, &code)?;
+    Ok(Replacement { code, relocs })
+}

@@ -1,0 +1,85 @@
+//! Run-pre matching: proving that a patch was built for the code it is about to
+//! replace (Ksplice's `run-pre` check, `kmodsrc/ksplice.c`).
+//!
+//! The builder keeps, for every function a patch replaces, its "before" image: the
+//! bytes the pre object holds for it, its relocation sites and the special-section
+//! entries (alternatives, static keys, return and retpoline sites, ...) that let the
+//! kernel rewrite it at boot ([`before_image`]). Before loading, the matcher reads
+//! the running kernel's code at the kallsyms addresses of that name and compares
+//! ([`match_function`]): relocation fields masked and then checked against kallsyms,
+//! instruction by instruction (decoded with `iced-x86`), so that the honest
+//! differences between a freshly compiled object and a booted kernel pass and
+//! everything else is reported with the offset, both byte strings and a likely cause.
+//!
+//! - [`before`]: the "before" image of a function, from a relocatable object.
+//! - [`kallsyms`]: the symbol source (`/proc/kallsyms` or a saved copy).
+//! - [`text`]: where the running code comes from: `/proc/kcore`, a kernel image file
+//!   (offline), or bytes in memory (tests, dumps).
+//! - [`matcher`]: the comparison and its report.
+//!
+//! It is not a loader and it does not resolve symbols for the patch: the kernel's
+//! livepatch relocations do that. The match is the proof, nothing more.
+
+pub mod before;
+pub mod kallsyms;
+pub mod matcher;
+pub mod text;
+mod x86;
+
+use std::path::PathBuf;
+
+pub use before::{
+    BeforeImage, Binding, Referent, RelocKind, RelocSite, RelocTarget, Replacement, Site, SiteKind,
+    before_image,
+};
+pub use kallsyms::{KallsymsIndex, Ksym};
+pub use matcher::{
+    CandidateMatch, Cause, Divergence, FentryState, MatchReport, MatchStats, Outcome,
+    match_by_name, match_function,
+};
+pub use text::{ImageText, Kcore, KernelText, MemoryText};
+
+/// Everything that can stop run-pre matching before a comparison has a result.
+#[derive(Debug, thiserror::Error)]
+pub enum RunPreError {
+    #[error("{what}: not a readable ELF object: {source}")]
+    Object {
+        what: String,
+        #[source]
+        source: object::read::Error,
+    },
+    #[error("{what}: {detail}")]
+    BadObject { what: String, detail: String },
+    #[error("{what}: no function {function} is defined in it")]
+    NoSuchFunction { what: String, function: String },
+    #[error("before image of {function}: {detail}")]
+    BadImage { function: String, detail: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{source_name}: cannot read {len} bytes at {addr:#x}: {source} (kcore refuses some ranges of kernel text; run as root, and check lockdown)"
+    )]
+    Read {
+        source_name: String,
+        addr: u64,
+        len: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{source_name}: no segment maps {len} bytes at {addr:#x}")]
+    Unmapped {
+        source_name: String,
+        addr: u64,
+        len: usize,
+    },
+    #[error("kernel image {what}: {detail}")]
+    Image { what: String, detail: String },
+    #[error("kallsyms: {0}")]
+    Kallsyms(String),
+    #[error("before image TOML: {0}")]
+    Toml(String),
+}
