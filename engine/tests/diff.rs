@@ -287,6 +287,29 @@ fn renumbered_static_local_is_the_same_object() {
 }
 
 #[test]
+fn special_entries_of_a_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = PathBuf::from(FIXTURES).join("warn_line.post.c");
+    let obj = compile(&source, dir.path(), "warn_line");
+    let file = object::File::parse(&*obj).unwrap();
+    let section = file.section_by_name(".text.flagged").unwrap();
+    let entries = special_entries(&file, object::ObjectSection::index(&section)).unwrap();
+    let mut sections: Vec<(&str, u64)> = entries
+        .iter()
+        .map(|e| (e.section.as_str(), e.size))
+        .collect();
+    sections.sort();
+    assert_eq!(sections, [("__bug_table", 12), ("__mcount_loc", 8)]);
+    let entry = |name: &str| entries.iter().find(|e| e.section == name).unwrap();
+    // The bug entry points at the ud2 (0f 0b) in the function, the mcount entry at
+    // the fentry call.
+    let code = object::ObjectSection::data(&section).unwrap();
+    let ud2 = entry("__bug_table").target as usize;
+    assert_eq!(&code[ud2..ud2 + 2], [0x0f, 0x0b]);
+    assert_eq!(entry("__mcount_loc").target, 0);
+}
+
+#[test]
 fn garbage_is_an_error_not_a_panic() {
     let err = diff_objects(b"not an object", b"", &DiffOptions::default()).unwrap_err();
     assert!(err.to_string().contains("pre object"), "{err}");

@@ -1333,8 +1333,20 @@ struct Fingerprint {
     placement: String,
     main: Shape,
     parts: Vec<Shape>,
-    /// (special section, offset in the function, entry and what it drags along).
-    specials: Vec<(String, u64, Vec<Shape>)>,
+    /// The special-section entries that point into the function, sorted.
+    specials: Vec<EntryPrint>,
+}
+
+/// One special-section entry as the comparison sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct EntryPrint {
+    section: String,
+    /// 0: the function itself, i: its cold part i.
+    piece: usize,
+    /// Where the entry points, from the start of that piece.
+    at: u64,
+    /// The entry, then what it drags along.
+    shapes: Vec<Shape>,
 }
 
 struct Differ<'a, 'd> {
@@ -1684,7 +1696,7 @@ impl<'d> Elf<'d> {
             mask_ddebug_lineno(&mut main.bytes);
         }
         let mut specials = Vec::new();
-        for &sym in std::iter::once(&e.sym).chain(&e.parts) {
+        for (piece, &sym) in std::iter::once(&e.sym).chain(&e.parts).enumerate() {
             let start = self.symbols[sym].value;
             for special in self.specials_of(sym) {
                 let mut shapes: Vec<Shape> = special
@@ -1701,8 +1713,12 @@ impl<'d> Elf<'d> {
                         mask(&mut entry.bytes, offset, size);
                     }
                 }
-                let section = self.sections[special.parts[0].section].name.clone();
-                specials.push((section, special.target - start, shapes));
+                specials.push(EntryPrint {
+                    section: self.sections[special.parts[0].section].name.clone(),
+                    piece,
+                    at: special.target - start,
+                    shapes,
+                });
             }
         }
         specials.sort();
@@ -1799,13 +1815,13 @@ fn compare(
             .specials
             .iter()
             .chain(&post.specials)
-            .map(|(s, _, _)| s)
+            .map(|entry| &entry.section)
             .collect();
         for section in sections {
-            let select = |list: &[(String, u64, Vec<Shape>)]| -> Vec<(u64, Vec<Shape>)> {
+            let select = |list: &'_ [EntryPrint]| -> Vec<EntryPrint> {
                 list.iter()
-                    .filter(|(s, _, _)| s == section)
-                    .map(|(_, at, shapes)| (*at, shapes.clone()))
+                    .filter(|e| &e.section == section)
+                    .cloned()
                     .collect()
             };
             let (a, b) = (select(&pre.specials), select(&post.specials));
