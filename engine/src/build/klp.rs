@@ -100,7 +100,8 @@ pub struct ExtractedFunction {
     pub post_name: String,
     pub old_name: String,
     /// Its symbol in the output object: `__kstack_new_<old name>` (dots made `__`),
-    /// global, for a changed function; the post name, local, for a new one.
+    /// global, for a changed function; for a new one, its post name and binding (a
+    /// new global function can be called from the patch's other files).
     pub symbol: String,
     pub new: bool,
     /// The position of the old function among same-named kallsyms entries
@@ -961,13 +962,15 @@ impl Extractor<'_, '_> {
             .collect()
     }
 
-    /// Whether `offset` of input section `sec` lies in what is carried.
+    /// Whether `offset` of input section `sec` lies in what is carried. The end of a
+    /// whole function counts (objtool's ORC terminator sits there); the end of a
+    /// snippet does not, since what is there belongs to the next snippet.
     fn is_carried(&self, sec: usize, offset: i64) -> bool {
         match self.carried.get(&sec) {
             Some(Carried::Whole) => 0 <= offset && offset <= self.input.sections[sec].size as i64,
             Some(Carried::Slices(slices)) => slices
                 .iter()
-                .any(|&(a, b)| a as i64 <= offset && offset <= b as i64),
+                .any(|&(a, b)| a as i64 <= offset && offset < b as i64),
             None => false,
         }
     }
@@ -1645,8 +1648,11 @@ impl Extractor<'_, '_> {
                     .expect("seed() found every function");
                 let size = self.input.symbols[sym].size;
                 if spec.new {
+                    // A new global function keeps its binding, so that the objects of
+                    // other files of the patch, linked into the same module, reach it.
+                    let local = self.input.symbols[sym].is_local();
                     out.symbols
-                        .push(OutSymbol::function(&spec.post_name, size, true));
+                        .push(OutSymbol::function(&spec.post_name, size, local));
                 } else {
                     let name = new_symbol_name(&spec.old_name)?;
                     out.name = format!(".text.{name}");
@@ -2404,6 +2410,32 @@ mod tests {
         );
         assert!(!ex.references.iter().any(|r| r.name == "callee"));
         assert_eq!(relocs(&elf, "__mcount_loc").len(), 2);
+    }
+
+    #[test]
+    fn new_functions_are_carried_under_their_own_name() {
+        let callee_new = FunctionSpec {
+            new: true,
+            ..changed("callee")
+        };
+        let (ex, resolver) = extract_basic(&[changed("patched"), callee_new]);
+        assert_eq!(
+            ex.functions[1],
+            ExtractedFunction {
+                post_name: "callee".into(),
+                old_name: "callee".into(),
+                symbol: "callee".into(),
+                new: true,
+                old_sympos: None,
+            }
+        );
+        // Nothing asked about an old version that does not exist.
+        assert_eq!(resolver.asked_local("callee"), None);
+        let elf = ElfFile64::<Endianness>::parse(&*ex.object).unwrap();
+        let sym = elf.symbols().find(|s| s.name() == Ok("callee")).unwrap();
+        assert!(sym.is_global(), "a new global function stays global");
+        let r = relocs(&elf, ".text.__kstack_new_patched");
+        assert!(r.contains(&(0x87, ".text.callee".into(), -4)), "{r:?}");
     }
 
     #[test]
