@@ -43,10 +43,16 @@ const RETURN_THUNKS: &[&str] = &[
 /// (ITS mitigation, arch/x86/kernel/alternative.c `emit_its_trampoline`); dynamic
 /// ones live outside the kernel's text.
 const ITS_THUNK_PREFIX: &str = "__x86_indirect_its_thunk_";
-/// How much longer than the object's the running code may be (alignment padding).
-fn read_slack(size: u32) -> usize {
-    64 + size as usize / 4
+/// How many bytes the matcher reads at a candidate for a function of `size` bytes:
+/// the running code may be longer than the object's (alignment padding).
+pub fn read_len(size: u32) -> usize {
+    size as usize + 64 + size as usize / 4
 }
+
+/// Sections whose code the kernel frees once booted, filling it with
+/// `POISON_FREE_INITMEM` (0xcc; include/linux/poison.h, arch/x86/mm/init.c).
+const INIT_TEXT_PREFIX: &str = ".init.";
+const POISON_FREE_INITMEM: u8 = 0xcc;
 
 /// What one candidate's match found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -189,6 +195,9 @@ pub enum Outcome {
     /// The object's definition is `__weak` and kallsyms' is another file's strong
     /// one: the object's code never ran.
     Overridden { addr: u64 },
+    /// `__init` code that the running kernel has freed (its bytes are poison):
+    /// nothing runs there, so nothing to compare or to patch.
+    Freed,
     /// kallsyms has no entry of that name.
     NotFound,
     /// No candidate matched.
@@ -204,6 +213,7 @@ impl Outcome {
             Outcome::Matched { .. } => "matched",
             Outcome::Ambiguous { .. } => "ambiguous",
             Outcome::Overridden { .. } => "overridden",
+            Outcome::Freed => "freed",
             Outcome::NotFound => "not-found",
             Outcome::Differs => "differs",
             Outcome::Unreadable => "unreadable",
@@ -252,6 +262,10 @@ impl fmt::Display for MatchReport {
                 f,
                 "{name}: the built definition is __weak and the running kernel uses another file's ({addr:#x}): it is overridden"
             ),
+            Outcome::Freed => write!(
+                f,
+                "{name}: __init code, freed by the running kernel after boot"
+            ),
             Outcome::NotFound => write!(f, "{name}: the running kernel has no symbol of that name"),
             Outcome::Differs | Outcome::Unreadable => {
                 write!(f, "{name}: does not match the running code")?;
@@ -294,6 +308,9 @@ pub fn match_function(
             sympos: one.sympos,
             addr: one.addr,
         },
+        (_, _, []) if image.section.starts_with(INIT_TEXT_PREFIX) && results.iter().all(|c| {
+            matches!(&c.result, Err(d) if d.offset == 0 && d.found.first() == Some(&POISON_FREE_INITMEM))
+        }) => Outcome::Freed,
         (_, _, []) => {
             if results
                 .iter()
@@ -342,7 +359,7 @@ fn match_at(
             cause: Cause::Unreadable,
         })
     };
-    let want = image.size as usize + read_slack(image.size);
+    let want = read_len(image.size);
     let run = match text.read(addr, want) {
         Ok(bytes) => bytes,
         // Near the end of a mapping the slack may not be readable.
@@ -886,7 +903,7 @@ impl<'a> Walk<'a> {
                     tries.push(Rendering::Replacement(replacement));
                 }
             }
-            self.render(o, tries, *pos, start, pos)?;
+            self.render(o, o + window, tries, *pos, start, pos)?;
             return Ok(o + window);
         }
         // One site of the other kinds per offset; should two coincide, the first
@@ -929,7 +946,7 @@ impl<'a> Walk<'a> {
             }
             SiteKind::SmpLock | SiteKind::Alternative { .. } => vec![original],
         };
-        self.render(o, tries, *pos, start, pos)?;
+        self.render(o, end, tries, *pos, start, pos)?;
         Ok(end)
     }
 
@@ -947,28 +964,37 @@ impl<'a> Walk<'a> {
 
     /// Tries every rendering of a site; keeps the one that consumes the most
     /// running code, or reports the first one's divergence.
+    #[allow(clippy::too_many_arguments)]
     fn render(
         &mut self,
         o: u32,
+        obj_end: u32,
         tries: Vec<Rendering<'a>>,
         pos0: u64,
         start: u64,
         pos: &mut u64,
     ) -> Result<(), Diverged> {
         let before = self.checkpoint();
-        let mut best: Option<Attempt> = None;
+        // Preferred: renderings after which the code goes on as the object's does
+        // (a site's no-op followed by a call is not the site's own call).
+        let mut best: Option<(bool, Attempt)> = None;
         let mut first_err = None;
         for r in &tries {
             match self.try_render(o, r, pos0, start) {
-                Ok(end) if best.as_ref().is_none_or(|b| end > b.end) => {
-                    best = Some(Attempt {
-                        end,
-                        map: self.map[before.map..].to_vec(),
-                        pending: self.pending[before.pending..].to_vec(),
-                        stats: self.stats.clone(),
-                    });
+                Ok(end) => {
+                    let fits = self.goes_on(obj_end, end);
+                    if best.as_ref().is_none_or(|(f, b)| (fits, end) > (*f, b.end)) {
+                        best = Some((
+                            fits,
+                            Attempt {
+                                end,
+                                map: self.map[before.map..].to_vec(),
+                                pending: self.pending[before.pending..].to_vec(),
+                                stats: self.stats.clone(),
+                            },
+                        ));
+                    }
                 }
-                Ok(_) => {}
                 Err(d) => {
                     first_err.get_or_insert(d);
                 }
@@ -976,7 +1002,7 @@ impl<'a> Walk<'a> {
             self.restore(before.clone());
         }
         match best {
-            Some(a) => {
+            Some((_, a)) => {
                 self.map.extend(a.map);
                 self.pending.extend(a.pending);
                 self.stats = a.stats;
@@ -995,6 +1021,29 @@ impl<'a> Walk<'a> {
                 )
             })),
         }
+    }
+
+    /// Whether the object's next instruction after `obj_end` (no-ops aside) has the
+    /// mnemonic of the running one at `run` (a site or the end: no objection).
+    fn goes_on(&mut self, obj_end: u32, run: u64) -> bool {
+        let code = self.function();
+        let mut o = obj_end;
+        while o < self.image.size {
+            if self.sites_at.contains_key(&o) {
+                return true;
+            }
+            let Some(insn) = self.obj_insn(code, o) else {
+                return true;
+            };
+            if !x86::is_nop(&insn.ins) {
+                let run = self.skip_run_nops(run);
+                return self
+                    .run_insn(run)
+                    .is_some_and(|r| r.mnemonic() == insn.ins.mnemonic());
+            }
+            o += insn.len;
+        }
+        true
     }
 
     /// One rendering of a site at object offset `o`; `pos0` is where the running
@@ -1029,7 +1078,8 @@ impl<'a> Walk<'a> {
                     ))
                 }
             }
-            Rendering::FentryCall => match run {
+            // The fentry call is the function's first instruction: in place.
+            Rendering::FentryCall => match self.run_insn(pos0) {
                 Some(ins)
                     if ins.mnemonic() == Mnemonic::Call
                         && x86::is_direct_branch(&ins)
@@ -1042,7 +1092,7 @@ impl<'a> Walk<'a> {
                     } else {
                         FentryState::Trampoline(target)
                     };
-                    Ok(start + 5)
+                    Ok(pos0 + 5)
                 }
                 _ => Err(mismatch(
                     self,

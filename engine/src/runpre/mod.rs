@@ -35,7 +35,7 @@ pub use before::{
 pub use kallsyms::{KallsymsIndex, Ksym};
 pub use matcher::{
     CandidateMatch, Cause, Divergence, FentryState, MatchReport, MatchStats, Outcome,
-    match_by_name, match_function,
+    match_by_name, match_function, read_len,
 };
 pub use text::{ImageText, Kcore, KernelText, MemoryText};
 

@@ -1,0 +1,147 @@
+//! Run-pre matching on the real kernel, offline: pre objects compiled from the
+//! prepared Debian tree, matched against the kernel image file with its kallsyms
+//! (what `kstack verify --image` does on a build host).
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "runpre/common.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+
+use kstack_engine::runpre::{self, BeforeImage, Cause, FentryState, Outcome};
+use object::{Object, ObjectSymbol, SymbolKind};
+
+/// The functions the example patches replace, and their translation units.
+const NAMED: [(&str, &str); 4] = [
+    ("fs/proc/cmdline.o", "cmdline_proc_show"),
+    ("fs/proc/version.o", "version_proc_show"),
+    ("kernel/sys.o", "__do_sys_newuname"),
+    ("fs/proc/meminfo.o", "meminfo_proc_show"),
+];
+/// Big translation units whose every function is matched.
+const BIG: [&str; 3] = ["kernel/sys.o", "fs/namei.o", "mm/mmap.o"];
+
+/// Every function an object defines.
+fn functions_of(bytes: &[u8]) -> Vec<String> {
+    let file = object::File::parse(bytes).unwrap();
+    let mut names: Vec<String> = file
+        .symbols()
+        .filter(|s| s.kind() == SymbolKind::Text && s.is_definition() && s.size() > 0)
+        .map(|s| s.name().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[test]
+fn patched_functions_match_the_image() {
+    let tree = common::tree();
+    for (unit, name) in NAMED {
+        let object = &tree.objects(&[unit])[0];
+        let image = runpre::before_image(&std::fs::read(object).unwrap(), name).unwrap();
+        // What the store keeps reads back the same.
+        let toml = image.to_toml().unwrap();
+        assert_eq!(BeforeImage::from_toml(&toml).unwrap(), image, "{toml}");
+
+        let report = runpre::match_by_name(&image, common::image(), common::kallsyms());
+        let Outcome::Matched { sympos, addr } = report.outcome else {
+            panic!("{report}")
+        };
+        assert_eq!(sympos, 1, "{report}");
+        assert_eq!(common::kallsyms().candidates(name), [addr]);
+        let Ok(stats) = &report.candidates[0].result else {
+            unreachable!()
+        };
+        // An image file is the code before boot: `call __fentry__` still.
+        assert!(
+            matches!(stats.fentry, FentryState::Fentry | FentryState::None),
+            "{name}: {stats:?}"
+        );
+        assert!(stats.relocs_checked > 0, "{name}: {stats:?}");
+    }
+}
+
+#[test]
+fn a_patch_built_from_the_wrong_tree_is_refused() {
+    let tree = common::tree();
+    let line = tree.variant(
+        "fs/proc/cmdline.o",
+        "cmdline-tab",
+        |s| s.replace("seq_putc(m, '\\n');", "seq_putc(m, '\\t');"),
+        None,
+    );
+    let image = runpre::before_image(&std::fs::read(line).unwrap(), "cmdline_proc_show").unwrap();
+    let report = runpre::match_by_name(&image, common::image(), common::kallsyms());
+    assert_eq!(report.outcome, Outcome::Differs, "{report}");
+    let (_, d) = report.best_divergence().unwrap();
+    assert_eq!(d.cause, Cause::Constant, "{report}");
+    let text = report.to_string();
+    for part in [
+        "cmdline_proc_show: does not match the running code",
+        "expected be 09 00 00 00",
+        "mov $9, %esi",
+        "found    be 0a 00 00 00",
+        "mov $0xa, %esi",
+        "likely cause: a constant differs",
+    ] {
+        assert!(text.contains(part), "{part:?} not in:\n{text}");
+    }
+
+    let config = tree.variant(
+        "fs/proc/meminfo.o",
+        "meminfo-memory-failure",
+        |s| s.replacen("#include", "\n#include", 1),
+        Some("#define CONFIG_MEMORY_FAILURE 1\n"),
+    );
+    let image = runpre::before_image(&std::fs::read(config).unwrap(), "meminfo_proc_show").unwrap();
+    let report = runpre::match_by_name(&image, common::image(), common::kallsyms());
+    assert_eq!(report.outcome, Outcome::Differs, "{report}");
+    let text = report.to_string();
+    assert!(
+        text.starts_with("meminfo_proc_show: does not match"),
+        "{text}"
+    );
+    assert!(text.contains("num_poisoned_pages"), "{text}");
+}
+
+#[test]
+fn every_function_of_big_objects_matches_or_is_explained() {
+    let tree = common::tree();
+    let objects = tree.objects(&BIG);
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut totals: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut unexplained = Vec::new();
+    let mut n = 0;
+    for path in &objects {
+        let bytes = std::fs::read(path).unwrap();
+        for f in functions_of(&bytes) {
+            n += 1;
+            let image = runpre::before_image(&bytes, &f).unwrap();
+            let report = runpre::match_by_name(&image, common::image(), common::kallsyms());
+            *counts.entry(report.outcome.key()).or_default() += 1;
+            for c in &report.candidates {
+                if let Ok(s) = &c.result {
+                    *totals.entry("instructions").or_default() += s.instructions;
+                    *totals.entry("relocations checked").or_default() += s.relocs_checked;
+                    *totals.entry("relocations unlocated").or_default() += s.relocs_unlocated;
+                    *totals.entry("branches relaxed").or_default() += s.relaxed;
+                }
+            }
+            match report.outcome {
+                Outcome::Matched { .. } | Outcome::Ambiguous { .. } => {}
+                // A weak definition another file overrides never runs.
+                Outcome::Overridden { .. } => assert_eq!(image.binding, runpre::Binding::Weak),
+                _ => unexplained.push(report.to_string()),
+            }
+        }
+    }
+    println!("image, {n} functions of {BIG:?}: {counts:?}; {totals:?}");
+    assert!(
+        (n - unexplained.len()) * 1000 >= n * 995,
+        "{} of {n} unexplained:\n{}",
+        unexplained.len(),
+        unexplained.join("\n")
+    );
+}
