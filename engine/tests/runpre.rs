@@ -145,3 +145,9 @@ fn every_function_of_big_objects_matches_or_is_explained() {
         unexplained.join("\n")
     );
 }
+
+#[path = "runpre/link.rs"]
+mod link;
+
+#[path = "runpre/honest.rs"]
+mod honest;

@@ -1,0 +1,422 @@
+//! The honest differences between a pre object and the code a kernel runs, each on
+//! small objects compiled by the test: the "running" code is the same source built
+//! as the kernel was (without `-ffunction-sections`), linked at kernel addresses
+//! and rewritten the way the kernel rewrites itself at boot or later.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+
+use kstack_engine::runpre::{
+    self, BeforeImage, Binding, Cause, FentryState, MatchReport, MatchStats, Outcome, SiteKind,
+};
+
+use super::link::{self, Kernel};
+
+/// Opcodes of the rewrites below (arch/x86/include/asm/text-patching.h).
+const CALL: u8 = 0xe8;
+const JMP32: u8 = 0xe9;
+const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    pre: Vec<u8>,
+    shipped: Vec<u8>,
+}
+
+fn fixture(name: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    Fixture {
+        pre: link::compile(name, true, dir.path()),
+        shipped: link::compile(name, false, dir.path()),
+        _dir: dir,
+    }
+}
+
+fn matched(report: &MatchReport) -> &MatchStats {
+    assert!(report.is_match(), "{report}");
+    let Outcome::Matched { sympos, .. } = report.outcome else {
+        unreachable!()
+    };
+    report.candidates[sympos - 1].result.as_ref().unwrap()
+}
+
+fn check(image: &BeforeImage, kernel: &Kernel) -> MatchReport {
+    runpre::match_by_name(image, &kernel.text(), &kernel.kallsyms())
+}
+
+#[test]
+fn relaxed_branches_and_padding_are_aligned_by_target() {
+    let fx = fixture("relax.c");
+    let mut kernel = Kernel::new();
+    kernel.define("g", 0xffff_ffff_8300_0000, 'D');
+    let addrs = kernel.link(&fx.shipped);
+    let image = runpre::before_image(&fx.pre, "relax").unwrap();
+    // The object has `jmp rel32` to relocations where the shipped code has `jmp
+    // rel8`: the streams differ in length after the first one.
+    let stats = matched(&check(&image, &kernel)).clone();
+    assert!(stats.relaxed >= 2, "{stats:?}");
+    // The string literal cannot be located by name: accepted and counted.
+    assert!(stats.relocs_unlocated >= 1, "{stats:?}");
+    assert!(stats.relocs_checked >= 2, "{stats:?}");
+    assert_eq!(stats.fentry, FentryState::Fentry);
+    for local in ["helper", "helper2"] {
+        let image = runpre::before_image(&fx.pre, local).unwrap();
+        assert_eq!(image.binding, Binding::Local);
+        matched(&check(&image, &kernel));
+    }
+
+    // A tail call that lands in the wrong function is refused.
+    let relax = addrs["relax"];
+    let code = kernel.peek(relax, 0x40);
+    let at = code.windows(2).position(|w| w[0] == 0xeb).unwrap() as u64;
+    let mut wrong = code[at as usize + 1] as i8;
+    wrong = wrong.wrapping_add(1);
+    kernel.poke(relax + at + 1, &[wrong as u8]);
+    let report = check(&image, &kernel);
+    assert_eq!(report.outcome, Outcome::Differs, "{report}");
+    let (_, d) = report.best_divergence().unwrap();
+    assert!(
+        matches!(d.cause, Cause::Reference | Cause::Branch),
+        "{report}"
+    );
+}
+
+/// `with_sites` of sites.S, linked, with its sites by kind.
+struct Sites {
+    kernel: Kernel,
+    image: BeforeImage,
+    func: u64,
+    addrs: HashMap<String, u64>,
+}
+
+impl Sites {
+    fn new() -> Sites {
+        let fx = fixture("sites.S");
+        let mut kernel = Kernel::new();
+        for (i, name) in [
+            "alt_helper",
+            "real_target",
+            "native_fn",
+            "srso_return_thunk",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            kernel.define(name, 0xffff_ffff_8180_0000 + 0x100 * i as u64, 'T');
+        }
+        let addrs = kernel.link(&fx.shipped);
+        let image = runpre::before_image(&fx.pre, "with_sites").unwrap();
+        Sites {
+            func: addrs["with_sites"],
+            kernel,
+            image,
+            addrs,
+        }
+    }
+
+    /// The address of the site of that kind (`nth` of them).
+    fn site(&self, kind: &str, nth: usize) -> u64 {
+        let site = self
+            .image
+            .sites
+            .iter()
+            .filter(|s| site_key(&s.kind) == kind)
+            .nth(nth)
+            .unwrap_or_else(|| panic!("no {kind} site {nth} in {:?}", self.image.sites));
+        self.func + u64::from(site.offset)
+    }
+
+    fn poke(&mut self, addr: u64, bytes: &[u8]) {
+        self.kernel.poke(addr, bytes);
+    }
+
+    fn call_to(&self, at: u64, name: &str) -> [u8; 5] {
+        Kernel::branch32(CALL, at, self.kernel.kallsyms().candidates(name)[0])
+    }
+
+    fn report(&self) -> MatchReport {
+        check(&self.image, &self.kernel)
+    }
+
+    /// Everything rewritten as a booted kernel has it.
+    fn boot(&mut self) {
+        let fentry = self.site("fentry", 0);
+        self.poke(fentry, &NOP5);
+        // The static key enabled: a jump to its target, `.Lyes` (+0x12).
+        let key = self.site("jump-label", 0);
+        self.poke(key, &Kernel::branch32(JMP32, key, self.func + 0x12));
+        // The CPU has both features: the replacements, padded with no-ops.
+        let alt = self.site("alternative", 0);
+        let call = self.call_to(alt, "alt_helper");
+        self.poke(alt, &call);
+        let clac = self.site("alternative", 1);
+        self.poke(clac, &[0x0f, 0x01, 0xca]);
+        // spectre_v2=off: `call *%rax`, then a 3-byte no-op.
+        let retpoline = self.site("retpoline", 0);
+        self.poke(retpoline, &[0xff, 0xd0, 0x0f, 0x1f, 0x00]);
+        let static_call = self.site("static-call", 0);
+        let call = self.call_to(static_call, "real_target");
+        self.poke(static_call, &call);
+        // A uniprocessor: `ds` instead of `lock`.
+        let lock = self.site("smp-lock", 0);
+        self.poke(lock, &[0x3e]);
+        let pv = self.site("paravirt", 0);
+        let call = self.call_to(pv, "native_fn");
+        self.poke(pv, &call);
+        self.poke(pv + 5, &[0x90]);
+        // No return thunk needed: `ret` and int3 padding.
+        let ret = self.site("return-thunk", 0);
+        self.poke(ret, &[0xc3, 0xcc, 0xcc, 0xcc, 0xcc]);
+    }
+}
+
+fn site_key(kind: &SiteKind) -> &'static str {
+    match kind {
+        SiteKind::Fentry => "fentry",
+        SiteKind::ReturnThunk => "return-thunk",
+        SiteKind::Retpoline => "retpoline",
+        SiteKind::SmpLock => "smp-lock",
+        SiteKind::JumpLabel { .. } => "jump-label",
+        SiteKind::StaticCall { .. } => "static-call",
+        SiteKind::Paravirt { .. } => "paravirt",
+        SiteKind::Alternative { .. } => "alternative",
+    }
+}
+
+#[test]
+fn the_before_image_keeps_every_site_and_reads_back() {
+    let s = Sites::new();
+    let kinds: Vec<&str> = s.image.sites.iter().map(|x| site_key(&x.kind)).collect();
+    assert_eq!(
+        kinds,
+        [
+            "fentry",
+            "jump-label",
+            "alternative",
+            "alternative",
+            "retpoline",
+            "static-call",
+            "smp-lock",
+            "paravirt",
+            "return-thunk"
+        ]
+    );
+    let toml = s.image.to_toml().unwrap();
+    assert_eq!(BeforeImage::from_toml(&toml).unwrap(), s.image);
+    for part in [
+        "function = \"with_sites\"",
+        "section = \".text.with_sites\"",
+        "kind = \"alternative\"",
+        "key = \"some_key\"",
+        "key = \"__SCK__my_call\"",
+        "name = \"__x86_return_thunk\"",
+        "code = \"0f01ca\"",
+    ] {
+        assert!(toml.contains(part), "{part:?} not in:\n{toml}");
+    }
+}
+
+#[test]
+fn an_image_file_matches_as_built() {
+    let s = Sites::new();
+    let stats = matched(&s.report()).clone();
+    assert_eq!(stats.fentry, FentryState::Fentry);
+    assert!(stats.rewritten.is_empty(), "{stats:?}");
+}
+
+#[test]
+fn code_rewritten_at_boot_matches() {
+    let mut s = Sites::new();
+    s.boot();
+    let stats = matched(&s.report()).clone();
+    assert_eq!(stats.fentry, FentryState::Nop);
+    let seen: Vec<&str> = stats.rewritten.keys().map(String::as_str).collect();
+    assert_eq!(
+        seen,
+        [
+            "alternative: replacement",
+            "jump-label: jmp",
+            "paravirt: direct call",
+            "retpoline: indirect",
+            "return-thunk: ret",
+            "smp-lock: ds",
+            "static-call: direct"
+        ],
+        "{stats:?}"
+    );
+    assert_eq!(stats.rewritten["alternative: replacement"], 2);
+}
+
+#[test]
+fn other_states_of_the_same_sites_match() {
+    let mut s = Sites::new();
+    s.boot();
+    // Traced or already live-patched: a call to an ftrace trampoline, anywhere.
+    let fentry = s.site("fentry", 0);
+    s.poke(
+        fentry,
+        &Kernel::branch32(CALL, fentry, 0xffff_ffff_c000_1000),
+    );
+    // spectre_v2=retpoline,lfence.
+    let retpoline = s.site("retpoline", 0);
+    s.poke(retpoline, &[0x0f, 0xae, 0xe8, 0xff, 0xd0]);
+    // Another return thunk (SRSO).
+    let ret = s.site("return-thunk", 0);
+    let jmp = Kernel::branch32(
+        JMP32,
+        ret,
+        s.kernel.kallsyms().candidates("srso_return_thunk")[0],
+    );
+    s.poke(ret, &jmp);
+    // A static call to nothing, a paravirt op that is a no-op.
+    let static_call = s.site("static-call", 0);
+    s.poke(static_call, &NOP5);
+    let pv = s.site("paravirt", 0);
+    s.poke(pv, &[0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00]);
+    // The static key off again, the first alternative not applied.
+    let key = s.site("jump-label", 0);
+    s.poke(key, &NOP5);
+    let alt = s.site("alternative", 0);
+    s.poke(alt, &[0x48, 0x89, 0xf8, 0x66, 0x90]);
+    let stats = matched(&s.report()).clone();
+    assert!(
+        matches!(stats.fentry, FentryState::Trampoline(0xffff_ffff_c000_1000)),
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.rewritten.get("return-thunk: srso_return_thunk"),
+        Some(&1),
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.rewritten.get("alternative: replacement"),
+        Some(&1),
+        "{stats:?}"
+    );
+}
+
+/// New bytes for a site, from the linked kernel and the site's address.
+type Rewrite = dyn Fn(&Sites, u64) -> Vec<u8>;
+
+#[test]
+fn wrong_code_at_a_site_is_refused() {
+    let cases: [(&str, usize, &Rewrite); 5] = [
+        // The thunk was for %rax.
+        ("retpoline", 0, &|_, _| vec![0xff, 0xd3, 0x0f, 0x1f, 0x00]),
+        // A return site that jumps to something that is no return thunk.
+        ("return-thunk", 0, &|s, at| {
+            Kernel::branch32(JMP32, at, s.addrs["with_sites"]).to_vec()
+        }),
+        // A static key that jumps where the object's does not.
+        ("jump-label", 0, &|s, at| {
+            Kernel::branch32(JMP32, at, s.func + 0x17).to_vec()
+        }),
+        // Neither the original nor the replacement.
+        ("alternative", 0, &|_, _| vec![0x48, 0x89, 0xf0, 0x90, 0x90]),
+        // The fentry call replaced by a jump.
+        ("fentry", 0, &|_, at| {
+            Kernel::branch32(JMP32, at, 0xffff_ffff_c000_1000).to_vec()
+        }),
+    ];
+    for (kind, nth, bytes) in cases {
+        let mut s = Sites::new();
+        s.boot();
+        let at = s.site(kind, nth);
+        let b = bytes(&s, at);
+        s.poke(at, &b);
+        let report = s.report();
+        assert_eq!(report.outcome, Outcome::Differs, "{kind}: {report}");
+        let text = report.to_string();
+        assert!(text.starts_with("with_sites: does not match"), "{text}");
+        let (_, d) = report.best_divergence().unwrap();
+        assert_eq!(u64::from(d.offset) + s.func, at, "{kind}: {report}");
+    }
+}
+
+#[test]
+fn a_weak_function_overridden_elsewhere_is_reported_as_such() {
+    let fx = fixture("weak.c");
+    let image = runpre::before_image(&fx.pre, "arch_hook").unwrap();
+    assert_eq!(image.binding, Binding::Weak);
+
+    // Linked alone, the weak definition is the one that runs.
+    let mut kernel = Kernel::new();
+    kernel.define("g", 0xffff_ffff_8300_0000, 'D');
+    kernel.link(&fx.shipped);
+    matched(&check(&image, &kernel));
+
+    // Another file's strong definition won.
+    let other = fixture("statics_a.c");
+    let mut kernel = Kernel::new();
+    kernel.define("g", 0xffff_ffff_8300_0000, 'D');
+    let addrs = kernel.link(&other.shipped);
+    kernel.define("arch_hook", addrs["use_a"], 'T');
+    let report = check(&image, &kernel);
+    assert_eq!(
+        report.outcome,
+        Outcome::Overridden {
+            addr: addrs["use_a"]
+        },
+        "{report}"
+    );
+}
+
+#[test]
+fn same_named_statics_are_told_apart_by_their_code() {
+    let a = fixture("statics_a.c");
+    let b = fixture("statics_b.c");
+    let show_a = runpre::before_image(&a.pre, "show").unwrap();
+    let show_b = runpre::before_image(&b.pre, "show").unwrap();
+
+    let mut kernel = Kernel::new();
+    kernel.define("g", 0xffff_ffff_8300_0000, 'D');
+    let in_b = kernel.link(&b.shipped);
+    let in_a = kernel.link(&a.shipped);
+    assert_eq!(
+        kernel.kallsyms().candidates("show"),
+        [in_b["show"], in_a["show"]]
+    );
+    assert_eq!(
+        check(&show_a, &kernel).outcome,
+        Outcome::Matched {
+            sympos: 2,
+            addr: in_a["show"]
+        }
+    );
+    assert_eq!(
+        check(&show_b, &kernel).outcome,
+        Outcome::Matched {
+            sympos: 1,
+            addr: in_b["show"]
+        }
+    );
+
+    // The same file twice: identical code, the match cannot choose.
+    let mut kernel = Kernel::new();
+    kernel.define("g", 0xffff_ffff_8300_0000, 'D');
+    kernel.link(&a.shipped);
+    kernel.link(&a.shipped);
+    let report = check(&show_a, &kernel);
+    assert_eq!(
+        report.outcome,
+        Outcome::Ambiguous { sympos: vec![1, 2] },
+        "{report}"
+    );
+}
+
+#[test]
+fn unreadable_code_is_reported() {
+    let s = Sites::new();
+    let report = runpre::match_function(
+        &s.image,
+        &[0xffff_ffff_9000_0000],
+        &s.kernel.text(),
+        &s.kernel.kallsyms(),
+    );
+    assert_eq!(report.outcome, Outcome::Unreadable, "{report}");
+    assert!(
+        report.to_string().contains("cannot") || report.to_string().contains("no segment"),
+        "{report}"
+    );
+}
