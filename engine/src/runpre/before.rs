@@ -92,6 +92,9 @@ pub enum RelocKind {
     Plt32,
     /// `R_X86_64_PC64`: `S + A - P`, 8 bytes.
     Pc64,
+    /// `R_X86_64_PC8`: `S + A - P`, 1 byte (a short branch the assembler resolved
+    /// within a section that holds several functions).
+    Pc8,
 }
 
 impl RelocKind {
@@ -103,6 +106,7 @@ impl RelocKind {
             elf::R_X86_64_PC32 => RelocKind::Pc32,
             elf::R_X86_64_PLT32 => RelocKind::Plt32,
             elf::R_X86_64_PC64 => RelocKind::Pc64,
+            elf::R_X86_64_PC8 => RelocKind::Pc8,
             _ => return None,
         })
     }
@@ -116,6 +120,7 @@ impl RelocKind {
             RelocKind::Pc32 => "R_X86_64_PC32",
             RelocKind::Plt32 => "R_X86_64_PLT32",
             RelocKind::Pc64 => "R_X86_64_PC64",
+            RelocKind::Pc8 => "R_X86_64_PC8",
         }
     }
 
@@ -123,12 +128,16 @@ impl RelocKind {
     pub fn width(self) -> usize {
         match self {
             RelocKind::Abs64 | RelocKind::Pc64 => 8,
+            RelocKind::Pc8 => 1,
             _ => 4,
         }
     }
 
     pub fn is_pc_relative(self) -> bool {
-        matches!(self, RelocKind::Pc32 | RelocKind::Plt32 | RelocKind::Pc64)
+        matches!(
+            self,
+            RelocKind::Pc32 | RelocKind::Plt32 | RelocKind::Pc64 | RelocKind::Pc8
+        )
     }
 
     /// The value `S + A` that the field encodes, given the field as found at
@@ -136,6 +145,7 @@ impl RelocKind {
     pub fn decode(self, field: &[u8], place: u64) -> Option<u64> {
         let v = match self.width() {
             8 => u64::from_le_bytes(field.try_into().ok()?),
+            1 => *field.first()? as i8 as i64 as u64,
             _ => {
                 let raw = u32::from_le_bytes(field.try_into().ok()?);
                 match self {
@@ -199,6 +209,11 @@ pub struct RelocSite {
     pub kind: RelocKind,
     pub addend: i64,
     pub target: RelocTarget,
+    /// Not a relocation of the object: a reference the assembler resolved itself,
+    /// to another function of the same section (`.init.text` holds many), which the
+    /// kernel's link may place differently.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub implicit: bool,
 }
 
 impl RelocSite {
@@ -436,9 +451,20 @@ impl<'d> Obj<'d> {
         referent: i64,
     ) -> Result<RelocTarget, RunPreError> {
         let t = self.target_symbol(reloc)?;
+        let at = t.value as i64 + referent;
         if t.section == Some(func.section) {
-            return Ok(RelocTarget::Own {
-                bias: t.value as i64 - func.value as i64,
+            let inside = (func.value as i64..(func.value + func.size) as i64).contains(&at);
+            // Another function of the same section (`.init.text`) is named.
+            let other = (!inside).then(|| self.anchor(func.section, at)).flatten();
+            return Ok(match other {
+                Some((name, value, local)) => RelocTarget::Symbol {
+                    name,
+                    bias: t.value as i64 - value as i64,
+                    local,
+                },
+                None => RelocTarget::Own {
+                    bias: t.value as i64 - func.value as i64,
+                },
             });
         }
         if let Some(name) = t.name {
@@ -451,7 +477,6 @@ impl<'d> Obj<'d> {
         let Some(section) = t.section else {
             return Err(self.bad("relocation to an unnamed symbol outside any section".into()));
         };
-        let at = t.value as i64 + referent;
         if let Some((name, value, local)) = self.anchor(section, at) {
             return Ok(RelocTarget::Symbol {
                 name,
@@ -518,6 +543,10 @@ impl<'d> Obj<'d> {
             let RelocationFlags::Elf { r_type } = reloc.flags() else {
                 continue;
             };
+            // R_X86_64_NONE changes no byte: it only keeps a symbol referenced.
+            if r_type == elf::R_X86_64_NONE {
+                continue;
+            }
             let offset = (off - start) as u32;
             let kind = RelocKind::from_elf(r_type).ok_or_else(|| {
                 self.bad(format!(
@@ -543,6 +572,7 @@ impl<'d> Obj<'d> {
                 kind,
                 addend: reloc.addend(),
                 target: self.resolve(func, &reloc, referent)?,
+                implicit: false,
             });
         }
         Ok(out)
@@ -637,7 +667,9 @@ pub fn before_image_named(
         .and_then(|v| data.get(v..v.checked_add(usize::try_from(func.size).ok()?)?))
         .ok_or_else(|| obj.bad(format!("{function} extends beyond its section")))?
         .to_vec();
-    let relocs = obj.code_relocs(func, section, func.value, &code)?;
+    let mut relocs = obj.code_relocs(func, section, func.value, &code)?;
+    relocs.extend(implicit_relocs(&obj, func, &code, &relocs));
+    relocs.sort_by_key(|r| r.offset);
     let mut sites = special_sites(&obj, func)?;
     // The fentry call, also where `__mcount_loc` is absent (not built with
     // -mrecord-mcount).
@@ -667,6 +699,56 @@ pub fn before_image_named(
     };
     image.check()?;
     Ok(image)
+}
+
+/// References out of the function that the assembler resolved without a relocation
+/// because the target is in the same section (several functions share
+/// `.init.text`): branches, and `%rip`-relative operands. Named after the
+/// function they reach, they are checked like relocations.
+fn implicit_relocs(obj: &Obj, func: Func, code: &[u8], relocs: &[RelocSite]) -> Vec<RelocSite> {
+    let mut out = Vec::new();
+    for insn in x86::decode_all(code, 0) {
+        let range = insn.offset..insn.offset + insn.len;
+        if relocs.iter().any(|r| range.contains(&r.offset)) {
+            continue;
+        }
+        let (field, size, target) = if x86::is_direct_branch(&insn.ins) {
+            let size = if insn.len >= 5 { 4 } else { 1 };
+            (insn.len - size, size, insn.ins.near_branch_target() as i64)
+        } else if let Some((at, size)) = x86::displacement_field(&code[insn.offset as usize..]) {
+            (
+                at as u32,
+                size as u32,
+                insn.ins.ip_rel_memory_address() as i64,
+            )
+        } else {
+            continue;
+        };
+        if (0..func.size as i64).contains(&target) {
+            continue;
+        }
+        let in_section = func.value as i64 + target;
+        let Some((name, value, local)) = obj.anchor(func.section, in_section) else {
+            continue;
+        };
+        let to_end = i64::from(insn.len - field);
+        out.push(RelocSite {
+            offset: insn.offset + field,
+            kind: if size == 1 {
+                RelocKind::Pc8
+            } else {
+                RelocKind::Pc32
+            },
+            addend: in_section - to_end,
+            target: RelocTarget::Symbol {
+                name,
+                bias: -(value as i64),
+                local,
+            },
+            implicit: true,
+        });
+    }
+    out
 }
 
 /// The special-section entries that touch `func`.

@@ -982,6 +982,8 @@ impl<'a> Walk<'a> {
         for r in &tries {
             match self.try_render(o, r, pos0, start) {
                 Ok(end) => {
+                    // What the kernel wrote is padded to the site's length.
+                    let end = self.padding(end, pos0 + u64::from(obj_end - o));
                     let fits = self.goes_on(obj_end, end);
                     if best.as_ref().is_none_or(|(f, b)| (fits, end) > (*f, b.end)) {
                         best = Some((
@@ -1057,9 +1059,12 @@ impl<'a> Walk<'a> {
     ) -> Result<u64, Diverged> {
         let code = self.function();
         let obj = self.obj_insn(code, o);
-        let run = self.run_insn(start);
+        // The kernel rewrites a site in place: its new state starts where the
+        // site does, never after a no-op (which would be the site itself).
+        let at = pos0;
+        let run = self.run_insn(at);
         let mismatch =
-            |w: &mut Self, why: &str| w.diverge(code, obj, o, start, why.into(), Cause::Code);
+            |w: &mut Self, why: &str| w.diverge(code, obj, o, at, why.into(), Cause::Code);
         match r {
             Rendering::Original { end, exclude } => {
                 let mut pos = pos0;
@@ -1111,7 +1116,7 @@ impl<'a> Walk<'a> {
                     return match thunk {
                         Some(t) => {
                             self.note(format!("return-thunk: {t}"));
-                            Ok(start + ins.len() as u64)
+                            Ok(at + ins.len() as u64)
                         }
                         None => Err(mismatch(
                             self,
@@ -1121,16 +1126,14 @@ impl<'a> Walk<'a> {
                 }
                 if ins.mnemonic() == Mnemonic::Ret && ins.len() == 1 {
                     self.note("return-thunk: ret");
-                    return Ok(self.skip_int3(start + 1, start + u64::from(*len)));
+                    return Ok(self.skip_int3(at + 1, at + u64::from(*len)));
                 }
                 Err(mismatch(
                     self,
                     "a return site holds neither a return thunk jump nor ret",
                 ))
             }
-            Rendering::Retpoline { obj: o_ins, thunk } => {
-                self.retpoline(code, *o_ins, *thunk, start)
-            }
+            Rendering::Retpoline { obj: o_ins, thunk } => self.retpoline(code, *o_ins, *thunk, at),
             Rendering::JumpLabel(target) => {
                 let Some(ins) =
                     run.filter(|i| i.mnemonic() == Mnemonic::Jmp && x86::is_direct_branch(i))
@@ -1144,16 +1147,9 @@ impl<'a> Walk<'a> {
                     mismatch(self, "the object's static key site does not decode")
                 })?;
                 let expect = self.referent(target);
-                self.check_expect(
-                    code,
-                    obj,
-                    start,
-                    ins.near_branch_target(),
-                    expect,
-                    "jumps to",
-                )?;
+                self.check_expect(code, obj, at, ins.near_branch_target(), expect, "jumps to")?;
                 self.note("jump-label: jmp");
-                Ok(start + ins.len() as u64)
+                Ok(at + ins.len() as u64)
             }
             Rendering::StaticCall { tail, len } => {
                 let Some(ins) = run else {
@@ -1162,11 +1158,11 @@ impl<'a> Walk<'a> {
                 let want = if *tail { Mnemonic::Jmp } else { Mnemonic::Call };
                 if ins.mnemonic() == want && x86::is_direct_branch(&ins) && ins.len() == 5 {
                     self.note("static-call: direct");
-                    return Ok(start + 5);
+                    return Ok(at + 5);
                 }
                 if *tail && ins.mnemonic() == Mnemonic::Ret && ins.len() == 1 {
                     self.note("static-call: ret");
-                    return Ok(self.skip_int3(start + 1, start + u64::from(*len)));
+                    return Ok(self.skip_int3(at + 1, at + u64::from(*len)));
                 }
                 Err(mismatch(
                     self,
@@ -1176,12 +1172,28 @@ impl<'a> Walk<'a> {
             Rendering::ParavirtCall => match run {
                 Some(ins) if ins.mnemonic() == Mnemonic::Call && x86::is_direct_branch(&ins) => {
                     self.note("paravirt: direct call");
-                    Ok(start + ins.len() as u64)
+                    Ok(at + ins.len() as u64)
                 }
                 _ => Err(mismatch(self, "a paravirt site holds no direct call")),
             },
-            Rendering::Replacement(repl) => self.replacement(repl, start),
+            Rendering::Replacement(repl) => self.replacement(repl, at),
         }
+    }
+
+    /// Past the no-ops and `int3`s from `addr` that end by `limit`.
+    fn padding(&mut self, mut addr: u64, limit: u64) -> u64 {
+        while addr < limit {
+            match self.run_insn(addr) {
+                Some(ins)
+                    if (x86::is_nop(&ins) || ins.mnemonic() == Mnemonic::Int3)
+                        && addr + ins.len() as u64 <= limit =>
+                {
+                    addr += ins.len() as u64;
+                }
+                _ => break,
+            }
+        }
+        addr
     }
 
     fn skip_int3(&mut self, mut addr: u64, end: u64) -> u64 {
@@ -1198,6 +1210,7 @@ impl<'a> Walk<'a> {
             kind: super::before::RelocKind::Abs64,
             addend: r.addend,
             target: r.target.clone(),
+            implicit: false,
         };
         self.expect(&site, 0)
     }

@@ -45,6 +45,19 @@ pub fn decode_all(bytes: &[u8], ip: u64) -> Vec<Insn> {
     out
 }
 
+/// Where the displacement of a `%rip`-relative memory operand is in the
+/// instruction: `(offset, size)`.
+pub fn displacement_field(bytes: &[u8]) -> Option<(usize, usize)> {
+    let mut d = Decoder::with_ip(64, bytes, 0, DecoderOptions::NONE);
+    let ins = d.decode();
+    if ins.is_invalid() || !ins.is_ip_rel_memory_operand() {
+        return None;
+    }
+    let c = d.get_constant_offsets(&ins);
+    c.has_displacement()
+        .then(|| (c.displacement_offset(), c.displacement_size()))
+}
+
 /// A no-op, whatever its length: padding, or a site the kernel turned off.
 pub fn is_nop(ins: &Instruction) -> bool {
     ins.mnemonic() == Mnemonic::Nop

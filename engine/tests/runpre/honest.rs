@@ -420,3 +420,36 @@ fn unreadable_code_is_reported() {
         "{report}"
     );
 }
+
+#[test]
+fn calls_within_a_shared_section_are_checked_and_freed_init_code_is_recognised() {
+    let fx = fixture("init.c");
+    let image = runpre::before_image(&fx.pre, "init_main").unwrap();
+    assert_eq!(image.section, ".init.text");
+    let implicit: Vec<_> = image.relocs.iter().filter(|r| r.implicit).collect();
+    assert!(!implicit.is_empty(), "{:?}", image.relocs);
+
+    let mut kernel = Kernel::new();
+    kernel.define("g", 0xffff_ffff_8300_0000, 'D');
+    let addrs = kernel.link(&fx.shipped);
+    let stats = matched(&check(&image, &kernel)).clone();
+    assert!(stats.relocs_checked >= implicit.len(), "{stats:?}");
+
+    // Calling the wrong function of the section is refused.
+    let mut wrong = Kernel::new();
+    wrong.define("g", 0xffff_ffff_8300_0000, 'D');
+    wrong.define("init_helper", 0xffff_ffff_8180_0000, 'T');
+    let report = runpre::match_function(
+        &image,
+        &[addrs["init_main"]],
+        &kernel.text(),
+        &wrong.kallsyms(),
+    );
+    assert_eq!(report.outcome, Outcome::Differs, "{report}");
+
+    // After boot the kernel frees __init code and fills it with int3.
+    let len = image.size as usize;
+    kernel.poke(addrs["init_main"], &vec![0xcc; len]);
+    let report = check(&image, &kernel);
+    assert_eq!(report.outcome, Outcome::Freed, "{report}");
+}
