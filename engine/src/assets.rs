@@ -33,6 +33,9 @@ pub const SOURCE_PACKAGE: &str = "linux-source-6.1";
 const SOURCE_TARBALL: &str = "usr/src/linux-source-6.1.tar.xz";
 /// Written when a prepared source tree is complete.
 const PREPARED_MARKER: &str = ".kstack-prepared";
+/// The files that preparing the tree generated (one relative path a line): kbuild
+/// rewrites them in place, so a hard-linked copy must copy them instead.
+pub const GENERATED_LIST: &str = ".kstack-generated";
 
 /// An asset that is missing or could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -337,7 +340,10 @@ fn prepare_source(
     let deb = download(&cache.debs(), SOURCE_PACKAGE, version, log)?;
     let parent = kernel.src.parent().expect("the source dir has a parent");
     mkdir(parent)?;
-    let tmp = parent.join("linux.partial");
+    // Prepared in place: kbuild records absolute paths (objtool's build), so a tree
+    // moved after preparing would rebuild them in every copy. The marker, written
+    // last, says the tree is complete; without it the tree is redone.
+    let tmp = kernel.src.clone();
     remove_if_exists(&tmp)?;
     mkdir(&tmp)?;
     log(&format!("unpacking {SOURCE_PACKAGE}={version}"));
@@ -349,6 +355,9 @@ fn prepare_source(
         tmp = tmp.display(),
     );
     run_ok(Command::new("bash").args(["-ec", &format!("set -o pipefail; {script}")]))?;
+    // tar gives the sources their release dates: whatever is newer than this, the
+    // preparation wrote.
+    let cutoff = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
 
     log("preparing the source tree (make olddefconfig prepare modules_prepare)");
     let config = kernel.headers().join(".config");
@@ -394,9 +403,32 @@ fn prepare_source(
             .args(["prepare", "modules_prepare"])
             .arg(&release_arg),
     )?;
-    write(&tmp.join(PREPARED_MARKER), version)?;
-    remove_if_exists(&kernel.src)?;
-    rename(&tmp, &kernel.src)
+    let mut generated = Vec::new();
+    list_newer(&tmp, &tmp, cutoff, &mut generated)?;
+    generated.sort();
+    write(&tmp.join(GENERATED_LIST), &generated.join("\n"))?;
+    write(&tmp.join(PREPARED_MARKER), version)
+}
+
+/// Files under `dir` modified at or after `cutoff`, relative to `root`.
+fn list_newer(
+    root: &Path,
+    dir: &Path,
+    cutoff: std::time::SystemTime,
+    out: &mut Vec<String>,
+) -> Result<(), AssetError> {
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let path = entry.path();
+        let meta = std::fs::symlink_metadata(&path).map_err(io_err(&path))?;
+        if meta.is_dir() {
+            list_newer(root, &path, cutoff, out)?;
+        } else if meta.is_file() && meta.modified().map_err(io_err(&path))? >= cutoff {
+            let rel = path.strip_prefix(root).expect("under the root");
+            out.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    Ok(())
 }
 
 /// Downloads one package version into `dir` unless it is there already.

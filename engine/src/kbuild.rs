@@ -102,11 +102,15 @@ pub fn build_module_with(
             source,
         })?;
         let name = file_name.to_str().unwrap_or_default();
-        if let Some(stem) = name
-            .strip_suffix(".c")
-            .or_else(|| name.strip_suffix(".o_shipped"))
-        {
+        if let Some(stem) = name.strip_suffix(".c") {
             objects.push(format!("{stem}.o"));
+        } else if let Some(stem) = name.strip_suffix(".o_shipped") {
+            objects.push(format!("{stem}.o"));
+            // modpost reads every object's .cmd file (for the module's srcversion);
+            // a prebuilt object has no source to list.
+            let cmd = build_dir.join(format!(".{stem}.o.cmd"));
+            std::fs::write(&cmd, format!("savedcmd_{stem}.o := cp {name} {stem}.o\n"))
+                .map_err(|source| KbuildError::Io { path: cmd, source })?;
         }
     }
     if objects.is_empty() {

@@ -19,15 +19,14 @@
 #![allow(clippy::unwrap_used)] // a test: any failure should stop it loudly
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use kstack_engine::assets::{Cache, Kernel};
 use kstack_engine::build::klp::{self, ExtractRequest, FunctionSpec, insn};
+use kstack_engine::build::tree::WorkTree;
 use kstack_engine::build::{Resolution, ResolveError, SymbolResolver};
 use kstack_engine::sandbox::{self, Sandbox, SandboxOptions};
-use nix::fcntl::{Flock, FlockArg};
 use object::read::elf::{ElfFile64, FileHeader as _, SectionHeader as _};
 use object::{Endianness, Object, ObjectSection, ObjectSymbol, elf};
 
@@ -41,63 +40,16 @@ fn kernel() -> Kernel {
         .unwrap_or_else(|e| panic!("no test kernel: {e}\nrun `{SETUP}` first"))
 }
 
-/// A private copy of the prepared source tree, made once and reused: hard links to
-/// the shared tree for the sources, real copies of everything `prepare` generated,
-/// because make rewrites some of those files in place (`.cmd` and `.d` files). Held
-/// under a lock, since make must not run twice in one tree.
-fn kernel_tree(kernel: &Kernel) -> (PathBuf, Flock<File>) {
+/// A private work tree of the kernel's prepared source: the builder's own
+/// (hard links to the sources, copies of what preparing generated), so edits and
+/// builds never reach the shared tree.
+fn kernel_tree(kernel: &Kernel) -> WorkTree {
     let shared = kernel
         .source()
         .unwrap_or_else(|| panic!("no prepared source tree\nrun `{SETUP}` first"));
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("klp-tree");
-    std::fs::create_dir_all(&base).unwrap();
-    let lock = File::create(base.join("lock")).unwrap();
-    let lock = Flock::lock(lock, FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .unwrap();
-    let tree = base.join(&kernel.release);
-    if !tree.join(".kstack-klp-copy").is_file() {
-        let tmp = base.join(format!("{}.tmp", kernel.release));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let status = Command::new("cp")
-            .arg("-al")
-            .arg(&shared)
-            .arg(&tmp)
-            .status()
-            .unwrap();
-        assert!(status.success(), "cp -al {}", shared.display());
-        // Sources keep the distribution's dates; what `prepare` made is newer.
-        let sources_date = std::fs::metadata(shared.join("Makefile"))
-            .unwrap()
-            .modified()
-            .unwrap();
-        unshare_newer_than(&tmp, sources_date);
-        std::fs::write(tmp.join(".kstack-klp-copy"), "").unwrap();
-        let _ = std::fs::remove_dir_all(&tree);
-        std::fs::rename(&tmp, &tree).unwrap();
-    }
-    (tree, lock)
-}
-
-/// Replaces every hard-linked file newer than `date` under `dir` by a copy (same
-/// contents, permissions and dates), so that writing it cannot reach the shared tree.
-fn unshare_newer_than(dir: &Path, date: std::time::SystemTime) {
-    use std::os::unix::fs::MetadataExt;
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let path = entry.path();
-        let meta = std::fs::symlink_metadata(&path).unwrap();
-        if meta.is_dir() {
-            unshare_newer_than(&path, date);
-        } else if meta.is_file() && meta.nlink() > 1 && meta.modified().unwrap() > date {
-            let tmp = path.with_extension("kstack-unshare");
-            std::fs::copy(&path, &tmp).unwrap();
-            let copy = File::options().write(true).open(&tmp).unwrap();
-            copy.set_modified(meta.modified().unwrap()).unwrap();
-            drop(copy);
-            std::fs::rename(&tmp, &path).unwrap();
-        }
-    }
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("klp-trees");
+    WorkTree::new(&shared, &base, &kernel.release)
+        .unwrap_or_else(|e| panic!("copying {}: {e}", shared.display()))
 }
 
 /// Writes `contents` to `path` in the private tree as a new file, so that the shared
@@ -111,22 +63,12 @@ fn replace_file(path: &Path, contents: &str) {
 }
 
 /// Compiles one object of the kernel the way the builder compiles a translation unit.
-fn make_object(tree: &Path, kernel: &Kernel, object: &str) -> Vec<u8> {
-    let out = Command::new("make")
-        .arg("-C")
-        .arg(tree)
-        .arg("-s")
-        .arg(format!("KERNELRELEASE={}", kernel.release))
-        .arg("KCFLAGS=-ffunction-sections -fdata-sections")
-        .arg(object)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "make {object}:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read(tree.join(object)).unwrap()
+fn make_object(tree: &WorkTree, object: &str) -> Vec<u8> {
+    let out = tree.path().join(".kstack-test");
+    let built = tree
+        .compile(&[object.to_owned()], &out)
+        .unwrap_or_else(|e| panic!("make {object}:\n{e}"));
+    std::fs::read(&built[0]).unwrap()
 }
 
 /// The test's resolver: what `Module.symvers` lists is exported, the few statics
@@ -327,12 +269,12 @@ fn sections(output: &str) -> HashMap<String, String> {
 #[test]
 fn changed_functions_of_two_files_load_and_work_in_the_kernel() {
     let kernel = kernel();
-    let (tree, lock) = kernel_tree(&kernel);
+    let tree = kernel_tree(&kernel);
     // Originals come from the shared tree: the private copy keeps the last run's edits.
     let shared = kernel.source().expect("kernel_tree() checked it");
     let original = |file: &str| std::fs::read_to_string(shared.join(file)).unwrap();
     // cmdline_proc_show() prints a marker, then saved_command_line (not exported).
-    let cmdline_c = tree.join("fs/proc/cmdline.c");
+    let cmdline_c = tree.path().join("fs/proc/cmdline.c");
     let original_cmdline = original("fs/proc/cmdline.c");
     replace_file(
         &cmdline_c,
@@ -344,7 +286,7 @@ fn changed_functions_of_two_files_load_and_work_in_the_kernel() {
     );
     // meminfo_proc_show() prints one more line first; the rest of it reads several
     // unexported globals and uses static_cpu_has() (alternatives, .altinstr_aux).
-    let meminfo_c = tree.join("fs/proc/meminfo.c");
+    let meminfo_c = tree.path().join("fs/proc/meminfo.c");
     let original_meminfo = original("fs/proc/meminfo.c");
     let anchor = "\tsi_meminfo(&i);\n";
     assert!(original_meminfo.contains(anchor));
@@ -356,9 +298,8 @@ fn changed_functions_of_two_files_load_and_work_in_the_kernel() {
             1,
         ),
     );
-    let cmdline_o = make_object(&tree, &kernel, "fs/proc/cmdline.o");
-    let meminfo_o = make_object(&tree, &kernel, "fs/proc/meminfo.o");
-    drop(lock);
+    let cmdline_o = make_object(&tree, "fs/proc/cmdline.o");
+    let meminfo_o = make_object(&tree, "fs/proc/meminfo.o");
 
     // What Module.symvers does not list is a global of vmlinux, unique by name here.
     let resolver = TestResolver::new(&kernel, &[], true);
@@ -562,7 +503,7 @@ fn check_decoding(object: &[u8], name: &str) -> usize {
 #[test]
 fn real_kernel_objects_decode_and_every_function_extracts() {
     let kernel = kernel();
-    let (tree, lock) = kernel_tree(&kernel);
+    let tree = kernel_tree(&kernel);
     // Objects rich in what the builder must understand: alternatives, static_cpu_has,
     // jump labels, static calls, user accesses, WARN_ONCE, paravirt.
     let objects: Vec<(&str, Vec<u8>)> = [
@@ -574,9 +515,8 @@ fn real_kernel_objects_decode_and_every_function_extracts() {
         "kernel/printk/printk.o",
     ]
     .iter()
-    .map(|o| (*o, make_object(&tree, &kernel, o)))
+    .map(|o| (*o, make_object(&tree, o)))
     .collect();
-    drop(lock);
     let resolver = TestResolver::new(&kernel, &[], true);
     for (name, object) in &objects {
         let checked = check_decoding(object, name);

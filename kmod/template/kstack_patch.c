@@ -21,13 +21,13 @@
  * The new functions live in the extracted object; only their addresses are
  * needed here, so a neutral prototype serves for all of them.
  */
-#define KSTACK_FUNC(old_name, new_symbol, old_sympos) extern void new_symbol(void);
+#define KSTACK_FUNC(old, new, pos) extern void new(void);
 KSTACK_VMLINUX_FUNCS
 #undef KSTACK_FUNC
 
 static struct klp_func kstack_vmlinux_funcs[] = {
-#define KSTACK_FUNC(old_name, new_symbol, old_sympos) \
-	{ .old_name = old_name, .new_func = new_symbol, .old_sympos = old_sympos },
+#define KSTACK_FUNC(old, new, pos) \
+	{ .old_name = old, .new_func = new, .old_sympos = pos },
 	KSTACK_VMLINUX_FUNCS
 #undef KSTACK_FUNC
 	{}

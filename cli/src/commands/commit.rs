@@ -18,28 +18,54 @@ use crate::context::Context;
 use crate::error::{CliError, Kind};
 use crate::ui::Ui;
 
-/// Add a prebuilt livepatch module to a stack as a new signed patch
+/// Turn a source fix into a live patch on top of a stack, signed
 ///
-/// The module must be a livepatch module (livepatch=Y in its .modinfo) built for the
-/// stack's kernel release. A stack is a name under one kernel build ID; a new one is
-/// pinned to --kernel (a build ID, or a kernel image to read it from), else to the
-/// running kernel. The functions the module replaces are read from its klp_func
-/// tables; --function adds more. A commit that loses a race with another kstack is
+/// With PATCH.diff (a unified diff against the kernel source, as `git diff` or
+/// `diff -u` writes it) or --git REPO REV (a commit of a kernel Git tree), kstack
+/// builds the patch for the stack's kernel: it compiles the translation units the
+/// change touches before and after it, with the kernel's own flags, on the Debian
+/// source of exactly that kernel with the stack's earlier patches applied; compares
+/// the objects function by function; and links the changed and new functions into a
+/// livepatch module, with livepatch relocations for what the module loader cannot
+/// resolve. Changes that cannot be live-applied (changed data, __init code, functions
+/// ftrace cannot redirect) are refused with the reason. A hook file
+/// (<PATCH>.hooks.c beside the diff, or --hooks) is compiled into the module; see
+/// kmod/include/kstack/hooks.h.
+///
+/// With --module, a prebuilt livepatch module built for the stack's kernel release is
+/// imported as it is; the functions it replaces are read from its klp_func tables
+/// (--function adds more).
+///
+/// A stack is a name under one kernel build ID; a new one is pinned to --kernel (a
+/// build ID, or a kernel image), else to the default kernel of the cache (diffs) or
+/// the running kernel (modules). A commit that loses a race with another kstack is
 /// rebuilt on the new head and retried.
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
-    kstack commit --module kstack_cmdline.ko --name fix-cmdline -m 'Fix /proc/cmdline'\n  \
-    kstack commit --module fix.ko --name fix --stack prod --kernel /boot/vmlinuz-6.1.0-56-cloud-amd64 -m 'Fix' \\\n      --function cmdline_proc_show --diff fix.diff")]
+    kstack commit examples/patches/0001-proc-version-banner.diff --stack prod\n  \
+    kstack commit --git ~/src/linux v6.1.193~3 --stack prod\n  \
+    kstack commit --module kstack_cmdline.ko --name fix-cmdline -m 'Fix /proc/cmdline'")]
 pub struct CommitArgs {
-    /// The livepatch module to import
-    #[arg(long, value_name = "FILE.ko")]
-    pub module: PathBuf,
-    /// The patch's name in the stack
-    #[arg(long, value_name = "NAME")]
-    pub name: String,
-    /// Why the patch is added (signed with the stack)
+    /// The source change: a unified diff against the kernel source
+    #[arg(value_name = "PATCH.diff", conflicts_with_all = ["module", "git"])]
+    pub patch: Option<PathBuf>,
+    /// A commit of a kernel Git tree to build instead of a diff file
+    #[arg(long, num_args = 2, value_names = ["REPO", "REV"], conflicts_with = "module")]
+    pub git: Option<Vec<String>>,
+    /// A hook file to build into the module [default: <PATCH>.hooks.c beside the diff]
+    #[arg(long, value_name = "FILE.c", conflicts_with = "module")]
+    pub hooks: Option<PathBuf>,
+    /// A prebuilt livepatch module to import
+    #[arg(long, value_name = "FILE.ko", required_unless_present_any = ["patch", "git"])]
+    pub module: Option<PathBuf>,
+    /// The patch's name in the stack [default for diffs: from the file name or the
+    /// commit's summary]
+    #[arg(long, value_name = "NAME", required_unless_present_any = ["patch", "git"])]
+    pub name: Option<String>,
+    /// Why the patch is added (signed with the stack) [default for diffs: the diff's
+    /// or the commit's first line]
     #[arg(long, short = 'm', value_name = "MESSAGE")]
-    pub message: String,
+    pub message: Option<String>,
     /// The stack [default: the config's [stack] name]
     #[arg(long, value_name = "NAME")]
     pub stack: Option<String>,
@@ -62,28 +88,85 @@ pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<Exit
     let ctx = Context::load(global, false)?;
     let store = ctx.open_store()?;
     let key = signing_key(&ctx, args.key.as_deref())?;
-    let module = read_input(&args.module)?;
-    let diff = args.diff.as_deref().map(read_input).transpose()?;
-    let (stack, release) = target_stack(
-        ui,
-        &ctx,
-        &store,
-        args.stack.as_deref(),
-        args.kernel.as_deref(),
-    )?;
-    let module_file = args.module.file_name().map_or_else(
-        || args.module.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    );
-    let patch = NewPatch {
-        name: args.name.clone(),
-        module,
-        module_file,
-        diff,
-        functions: args.functions.clone(),
-        build: Default::default(),
-        source: PatchSource::Prebuilt,
-        extra: Default::default(),
+    let change = match (&args.patch, &args.git) {
+        (Some(path), _) => Some(super::commit_diff::from_file(path, args.hooks.as_deref())?),
+        (None, Some(git)) => Some(super::commit_diff::from_git(
+            Path::new(&git[0]),
+            &git[1],
+            args.hooks.as_deref(),
+        )?),
+        (None, None) => None,
+    };
+    let (stack, release) = match (&change, &args.kernel) {
+        // A new stack for a source change is pinned to the cache's default kernel:
+        // the build host's own kernel is rarely the target.
+        (Some(_), None) if !stack_exists(&ctx, &store, args.stack.as_deref())? => {
+            let kernel = kstack_engine::assets::Cache::from_env()
+                .current()
+                .map_err(|e| CliError::new(Kind::Unavailable, crate::error::chain(&e)))?;
+            let build_id = kernel
+                .build_id()
+                .map_err(|e| CliError::new(Kind::Data, crate::error::chain(&e)))?;
+            let name = stack_name(&ctx, args.stack.as_deref())?;
+            ui.status(format!(
+                "new stack {name}: pinned to kernel {} ({build_id})",
+                kernel.release
+            ));
+            (StackId::new(build_id, &name)?, Some(kernel.release))
+        }
+        _ => target_stack(
+            ui,
+            &ctx,
+            &store,
+            args.stack.as_deref(),
+            args.kernel.as_deref(),
+        )?,
+    };
+    let (patch, message) = match (&change, &args.module) {
+        (Some(change), _) => {
+            let name = args
+                .name
+                .clone()
+                .unwrap_or_else(|| change.default_name.clone());
+            let message = args
+                .message
+                .clone()
+                .or_else(|| change.default_message.clone())
+                .ok_or_else(|| {
+                    CliError::new(Kind::Usage, "the diff has no message line: pass -m MESSAGE")
+                })?;
+            let mut patch = super::commit_diff::build(ui, &store, &stack, &name, change)?;
+            patch.functions.extend(args.functions.iter().cloned());
+            (patch, message)
+        }
+        (None, Some(module_path)) => {
+            let module = read_input(module_path)?;
+            let diff = args.diff.as_deref().map(read_input).transpose()?;
+            let module_file = module_path.file_name().map_or_else(
+                || module_path.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            let message = args.message.clone().ok_or_else(|| {
+                CliError::new(Kind::Usage, "pass -m MESSAGE: why the patch is added")
+            })?;
+            let patch = NewPatch {
+                name: args.name.clone().unwrap_or_default(),
+                module,
+                module_file,
+                diff,
+                functions: args.functions.clone(),
+                build: Default::default(),
+                source: PatchSource::Prebuilt,
+                extra: Default::default(),
+            };
+            (patch, message)
+        }
+        (None, None) => {
+            return Err(CliError::new(
+                Kind::Usage,
+                "nothing to commit: give PATCH.diff, --git REPO REV or --module FILE.ko",
+            ));
+        }
     };
     let author = author();
     let prepared = with_retry(ui, &stack, || {
@@ -91,7 +174,7 @@ pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<Exit
             &stack,
             release.as_deref(),
             patch.clone(),
-            &args.message,
+            &message,
             &author,
             &key,
         )
@@ -251,6 +334,13 @@ pub(crate) fn kernel_hint(arg: Option<&str>) -> Result<Option<BuildId>, CliError
         Some(arg) => Ok(Some(parse_kernel(arg)?.build_id)),
         None => Ok(ident::running_kernel_build_id().ok()),
     }
+}
+
+/// Whether the stack a write goes to exists already (for any kernel).
+fn stack_exists(ctx: &Context, store: &Store, flag: Option<&str>) -> Result<bool, CliError> {
+    let name = stack_name(ctx, flag)?;
+    let running = ident::running_kernel_build_id().ok();
+    Ok(store.find_stack(&name, running.as_ref())?.is_some())
 }
 
 /// The stack name a command means: the flag, else the config's `[stack] name`.

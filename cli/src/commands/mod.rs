@@ -9,10 +9,11 @@ use crate::error::CliError;
 use crate::ui::Ui;
 
 pub mod commit;
+pub mod commit_diff;
 pub mod generations;
 pub mod guest_init;
-pub mod kernel;
 pub mod init;
+pub mod kernel;
 pub mod key;
 pub mod log;
 pub mod plan;

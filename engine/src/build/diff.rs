@@ -1138,6 +1138,15 @@ impl<'d> Elf<'d> {
             return format!("absolute{}", signed_hex(at));
         };
         let sym = &self.symbols[sym_index];
+        // A string literal reached through a local label (`.LC5`, as GCC emits for
+        // the file names of `__bug_table` entries): its contents, not its label,
+        // whose number shifts with every other literal of the file.
+        if let Some(section) = sym.section
+            && self.sections[section].class == Class::Strings
+            && let Some(text) = c_string_at(self.sections[section].data, sym.value as i64 + at)
+        {
+            return format!("\"{}\"", text.escape_ascii());
+        }
         let (SymKind::Section, Some(section)) = (sym.kind, sym.section) else {
             return format!("{}{}", self.name_of(sym_index, namer), signed_hex(at));
         };

@@ -10,6 +10,7 @@
 
 pub mod diff;
 pub mod klp;
+pub mod pipeline;
 pub mod symbols;
 pub mod tree;
 
@@ -29,7 +30,9 @@ pub enum Resolution {
 pub enum ResolveError {
     #[error("symbol {name} is not in the target kernel's symbol table")]
     Missing { name: String },
-    #[error("symbol {name} is ambiguous: {candidates} local symbols have that name and the translation unit does not say which ({detail})")]
+    #[error(
+        "symbol {name} is ambiguous: {candidates} local symbols have that name and the translation unit does not say which ({detail})"
+    )]
     Ambiguous {
         name: String,
         candidates: usize,

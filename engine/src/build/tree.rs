@@ -71,6 +71,14 @@ impl WorkTree {
             .arg("-al")
             .arg(format!("{}/.", prepared.display()))
             .arg(dir.path()))?;
+        // kbuild rewrites the files that preparing generated (.cmd, .d, objtool's
+        // build) by truncating them: those must be copies, or the write would land in
+        // the shared tree.
+        let list = prepared.join(crate::assets::GENERATED_LIST);
+        let generated = std::fs::read_to_string(&list).map_err(io(&list))?;
+        for rel in generated.lines().filter(|l| !l.is_empty()) {
+            unshare(&dir.path().join(rel))?;
+        }
         Ok(WorkTree {
             dir,
             release: release.to_owned(),
@@ -225,6 +233,22 @@ impl WorkTree {
         }
         Ok(objects)
     }
+}
+
+/// Replaces a hard link by a copy with the same times (so make sees nothing new).
+fn unshare(path: &Path) -> Result<(), TreeError> {
+    let meta = std::fs::metadata(path).map_err(io(path))?;
+    let copy = path.with_extension("kstack-unshare");
+    std::fs::copy(path, &copy).map_err(io(path))?;
+    let times = std::fs::FileTimes::new()
+        .set_accessed(meta.accessed().map_err(io(path))?)
+        .set_modified(meta.modified().map_err(io(path))?);
+    std::fs::File::options()
+        .write(true)
+        .open(&copy)
+        .and_then(|f| f.set_times(times))
+        .map_err(io(&copy))?;
+    std::fs::rename(&copy, path).map_err(io(path))
 }
 
 /// The files a unified diff changes (the `+++ b/...` side, or `--- a/...` for a

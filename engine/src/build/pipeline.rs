@@ -1,0 +1,440 @@
+//! The whole build of one patch: work tree, pre and post objects, the differ, the
+//! output object, the module around it, the post-link rewrite.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kstack_store::digest::Sha256Digest;
+use kstack_store::model::{FunctionRef, VMLINUX as VMLINUX_OBJECT};
+
+use super::diff::{self, DiffOptions, DiffReport, Status};
+use super::klp;
+use super::symbols::{KernelSymbols, SymbolsError};
+use super::tree::{EXTRA_CFLAGS, TreeError, WorkTree};
+use crate::assets::Kernel;
+use crate::kbuild;
+
+/// The module template and the hook header, built into kstack so that a build needs
+/// nothing from the source checkout.
+const TEMPLATE_C: &str = include_str!("../../../kmod/template/kstack_patch.c");
+const HOOKS_H: &str = include_str!("../../../kmod/include/kstack/hooks.h");
+/// The generated header the template includes.
+const TABLE_H: &str = "kstack_patch_table.h";
+/// The module prefix of kstack-built patches (the reconciler's too).
+pub const MODULE_PREFIX: &str = crate::reconcile::host::MODULE_PREFIX;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(
+        "kernel {release} has no prepared source tree in the cache; run `kstack kernel add {release}`"
+    )]
+    NoSource { release: String },
+    #[error("{0}")]
+    Tree(#[from] TreeError),
+    #[error("{unit}: {source}")]
+    Diff {
+        unit: String,
+        #[source]
+        source: diff::DiffError,
+    },
+    #[error("the patch cannot be live-applied:\n{}", .0.join("\n"))]
+    Refused(Vec<String>),
+    #[error("the diff changes no function of the kernel (translation units: {0})")]
+    NoChange(String),
+    #[error("{unit}: {source}")]
+    Klp {
+        unit: String,
+        #[source]
+        source: klp::KlpError,
+    },
+    #[error("{0}")]
+    Symbols(#[from] SymbolsError),
+    #[error("building the module: {0}")]
+    Kbuild(#[from] kbuild::KbuildError),
+    #[error("post-link rewrite of the module: {0}")]
+    PostLink(klp::KlpError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct BuildRequest<'a> {
+    pub kernel: &'a Kernel,
+    /// The stack's earlier patches' diffs, bottom first: patch k is built on the
+    /// source with patches 1..k-1 applied.
+    pub earlier: Vec<(String, Vec<u8>)>,
+    /// The patch's diff.
+    pub diff: Vec<u8>,
+    /// The patch's hook file, if any.
+    pub hooks: Option<Vec<u8>>,
+    /// The patch's name (for messages and the module description).
+    pub name: String,
+    /// Identifies the stack position (the stack's build ID and the manifests of the
+    /// patches below), so the module name differs per position.
+    pub position: String,
+    /// The static kstack that boots the kernel to read its kallsyms the first time.
+    pub guest_binary: PathBuf,
+}
+
+/// The phases, for a progress bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Tree,
+    Pre,
+    Post,
+    Diff,
+    Symbols,
+    Extract,
+    Module,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 7] = [
+        Phase::Tree,
+        Phase::Pre,
+        Phase::Post,
+        Phase::Diff,
+        Phase::Symbols,
+        Phase::Extract,
+        Phase::Module,
+    ];
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Phase::Tree => "preparing a work tree",
+            Phase::Pre => "compiling the touched units before the change",
+            Phase::Post => "compiling them after the change",
+            Phase::Diff => "comparing the objects",
+            Phase::Symbols => "reading the kernel's symbols",
+            Phase::Extract => "extracting the new functions",
+            Phase::Module => "building the livepatch module",
+        }
+    }
+}
+
+/// A built patch.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub module_name: String,
+    pub module: Vec<u8>,
+    pub functions: Vec<FunctionRef>,
+    pub reports: BTreeMap<String, DiffReport>,
+    pub build_info: BTreeMap<String, String>,
+    /// The pre objects of the units, by unit (for run-pre matching).
+    pub pre_objects: BTreeMap<String, Vec<u8>>,
+    pub timings: Vec<(Phase, Duration)>,
+}
+
+/// Builds one patch.
+pub fn build(
+    req: &BuildRequest<'_>,
+    work: &Path,
+    progress: &mut dyn FnMut(Phase),
+) -> Result<Built, BuildError> {
+    let mut timings = Vec::new();
+    let mut phase_start = Instant::now();
+    let mut enter = |phase: Phase, timings: &mut Vec<(Phase, Duration)>| {
+        if let Some((last, _)) = timings.last().copied() {
+            let _ = last;
+        }
+        progress(phase);
+        let now = Instant::now();
+        if let Some(prev) = timings.last_mut() {
+            let (_, d): &mut (Phase, Duration) = prev;
+            *d = now - phase_start;
+        }
+        phase_start = now;
+        timings.push((phase, Duration::ZERO));
+    };
+
+    let release = &req.kernel.release;
+    let source = req.kernel.source().ok_or_else(|| BuildError::NoSource {
+        release: release.clone(),
+    })?;
+    enter(Phase::Tree, &mut timings);
+    let tree = WorkTree::new(&source, &work.join("trees"), release)?;
+    for (name, diff) in &req.earlier {
+        tree.apply(diff, &format!("earlier patch {name}"))?;
+    }
+    let units = tree.units_for(&req.diff)?;
+
+    enter(Phase::Pre, &mut timings);
+    let out = tree.path().join(".kstack");
+    let pre_paths = tree.compile(&units, &out.join("pre"))?;
+    tree.apply(&req.diff, &format!("patch {}", req.name))?;
+    enter(Phase::Post, &mut timings);
+    let post_paths = tree.compile(&units, &out.join("post"))?;
+
+    enter(Phase::Diff, &mut timings);
+    let mut reports = BTreeMap::new();
+    let mut pre_objects = BTreeMap::new();
+    let mut post_objects = BTreeMap::new();
+    let mut refusals = Vec::new();
+    let options = DiffOptions::default();
+    for ((unit, pre), post) in units.iter().zip(&pre_paths).zip(&post_paths) {
+        let pre = std::fs::read(pre).map_err(io(pre))?;
+        let post = std::fs::read(post).map_err(io(post))?;
+        let report =
+            diff::diff_objects(&pre, &post, &options).map_err(|source| BuildError::Diff {
+                unit: unit.clone(),
+                source,
+            })?;
+        refusals.extend(report.refusals.iter().map(|r| format!("  {unit}: {r}")));
+        reports.insert(unit.clone(), report);
+        pre_objects.insert(unit.clone(), pre);
+        post_objects.insert(unit.clone(), post);
+    }
+    if !refusals.is_empty() {
+        return Err(BuildError::Refused(refusals));
+    }
+    if reports
+        .values()
+        .all(|r| r.patched_functions().next().is_none())
+    {
+        return Err(BuildError::NoChange(units.join(", ")));
+    }
+
+    enter(Phase::Symbols, &mut timings);
+    let kallsyms_file = req.kernel.dir().join("kallsyms");
+    let kallsyms =
+        KernelSymbols::kallsyms_for(&req.kernel.vmlinuz(), &kallsyms_file, &req.guest_binary)?;
+    let symvers_path = req.kernel.headers().join("Module.symvers");
+    let symvers = std::fs::read_to_string(&symvers_path).map_err(io(&symvers_path))?;
+    let mut symbols = KernelSymbols::parse(&kallsyms, &symvers);
+    for (unit, pre) in &pre_objects {
+        symbols.add_translation_unit(unit, defined_names(pre));
+    }
+
+    enter(Phase::Extract, &mut timings);
+    let module_name = module_name(req);
+    let module_dir = work.join("module");
+    if module_dir.exists() {
+        std::fs::remove_dir_all(&module_dir).map_err(io(&module_dir))?;
+    }
+    std::fs::create_dir_all(&module_dir).map_err(io(&module_dir))?;
+    let mut sources = Vec::new();
+    let mut table = Vec::new();
+    let mut functions = Vec::new();
+    for (index, (unit, report)) in reports.iter().enumerate() {
+        let specs: Vec<klp::FunctionSpec> = report
+            .patched_functions()
+            .map(|f| {
+                let post_name = f.post.as_ref().map_or(f.name.clone(), |p| p.name.clone());
+                klp::FunctionSpec {
+                    old_name: f
+                        .pre
+                        .as_ref()
+                        .map_or_else(|| post_name.clone(), |p| p.name.clone()),
+                    post_name,
+                    new: f.status == Status::New,
+                }
+            })
+            .collect();
+        if specs.is_empty() {
+            continue;
+        }
+        let request = klp::ExtractRequest {
+            object: &post_objects[unit],
+            tu: unit,
+            objname: VMLINUX_OBJECT,
+            functions: &specs,
+        };
+        let extracted = klp::extract(&request, &symbols).map_err(|source| BuildError::Klp {
+            unit: unit.clone(),
+            source,
+        })?;
+        let object = module_dir.join(format!("kstack_unit{index}.o_shipped"));
+        std::fs::write(&object, &extracted.object).map_err(io(&object))?;
+        sources.push(object);
+        for f in extracted.functions.iter().filter(|f| !f.new) {
+            // Only functions the running kernel has are redirected; new ones are
+            // reached from the redirected ones.
+            let sympos = f.old_sympos.unwrap_or(0);
+            table.push(format!(
+                "\tKSTACK_FUNC(\"{}\", {}, {sympos})",
+                f.old_name, f.symbol
+            ));
+            functions.push(FunctionRef {
+                object: VMLINUX_OBJECT.to_owned(),
+                name: f.old_name.clone(),
+                sympos,
+            });
+        }
+    }
+
+    enter(Phase::Module, &mut timings);
+    let template = module_dir.join(format!("{module_name}_main.c"));
+    std::fs::write(&template, TEMPLATE_C).map_err(io(&template))?;
+    let table_path = module_dir.join(TABLE_H);
+    std::fs::write(&table_path, table_header(req, &module_name, &table))
+        .map_err(io(&table_path))?;
+    let include = module_dir.join("include/kstack");
+    std::fs::create_dir_all(&include).map_err(io(&include))?;
+    std::fs::write(include.join("hooks.h"), HOOKS_H).map_err(io(&include))?;
+    let mut c_sources = vec![template, table_path];
+    if let Some(hooks) = &req.hooks {
+        let path = module_dir.join(format!("{module_name}_hooks.c"));
+        std::fs::write(&path, hooks).map_err(io(&path))?;
+        c_sources.push(path);
+    }
+    c_sources.extend(sources);
+    let spec = kbuild::ModuleSpec {
+        name: module_name.clone(),
+        sources: c_sources,
+        ccflags: vec![format!("-I{}", module_dir.join("include").display())],
+    };
+    let built_dir = work.join("kbuild");
+    let ko = kbuild::build_module_with(
+        &req.kernel.headers(),
+        &spec,
+        &built_dir,
+        &kbuild::Options {
+            // The new functions' unexported references stay undefined until the
+            // post-link step turns them into livepatch relocations.
+            modpost_warn: true,
+        },
+    )?;
+    let linked = std::fs::read(&ko).map_err(io(&ko))?;
+    let module = klp::post_link(&linked).map_err(BuildError::PostLink)?.ko;
+    if let Some(last) = timings.last_mut() {
+        last.1 = phase_start.elapsed();
+    }
+
+    let mut build_info = BTreeMap::new();
+    build_info.insert("compiler".into(), compiler_version());
+    build_info.insert("kcflags".into(), EXTRA_CFLAGS.into());
+    build_info.insert("kernel_release".into(), release.clone());
+    if let Some(v) = req.kernel.version() {
+        build_info.insert("source".into(), format!("linux-source-6.1={v}"));
+    }
+    build_info.insert("units".into(), units.join(" "));
+    build_info.insert("kstack".into(), env!("CARGO_PKG_VERSION").into());
+    Ok(Built {
+        module_name,
+        module,
+        functions,
+        reports,
+        build_info,
+        pre_objects,
+        timings,
+    })
+}
+
+/// `kstack_<12 hex>`: from the patch's position and content, so the same diff on
+/// another stack or position is another module, and the name maps back to the store.
+pub fn module_name(req: &BuildRequest<'_>) -> String {
+    let mut bytes = req.position.as_bytes().to_vec();
+    bytes.push(0);
+    bytes.extend_from_slice(&req.diff);
+    bytes.push(0);
+    if let Some(h) = &req.hooks {
+        bytes.extend_from_slice(h);
+    }
+    format!(
+        "{MODULE_PREFIX}{}",
+        &Sha256Digest::of(&bytes).to_hex()[..12]
+    )
+}
+
+fn table_header(req: &BuildRequest<'_>, module_name: &str, table: &[String]) -> String {
+    let mut text = String::from("/* Generated by kstack: the patch's function table. */\n");
+    text.push_str(&format!(
+        "#define KSTACK_PATCH_NAME \"{}\"\n",
+        c_escape(&req.name)
+    ));
+    text.push_str(&format!(
+        "#define KSTACK_PATCH_DESCRIPTION \"kstack patch {} ({module_name})\"\n",
+        c_escape(&req.name)
+    ));
+    text.push_str("#define KSTACK_VMLINUX_FUNCS \\\n");
+    for line in table {
+        text.push_str(line);
+        text.push_str(" \\\n");
+    }
+    text.push('\n');
+    let states = req
+        .hooks
+        .as_deref()
+        .map(|h| hook_states(&String::from_utf8_lossy(h)))
+        .unwrap_or_default();
+    if !states.is_empty() {
+        let entries: Vec<String> = states
+            .iter()
+            .map(|(id, v)| format!("{{ .id = {id}, .version = {v} }}"))
+            .collect();
+        text.push_str(&format!("#define KSTACK_STATES {}\n", entries.join(", ")));
+    }
+    text
+}
+
+/// `KSTACK_STATE(id, version)` lines of a hook file.
+pub fn hook_states(hooks: &str) -> Vec<(u64, u64)> {
+    hooks
+        .lines()
+        .filter_map(|l| {
+            let rest = l.trim().strip_prefix("KSTACK_STATE(")?;
+            let (args, _) = rest.split_once(')')?;
+            let (id, version) = args.split_once(',')?;
+            Some((id.trim().parse().ok()?, version.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn c_escape(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control())
+        .map(|c| if c == '"' || c == '\\' { '_' } else { c })
+        .collect()
+}
+
+/// Every symbol an object defines (for telling same-named statics apart).
+fn defined_names(object: &[u8]) -> Vec<String> {
+    use object::{Object, ObjectSymbol};
+    let Ok(file) = object::File::parse(object) else {
+        return Vec::new();
+    };
+    file.symbols()
+        .filter(|s| s.is_definition())
+        .filter_map(|s| s.name().ok().map(diff::normalize_name))
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+fn compiler_version() -> String {
+    Command::new("gcc")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_states_are_read_from_the_hook_file() {
+        let text = "#include <kstack/hooks.h>\nKSTACK_STATE(7, 2);\n  KSTACK_STATE( 9 ,1 );\nKSTACK_STATE(x, 1);\n";
+        assert_eq!(hook_states(text), [(7, 2), (9, 1)]);
+    }
+}
