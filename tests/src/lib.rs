@@ -160,3 +160,117 @@ pub fn build_module_cached(name: &str, sources: &[(&str, String)]) -> PathBuf {
 }
 
 pub mod stack;
+
+/// The `kstack` binary the tests run as a user would: the static build (the same
+/// binary the VM runs), with no config from the environment.
+pub fn kstack_cli() -> std::process::Command {
+    let bin = sandbox::find_guest_binary()
+        .unwrap_or_else(|e| panic!("no static kstack: {e}\nrun `{SETUP}` first"));
+    let mut cmd = std::process::Command::new(bin);
+    cmd.env_remove("KSTACK_CONFIG")
+        .env_remove("KSTACK_STORE")
+        .env_remove("KSTACK_STATE_DIR")
+        .env("KSTACK_AUTHOR", "kstack tests <tests@kstack.invalid>")
+        .env("KSTACK_TIMESTAMP", "1700000000");
+    cmd
+}
+
+/// Runs a command and returns its stdout, panicking with its output if it fails.
+pub fn run_ok(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A store and a signing key made with the CLI, in a temporary directory, and a
+/// config for the guest that trusts the key.
+#[derive(Debug)]
+pub struct CliStore {
+    pub dir: tempfile::TempDir,
+    pub store: PathBuf,
+    pub key: PathBuf,
+    pub public: String,
+}
+
+impl CliStore {
+    pub fn new() -> CliStore {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let key = dir.path().join("signing.key");
+        run_ok(kstack_cli().arg("--store").arg(&store).arg("init"));
+        let out = run_ok(
+            kstack_cli()
+                .args(["--json", "key", "generate", "--out"])
+                .arg(&key),
+        );
+        let value: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let public = value["public_key"]
+            .as_str()
+            .or_else(|| value["public"].as_str())
+            .unwrap_or_else(|| panic!("no public key in {value}"))
+            .to_owned();
+        CliStore {
+            dir,
+            store,
+            key,
+            public,
+        }
+    }
+
+    /// `kstack commit <diff> --stack <stack>`; returns the JSON report.
+    pub fn commit_diff(&self, stack: &str, diff: &Path) -> serde_json::Value {
+        let out = run_ok(
+            kstack_cli()
+                .arg("--store")
+                .arg(&self.store)
+                .args(["--json", "commit"])
+                .arg(diff)
+                .args(["--stack", stack, "--key"])
+                .arg(&self.key),
+        );
+        serde_json::from_str(out.trim()).unwrap()
+    }
+
+    /// A guest config for `stack` (pinned to `commit` if given).
+    pub fn config(&self, stack: Option<&str>, commit: Option<&str>, timeout: &str) -> String {
+        let mut text = format!("[store]\npath = \"{}\"\n\n", stack::GUEST_STORE);
+        if let Some(stack) = stack {
+            text.push_str(&format!("[stack]\nname = \"{stack}\"\n"));
+            if let Some(c) = commit {
+                text.push_str(&format!("commit = \"{c}\"\n"));
+            }
+            text.push('\n');
+        }
+        text.push_str(&format!(
+            "[trust]\nkeys = [\"{}\"]\n\n[sync]\ntransition_timeout = \"{timeout}\"\nstate_dir = \"{}\"\n",
+            self.public,
+            stack::GUEST_STATE
+        ));
+        text
+    }
+
+    /// Copies the store into the VM and writes `configs` as `/etc/kstack/<name>.toml`.
+    pub fn install(&self, vm: &mut Sandbox, configs: &[(&str, String)]) {
+        vm.add_host_tree(stack::GUEST_STORE, &self.store).unwrap();
+        for (name, text) in configs {
+            vm.add_file(
+                &format!("{}/{name}.toml", stack::GUEST_CONFIG_DIR),
+                0o644,
+                text.clone(),
+            )
+            .unwrap();
+        }
+    }
+}
+
+impl Default for CliStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
