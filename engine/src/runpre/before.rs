@@ -45,12 +45,13 @@ mod sections {
     pub const JUMP_TARGET: u64 = 4;
     pub const JUMP_KEY: u64 = 8;
     /// `struct static_call_site` (include/linux/static_call_types.h): `s32 addr;
-    /// s32 key;`, the key's low bits flags (`STATIC_CALL_SITE_TAIL` = 2).
+    /// s32 key;`, the key's low bits flags (`STATIC_CALL_SITE_TAIL` = 1,
+    /// `STATIC_CALL_SITE_INIT` = 2).
     pub const STATIC_CALL_SITES: &str = ".static_call_sites";
     pub const STATIC_CALL_ENTRY: u64 = 8;
     pub const STATIC_CALL_ADDR: u64 = 0;
     pub const STATIC_CALL_KEY: u64 = 4;
-    pub const STATIC_CALL_SITE_TAIL: i64 = 2;
+    pub const STATIC_CALL_SITE_TAIL: i64 = 1;
     pub const STATIC_CALL_SITE_FLAGS: i64 = 3;
     /// `s32` offsets to `jmp __x86_return_thunk` and to calls and jumps through
     /// `__x86_indirect_thunk_*` (written by objtool, tools/objtool/check.c).
@@ -63,6 +64,11 @@ mod sections {
     pub const MCOUNT_LOC: &str = "__mcount_loc";
     /// The profiling hook `-mfentry` calls first thing (arch/x86/kernel/ftrace_64.S).
     pub const FENTRY: &str = "__fentry__";
+    /// Static call trampolines and keys (`STATIC_CALL_TRAMP_PREFIX`,
+    /// `STATIC_CALL_KEY_PREFIX`, include/linux/static_call_types.h): a trampoline
+    /// is one `jmp` that `static_call_update()` retargets, or turns into `ret`.
+    pub const STATIC_CALL_TRAMP_PREFIX: &str = "__SCT__";
+    pub const STATIC_CALL_KEY_PREFIX: &str = "__SCK__";
 }
 
 /// How a symbol is bound.
@@ -686,6 +692,17 @@ pub fn before_image_named(
                 kind: SiteKind::Fentry,
             });
         }
+    }
+    if let Some(call) = function.strip_prefix(sections::STATIC_CALL_TRAMP_PREFIX)
+        && code.first() == Some(&x86::JMP_REL32)
+    {
+        sites.push(Site {
+            offset: 0,
+            kind: SiteKind::StaticCall {
+                key: format!("{}{call}", sections::STATIC_CALL_KEY_PREFIX),
+                tail: true,
+            },
+        });
     }
     sites.sort_by_key(|s| s.offset);
     let image = BeforeImage {

@@ -6,6 +6,7 @@ use iced_x86::{
 
 /// Opcodes the kernel writes when it patches text (arch/x86/include/asm/text-patching.h).
 pub const CALL_REL32: u8 = 0xe8;
+pub const JMP_REL32: u8 = 0xe9;
 pub const INT3: u8 = 0xcc;
 /// The `LOCK` prefix and the `DS` prefix that replaces it on a uniprocessor
 /// (arch/x86/kernel/alternative.c, `alternatives_smp_unlock`).
