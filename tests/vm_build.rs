@@ -11,13 +11,15 @@ use kstack_tests::{CliStore, kernel, sandbox, sections, workspace_root};
 /// (relative path, mtime, length) of every generated file of the prepared tree and
 /// every file the examples touch: what a build could write through a hard link.
 fn snapshot(tree: &Path, extra: &[String]) -> Vec<(String, SystemTime, u64)> {
-    let list = std::fs::read_to_string(tree.join(kstack_engine::assets::GENERATED_LIST)).unwrap();
+    let list = std::fs::read_to_string(tree.join(kstack_engine::assets::GENERATED_LIST))
+        .expect("the prepared tree lists its generated files");
     list.lines()
         .map(str::to_owned)
         .chain(extra.iter().cloned())
         .map(|rel| {
-            let meta = std::fs::metadata(tree.join(&rel)).unwrap();
-            (rel, meta.modified().unwrap(), meta.len())
+            let meta = std::fs::metadata(tree.join(&rel)).expect("a file of the tree");
+            let modified = meta.modified().expect("mtime");
+            (rel, modified, meta.len())
         })
         .collect()
 }

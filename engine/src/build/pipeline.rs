@@ -47,14 +47,14 @@ pub enum BuildError {
     Klp {
         unit: String,
         #[source]
-        source: klp::KlpError,
+        source: Box<klp::KlpError>,
     },
     #[error("{0}")]
     Symbols(#[from] SymbolsError),
     #[error("building the module: {0}")]
     Kbuild(#[from] kbuild::KbuildError),
     #[error("post-link rewrite of the module: {0}")]
-    PostLink(klp::KlpError),
+    PostLink(Box<klp::KlpError>),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -255,7 +255,7 @@ pub fn build(
         };
         let extracted = klp::extract(&request, &symbols).map_err(|source| BuildError::Klp {
             unit: unit.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let object = module_dir.join(format!("kstack_unit{index}.o_shipped"));
         std::fs::write(&object, &extracted.object).map_err(io(&object))?;
@@ -309,7 +309,9 @@ pub fn build(
         },
     )?;
     let linked = std::fs::read(&ko).map_err(io(&ko))?;
-    let module = klp::post_link(&linked).map_err(BuildError::PostLink)?.ko;
+    let module = klp::post_link(&linked)
+        .map_err(|e| BuildError::PostLink(Box::new(e)))?
+        .ko;
     if let Some(last) = timings.last_mut() {
         last.1 = phase_start.elapsed();
     }
