@@ -931,7 +931,10 @@ impl<'a> Walk<'a> {
                 None => vec![original],
             },
             SiteKind::JumpLabel { target, .. } => {
-                vec![Rendering::JumpLabel(target), Rendering::Nothing]
+                vec![
+                    Rendering::JumpLabel(target),
+                    Rendering::Nothing { len: end - o },
+                ]
             }
             SiteKind::StaticCall { tail, .. } => vec![
                 original,
@@ -939,10 +942,14 @@ impl<'a> Walk<'a> {
                     tail: *tail,
                     len: end - o,
                 },
-                Rendering::Nothing,
+                Rendering::Nothing { len: end - o },
             ],
             SiteKind::Paravirt { .. } => {
-                vec![original, Rendering::ParavirtCall, Rendering::Nothing]
+                vec![
+                    original,
+                    Rendering::ParavirtCall,
+                    Rendering::Nothing { len: end - o },
+                ]
             }
             SiteKind::SmpLock | SiteKind::Alternative { .. } => vec![original],
         };
@@ -980,7 +987,7 @@ impl<'a> Walk<'a> {
         let mut best: Option<(bool, Attempt)> = None;
         let mut first_err = None;
         for r in &tries {
-            match self.try_render(o, r, pos0, start) {
+            match self.try_render(o, r, pos0) {
                 Ok(end) => {
                     // What the kernel wrote is padded to the site's length.
                     let end = self.padding(end, pos0 + u64::from(obj_end - o));
@@ -1049,14 +1056,8 @@ impl<'a> Walk<'a> {
     }
 
     /// One rendering of a site at object offset `o`; `pos0` is where the running
-    /// code stood, `start` the same after no-ops. Returns the running end.
-    fn try_render(
-        &mut self,
-        o: u32,
-        r: &Rendering<'a>,
-        pos0: u64,
-        start: u64,
-    ) -> Result<u64, Diverged> {
+    /// code stands. Returns the running end.
+    fn try_render(&mut self, o: u32, r: &Rendering<'a>, pos0: u64) -> Result<u64, Diverged> {
         let code = self.function();
         let obj = self.obj_insn(code, o);
         // The kernel rewrites a site in place: its new state starts where the
@@ -1071,7 +1072,21 @@ impl<'a> Walk<'a> {
                 self.walk(o..*end, exclude, &mut pos)?;
                 Ok(pos)
             }
-            Rendering::Nothing => Ok(start.max(pos0)),
+            // A site turned off is no-ops of its length (or shorter, where the
+            // kernel's assembler relaxed a jump), never nothing at all.
+            Rendering::Nothing { len } => {
+                let mut end = at;
+                while let Some(ins) = self.run_insn(end)
+                    && x86::is_nop(&ins)
+                    && end + ins.len() as u64 <= at + u64::from(*len)
+                {
+                    end += ins.len() as u64;
+                }
+                if end == at {
+                    return Err(mismatch(self, "no no-op where the site was"));
+                }
+                Ok(end)
+            }
             Rendering::FentryNop => {
                 if self.run_bytes(pos0, NOP5.len()) == NOP5 {
                     self.stats.fentry = FentryState::Nop;
@@ -1336,8 +1351,10 @@ enum Rendering<'a> {
         end: u32,
         exclude: Vec<usize>,
     },
-    /// Nothing but no-ops.
-    Nothing,
+    /// Nothing but no-ops, within the site's `len` bytes.
+    Nothing {
+        len: u32,
+    },
     FentryNop,
     FentryCall,
     ReturnThunk {

@@ -453,3 +453,34 @@ fn calls_within_a_shared_section_are_checked_and_freed_init_code_is_recognised()
     let report = check(&image, &kernel);
     assert_eq!(report.outcome, Outcome::Freed, "{report}");
 }
+
+#[test]
+fn a_static_tail_call_may_become_a_return() {
+    let mut s = Sites::new();
+    let image = runpre::before_image(&fixture("sites.S").pre, "tail_static").unwrap();
+    assert!(
+        image.sites.iter().any(|x| x.kind
+            == SiteKind::StaticCall {
+                key: "__SCK__my_call".into(),
+                tail: true
+            }),
+        "{:?}",
+        image.sites
+    );
+    let func = s.addrs["tail_static"];
+    let site = func + 5;
+    s.poke(func, &NOP5);
+    // The static call set to NULL: `ret` and padding.
+    s.poke(site, &[0xc3, 0xcc, 0xcc, 0xcc, 0xcc]);
+    let stats = matched(&check(&image, &s.kernel)).clone();
+    assert_eq!(
+        stats.rewritten.get("static-call: ret"),
+        Some(&1),
+        "{stats:?}"
+    );
+    // A tail call became a call: not what the kernel writes.
+    let call = s.call_to(site, "real_target");
+    s.poke(site, &call);
+    let report = check(&image, &s.kernel);
+    assert_eq!(report.outcome, Outcome::Differs, "{report}");
+}

@@ -63,6 +63,14 @@ FUNCTION(with_sites)
 	.pushsection .return_sites, "a"; .long 7b - .; .popsection
 END(with_sites)
 
+/* A static call as a tail call (STATIC_CALL_SITE_TAIL in the key's low bit). */
+FUNCTION(tail_static)
+8:	call __fentry__
+	.pushsection __mcount_loc, "a"; .quad 8b; .popsection
+9:	jmp __SCT__my_call
+	.pushsection .static_call_sites, "a"; .long 9b - .; .long __SCK__my_call + 1 - .; .popsection
+END(tail_static)
+
 	.data
 	.globl counter
 counter: .long 0
