@@ -121,12 +121,15 @@ fn every_function_of_big_objects_matches_or_is_explained() {
     let mut totals: BTreeMap<&str, usize> = BTreeMap::new();
     let mut unexplained = Vec::new();
     let mut n = 0;
+    let mut matching = std::time::Duration::ZERO;
     for path in &objects {
         let bytes = std::fs::read(path).unwrap();
         for f in functions_of(&bytes) {
             n += 1;
             let image = runpre::before_image(&bytes, &f).unwrap();
+            let started = std::time::Instant::now();
             let report = runpre::match_by_name(&image, common::image(), common::kallsyms());
+            matching += started.elapsed();
             *counts.entry(report.outcome.key()).or_default() += 1;
             for c in &report.candidates {
                 if let Ok(s) = &c.result {
@@ -145,6 +148,10 @@ fn every_function_of_big_objects_matches_or_is_explained() {
         }
     }
     println!("image, {n} functions of {units:?}: {counts:?}; {totals:?}");
+    println!(
+        "matching took {matching:?}, {:?} a function (this build's profile)",
+        matching / n.max(1) as u32
+    );
     for u in &unexplained {
         println!("{u}");
     }
