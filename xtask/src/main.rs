@@ -266,40 +266,85 @@ fn test(_root: &Path, extra: &[String]) -> Result<()> {
 }
 
 fn demo(root: &Path, kernel: &assets::Kernel) -> Result<()> {
-    step("building the demo livepatch module (kmod/demo/kstack_demo.c) with kbuild");
-    let build_dir = target_dir(root).join("kmod/demo");
-    let ko = kstack_engine::kbuild::build_module(
-        &kernel.headers(),
-        &kstack_engine::kbuild::ModuleSpec {
-            name: "kstack_demo".into(),
-            sources: vec![root.join("kmod/demo/kstack_demo.c")],
-            ccflags: vec![],
-        },
-        &build_dir,
-    )?;
-    eprintln!("    {}", ko.display());
     let kstack = target_dir(root)
         .join(kstack_engine::sandbox::STATIC_TARGET)
         .join("release/kstack");
-    let script = root.join("examples/demo-first-module.sh");
-    let args = [
-        "try".to_owned(),
-        "--file".to_owned(),
-        format!("{}:/root/kstack_demo.ko", ko.display()),
-        "--file".to_owned(),
-        format!("{}:/root/demo.sh", script.display()),
-        "--".to_owned(),
-        "sh".to_owned(),
-        "/root/demo.sh".to_owned(),
-    ];
-    step(&format!(
-        "booting Debian's {} in QEMU and live-patching it\n    kstack {}",
-        kernel.release,
-        args.join(" ")
-    ));
-    let status = Command::new(&kstack).args(&args).status()?;
-    if !status.success() {
-        bail!("the demo failed ({status})");
+    let work = target_dir(root).join("demo");
+    if work.exists() {
+        std::fs::remove_dir_all(&work)?;
     }
+    std::fs::create_dir_all(&work)?;
+    let store = work.join("store");
+    let key = work.join("signing.key");
+    let config = work.join("kstack.toml");
+    let patches = root.join("examples/patches");
+    let banner = patches.join("0001-proc-version-banner.diff");
+    let loadavg = patches.join("0004-loadavg-running-percent.diff");
+    let kstack_cmd = |args: &[&str]| -> Result<String> {
+        eprintln!("\n\x1b[1m$ kstack {}\x1b[0m", args.join(" "));
+        let mut cmd = Command::new(&kstack);
+        cmd.args(args).env("KSTACK_STORE", &store);
+        if config.exists() {
+            cmd.env("KSTACK_CONFIG", &config);
+        }
+        let out = cmd
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("running {}", kstack.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        print!("{text}");
+        if !out.status.success() {
+            bail!("kstack {} failed ({})", args.join(" "), out.status);
+        }
+        Ok(text)
+    };
+    let path = |p: &Path| p.display().to_string();
+
+    step("a signing key and a store");
+    let public = kstack_cmd(&["key", "generate", "--out", &path(&key)])?;
+    let public = public
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("keys = [\"")
+                .and_then(|l| l.strip_suffix("\"]"))
+        })
+        .or_else(|| public.lines().find(|l| l.starts_with("ed25519:")))
+        .context("the public key line")?
+        .to_owned();
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"{}\"\n\n[stack]\nname = \"demo\"\n\n[trust]\nkeys = [\"{public}\"]\nsigning_key = \"{}\"\n\n[sync]\ntransition_timeout = \"30s\"\n",
+            store.display(),
+            key.display()
+        ),
+    )?;
+    kstack_cmd(&["init"])?;
+
+    step(&format!(
+        "two fixes, built from their diffs for Debian's {} (compile before and after, diff the objects, link a livepatch module)",
+        kernel.release
+    ));
+    kstack_cmd(&["commit", &path(&banner)])?;
+    kstack_cmd(&["commit", &path(&loadavg)])?;
+    kstack_cmd(&["log"])?;
+    kstack_cmd(&["show", "demo"])?;
+
+    step("the stack in a VM running that kernel: kstack sync, then the patched /proc files");
+    kstack_cmd(&["try", "--", "cat /proc/version; cat /proc/loadavg"])?;
+
+    step("revert one patch (a new signed commit), and sync again in a fresh VM");
+    kstack_cmd(&[
+        "revert",
+        "loadavg-running-percent",
+        "-m",
+        "demo: take the loadavg change back",
+    ])?;
+    kstack_cmd(&["log", "--oneline"])?;
+    kstack_cmd(&["try", "--", "cat /proc/version; cat /proc/loadavg"])?;
+    step(
+        "done: two source fixes became signed live patches, applied to and reverted from a running kernel",
+    );
     Ok(())
 }
