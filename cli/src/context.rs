@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use kstack_engine::config::{Config, DEFAULT_CONFIG_PATH};
+use kstack_engine::reconcile::host::Host;
 use kstack_engine::reconcile::state::StateDir;
 use kstack_store::keys::TrustPolicy;
 use kstack_store::store::Store;
@@ -77,6 +78,16 @@ impl Context {
                 .as_deref()
                 .map_or_else(String::new, |p| format!(" in {}", p.display()));
             CliError::new(Kind::Data, format!("[trust] keys{at}: {}", chain(&e)))
+        })
+    }
+
+    /// The host that `sync`, `plan`, `status` and `rollback` work on.
+    pub fn host<'a>(&'a self, store: &'a Store) -> Result<Host<'a>, CliError> {
+        Ok(Host {
+            config: &self.config,
+            store,
+            state: self.state_dir(),
+            trust: self.trust()?,
         })
     }
 

@@ -102,19 +102,7 @@ impl CliError {
 }
 
 /// Renders an error with its chain of causes, as `a: b: c`.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+pub use kstack_store::error_chain as chain;
 
 impl From<kstack_engine::config::ConfigError> for CliError {
     fn from(err: kstack_engine::config::ConfigError) -> Self {

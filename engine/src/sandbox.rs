@@ -137,6 +137,36 @@ pub struct GuestRun {
     pub elapsed: Duration,
 }
 
+impl GuestRun {
+    /// The script's stdout split into sections, each started by a line `== NAME`:
+    /// a simple way for a script to label what it prints, for a caller to check.
+    pub fn sections(&self) -> std::collections::BTreeMap<String, String> {
+        sections(&self.stdout)
+    }
+}
+
+/// Splits text into sections that start with a line `== NAME` (see
+/// [`GuestRun::sections`]); text before the first such line is dropped.
+pub fn sections(text: &str) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("== ") {
+            if let Some((n, body)) = current.take() {
+                out.insert(n, body);
+            }
+            current = Some((name.trim().to_owned(), String::new()));
+        } else if let Some((_, body)) = current.as_mut() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    if let Some((n, body)) = current {
+        out.insert(n, body);
+    }
+    out
+}
+
 /// A VM definition: options plus the files to put in the guest.
 #[derive(Debug, Clone)]
 pub struct Sandbox {

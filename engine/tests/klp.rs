@@ -26,7 +26,7 @@ use kstack_engine::assets::{Cache, Kernel};
 use kstack_engine::build::klp::{self, ExtractRequest, FunctionSpec, insn};
 use kstack_engine::build::tree::WorkTree;
 use kstack_engine::build::{Resolution, ResolveError, SymbolResolver};
-use kstack_engine::sandbox::{self, Sandbox, SandboxOptions};
+use kstack_engine::sandbox::{self, Sandbox, SandboxOptions, sections};
 use object::read::elf::{ElfFile64, FileHeader as _, SectionHeader as _};
 use object::{Endianness, Object, ObjectSection, ObjectSymbol, elf};
 
@@ -243,27 +243,6 @@ fn sandbox() -> Sandbox {
         .unwrap_or_else(|e| panic!("no static kstack for the guest: {e}\nrun `{SETUP}` first"));
     Sandbox::new(SandboxOptions::new(kernel().vmlinuz(), guest))
         .unwrap_or_else(|e| panic!("{e}\nrun `{SETUP}` first"))
-}
-
-/// Splits guest output into sections that start with a line `== NAME`.
-fn sections(output: &str) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    let mut current: Option<(String, String)> = None;
-    for line in output.lines() {
-        if let Some(name) = line.strip_prefix("== ") {
-            if let Some((n, body)) = current.take() {
-                out.insert(n, body);
-            }
-            current = Some((name.trim().to_owned(), String::new()));
-        } else if let Some((_, body)) = current.as_mut() {
-            body.push_str(line);
-            body.push('\n');
-        }
-    }
-    if let Some((n, body)) = current {
-        out.insert(n, body);
-    }
-    out
 }
 
 #[test]

@@ -78,25 +78,7 @@ pub fn build_demo_module(build_dir: &Path) -> PathBuf {
 }
 
 /// Splits guest output into sections that start with a line `== NAME`.
-pub fn sections(output: &str) -> std::collections::BTreeMap<String, String> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut current: Option<(String, String)> = None;
-    for line in output.lines() {
-        if let Some(name) = line.strip_prefix("== ") {
-            if let Some((n, body)) = current.take() {
-                out.insert(n, body);
-            }
-            current = Some((name.trim().to_owned(), String::new()));
-        } else if let Some((_, body)) = current.as_mut() {
-            body.push_str(line);
-            body.push('\n');
-        }
-    }
-    if let Some((n, body)) = current {
-        out.insert(n, body);
-    }
-    out
-}
+pub use kstack_engine::sandbox::sections;
 
 /// Builds `kmod/test/<name>.c` against the set-up kernel's headers (see
 /// [`build_module_cached`]).

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use kstack_engine::reconcile::Step;
-use kstack_engine::reconcile::host::{Host, Prepared};
+use kstack_engine::reconcile::host::Prepared;
 
 use super::GlobalArgs;
 use crate::context::Context;
@@ -25,12 +25,7 @@ pub struct PlanArgs {}
 pub fn cmd_plan(ui: &Ui, global: &GlobalArgs, _args: PlanArgs) -> Result<ExitCode, CliError> {
     let ctx = Context::load(global, true)?;
     let store = ctx.open_store()?;
-    let host = Host {
-        config: &ctx.config,
-        store: &store,
-        state: ctx.state_dir(),
-        trust: ctx.trust()?,
-    };
+    let host = ctx.host(&store)?;
     let prepared = host.plan()?;
     if ui.json() {
         ui.emit_json(&plan_json(&prepared));

@@ -4,7 +4,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use kstack_engine::reconcile::host::Host;
 
 use super::GlobalArgs;
 use super::sync::{Progress, report};
@@ -36,12 +35,7 @@ pub fn cmd_rollback(
 ) -> Result<ExitCode, CliError> {
     let ctx = Context::load(global, true)?;
     let store = ctx.open_store()?;
-    let host = Host {
-        config: &ctx.config,
-        store: &store,
-        state: ctx.state_dir(),
-        trust: ctx.trust()?,
-    };
+    let host = ctx.host(&store)?;
     let timeout = args.timeout.unwrap_or(ctx.config.sync.transition_timeout);
     let mut progress = Progress::new(ui);
     let result = host.rollback(args.to, timeout, &mut progress);

@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use kstack_engine::reconcile::host::Host;
 
 use super::GlobalArgs;
 use crate::context::Context;
@@ -21,12 +20,7 @@ pub struct StatusArgs {}
 pub fn cmd_status(ui: &Ui, global: &GlobalArgs, _args: StatusArgs) -> Result<ExitCode, CliError> {
     let ctx = Context::load(global, false)?;
     let store = ctx.open_store()?;
-    let host = Host {
-        config: &ctx.config,
-        store: &store,
-        state: ctx.state_dir(),
-        trust: ctx.trust()?,
-    };
+    let host = ctx.host(&store)?;
     let status = host.status()?;
     if ui.json() {
         ui.emit_json(&serde_json::to_value(&status).expect("Status serializes"));

@@ -7,7 +7,7 @@ use clap::Args;
 use indicatif::ProgressBar;
 use kstack_engine::reconcile::Step;
 use kstack_engine::reconcile::exec::Observer;
-use kstack_engine::reconcile::host::{Host, Synced};
+use kstack_engine::reconcile::host::Synced;
 
 use super::GlobalArgs;
 use super::plan::{plan_json, render_plan};
@@ -56,12 +56,7 @@ pub fn cmd_sync(ui: &Ui, global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode
     }
     let ctx = Context::load(global, true)?;
     let store = ctx.open_store()?;
-    let host = Host {
-        config: &ctx.config,
-        store: &store,
-        state: ctx.state_dir(),
-        trust: ctx.trust()?,
-    };
+    let host = ctx.host(&store)?;
     if args.dry_run {
         let prepared = host.plan()?;
         if ui.json() {
