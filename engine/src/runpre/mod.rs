@@ -17,6 +17,13 @@
 //!   (offline), or bytes in memory (tests, dumps).
 //! - [`matcher`]: the comparison and its report.
 //!
+//! The verdict ([`Outcome`]) is one of: matched (with the `sympos` that matched,
+//! for the caller to check against the patch's), ambiguous (same-named statics
+//! with identical code), overridden (a `__weak` definition another file's strong
+//! one replaced), freed (`__init` code the kernel poisoned after boot), not found,
+//! differs (with a [`Divergence`]: offset, both byte strings and instructions, a
+//! likely [`Cause`]), or unreadable.
+//!
 //! It is not a loader and it does not resolve symbols for the patch: the kernel's
 //! livepatch relocations do that. The match is the proof, nothing more.
 
@@ -30,7 +37,7 @@ use std::path::PathBuf;
 
 pub use before::{
     BeforeImage, Binding, Referent, RelocKind, RelocSite, RelocTarget, Replacement, Site, SiteKind,
-    before_image,
+    before_image, before_image_named,
 };
 pub use kallsyms::{KallsymsIndex, Ksym};
 pub use matcher::{
