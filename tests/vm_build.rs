@@ -90,6 +90,15 @@ fn example_patches_build_apply_check_and_revert() {
     eprintln!("{}\n{}", run.stdout, run.stderr);
     let s = sections(&run.stdout);
     assert!(s["sync"].contains("rc=0"), "{}", s["sync"]);
+    // Run-pre matching proved every replaced function before anything was loaded.
+    assert!(
+        s["sync"].contains(&format!(
+            "run-pre: {} replaced function(s) matched the running code",
+            checks.len()
+        )),
+        "{}",
+        s["sync"]
+    );
     for (name, _) in &checks {
         assert_eq!(s[&format!("on {name}")].trim(), "yes", "{name} not active");
         assert_eq!(

@@ -143,7 +143,8 @@ impl From<kstack_engine::reconcile::host::SyncError> for CliError {
         let kind = match &err {
             SyncError::Verify(_)
             | SyncError::WrongKernel { .. }
-            | SyncError::WrongRelease { .. } => Kind::Data,
+            | SyncError::WrongRelease { .. }
+            | SyncError::RunPre(_) => Kind::Data,
             SyncError::State(StateError::Busy { .. }) | SyncError::TransitionInProgress(_) => {
                 Kind::TempFail
             }

@@ -109,6 +109,8 @@ pub struct VerifiedPatch {
     /// loads them into the kernel needs no second read (which would trust Git's
     /// SHA-1 to return the same bytes).
     pub module: Vec<u8>,
+    /// The patch's other files (`patch.diff`, `hooks.c`, `before.toml`), as checked.
+    pub files: BTreeMap<String, Vec<u8>>,
 }
 
 /// The signed part of a commit, read without its patches.
@@ -289,6 +291,7 @@ impl Store {
         }
         let mut module_blob = None;
         let mut module = Vec::new();
+        let mut other_files = BTreeMap::new();
         for artifact in &manifest.artifacts {
             let path = format!("{dir_path}/{}", artifact.path);
             let id = *files
@@ -320,6 +323,8 @@ impl Store {
                     ident::modinfo(&bytes, &path).map_err(|e| invalid(&path, e.to_string()))?;
                 check_module(&info, &manifest, stack).map_err(|m| invalid(&path, m))?;
                 module = bytes;
+            } else {
+                other_files.insert(artifact.path.clone(), bytes);
             }
         }
         Ok(VerifiedPatch {
@@ -328,6 +333,7 @@ impl Store {
             module_blob: module_blob
                 .expect("Manifest::check requires module.ko among the artifacts"),
             module,
+            files: other_files,
         })
     }
 

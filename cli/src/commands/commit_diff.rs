@@ -231,6 +231,10 @@ pub fn build(
         ));
     }
     let mut extra = BTreeMap::new();
+    extra.insert(
+        pipeline::BEFORE_FILE.to_owned(),
+        built.before.to_toml().into_bytes(),
+    );
     if let Some(hooks) = &change.hooks {
         extra.insert(HOOKS_FILE.to_owned(), hooks.clone());
     }

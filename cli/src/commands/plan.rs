@@ -50,6 +50,12 @@ pub fn plan_json(p: &Prepared) -> serde_json::Value {
         "steps": p.plan.steps,
         "foreign": p.foreign,
         "changes": !p.plan.is_empty(),
+        "run_pre": {
+            "matched": p.proof.matched,
+            "unproven": p.proof.unproven,
+            "functions": p.proof.lines,
+            "ms": p.proof.elapsed.as_secs_f64() * 1e3,
+        },
     })
 }
 
@@ -99,6 +105,18 @@ pub fn render_plan(ui: &Ui, p: &Prepared) {
     }
     for module in &p.foreign {
         ui.line(format!("  ! {module}  not kstack's: left alone"));
+    }
+    if p.proof.matched > 0 {
+        ui.line(format!(
+            "Run-pre: the {} function(s) to replace match the running code ({:.0} ms).",
+            p.proof.matched,
+            p.proof.elapsed.as_secs_f64() * 1e3
+        ));
+    }
+    for patch in &p.proof.unproven {
+        ui.line(format!(
+            "Run-pre: patch {patch} has no before images (a prebuilt module): not proven"
+        ));
     }
     if p.plan.is_empty() {
         ui.line("Nothing to do: the kernel runs the declared stack.");

@@ -114,6 +114,19 @@ pub fn report(ui: &Ui, synced: &Synced, verb: &str) {
             "{verb}: nothing to do, the kernel runs the declared stack"
         )),
     }
+    let proof = &synced.prepared.proof;
+    if proof.matched > 0 {
+        ui.line(format!(
+            "run-pre: {} replaced function(s) matched the running code before loading ({:.0} ms)",
+            proof.matched,
+            proof.elapsed.as_secs_f64() * 1e3
+        ));
+    }
+    for patch in &proof.unproven {
+        ui.status(format!(
+            "note: patch {patch} has no before images (a prebuilt module): not proven by run-pre"
+        ));
+    }
     for module in &synced.prepared.foreign {
         ui.status(format!(
             "note: livepatch {module} is not kstack's; left alone"

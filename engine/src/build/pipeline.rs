@@ -20,6 +20,29 @@ use crate::kbuild;
 /// nothing from the source checkout.
 const TEMPLATE_C: &str = include_str!("../../../kmod/template/kstack_patch.c");
 const HOOKS_H: &str = include_str!("../../../kmod/include/kstack/hooks.h");
+/// The file a patch keeps its functions' "before" images in (run-pre matching).
+pub const BEFORE_FILE: &str = "before.toml";
+
+/// `before.toml`: the code each replaced function had in the objects the patch was
+/// built from, with its relocation sites: what `kstack sync` and `kstack verify
+/// --running` compare with the running kernel before the patch is loaded.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct BeforeFile {
+    #[serde(default, rename = "function")]
+    pub functions: Vec<crate::runpre::BeforeImage>,
+}
+
+impl BeforeFile {
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("before images serialize: plain fields and tables")
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<BeforeFile, String> {
+        let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
 /// The generated header the template includes.
 const TABLE_H: &str = "kstack_patch_table.h";
 /// The module prefix of kstack-built patches (the reconciler's too).
@@ -51,6 +74,12 @@ pub enum BuildError {
     },
     #[error("{0}")]
     Symbols(#[from] SymbolsError),
+    #[error("the before image of {function}: {source}")]
+    Before {
+        function: String,
+        #[source]
+        source: crate::runpre::RunPreError,
+    },
     #[error("building the module: {0}")]
     Kbuild(#[from] kbuild::KbuildError),
     #[error("post-link rewrite of the module: {0}")]
@@ -134,8 +163,10 @@ pub struct Built {
     pub functions: Vec<FunctionRef>,
     pub reports: BTreeMap<String, DiffReport>,
     pub build_info: BTreeMap<String, String>,
-    /// The pre objects of the units, by unit (for run-pre matching).
+    /// The pre objects of the units, by unit.
     pub pre_objects: BTreeMap<String, Vec<u8>>,
+    /// The replaced functions' code as built, for run-pre matching.
+    pub before: BeforeFile,
     pub timings: Vec<(Phase, Duration)>,
 }
 
@@ -206,6 +237,22 @@ pub fn build(
         .all(|r| r.patched_functions().next().is_none())
     {
         return Err(BuildError::NoChange(units.join(", ")));
+    }
+
+    // The code each replaced function has in the pre object: kept with the patch so
+    // that it can be proven, before loading, to be the code the kernel runs.
+    let mut before = BeforeFile::default();
+    for (unit, report) in &reports {
+        for f in report.patched_functions() {
+            if let Some(pre) = &f.pre {
+                let image = crate::runpre::before_image_named(&pre_objects[unit], &pre.name, unit)
+                    .map_err(|source| BuildError::Before {
+                        function: pre.name.clone(),
+                        source,
+                    })?;
+                before.functions.push(image);
+            }
+        }
     }
 
     enter(Phase::Symbols, &mut timings);
@@ -332,6 +379,7 @@ pub fn build(
         reports,
         build_info,
         pre_objects,
+        before,
         timings,
     })
 }

@@ -60,6 +60,8 @@ pub enum SyncError {
         module_release: String,
         running: String,
     },
+    #[error("refused before anything was loaded: {0}")]
+    RunPre(#[from] super::prove::ProveError),
     #[error("livepatch {0} is in a transition; wait for it to finish (see `kstack status`)")]
     TransitionInProgress(String),
     #[error("{0}")]
@@ -110,6 +112,8 @@ pub struct Prepared {
     /// Livepatches that kstack did not load: reported, never touched.
     pub foreign: Vec<String>,
     pub state: State,
+    /// Run-pre matching of the patches the plan applies.
+    pub proof: super::prove::Proof,
     /// Time spent by kstack itself: identification, verification, planning.
     pub overhead: Duration,
 }
@@ -242,12 +246,26 @@ impl Host<'_> {
             }
         }
         let plan = plan::plan(&applied, &desired.modules);
+        // Prove, before anything is loaded, that each patch to apply was built for the
+        // code the kernel runs.
+        let to_apply: Vec<&kstack_store::verify::VerifiedPatch> = desired
+            .stack
+            .iter()
+            .flat_map(|s| s.patches.iter())
+            .filter(|p| {
+                plan.steps.iter().any(|step| {
+                    matches!(step, plan::Step::Apply { module, .. } if *module == p.manifest.module_name)
+                })
+            })
+            .collect();
+        let proof = super::prove::prove_running(&to_apply)?;
         Ok(Prepared {
             identity,
             desired,
             plan,
             foreign,
             state,
+            proof,
             overhead: started.elapsed(),
         })
     }

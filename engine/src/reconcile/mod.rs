@@ -7,6 +7,7 @@
 pub mod exec;
 pub mod host;
 pub mod plan;
+pub mod prove;
 pub mod state;
 
 pub use plan::{Applied, Plan, Step, plan};
