@@ -12,12 +12,19 @@ use crate::context::Context;
 use crate::error::{CliError, EXIT_DATA, Kind};
 use crate::ui::Ui;
 
-/// Verify stacks: digests, signatures, trust and history
+/// Verify stacks: digests, signatures, trust and history; and run-pre matching
 ///
 /// Recomputes the SHA-256 of every module, diff, manifest and stack.toml, checks the
 /// signature and that the config's [trust] keys list the signer, and checks the
 /// signatures and parent digests of the history. Without REV, every stack in the
 /// store is verified. Exits 65 if anything fails.
+///
+/// With --running (root), also proves that every replaced function's code as the
+/// patch was built matches what the running kernel executes (/proc/kcore at the
+/// /proc/kallsyms address), as `kstack sync` does before loading. With --image, the
+/// same offline against a kernel image file, so a build host can check a patch before
+/// it ships: the vmlinux inside the image, and the symbols of --kallsyms (default:
+/// the kallsyms kstack captured for that kernel when building for it).
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// The commit: a stack name, BUILD-ID/NAME, a commit id, or REV~N [default: every
@@ -27,6 +34,15 @@ pub struct VerifyArgs {
     /// [default: the running kernel]
     #[arg(long, value_name = "BUILD-ID|IMAGE")]
     pub kernel: Option<String>,
+    /// Also match the patches' before images against the running kernel
+    #[arg(long, conflicts_with = "image")]
+    pub running: bool,
+    /// Also match them against a kernel image (bzImage or vmlinux)
+    #[arg(long, value_name = "VMLINUZ")]
+    pub image: Option<std::path::PathBuf>,
+    /// The image's symbols: a /proc/kallsyms captured from it booted with nokaslr
+    #[arg(long, value_name = "FILE", requires = "image")]
+    pub kallsyms: Option<std::path::PathBuf>,
 }
 
 pub fn cmd_verify(ui: &Ui, global: &GlobalArgs, args: VerifyArgs) -> Result<ExitCode, CliError> {
@@ -48,14 +64,23 @@ pub fn cmd_verify(ui: &Ui, global: &GlobalArgs, args: VerifyArgs) -> Result<Exit
             .map(|(stack, head)| (stack.to_string(), head, Some(stack)))
             .collect(),
     };
+    let matcher = Matcher::new(&args)?;
     let mut results = Vec::new();
     let mut failed = 0;
     for (name, commit, stack) in &targets {
         let outcome = store
             .verify(*commit, stack.as_ref(), &policy)
-            .and_then(|v| store.verify_history(*commit, None, None).map(|n| (v, n)));
+            .and_then(|v| store.verify_history(*commit, None, None).map(|n| (v, n)))
+            .map_err(|e| error_chain(&e))
+            .and_then(|(v, n)| {
+                let proof = matcher.prove(&v)?;
+                Ok((v, n, proof))
+            });
         match outcome {
-            Ok((v, history)) => {
+            Ok((v, history, proof)) => {
+                for line in proof.iter().flat_map(|p| &p.lines) {
+                    ui.line(format!("      run-pre {line}"));
+                }
                 ui.line(format!(
                     "ok    {name} {}: {} patch(es), {history} commit(s), signed by {}",
                     commit.to_hex_with_len(12),
@@ -66,11 +91,13 @@ pub fn cmd_verify(ui: &Ui, global: &GlobalArgs, args: VerifyArgs) -> Result<Exit
                     "rev": name, "commit": commit.to_string(), "ok": true,
                     "patches": v.patches.len(), "history": history,
                     "signer": v.signer.to_string(),
+                    "run_pre": proof.map(|p| serde_json::json!({
+                        "matched": p.matched, "unproven": p.unproven, "functions": p.lines,
+                    })),
                 }));
             }
-            Err(e) => {
+            Err(message) => {
                 failed += 1;
-                let message = error_chain(&e);
                 ui.line(format!("FAIL  {name}: {message}"));
                 results.push(serde_json::json!({
                     "rev": name, "commit": commit.to_string(), "ok": false, "error": message,
@@ -94,4 +121,68 @@ pub fn cmd_verify(ui: &Ui, global: &GlobalArgs, args: VerifyArgs) -> Result<Exit
         ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where run-pre matching reads the kernel from, if anywhere.
+enum Matcher {
+    None,
+    Running,
+    Image {
+        text: kstack_engine::runpre::ImageText,
+        symbols: kstack_engine::runpre::KallsymsIndex,
+    },
+}
+
+impl Matcher {
+    fn new(args: &VerifyArgs) -> Result<Matcher, CliError> {
+        let data = |e: &dyn std::error::Error| CliError::new(Kind::Data, error_chain(e));
+        if args.running {
+            return Ok(Matcher::Running);
+        }
+        let Some(image) = &args.image else {
+            return Ok(Matcher::None);
+        };
+        let text = kstack_engine::runpre::ImageText::open(image).map_err(|e| data(&e))?;
+        let kallsyms = match &args.kallsyms {
+            Some(path) => path.clone(),
+            None => {
+                let build_id = kstack_store::ident::image_build_id(image).map_err(|e| data(&e))?;
+                let kernel = kstack_engine::assets::Cache::from_env()
+                    .kernel_with_build_id(&build_id)
+                    .ok_or_else(|| {
+                        CliError::new(
+                            Kind::Unavailable,
+                            format!("no symbols for kernel {build_id}: kstack has not built for it"),
+                        )
+                        .with_hint("pass --kallsyms FILE (a /proc/kallsyms of that kernel booted with nokaslr)")
+                    })?;
+                kernel.dir().join("kallsyms")
+            }
+        };
+        let text_symbols = std::fs::read_to_string(&kallsyms).map_err(|e| {
+            CliError::new(
+                Kind::User,
+                format!("cannot read {}: {e}", kallsyms.display()),
+            )
+        })?;
+        let symbols =
+            kstack_engine::runpre::KallsymsIndex::parse(&text_symbols).map_err(|e| data(&e))?;
+        Ok(Matcher::Image { text, symbols })
+    }
+
+    fn prove(
+        &self,
+        stack: &kstack_store::verify::VerifiedStack,
+    ) -> Result<Option<kstack_engine::reconcile::prove::Proof>, String> {
+        use kstack_engine::reconcile::prove;
+        let patches: Vec<_> = stack.patches.iter().collect();
+        let proof = match self {
+            Matcher::None => return Ok(None),
+            Matcher::Running => prove::prove_running(&patches),
+            Matcher::Image { text, symbols } => prove::prove(&patches, text, symbols),
+        };
+        proof
+            .map(Some)
+            .map_err(|e| format!("run-pre: {}", error_chain(&e)))
+    }
 }

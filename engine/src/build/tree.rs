@@ -89,6 +89,11 @@ impl WorkTree {
         self.dir.path()
     }
 
+    /// Keeps the tree (it is otherwise removed when dropped) and returns its path.
+    pub fn into_path(self) -> PathBuf {
+        self.dir.keep()
+    }
+
     /// Applies a unified diff (`-p1`, as `git diff` writes them); `what` names it in
     /// errors.
     pub fn apply(&self, diff: &[u8], what: &str) -> Result<(), TreeError> {

@@ -1,0 +1,119 @@
+//! Run-pre matching refuses a patch built from the wrong source: the kernel's prepared
+//! tree with one line changed in a function the patch replaces. `kstack verify
+//! --image` refuses it offline, and `kstack sync` in the VM refuses it before
+//! anything is loaded; both name the function and show where the code differs.
+
+use kstack_tests::{CliStore, kernel, kstack_cli, sandbox, sections, workspace_root};
+
+/// A cache that shares the real kernel (image, headers, kallsyms) but whose
+/// "distribution source" has `edit` applied to `file`.
+fn wrong_cache(file: &str, edit: impl Fn(&str) -> String) -> tempfile::TempDir {
+    let real = kstack_engine::assets::Cache::from_env();
+    let kernel = kernel();
+    let dir = tempfile::tempdir().unwrap();
+    let kernels = dir.path().join("kernels");
+    std::fs::create_dir_all(&kernels).unwrap();
+    std::os::unix::fs::symlink(kernel.dir(), kernels.join(&kernel.release)).unwrap();
+    std::fs::write(kernels.join("current"), &kernel.release).unwrap();
+    std::os::unix::fs::symlink(real.root().join("debs"), dir.path().join("debs")).unwrap();
+    let src = dir.path().join("src").join(&kernel.release);
+    std::fs::create_dir_all(&src).unwrap();
+    // The builder's own private copy of the prepared tree, kept as the source.
+    let work = kstack_engine::build::tree::WorkTree::new(
+        &kernel.source().expect("run `cargo xtask setup`"),
+        &src,
+        &kernel.release,
+    )
+    .unwrap();
+    let tree = work.into_path();
+    std::fs::rename(&tree, src.join("linux")).unwrap();
+    let path = src.join("linux").join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = edit(&text);
+    assert_ne!(edited, text);
+    // A new file: the shared tree's hard-linked original stays as it is.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, edited).unwrap();
+    dir
+}
+
+#[test]
+fn a_patch_built_from_the_wrong_tree_is_refused_before_loading() {
+    let cache = wrong_cache("fs/proc/loadavg.c", |t| {
+        t.replacen(
+            "get_avenrun(avnrun, FIXED_1/200, 0);",
+            "get_avenrun(avnrun, FIXED_1/100, 0);",
+            1,
+        )
+    });
+    let store = CliStore::new();
+    let diff = workspace_root().join("examples/patches/0004-loadavg-running-percent.diff");
+    kstack_tests::run_ok(
+        kstack_cli()
+            .env("KSTACK_CACHE", cache.path())
+            .arg("--store")
+            .arg(&store.store)
+            .arg("commit")
+            .arg(&diff)
+            .args(["--stack", "wrong", "--key"])
+            .arg(&store.key),
+    );
+
+    // Offline, against the shipped image.
+    let config = store.dir.path().join("host.toml");
+    std::fs::write(
+        &config,
+        store.config(Some("wrong"), None, "15s").replace(
+            kstack_tests::stack::GUEST_STORE,
+            &store.store.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = kstack_cli()
+        .arg("--config")
+        .arg(&config)
+        .args(["verify", "wrong", "--image"])
+        .arg(kernel().vmlinuz())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("loadavg_proc_show: does not match"),
+        "{stdout}"
+    );
+
+    // In the VM, at sync time.
+    let mut vm = sandbox();
+    store.install(
+        &mut vm,
+        &[("wrong", store.config(Some("wrong"), None, "15s"))],
+    );
+    let run = vm
+        .run(
+            "export KSTACK_STATE_DIR=/var/lib/kstack\n\
+             echo '== sync'; kstack --config /etc/kstack/wrong.toml sync 2>&1; echo \"rc=$?\"\n\
+             echo '== after'; ls /sys/kernel/livepatch | wc -w; grep -c kstack_ /proc/modules\n",
+        )
+        .unwrap();
+    let s = sections(&run.stdout);
+    let sync = &s["sync"];
+    assert!(sync.contains("rc=65"), "{sync}");
+    assert!(
+        sync.contains("refused before anything was loaded"),
+        "{sync}"
+    );
+    assert!(
+        sync.contains("loadavg_proc_show: does not match the running code"),
+        "{sync}"
+    );
+    assert!(sync.contains("expected"), "{sync}");
+    assert!(sync.contains("likely cause"), "{sync}");
+    assert_eq!(
+        s["after"].lines().collect::<Vec<_>>(),
+        ["0", "0"],
+        "{}",
+        s["after"]
+    );
+}
