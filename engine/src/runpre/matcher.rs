@@ -435,6 +435,8 @@ struct Walk<'a> {
     map: Vec<(u32, u64)>,
     pending: Vec<Pending>,
     stats: MatchStats,
+    /// While trying the states of a site: failures need no report.
+    quiet: bool,
 }
 
 impl<'a> Walk<'a> {
@@ -464,6 +466,7 @@ impl<'a> Walk<'a> {
             map: Vec::new(),
             pending: Vec::new(),
             stats: MatchStats::default(),
+            quiet: false,
         }
     }
 
@@ -546,6 +549,18 @@ impl<'a> Walk<'a> {
         reason: String,
         cause: Cause,
     ) -> Diverged {
+        if self.quiet {
+            return Box::new(Divergence {
+                offset: at,
+                address: addr,
+                expected: Vec::new(),
+                found: Vec::new(),
+                expected_asm: String::new(),
+                found_asm: String::new(),
+                reason,
+                cause,
+            });
+        }
         let (expected, expected_asm) = match obj {
             Some(i) => {
                 let bytes = code.bytes[i.offset as usize..(i.offset + i.len) as usize].to_vec();
@@ -986,6 +1001,10 @@ impl<'a> Walk<'a> {
         // (a site's no-op followed by a call is not the site's own call).
         let mut best: Option<(bool, Attempt)> = None;
         let mut first_err = None;
+        // Most attempts fail, and their reports are thrown away: made cheap here,
+        // and written in full only for the one that is kept.
+        let loud = !self.quiet;
+        self.quiet = true;
         for r in &tries {
             match self.try_render(o, r, pos0) {
                 Ok(end) => {
@@ -1008,6 +1027,15 @@ impl<'a> Walk<'a> {
                     first_err.get_or_insert(d);
                 }
             }
+            self.restore(before.clone());
+        }
+        self.quiet = !loud;
+        if best.is_none()
+            && loud
+            && let Some(first) = tries.first()
+        {
+            // Again, to report how the first (the object's own) state differs.
+            first_err = self.try_render(o, first, pos0).err().or(first_err);
             self.restore(before.clone());
         }
         match best {
