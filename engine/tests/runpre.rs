@@ -168,16 +168,3 @@ mod link;
 
 #[path = "runpre/honest.rs"]
 mod honest;
-
-/// Prints the before image of a function of the tree, for people:
-/// `U=fs/dcache.o F=__dentry_kill cargo test --test runpre print_before_image -- --ignored --nocapture`.
-#[test]
-#[ignore = "a tool, not a test"]
-fn print_before_image() {
-    let tree = common::tree();
-    let unit = std::env::var("U").unwrap();
-    let f = std::env::var("F").unwrap();
-    let object = &tree.objects(&[unit.as_str()])[0];
-    let image = runpre::before_image(&std::fs::read(object).unwrap(), &f).unwrap();
-    println!("{}", image.to_toml().unwrap());
-}

@@ -87,6 +87,15 @@ pub fn prove(
                     proof.matched += 1;
                     proof.lines.push(format!("{name}: {report}"));
                 }
+                // Same-named statics with identical code: whichever the patch names
+                // runs exactly the code it was built against.
+                Outcome::Ambiguous { sympos } if sympos.contains(&(wanted as usize)) => {
+                    proof.matched += 1;
+                    proof.lines.push(format!(
+                        "{name}: {}: matches the running code at sympos {wanted} (and at {sympos:?}, identical)",
+                        image.function
+                    ));
+                }
                 Outcome::Matched { sympos, .. } => failures.push(format!(
                     "{}: the running code matches sympos {sympos}, but the patch replaces sympos {wanted}",
                     image.function
