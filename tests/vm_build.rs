@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use kstack_tests::{CliStore, kernel, sandbox, sections, workspace_root};
+use kstack_tests::{CliStore, kernel, sandbox, sections};
 
 /// (relative path, mtime, length) of every generated file of the prepared tree and
 /// every file the examples touch: what a build could write through a hard link.
@@ -26,13 +26,7 @@ fn snapshot(tree: &Path, extra: &[String]) -> Vec<(String, SystemTime, u64)> {
 
 #[test]
 fn example_patches_build_apply_check_and_revert() {
-    let dir = workspace_root().join("examples/patches");
-    let mut patches: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "diff"))
-        .collect();
-    patches.sort();
+    let patches = kstack_tests::example_patches();
     assert!(patches.len() >= 4, "{patches:?}");
 
     let tree = kernel()

@@ -3,6 +3,9 @@
 //! --image` refuses it offline, and `kstack sync` in the VM refuses it before
 //! anything is loaded; both name the function and show where the code differs.
 
+// Test helpers: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
 use kstack_tests::{CliStore, kernel, kstack_cli, sandbox, sections, workspace_root};
 
 /// A cache that shares the real kernel (image, headers, kallsyms) but whose

@@ -187,7 +187,7 @@ echo "== header"; {header_cmd}
     vm.add_host_file("/root/kstack_test_a.ko", &ko).unwrap();
     let run = vm.run(&script).unwrap();
     check(&run);
-    let sections = sections(&run.stdout);
+    let sections = run.sections();
     assert_eq!(
         sections["cmdline"].trim(),
         "kstack-test-a",
@@ -290,25 +290,4 @@ echo "== header"; {header_cmd}
         !rewritten.is_empty(),
         "nothing rewritten at boot: not the running code?"
     );
-}
-
-/// Splits guest output into sections that start with a line `== NAME`.
-fn sections(output: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut current: Option<(String, String)> = None;
-    for line in output.lines() {
-        if let Some(name) = line.strip_prefix("== ") {
-            if let Some((n, body)) = current.take() {
-                out.insert(n, body);
-            }
-            current = Some((name.trim().to_owned(), String::new()));
-        } else if let Some((_, body)) = current.as_mut() {
-            body.push_str(line);
-            body.push('\n');
-        }
-    }
-    if let Some((n, body)) = current {
-        out.insert(n, body);
-    }
-    out
 }

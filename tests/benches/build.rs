@@ -14,7 +14,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use kstack_tests::{CliStore, kernel, kstack_cli, workspace_root};
+use kstack_tests::{CliStore, kernel, kstack_cli};
 
 /// Wall seconds, CPU seconds (user + system, children included) and peak RSS in MiB
 /// of a command, from GNU time.
@@ -64,13 +64,7 @@ fn commit(store: &CliStore, stack: &str, diff: &Path, cache: Option<&Path>) -> C
 }
 
 fn main() {
-    let dir = workspace_root().join("examples/patches");
-    let mut patches: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "diff"))
-        .collect();
-    patches.sort();
+    let patches = kstack_tests::example_patches();
     let release = kernel().release;
 
     println!("kstack commit PATCH.diff on the 2-core machine ({release})");

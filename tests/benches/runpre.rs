@@ -11,18 +11,12 @@
 
 use std::time::Instant;
 
-use kstack_tests::{CliStore, kernel, kstack_cli, sandbox, sections, workspace_root};
+use kstack_tests::{CliStore, kernel, kstack_cli, sandbox, sections};
 
 const ROUNDS: usize = 5;
 
 fn main() {
-    let dir = workspace_root().join("examples/patches");
-    let mut patches: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "diff"))
-        .collect();
-    patches.sort();
+    let patches = kstack_tests::example_patches();
     let store = CliStore::new();
     for p in &patches {
         store.commit_diff("bench", p);

@@ -256,3 +256,15 @@ impl Default for CliStore {
         Self::new()
     }
 }
+
+/// The example patches (`examples/patches/*.diff`), in order.
+pub fn example_patches() -> Vec<PathBuf> {
+    let dir = workspace_root().join("examples/patches");
+    let mut patches: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "diff"))
+        .collect();
+    patches.sort();
+    patches
+}
