@@ -105,3 +105,120 @@ fn example_patches_build_apply_check_and_revert() {
     assert_eq!(s["after"].trim(), "0");
     assert!(!run.console.contains("Oops"), "{}", run.console);
 }
+
+/// A patch on top of another patch of the same function: it is built on the source
+/// with the first applied, and run-pre leaves its function to the first's proof (the
+/// running kernel still has the original code at the function's address).
+#[test]
+fn a_patch_on_an_already_patched_function_builds_proves_and_applies() {
+    let store = CliStore::new();
+    let first = store.commit_diff("same", &example("0001-proc-version-banner.diff"));
+    let second = store.dir.path().join("banner-v2.diff");
+    std::fs::write(
+        &second,
+        "proc: second version of the banner\n\n\
+         --- a/fs/proc/version.c\n+++ b/fs/proc/version.c\n\
+         @@ -14,7 +14,7 @@\n \t\tutsname()->release,\n \t\tutsname()->version);\n \
+         \t/* Say that the running code is not the code the kernel booted with. */\n\
+         -\tseq_puts(m, \"live-patched: proc-version-banner\\n\");\n\
+         +\tseq_puts(m, \"live-patched: proc-version-banner v2\\n\");\n \treturn 0;\n }\n \n",
+    )
+    .unwrap();
+    store.commit_diff("same", &second);
+    let mut vm = sandbox();
+    store.install(
+        &mut vm,
+        &[
+            (
+                "first",
+                store.config(Some("same"), first["commit"].as_str(), "15s"),
+            ),
+            ("both", store.config(Some("same"), None, "15s")),
+        ],
+    );
+    let run = vm
+        .run(
+            "export KSTACK_STATE_DIR=/var/lib/kstack\n\
+             kstack --config /etc/kstack/first.toml sync >/dev/null 2>&1; echo \"== first\"; grep live-patched /proc/version\n\
+             echo '== both'; kstack --config /etc/kstack/both.toml sync 2>&1; echo \"rc=$?\"\n\
+             echo '== after'; grep live-patched /proc/version\n",
+        )
+        .unwrap();
+    let s = sections(&run.stdout);
+    assert_eq!(s["first"].trim(), "live-patched: proc-version-banner");
+    assert!(s["both"].contains("rc=0"), "{}", s["both"]);
+    assert_eq!(s["after"].trim(), "live-patched: proc-version-banner v2");
+}
+
+/// `kstack commit --git REPO REV`: the diff of a commit of a kernel Git tree.
+#[test]
+fn a_commit_of_a_kernel_git_tree_builds() {
+    let tree = kernel().source().expect("run `cargo xtask setup`");
+    let repo = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(repo.path())
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t")
+            .output()
+            .expect("git (run `cargo xtask setup`)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q"]);
+    let file = repo.path().join("fs/proc/loadavg.c");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let original = std::fs::read_to_string(tree.join("fs/proc/loadavg.c")).unwrap();
+    std::fs::write(&file, &original).unwrap();
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "import loadavg.c"]);
+    std::fs::write(
+        &file,
+        original.replacen(
+            "\treturn 0;\n}\n",
+            "\tseq_puts(m, \"from-git\\n\");\n\treturn 0;\n}\n",
+            1,
+        ),
+    )
+    .unwrap();
+    git(&[
+        "commit",
+        "-q",
+        "-a",
+        "-m",
+        "loadavg: say where the fix came from",
+    ]);
+
+    let store = CliStore::new();
+    let out = kstack_tests::run_ok(
+        kstack_tests::kstack_cli()
+            .arg("--store")
+            .arg(&store.store)
+            .args(["--json", "commit", "--git"])
+            .arg(repo.path())
+            .args(["HEAD", "--stack", "git", "--key"])
+            .arg(&store.key),
+    );
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        report["patch"]["name"],
+        "loadavg-say-where-the-fix-came-from"
+    );
+    assert_eq!(
+        report["patch"]["functions"],
+        serde_json::json!(["vmlinux:loadavg_proc_show"])
+    );
+}
+
+fn example(name: &str) -> std::path::PathBuf {
+    kstack_tests::workspace_root()
+        .join("examples/patches")
+        .join(name)
+}

@@ -89,16 +89,28 @@ pub fn from_git(repo: &Path, rev: &str, hooks: Option<&Path>) -> Result<Change, 
     let mut diff = String::new();
     for change in changes {
         use gix::object::tree::diff::ChangeDetached as C;
+        // Files only: the trees that contain them are listed as changes too.
         let (path, old, new) = match change {
-            C::Addition { location, id, .. } => (location, None, Some(id)),
-            C::Deletion { location, id, .. } => (location, Some(id), None),
+            C::Addition {
+                location,
+                id,
+                entry_mode,
+                ..
+            } if entry_mode.is_blob() => (location, None, Some(id)),
+            C::Deletion {
+                location,
+                id,
+                entry_mode,
+                ..
+            } if entry_mode.is_blob() => (location, Some(id), None),
             C::Modification {
                 location,
                 previous_id,
                 id,
+                entry_mode,
                 ..
-            } => (location, Some(previous_id), Some(id)),
-            C::Rewrite { .. } => continue,
+            } if entry_mode.is_blob() => (location, Some(previous_id), Some(id)),
+            _ => continue,
         };
         let read = |id: Option<gix::ObjectId>| -> Result<String, CliError> {
             match id {

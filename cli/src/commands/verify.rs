@@ -178,8 +178,8 @@ impl Matcher {
         let patches: Vec<_> = stack.patches.iter().collect();
         let proof = match self {
             Matcher::None => return Ok(None),
-            Matcher::Running => prove::prove_running(&patches),
-            Matcher::Image { text, symbols } => prove::prove(&patches, text, symbols),
+            Matcher::Running => prove::prove_running(&patches, &|_| true),
+            Matcher::Image { text, symbols } => prove::prove(&patches, &|_| true, text, symbols),
         };
         proof
             .map(Some)

@@ -248,17 +248,17 @@ impl Host<'_> {
         let plan = plan::plan(&applied, &desired.modules);
         // Prove, before anything is loaded, that each patch to apply was built for the
         // code the kernel runs.
-        let to_apply: Vec<&kstack_store::verify::VerifiedPatch> = desired
+        let stack: Vec<&kstack_store::verify::VerifiedPatch> = desired
             .stack
             .iter()
             .flat_map(|s| s.patches.iter())
-            .filter(|p| {
-                plan.steps.iter().any(|step| {
-                    matches!(step, plan::Step::Apply { module, .. } if *module == p.manifest.module_name)
-                })
-            })
             .collect();
-        let proof = super::prove::prove_running(&to_apply)?;
+        let applies = |p: &kstack_store::verify::VerifiedPatch| {
+            plan.steps.iter().any(|step| {
+                matches!(step, plan::Step::Apply { module, .. } if *module == p.manifest.module_name)
+            })
+        };
+        let proof = super::prove::prove_running(&stack, &applies)?;
         Ok(Prepared {
             identity,
             desired,

@@ -41,12 +41,14 @@ pub enum ProveError {
     Mismatch { patch: String, reports: Vec<String> },
 }
 
-/// Proves `patches` (in stack order) against the kernel whose text and symbols are
-/// given. A function that an earlier patch of the same list also replaces is built
-/// on that patch's version, which runs from the earlier module, not at the original
-/// address: it is reported as covered by the earlier patch's proof.
+/// Proves the patches of a stack (in stack order) for which `check` says so, against
+/// the kernel whose text and symbols are given. A function that an earlier patch of
+/// the stack also replaces is built on that patch's version, which runs from the
+/// earlier module, not at the original address: it is reported as covered by the
+/// earlier patch's proof.
 pub fn prove(
     patches: &[&VerifiedPatch],
+    check: &dyn Fn(&VerifiedPatch) -> bool,
     text: &dyn KernelText,
     symbols: &KallsymsIndex,
 ) -> Result<Proof, ProveError> {
@@ -55,6 +57,10 @@ pub fn prove(
     let mut replaced_before: Vec<String> = Vec::new();
     for patch in patches {
         let name = &patch.manifest.name;
+        if !check(patch) {
+            replaced_before.extend(patch.manifest.functions.iter().map(|f| f.name.clone()));
+            continue;
+        }
         let Some(bytes) = patch.files.get(BEFORE_FILE) else {
             proof.unproven.push(name.clone());
             continue;
@@ -109,17 +115,21 @@ pub fn prove(
                 reports: failures,
             });
         }
-        replaced_before.extend(file.functions.iter().map(|f| f.function.clone()));
+        replaced_before.extend(patch.manifest.functions.iter().map(|f| f.name.clone()));
     }
     proof.elapsed = started.elapsed();
     Ok(proof)
 }
 
 /// Proves against the running kernel: `/proc/kcore` and `/proc/kallsyms` (root).
-pub fn prove_running(patches: &[&VerifiedPatch]) -> Result<Proof, ProveError> {
-    if patches.iter().all(|p| !p.files.contains_key(BEFORE_FILE)) {
+pub fn prove_running(
+    patches: &[&VerifiedPatch],
+    check: &dyn Fn(&VerifiedPatch) -> bool,
+) -> Result<Proof, ProveError> {
+    let checked: Vec<&&VerifiedPatch> = patches.iter().filter(|p| check(p)).collect();
+    if checked.iter().all(|p| !p.files.contains_key(BEFORE_FILE)) {
         return Ok(Proof {
-            unproven: patches.iter().map(|p| p.manifest.name.clone()).collect(),
+            unproven: checked.iter().map(|p| p.manifest.name.clone()).collect(),
             ..Proof::default()
         });
     }
@@ -130,5 +140,5 @@ pub fn prove_running(patches: &[&VerifiedPatch]) -> Result<Proof, ProveError> {
         })?;
     let symbols = KallsymsIndex::parse(&kallsyms)?;
     let text = runpre::Kcore::open()?;
-    prove(patches, &text, &symbols)
+    prove(patches, check, &text, &symbols)
 }
