@@ -12,15 +12,7 @@ use std::collections::BTreeMap;
 use kstack_engine::runpre::{self, BeforeImage, Cause, FentryState, Outcome};
 use object::{Object, ObjectSymbol, SymbolKind};
 
-/// The functions the example patches replace, and their translation units.
-const NAMED: [(&str, &str); 4] = [
-    ("fs/proc/cmdline.o", "cmdline_proc_show"),
-    ("fs/proc/version.o", "version_proc_show"),
-    ("kernel/sys.o", "__do_sys_newuname"),
-    ("fs/proc/meminfo.o", "meminfo_proc_show"),
-];
-/// Big translation units whose every function is matched.
-const BIG: [&str; 3] = ["kernel/sys.o", "fs/namei.o", "mm/mmap.o"];
+use common::{BIG, NAMED};
 
 /// Every function an object defines.
 fn functions_of(bytes: &[u8]) -> Vec<String> {

@@ -23,15 +23,7 @@ use kstack_engine::runpre::{self, BeforeImage, FentryState, Kcore, MemoryText, O
 use kstack_engine::sandbox::{GuestRun, Sandbox, SandboxOptions};
 use object::{Object, ObjectSymbol, SymbolKind};
 
-/// The functions the example patches replace, and their translation units.
-const NAMED: [(&str, &str); 4] = [
-    ("fs/proc/cmdline.o", "cmdline_proc_show"),
-    ("fs/proc/version.o", "version_proc_show"),
-    ("kernel/sys.o", "__do_sys_newuname"),
-    ("fs/proc/meminfo.o", "meminfo_proc_show"),
-];
-/// Big translation units whose every function is matched.
-const BIG: [&str; 3] = ["kernel/sys.o", "fs/namei.o", "mm/mmap.o"];
+use common::{BIG, NAMED};
 /// kcore's ELF header and program headers fit in this (a few dozen segments).
 const KCORE_HEADER: usize = 8192;
 

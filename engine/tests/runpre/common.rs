@@ -88,6 +88,16 @@ fn run(cmd: &mut Command) {
     );
 }
 
+/// The functions the example patches replace, and their translation units.
+pub const NAMED: [(&str, &str); 4] = [
+    ("fs/proc/cmdline.o", "cmdline_proc_show"),
+    ("fs/proc/version.o", "version_proc_show"),
+    ("kernel/sys.o", "__do_sys_newuname"),
+    ("fs/proc/meminfo.o", "meminfo_proc_show"),
+];
+/// Big translation units whose every function is matched.
+pub const BIG: [&str; 3] = ["kernel/sys.o", "fs/namei.o", "mm/mmap.o"];
+
 /// A private, hard-linked copy of the prepared source tree.
 #[derive(Debug)]
 pub struct Tree {
@@ -115,16 +125,11 @@ pub fn tree() -> &'static Tree {
                 )
             });
             let _ = std::fs::remove_dir_all(&root);
-            let linked = Command::new("cp")
-                .arg("-al")
-                .arg(&source)
-                .arg(&root)
-                .status();
-            if !linked.is_ok_and(|s| s.success()) {
-                let _ = std::fs::remove_dir_all(&root);
-                run(Command::new("cp").arg("-a").arg(&source).arg(&root));
-            }
-            unlink_generated(&root);
+            // The builder's own private copy (hard links to the sources, copies of
+            // what preparing generated), kept here between runs.
+            let work = kstack_engine::build::tree::WorkTree::new(&source, &dir, &kernel.release)
+                .unwrap_or_else(|e| panic!("copying {}: {e}", source.display()));
+            std::fs::rename(work.into_path(), &root).unwrap();
             std::fs::write(&done, "").unwrap();
         }
         Tree {
@@ -139,31 +144,6 @@ fn lock(path: &Path) -> nix::fcntl::Flock<std::fs::File> {
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| e)
         .unwrap()
-}
-
-/// Replaces every file that `make prepare` wrote (newer than the top Makefile, and
-/// `.config`) by a copy of its own, so that the build never writes through a link
-/// into the cache.
-fn unlink_generated(root: &Path) {
-    let reference = std::fs::metadata(root.join("Makefile"))
-        .and_then(|m| m.modified())
-        .unwrap();
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            if meta.is_dir() {
-                stack.push(path);
-            } else if meta.is_file()
-                && (meta.modified().unwrap() > reference || path == root.join(".config"))
-            {
-                let tmp = path.with_extension("runpre-copy");
-                std::fs::copy(&path, &tmp).unwrap();
-                std::fs::rename(&tmp, &path).unwrap();
-            }
-        }
-    }
 }
 
 impl Tree {
