@@ -68,15 +68,7 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    Sync(sync::SyncArgs),
-    Plan(plan::PlanArgs),
-    Status(status::StatusArgs),
-    Generations(generations::GenerationsArgs),
-    Rollback(rollback::RollbackArgs),
-    Try(r#try::TryArgs),
-    Kernel(kernel::KernelArgs),
-    Init(init::InitArgs),
-    Key(key::KeyArgs),
+    // Authoring stacks.
     Commit(commit::CommitArgs),
     Log(log::LogArgs),
     Show(show::ShowArgs),
@@ -84,6 +76,17 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     Stacks(stacks::StacksArgs),
     Pull(pull::PullArgs),
+    Init(init::InitArgs),
+    Key(key::KeyArgs),
+    // Running them on a host.
+    Sync(sync::SyncArgs),
+    Plan(plan::PlanArgs),
+    Status(status::StatusArgs),
+    Generations(generations::GenerationsArgs),
+    Rollback(rollback::RollbackArgs),
+    // Trying them, and the kernels they are for.
+    Try(r#try::TryArgs),
+    Kernel(kernel::KernelArgs),
 }
 
 /// Runs one parsed command line.
