@@ -15,7 +15,8 @@ use anyhow::{Context, Result, bail};
 use kstack_engine::assets::{self, Cache, FetchOptions};
 
 /// Debian packages: QEMU and the initramfs tools for the sandbox, the kernel build
-/// prerequisites for kbuild and the source tree, git for the distribution tests.
+/// prerequisites for kbuild and the source tree (`patch` applies a stack's diffs),
+/// git for the distribution tests, systemd's verifier for the boot unit's test.
 const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -29,6 +30,7 @@ const PACKAGES: &[&str] = &[
     "xz-utils",
     "kmod",
     "git",
+    "patch",
     "systemd",
 ];
 
