@@ -222,3 +222,23 @@ fn example(name: &str) -> std::path::PathBuf {
         .join("examples/patches")
         .join(name)
 }
+
+/// Two builds at the same time share nothing: each module holds its own functions.
+#[test]
+fn two_builds_at_once_do_not_mix() {
+    let a = CliStore::new();
+    let b = CliStore::new();
+    let (ra, rb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| a.commit_diff("x", &example("0001-proc-version-banner.diff")));
+        let tb = s.spawn(|| b.commit_diff("x", &example("0004-loadavg-running-percent.diff")));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    assert_eq!(
+        ra["patch"]["functions"],
+        serde_json::json!(["vmlinux:version_proc_show"])
+    );
+    assert_eq!(
+        rb["patch"]["functions"],
+        serde_json::json!(["vmlinux:loadavg_proc_show"])
+    );
+}

@@ -268,10 +268,9 @@ pub fn build(
 
     enter(Phase::Extract, &mut timings);
     let module_name = module_name(req);
-    let module_dir = work.join("module");
-    if module_dir.exists() {
-        std::fs::remove_dir_all(&module_dir).map_err(io(&module_dir))?;
-    }
+    // Everything of this build lives in the work tree's directory, so builds that
+    // run at the same time (two `kstack commit`s) never share a file.
+    let module_dir = tree.path().join(".kstack/module");
     std::fs::create_dir_all(&module_dir).map_err(io(&module_dir))?;
     let mut sources = Vec::new();
     let mut table = Vec::new();
@@ -344,7 +343,7 @@ pub fn build(
         sources: c_sources,
         ccflags: vec![format!("-I{}", module_dir.join("include").display())],
     };
-    let built_dir = work.join("kbuild");
+    let built_dir = tree.path().join(".kstack/kbuild");
     let ko = kbuild::build_module_with(
         &req.kernel.headers(),
         &spec,
