@@ -311,28 +311,9 @@ fn concurrent_commits_on_one_stack_lose_cleanly() {
     let env = Env::new();
     let base = env.add("base", &["f0"]);
     // Deterministic: both prepared on the same head, published one after the other.
-    let a = env
-        .store
-        .prepare_add_patch(
-            &env.stack,
-            None,
-            patch("a", &["f1"]),
-            "a",
-            &author(),
-            &env.key,
-        )
-        .unwrap();
+    let a = env.prepare(&env.store, "a", &["f1"]);
     let other = env.reopen();
-    let b = other
-        .prepare_add_patch(
-            &env.stack,
-            None,
-            patch("b", &["f2"]),
-            "b",
-            &author(),
-            &env.key,
-        )
-        .unwrap();
+    let b = env.prepare(&other, "b", &["f2"]);
     env.store.publish(&a).unwrap();
     let err = other.publish(&b).unwrap_err();
     assert!(
@@ -434,17 +415,7 @@ fn crash_between_objects_and_ref() {
     let head = env.add("foo", &["f1"]);
     let log_before = env.store.log(head, None).unwrap();
     // Write every object of a commit, then "crash" before the ref moves.
-    let prepared = env
-        .store
-        .prepare_add_patch(
-            &env.stack,
-            None,
-            patch("bar", &["f2"]),
-            "m",
-            &author(),
-            &env.key,
-        )
-        .unwrap();
+    let prepared = env.prepare(&env.store, "bar", &["f2"]);
     let path = env.path();
     drop(env.store);
     let store = Store::open(&path).unwrap();

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kstack_store::commit::NewPatch;
+use kstack_store::commit::{NewPatch, Prepared};
 use kstack_store::fixtures::FakeModule;
 use kstack_store::keys::{SecretKey, TrustPolicy};
 use kstack_store::model::PatchSource;
@@ -61,6 +61,21 @@ impl Env {
             )
             .unwrap()
             .commit
+    }
+
+    /// Writes a commit adding a synthetic patch through `store` (this env's, or
+    /// another handle on it), without moving the ref.
+    pub fn prepare(&self, store: &Store, name: &str, functions: &[&str]) -> Prepared {
+        store
+            .prepare_add_patch(
+                &self.stack,
+                None,
+                patch(name, functions),
+                name,
+                &author(),
+                &self.key,
+            )
+            .unwrap()
     }
 
     pub fn head(&self) -> ObjectId {
