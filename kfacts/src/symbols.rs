@@ -1,0 +1,45 @@
+//! Kernel symbols with a fixed meaning to a live-patch tool.
+
+/// The ftrace entry hook that `-pg -mfentry` calls first thing in every traceable
+/// function; livepatch redirects a function through it (kernel/livepatch/patch.c,
+/// `klp_patch_func` via `ftrace_location`; arch/x86/kernel/ftrace_64.S).
+pub const FENTRY: &str = "__fentry__";
+
+/// Furthest offset from a function's start of the `call __fentry__` relocation: the
+/// `e8` opcode sits at 0 so the field at 1, or after a 4-byte `endbr64` with
+/// `CONFIG_X86_KERNEL_IBT` (arch/x86/include/asm/ibt.h).
+pub const FENTRY_MAX_RELOC_OFFSET: u64 = 5;
+
+/// The return thunks that `jmp __x86_return_thunk` may be pointed at
+/// (arch/x86/kernel/cpu/bugs.c, `set_return_thunk`; arch/x86/lib/retpoline.S).
+pub const RETURN_THUNKS: &[&str] = &[
+    "__x86_return_thunk",
+    "retbleed_return_thunk",
+    "srso_return_thunk",
+    "srso_alias_return_thunk",
+    "its_return_thunk",
+];
+
+/// Retpoline thunks, one per register: `__x86_indirect_thunk_<reg>`
+/// (arch/x86/lib/retpoline.S).
+pub const RETPOLINE_THUNK_PREFIX: &str = "__x86_indirect_thunk_";
+
+/// Indirect-branch thunks that a retpoline site may call instead of the register
+/// (ITS mitigation, arch/x86/kernel/alternative.c `emit_its_trampoline`); dynamic
+/// ones live outside the kernel's text.
+pub const ITS_THUNK_PREFIX: &str = "__x86_indirect_its_thunk_";
+
+/// Static call trampolines and keys (`STATIC_CALL_TRAMP_PREFIX`,
+/// `STATIC_CALL_KEY_PREFIX`, include/linux/static_call_types.h): a trampoline is one
+/// `jmp` that `static_call_update()` retargets, or turns into `ret`.
+pub const STATIC_CALL_TRAMP_PREFIX: &str = "__SCT__";
+pub const STATIC_CALL_KEY_PREFIX: &str = "__SCK__";
+
+/// The symbols that bound the kernel image's text (the linker script,
+/// arch/x86/kernel/vmlinux.lds.S).
+pub const TEXT_START: &str = "_stext";
+pub const TEXT_END: &str = "_etext";
+
+/// The byte `free_initmem()` fills freed `__init` code with (`POISON_FREE_INITMEM`,
+/// include/linux/poison.h; arch/x86/mm/init.c).
+pub const POISON_FREE_INITMEM: u8 = 0xcc;
