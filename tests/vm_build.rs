@@ -11,7 +11,7 @@ use kstack_tests::{CliStore, kernel, sandbox, sections};
 /// (relative path, mtime, length) of every generated file of the prepared tree and
 /// every file the examples touch: what a build could write through a hard link.
 fn snapshot(tree: &Path, extra: &[String]) -> Vec<(String, SystemTime, u64)> {
-    let list = std::fs::read_to_string(tree.join(kstack_engine::assets::GENERATED_LIST))
+    let list = std::fs::read_to_string(tree.join(kstack_engine::builder::assets::GENERATED_LIST))
         .expect("the prepared tree lists its generated files");
     list.lines()
         .map(str::to_owned)
@@ -34,7 +34,7 @@ fn example_patches_build_apply_check_and_revert() {
         .expect("run `cargo xtask setup`: no prepared source");
     let touched: Vec<String> = patches
         .iter()
-        .flat_map(|p| kstack_engine::build::tree::changed_files(&std::fs::read(p).unwrap()))
+        .flat_map(|p| kstack_engine::builder::tree::changed_files(&std::fs::read(p).unwrap()))
         .collect();
     let before = snapshot(&tree, &touched);
 

@@ -11,7 +11,7 @@ use kstack_tests::{CliStore, kernel, kstack_cli, sandbox, sections, workspace_ro
 /// A cache that shares the real kernel (image, headers, kallsyms) but whose
 /// "distribution source" has `edit` applied to `file`.
 fn wrong_cache(file: &str, edit: impl Fn(&str) -> String) -> tempfile::TempDir {
-    let real = kstack_engine::assets::Cache::from_env();
+    let real = kstack_engine::builder::assets::Cache::from_env();
     let kernel = kernel();
     let dir = tempfile::tempdir().unwrap();
     let kernels = dir.path().join("kernels");
@@ -22,7 +22,7 @@ fn wrong_cache(file: &str, edit: impl Fn(&str) -> String) -> tempfile::TempDir {
     let src = dir.path().join("src").join(&kernel.release);
     std::fs::create_dir_all(&src).unwrap();
     // The builder's own private copy of the prepared tree, kept as the source.
-    let work = kstack_engine::build::tree::WorkTree::new(
+    let work = kstack_engine::builder::tree::WorkTree::new(
         &kernel.source().expect("run `cargo xtask setup`"),
         &src,
         &kernel.release,

@@ -27,7 +27,7 @@ fn try_with_a_config_syncs_the_stack_then_runs_the_command() {
         .args(["try", "--", "cat /proc/cmdline /proc/loadavg"])
         .env(
             "KSTACK_CACHE",
-            kstack_engine::assets::Cache::from_env().root(),
+            kstack_engine::builder::assets::Cache::from_env().root(),
         )
         .output()
         .unwrap();

@@ -6,9 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use kstack_engine::config::{Config, DEFAULT_CONFIG_PATH};
-use kstack_engine::reconcile::host::Host;
-use kstack_engine::reconcile::state::StateDir;
+use kstack_engine::host::config::{Config, DEFAULT_CONFIG_PATH};
+use kstack_engine::host::reconcile::Host;
+use kstack_engine::host::state::StateDir;
 use kstack_store::keys::TrustPolicy;
 use kstack_store::store::Store;
 
@@ -105,7 +105,7 @@ impl Context {
 /// `/var/lib/kstack` for root, else `$XDG_*_HOME/kstack` (or `~/<fallback>/kstack`).
 fn default_dir(xdg_var: &str, fallback: &str) -> PathBuf {
     if nix::unistd::geteuid().is_root() {
-        return PathBuf::from(kstack_engine::config::DEFAULT_STATE_DIR);
+        return PathBuf::from(kstack_engine::host::config::DEFAULT_STATE_DIR);
     }
     if let Some(dir) = std::env::var_os(xdg_var) {
         return Path::new(&dir).join("kstack");

@@ -104,9 +104,9 @@ impl CliError {
 /// Renders an error with its chain of causes, as `a: b: c`.
 pub use kstack_store::error_chain as chain;
 
-impl From<kstack_engine::config::ConfigError> for CliError {
-    fn from(err: kstack_engine::config::ConfigError) -> Self {
-        use kstack_engine::config::ConfigError;
+impl From<kstack_engine::host::config::ConfigError> for CliError {
+    fn from(err: kstack_engine::host::config::ConfigError) -> Self {
+        use kstack_engine::host::config::ConfigError;
         match &err {
             ConfigError::Read { .. } => CliError::new(Kind::User, chain(&err))
                 .with_hint("pass --config FILE, or see examples/kstack.toml"),
@@ -135,11 +135,11 @@ impl From<kstack_engine::sandbox::SandboxError> for CliError {
     }
 }
 
-impl From<kstack_engine::reconcile::host::SyncError> for CliError {
-    fn from(err: kstack_engine::reconcile::host::SyncError) -> Self {
-        use kstack_engine::kernel::KernelError;
-        use kstack_engine::reconcile::host::SyncError;
-        use kstack_engine::reconcile::state::StateError;
+impl From<kstack_engine::host::reconcile::SyncError> for CliError {
+    fn from(err: kstack_engine::host::reconcile::SyncError) -> Self {
+        use kstack_engine::host::kernel::KernelError;
+        use kstack_engine::host::reconcile::SyncError;
+        use kstack_engine::host::state::StateError;
         let kind = match &err {
             SyncError::Verify(_)
             | SyncError::WrongKernel { .. }

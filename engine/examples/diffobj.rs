@@ -6,7 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let [pre, post] = args.as_slice() else {
         return Err("usage: diffobj PRE.o POST.o".into());
     };
-    let report = kstack_engine::build::diff::diff_objects(
+    let report = kstack_engine::builder::diff::diff_objects(
         &std::fs::read(pre)?,
         &std::fs::read(post)?,
         &Default::default(),
@@ -14,7 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in report
         .functions
         .iter()
-        .filter(|f| f.status != kstack_engine::build::diff::Status::Unchanged)
+        .filter(|f| f.status != kstack_engine::builder::diff::Status::Unchanged)
     {
         println!("{} {:?}", f.key, f.reasons);
     }

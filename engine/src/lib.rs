@@ -1,22 +1,23 @@
-//! The kstack engine: everything that acts, as opposed to what is stored.
+//! The kstack engine: everything that acts, as opposed to what is stored. Three
+//! products, one folder each, and what two of them share:
 //!
-//! - [`config`]: the host's declaration (`kstack.toml`).
-//! - [`assets`]: the kernels kstack targets, fetched from Debian into a cache.
-//! - [`kbuild`]: building a livepatch module with the kernel's own kbuild.
-//! - [`initramfs`]: a `newc` cpio writer for the sandbox's root file system.
-//! - [`sandbox`]: a QEMU VM running a given kernel, for `kstack try` and the tests.
-//! - [`guest`]: what `kstack` does as PID 1 inside that VM.
+//! - [`host`]: runs on the patched machine and touches its live kernel: the config,
+//!   the livepatch interface, the planner, the executor, the run-pre proof before
+//!   loading, generations and the lock.
+//! - [`builder`]: runs on a build machine: the kernels kstack targets (fetched from
+//!   Debian into a cache), work trees, kbuild, the ELF differ, the livepatch writer.
+//! - [`sandbox`]: boots a kernel in QEMU with kstack as PID 1, for `kstack try` and
+//!   the tests.
+//! - [`runpre`]: run-pre matching, shared by the builder (which keeps each replaced
+//!   function's "before" image) and the host (which proves it against the running
+//!   kernel before loading).
 //!
-//! It is quiet: it returns values and errors and never prints; the CLI renders.
+//! The host never imports the builder nor the builder the host; kernel facts both
+//! need are in `kstack-kfacts`. The engine is quiet: it returns values and errors and
+//! never prints; the CLI renders.
 
-pub mod assets;
-pub mod build;
-pub mod config;
-pub mod guest;
-pub mod initramfs;
-pub mod kbuild;
-pub mod kernel;
-pub mod reconcile;
+pub mod builder;
+pub mod host;
 pub mod runpre;
 pub mod sandbox;
 

@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kstack_engine::build::diff::{DiffOptions, DiffReport, Status, diff_objects, special_entries};
+use kstack_engine::builder::diff::{
+    DiffOptions, DiffReport, Status, diff_objects, special_entries,
+};
 use object::Object;
 
 #[path = "diff/kernel.rs"]

@@ -22,10 +22,10 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::Command;
 
-use kstack_engine::assets::{Cache, Kernel};
-use kstack_engine::build::klp::{self, ExtractRequest, FunctionSpec, insn};
-use kstack_engine::build::tree::WorkTree;
-use kstack_engine::build::{Resolution, ResolveError, SymbolResolver};
+use kstack_engine::builder::assets::{Cache, Kernel};
+use kstack_engine::builder::klp::{self, ExtractRequest, FunctionSpec, insn};
+use kstack_engine::builder::tree::WorkTree;
+use kstack_engine::builder::{Resolution, ResolveError, SymbolResolver};
 use kstack_engine::sandbox::{self, Sandbox, SandboxOptions, sections};
 use object::read::elf::{ElfFile64, FileHeader as _, SectionHeader as _};
 use object::{Endianness, Object, ObjectSection, ObjectSymbol, elf};

@@ -18,7 +18,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use kstack_engine::kbuild::{self, ModuleSpec};
+use kstack_engine::builder::kbuild::{self, ModuleSpec};
 use kstack_engine::runpre::{self, BeforeImage, FentryState, Kcore, MemoryText, Outcome, read_len};
 use kstack_engine::sandbox::{GuestRun, Sandbox, SandboxOptions};
 use object::{Object, ObjectSymbol, SymbolKind};

@@ -36,6 +36,14 @@ pub const MANIFEST_FILE: &str = "manifest.toml";
 pub const MODULE_FILE: &str = "module.ko";
 /// A patch's source change, in its directory, when there is one.
 pub const DIFF_FILE: &str = "patch.diff";
+/// The hook source a patch was built with, in its directory, when there is one.
+pub const HOOKS_FILE: &str = "hooks.c";
+/// The "before" images of the functions a patch replaces (run-pre matching), in
+/// its directory, for patches built from source.
+pub const BEFORE_FILE: &str = "before.toml";
+/// Module names kstack gives the patches it builds (`kstack_<12 hex>`), so that the
+/// kernel's list of applied patches maps back to the store.
+pub const MODULE_PREFIX: &str = "kstack_";
 /// Longest stack or patch name.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -242,7 +250,7 @@ fn is_zero(n: &u64) -> bool {
 }
 
 /// The object of a function in the kernel image itself.
-pub const VMLINUX: &str = "vmlinux";
+pub use kstack_kfacts::livepatch::VMLINUX;
 
 impl fmt::Display for FunctionRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

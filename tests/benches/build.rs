@@ -85,7 +85,9 @@ fn main() {
     if std::env::var("BENCH_COLD").as_deref() != Ok("0") {
         // A fresh cache that shares only the downloaded packages.
         let cold = tempfile::tempdir().unwrap();
-        let debs = kstack_engine::assets::Cache::from_env().root().join("debs");
+        let debs = kstack_engine::builder::assets::Cache::from_env()
+            .root()
+            .join("debs");
         std::os::unix::fs::symlink(&debs, cold.path().join("debs")).unwrap();
         let mut add = kstack_cli();
         add.env("KSTACK_CACHE", cold.path())
@@ -108,7 +110,7 @@ fn main() {
         let source = kernel().source().unwrap();
         let parent = tempfile::tempdir().unwrap();
         let tree =
-            kstack_engine::build::tree::WorkTree::new(&source, parent.path(), &release).unwrap();
+            kstack_engine::builder::tree::WorkTree::new(&source, parent.path(), &release).unwrap();
         let mut make = Command::new("make");
         make.arg("-C")
             .arg(tree.path())
@@ -116,7 +118,7 @@ fn main() {
             .arg(format!("KERNELRELEASE={release}"))
             .arg(format!(
                 "KCFLAGS={}",
-                kstack_engine::build::tree::EXTRA_CFLAGS
+                kstack_engine::builder::tree::EXTRA_CFLAGS
             ))
             .arg("vmlinux");
         let (wall, cpu, rss) = measure(&mut make);

@@ -9,8 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
-use kstack_engine::assets::{Cache, Kernel};
-use kstack_engine::kbuild::{self, ModuleSpec};
+use kstack_engine::builder::assets::{Cache, Kernel};
+use kstack_engine::builder::kbuild::{self, ModuleSpec};
 use kstack_engine::sandbox::{self, Sandbox, SandboxOptions};
 
 /// The one command that installs and fetches everything the tests need.

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use kstack_engine::assets::{self, Cache, FetchOptions};
+use kstack_engine::builder::assets::{self, Cache, FetchOptions};
 
 /// Debian packages: QEMU and the initramfs tools for the sandbox, the kernel build
 /// prerequisites for kbuild and the source tree (`patch` applies a stack's diffs),

@@ -101,7 +101,7 @@ pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<Exit
         // A new stack for a source change is pinned to the cache's default kernel:
         // the build host's own kernel is rarely the target.
         (Some(_), None) if !stack_exists(&ctx, &store, args.stack.as_deref())? => {
-            let kernel = kstack_engine::assets::Cache::from_env()
+            let kernel = kstack_engine::builder::assets::Cache::from_env()
                 .current()
                 .map_err(|e| CliError::new(Kind::Unavailable, crate::error::chain(&e)))?;
             let build_id = kernel

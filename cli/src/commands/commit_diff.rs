@@ -4,17 +4,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use kstack_engine::assets::Cache;
-use kstack_engine::build::pipeline::{self, BuildRequest, Phase};
+use kstack_engine::builder::assets::Cache;
+use kstack_engine::builder::pipeline::{self, BuildRequest, Phase};
 use kstack_store::commit::NewPatch;
-use kstack_store::model::{DIFF_FILE, PatchSource};
+use kstack_store::model::{DIFF_FILE, HOOKS_FILE, PatchSource};
 use kstack_store::store::{StackId, Store};
 
 use crate::error::{CliError, Kind, chain};
 use crate::ui::Ui;
-
-/// The file name a patch's hook source is stored under.
-pub const HOOKS_FILE: &str = "hooks.c";
 
 /// A source change to build.
 #[derive(Debug)]
@@ -244,7 +241,7 @@ pub fn build(
     }
     let mut extra = BTreeMap::new();
     extra.insert(
-        pipeline::BEFORE_FILE.to_owned(),
+        kstack_store::model::BEFORE_FILE.to_owned(),
         built.before.to_toml().into_bytes(),
     );
     if let Some(hooks) = &change.hooks {

@@ -1,12 +1,12 @@
-//! PID 1 of the sandbox VM (see `kstack_engine::guest`). Not a user command: `main`
+//! PID 1 of the sandbox VM (see `kstack_engine::sandbox::guest`). Not a user command: `main`
 //! calls it when kstack runs as init.
 
 use std::process::ExitCode;
 
 pub fn run_as_init() -> ExitCode {
-    if let Err(e) = kstack_engine::guest::run_script() {
+    if let Err(e) = kstack_engine::sandbox::guest::run_script() {
         // PID 1's stderr is the kernel console, which the host keeps.
         eprintln!("kstack-init: {}", crate::error::chain(&e));
     }
-    kstack_engine::guest::power_off()
+    kstack_engine::sandbox::guest::power_off()
 }

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use kstack_engine::assets::{self, Cache, FetchOptions};
+use kstack_engine::builder::assets::{self, Cache, FetchOptions};
 
 use super::GlobalArgs;
 use crate::error::{CliError, Kind, chain};

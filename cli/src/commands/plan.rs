@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use kstack_engine::reconcile::Step;
-use kstack_engine::reconcile::host::Prepared;
+use kstack_engine::host::Step;
+use kstack_engine::host::reconcile::Prepared;
 
 use super::GlobalArgs;
 use crate::context::Context;

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use clap::Args;
 use indicatif::ProgressBar;
-use kstack_engine::reconcile::Step;
-use kstack_engine::reconcile::exec::Observer;
-use kstack_engine::reconcile::host::Synced;
+use kstack_engine::host::Step;
+use kstack_engine::host::exec::Observer;
+use kstack_engine::host::reconcile::Synced;
 
 use super::GlobalArgs;
 use super::plan::{plan_json, render_plan};

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use kstack_engine::assets::Cache;
+use kstack_engine::builder::assets::Cache;
 use kstack_engine::sandbox::{self, Accel, Sandbox, SandboxOptions};
 
 use super::GlobalArgs;

@@ -147,7 +147,7 @@ impl Matcher {
             Some(path) => path.clone(),
             None => {
                 let build_id = kstack_store::ident::image_build_id(image).map_err(|e| data(&e))?;
-                let kernel = kstack_engine::assets::Cache::from_env()
+                let kernel = kstack_engine::builder::assets::Cache::from_env()
                     .kernel_with_build_id(&build_id)
                     .ok_or_else(|| {
                         CliError::new(
@@ -173,8 +173,8 @@ impl Matcher {
     fn prove(
         &self,
         stack: &kstack_store::verify::VerifiedStack,
-    ) -> Result<Option<kstack_engine::reconcile::prove::Proof>, String> {
-        use kstack_engine::reconcile::prove;
+    ) -> Result<Option<kstack_engine::host::prove::Proof>, String> {
+        use kstack_engine::host::prove;
         let patches: Vec<_> = stack.patches.iter().collect();
         let proof = match self {
             Matcher::None => return Ok(None),

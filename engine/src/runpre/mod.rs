@@ -46,6 +46,27 @@ pub use matcher::{
 };
 pub use text::{ImageText, Kcore, KernelText, MemoryText};
 
+/// A patch's `before.toml`: the code each replaced function had in the objects the
+/// patch was built from, with its relocation sites. The builder writes it; `kstack
+/// sync` and `kstack verify --running` compare it with the running kernel before the
+/// patch is loaded.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct BeforeFile {
+    #[serde(default, rename = "function")]
+    pub functions: Vec<BeforeImage>,
+}
+
+impl BeforeFile {
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("before images serialize: plain fields and tables")
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<BeforeFile, String> {
+        let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
 /// Everything that can stop run-pre matching before a comparison has a result.
 #[derive(Debug, thiserror::Error)]
 pub enum RunPreError {

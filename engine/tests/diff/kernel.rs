@@ -2,7 +2,7 @@
 //!
 //! kbuild builds in its source tree, and the shared prepared tree must not change,
 //! so the tests work in a private copy: the builder's own work tree
-//! (`kstack_engine::build::tree::WorkTree`: hard links to the sources, real copies of
+//! (`kstack_engine::builder::tree::WorkTree`: hard links to the sources, real copies of
 //! what preparing generated). A post source is written as a new file, which breaks
 //! its link; the shared one is linked back afterwards.
 
@@ -11,8 +11,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use kstack_engine::assets::Cache;
-use kstack_engine::build::tree::WorkTree;
+use kstack_engine::builder::assets::Cache;
+use kstack_engine::builder::tree::WorkTree;
 
 #[derive(Debug)]
 pub struct Tree {

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use kstack_engine::assets::{Cache, Kernel};
-use kstack_engine::build::symbols::KernelSymbols;
+use kstack_engine::builder::assets::{Cache, Kernel};
+use kstack_engine::builder::symbols::KernelSymbols;
 use kstack_engine::runpre::{ImageText, KallsymsIndex};
 use kstack_engine::sandbox;
 
@@ -127,7 +127,7 @@ pub fn tree() -> &'static Tree {
             let _ = std::fs::remove_dir_all(&root);
             // The builder's own private copy (hard links to the sources, copies of
             // what preparing generated), kept here between runs.
-            let work = kstack_engine::build::tree::WorkTree::new(&source, &dir, &kernel.release)
+            let work = kstack_engine::builder::tree::WorkTree::new(&source, &dir, &kernel.release)
                 .unwrap_or_else(|e| panic!("copying {}: {e}", source.display()));
             std::fs::rename(work.into_path(), &root).unwrap();
             std::fs::write(&done, "").unwrap();

@@ -10,8 +10,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use super::kernel::{self, Goal, KernelError};
 use super::plan::{Plan, Step};
-use crate::kernel::{self, Goal, KernelError};
 
 /// The verified bytes of every module a plan (or its undo) may load, by module name.
 #[derive(Debug, Default, Clone)]

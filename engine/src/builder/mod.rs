@@ -1,14 +1,22 @@
 //! The builder: from a source diff to a livepatch module, Ksplice's and kpatch's
 //! method (pre/post differencing of the objects of the translation units a diff
-//! touches).
+//! touches). It runs on a build machine, never on the patched host.
 //!
+//! - [`assets`]: the kernels kstack targets, fetched from Debian into a cache.
+//! - [`tree`]: private work trees of a prepared source, and compiling the touched
+//!   translation units with the kernel's flags.
+//! - [`kbuild`]: linking a module with the kernel's own kbuild.
+//! - [`symbols`]: the target kernel's symbols, as the livepatch writer resolves them.
+//! - [`pipeline`]: the whole build of one patch.
 //! - [`diff`]: the ELF differ: correlates the pre and post objects and decides which
 //!   functions changed, which are new, and what must be refused.
 //! - [`klp`]: the output object (the changed and new functions with what they need,
 //!   livepatch relocations for what the module loader cannot resolve) and the
 //!   post-link step that turns them into `.klp.rela` sections in the final module.
 
+pub mod assets;
 pub mod diff;
+pub mod kbuild;
 pub mod klp;
 pub mod pipeline;
 pub mod symbols;

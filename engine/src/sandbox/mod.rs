@@ -1,7 +1,7 @@
 //! A QEMU virtual machine that boots a given kernel and runs one script in it.
 //!
-//! The VM's root file system is an initramfs written by [`crate::initramfs`]: a static
-//! `kstack` as `/init` (see [`crate::guest`]), busybox for the shell and tools, and the
+//! The VM's root file system is an initramfs written by [`initramfs`]: a static
+//! `kstack` as `/init` (see [`guest`]), busybox for the shell and tools, and the
 //! files the caller adds. The kernel console, the script's stdout, its stderr and its
 //! exit status travel on four separate serial ports, so they never mix.
 //!
@@ -17,8 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::guest;
-use crate::initramfs::{Initramfs, InitramfsError};
+pub mod guest;
+pub mod initramfs;
+
+use initramfs::{Initramfs, InitramfsError};
 
 /// The Debian `busybox-static` binary, which runs in an initramfs on its own.
 pub const DEFAULT_BUSYBOX: &str = "/bin/busybox";

@@ -7,46 +7,23 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kstack_store::digest::Sha256Digest;
-use kstack_store::model::{FunctionRef, VMLINUX as VMLINUX_OBJECT};
+use kstack_store::model::{FunctionRef, MODULE_PREFIX, VMLINUX as VMLINUX_OBJECT};
 
+use super::assets::Kernel;
 use super::diff::{self, DiffOptions, DiffReport, Status};
+use super::kbuild;
 use super::klp;
 use super::symbols::{KernelSymbols, SymbolsError};
 use super::tree::{EXTRA_CFLAGS, TreeError, WorkTree};
-use crate::assets::Kernel;
-use crate::kbuild;
+use crate::runpre::BeforeFile;
 
 /// The module template and the hook header, built into kstack so that a build needs
 /// nothing from the source checkout.
 const TEMPLATE_C: &str = include_str!("../../../kmod/template/kstack_patch.c");
 const HOOKS_H: &str = include_str!("../../../kmod/include/kstack/hooks.h");
-/// The file a patch keeps its functions' "before" images in (run-pre matching).
-pub const BEFORE_FILE: &str = "before.toml";
-
-/// `before.toml`: the code each replaced function had in the objects the patch was
-/// built from, with its relocation sites: what `kstack sync` and `kstack verify
-/// --running` compare with the running kernel before the patch is loaded.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct BeforeFile {
-    #[serde(default, rename = "function")]
-    pub functions: Vec<crate::runpre::BeforeImage>,
-}
-
-impl BeforeFile {
-    pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("before images serialize: plain fields and tables")
-    }
-
-    pub fn parse(bytes: &[u8]) -> Result<BeforeFile, String> {
-        let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
-        toml::from_str(text).map_err(|e| e.to_string())
-    }
-}
 
 /// The generated header the template includes.
 const TABLE_H: &str = "kstack_patch_table.h";
-/// The module prefix of kstack-built patches (the reconciler's too).
-pub const MODULE_PREFIX: &str = crate::reconcile::host::MODULE_PREFIX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {

@@ -7,19 +7,16 @@ use std::time::{Duration, Instant};
 
 use kstack_store::ident::BuildId;
 use kstack_store::keys::TrustPolicy;
-use kstack_store::model::FunctionRef;
+use kstack_store::model::{FunctionRef, MODULE_PREFIX};
 use kstack_store::rev::RevError;
 use kstack_store::store::{ObjectId, StackId, Store, StoreError};
 use kstack_store::verify::{VerifiedStack, VerifyError};
 
+use super::config::Config;
 use super::exec::{self, ExecError, Modules, Observer};
+use super::kernel::{self, KernelError, KernelIdentity};
 use super::plan::{self, Applied, Plan};
 use super::state::{Generation, State, StateDir, StateError, now_rfc3339};
-use crate::config::Config;
-use crate::kernel::{self, KernelError, KernelIdentity};
-
-/// Module names kstack gives the patches it builds.
-pub const MODULE_PREFIX: &str = "kstack_";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {

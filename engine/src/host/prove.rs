@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use kstack_store::verify::VerifiedPatch;
 
-use crate::build::pipeline::{BEFORE_FILE, BeforeFile};
-use crate::runpre::{self, KallsymsIndex, KernelText, Outcome};
+use kstack_store::model::BEFORE_FILE;
+
+use crate::runpre::{self, BeforeFile, KallsymsIndex, KernelText, Outcome};
 
 /// What was proven, patch by patch.
 #[derive(Debug, Clone, Default)]

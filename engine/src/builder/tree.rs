@@ -74,7 +74,7 @@ impl WorkTree {
         // kbuild rewrites the files that preparing generated (.cmd, .d, objtool's
         // build) by truncating them: those must be copies, or the write would land in
         // the shared tree.
-        let list = prepared.join(crate::assets::GENERATED_LIST);
+        let list = prepared.join(super::assets::GENERATED_LIST);
         let generated = std::fs::read_to_string(&list).map_err(io(&list))?;
         for rel in generated.lines().filter(|l| !l.is_empty()) {
             unshare(&dir.path().join(rel))?;

@@ -1,0 +1,22 @@
+//! The host side: make the running kernel run the stack the config declares.
+//!
+//! - [`config`]: the host's declaration (`kstack.toml`).
+//! - [`kernel`]: the one module that talks to the running kernel's livepatch
+//!   machinery, behind the [`kernel::Livepatch`] trait.
+//! - [`plan`]: the pure planner.
+//! - [`exec`]: the executor, which runs a plan through a [`kernel::Livepatch`] and
+//!   undoes it on failure.
+//! - [`prove`]: run-pre matching of the patches a plan applies, before loading.
+//! - [`state`]: generations and the lock in the state directory.
+//! - [`reconcile`]: one host's sync, plan, rollback and status, from the config, the
+//!   store and the kernel.
+
+pub mod config;
+pub mod exec;
+pub mod kernel;
+pub mod plan;
+pub mod prove;
+pub mod reconcile;
+pub mod state;
+
+pub use plan::{Applied, Plan, Step, plan};
