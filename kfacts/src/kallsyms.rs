@@ -138,12 +138,21 @@ impl KallsymsIndex {
     /// The entries named `name` in `object` (`vmlinux` or a module), in kallsyms
     /// order: entry `i` is `sympos` `i + 1`.
     pub fn named_in<'a>(&'a self, object: &'a str, name: &str) -> impl Iterator<Item = &'a Ksym> {
+        self.named_in_indexed(object, name).map(|(_, s)| s)
+    }
+
+    /// [`KallsymsIndex::named_in`], each entry with its index in [`KallsymsIndex::entries`].
+    pub fn named_in_indexed<'a>(
+        &'a self,
+        object: &'a str,
+        name: &str,
+    ) -> impl Iterator<Item = (usize, &'a Ksym)> {
         self.by_name
             .get(name)
             .into_iter()
             .flatten()
-            .map(|&i| &self.syms[i])
-            .filter(move |s| s.object() == object)
+            .map(|&i| (i, &self.syms[i]))
+            .filter(move |(_, s)| s.object() == object)
     }
 
     /// The vmlinux entries named `name`, in kallsyms order.

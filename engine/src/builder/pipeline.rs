@@ -238,7 +238,7 @@ pub fn build(
         KernelSymbols::kallsyms_for(&req.kernel.vmlinuz(), &kallsyms_file, &req.guest_binary)?;
     let symvers_path = req.kernel.headers().join("Module.symvers");
     let symvers = std::fs::read_to_string(&symvers_path).map_err(io(&symvers_path))?;
-    let mut symbols = KernelSymbols::parse(&kallsyms, &symvers);
+    let mut symbols = KernelSymbols::parse(&kallsyms, &symvers)?;
     for (unit, pre) in &pre_objects {
         symbols.add_translation_unit(unit, defined_names(pre));
     }

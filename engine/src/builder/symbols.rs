@@ -9,12 +9,11 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use kstack_kfacts::kallsyms::{KallsymsError, KallsymsIndex, Ksym};
+use kstack_kfacts::livepatch::VMLINUX;
+
 use super::{Resolution, ResolveError, SymbolResolver};
 use crate::sandbox::{Sandbox, SandboxError, SandboxOptions};
-
-/// The object name of the kernel image in livepatch terms (`klp_object.name == NULL`,
-/// written `vmlinux` in `.klp.sym` names; kernel/livepatch/core.c).
-pub const VMLINUX: &str = "vmlinux";
 
 /// How far around a candidate to look for the translation unit's other symbols.
 const NEIGHBOURHOOD: usize = 96;
@@ -31,23 +30,16 @@ pub enum SymbolsError {
     Sandbox(#[from] SandboxError),
     #[error("the target kernel's /proc/kallsyms had no addresses or no symbols ({0})")]
     BadKallsyms(String),
-}
-
-/// One kallsyms entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ksym {
-    pub addr: u64,
-    /// The `nm`-style type letter: lower case for local symbols.
-    pub kind: char,
-    pub name: String,
+    #[error("the target kernel's kallsyms: {0}")]
+    Kallsyms(#[from] KallsymsError),
 }
 
 /// The symbols of the kernel image (module symbols are not kept).
 #[derive(Debug, Clone, Default)]
 pub struct KernelSymbols {
-    /// vmlinux symbols in kallsyms order.
-    syms: Vec<Ksym>,
-    by_name: HashMap<String, Vec<usize>>,
+    /// The target's kallsyms: the one index the run-pre matcher uses too, so a
+    /// `sympos` means the same entry to both.
+    index: KallsymsIndex,
     exported: HashSet<String>,
     /// Per translation unit, the names its pre object defines (for disambiguation).
     tu_names: HashMap<String, Vec<String>>,
@@ -55,32 +47,8 @@ pub struct KernelSymbols {
 
 impl KernelSymbols {
     /// From `/proc/kallsyms` text and `Module.symvers` text.
-    pub fn parse(kallsyms: &str, symvers: &str) -> KernelSymbols {
-        let mut syms = Vec::new();
-        for line in kallsyms.lines() {
-            let mut parts = line.split_whitespace();
-            let (Some(addr), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
-            // `[module]` entries belong to loaded modules, not to vmlinux.
-            if parts.next().is_some() {
-                continue;
-            }
-            let Ok(addr) = u64::from_str_radix(addr, 16) else {
-                continue;
-            };
-            let kind = kind.chars().next().unwrap_or('?');
-            syms.push(Ksym {
-                addr,
-                kind,
-                name: name.to_owned(),
-            });
-        }
-        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, s) in syms.iter().enumerate() {
-            by_name.entry(s.name.clone()).or_default().push(i);
-        }
+    pub fn parse(kallsyms: &str, symvers: &str) -> Result<KernelSymbols, SymbolsError> {
+        let index = KallsymsIndex::parse(kallsyms)?;
         // Module.symvers: CRC, name, module, export type, namespace (tab-separated).
         let exported = symvers
             .lines()
@@ -91,12 +59,11 @@ impl KernelSymbols {
                 (f.next()? == VMLINUX).then(|| name.to_owned())
             })
             .collect();
-        KernelSymbols {
-            syms,
-            by_name,
+        Ok(KernelSymbols {
+            index,
             exported,
             tu_names: HashMap::new(),
-        }
+        })
     }
 
     /// Tells the resolver which symbols translation unit `tu` defines, so that among
@@ -105,20 +72,9 @@ impl KernelSymbols {
         self.tu_names.insert(tu.to_owned(), names);
     }
 
-    pub fn len(&self) -> usize {
-        self.syms.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.syms.is_empty()
-    }
-
-    /// Every entry named `name`, in kallsyms order.
-    pub fn named(&self, name: &str) -> Vec<&Ksym> {
-        self.by_name
-            .get(name)
-            .map(|v| v.iter().map(|&i| &self.syms[i]).collect())
-            .unwrap_or_default()
+    /// The kallsyms index the resolver reads.
+    pub fn index(&self) -> &KallsymsIndex {
+        &self.index
     }
 
     pub fn is_exported(&self, name: &str) -> bool {
@@ -168,27 +124,40 @@ impl SymbolResolver for KernelSymbols {
         if !local && self.exported.contains(name) {
             return Ok(Resolution::Exported);
         }
-        let all = self
-            .by_name
-            .get(name)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        self.livepatch_entry(name, tu, local)
+            .map(|(_, sympos)| Resolution::Livepatch { sympos })
+    }
+}
+
+impl KernelSymbols {
+    /// The kallsyms entry a livepatch relocation to `name` from `tu` means: its
+    /// address, and the `sympos` that names it (0 when the name is unique).
+    pub fn livepatch_entry(
+        &self,
+        name: &str,
+        tu: &str,
+        local: bool,
+    ) -> Result<(u64, u64), ResolveError> {
+        let all: Vec<(usize, &Ksym)> = self.index.named_in_indexed(VMLINUX, name).collect();
         // sympos counts every kallsyms entry of that name in the object, whatever
-        // its type (kernel/livepatch/core.c, klp_find_callback).
-        let wanted: Vec<(usize, usize)> = all
+        // its type (kernel/livepatch/core.c, klp_find_callback): the index counts.
+        let sympos = |s: &Ksym| {
+            self.index
+                .sympos(VMLINUX, name, s.addr)
+                .expect("an entry of the name is at its own address")
+        };
+        let wanted: Vec<(u64, usize)> = all
             .iter()
-            .enumerate()
-            .filter(|(_, i)| self.syms[**i].kind.is_ascii_lowercase() == local)
-            .map(|(pos, &i)| (pos, i))
+            .filter(|(_, s)| s.is_local() == local)
+            .map(|&(i, s)| (sympos(s), i))
             .collect();
+        let entries = self.index.entries();
         match (all.len(), wanted.as_slice()) {
             (_, []) => Err(ResolveError::Missing {
                 name: name.to_owned(),
             }),
-            (1, [_]) => Ok(Resolution::Livepatch { sympos: 0 }),
-            (_, [(pos, _)]) => Ok(Resolution::Livepatch {
-                sympos: *pos as u64 + 1,
-            }),
+            (1, [(_, i)]) => Ok((entries[*i].addr, 0)),
+            (_, [(pos, i)]) => Ok((entries[*i].addr, *pos)),
             (_, many) => {
                 let names: HashSet<&str> = self
                     .tu_names
@@ -202,25 +171,27 @@ impl SymbolResolver for KernelSymbols {
                     .unwrap_or_default();
                 // The translation unit's symbols sit together in the image: the
                 // candidate with the closest ones around it is the unit's own.
-                let scores: Vec<(usize, f64)> = many
+                let scores: Vec<(u64, usize, f64)> = many
                     .iter()
                     .map(|&(pos, i)| {
                         let lo = i.saturating_sub(NEIGHBOURHOOD);
-                        let hi = (i + NEIGHBOURHOOD).min(self.syms.len());
+                        let hi = (i + NEIGHBOURHOOD).min(entries.len());
                         let score = (lo..hi)
-                            .filter(|&j| j != i && names.contains(self.syms[j].name.as_str()))
+                            .filter(|&j| {
+                                j != i
+                                    && entries[j].module.is_none()
+                                    && names.contains(entries[j].name.as_str())
+                            })
                             .map(|j| 1.0 / i.abs_diff(j) as f64)
                             .sum::<f64>();
-                        (pos, score)
+                        (pos, i, score)
                     })
                     .collect();
-                let best = scores.iter().map(|s| s.1).fold(0.0, f64::max);
-                let winners: Vec<&(usize, f64)> =
-                    scores.iter().filter(|s| s.1 >= best * 0.999).collect();
+                let best = scores.iter().map(|s| s.2).fold(0.0, f64::max);
+                let winners: Vec<&(u64, usize, f64)> =
+                    scores.iter().filter(|s| s.2 >= best * 0.999).collect();
                 match winners.as_slice() {
-                    [(pos, _)] if best > 0.0 => Ok(Resolution::Livepatch {
-                        sympos: *pos as u64 + 1,
-                    }),
+                    [(pos, i, _)] if best > 0.0 => Ok((entries[*i].addr, *pos)),
                     _ => Err(ResolveError::Ambiguous {
                         name: name.to_owned(),
                         candidates: many.len(),
@@ -228,7 +199,7 @@ impl SymbolResolver for KernelSymbols {
                             "neighbour scores {:?} for translation unit {tu}",
                             scores
                                 .iter()
-                                .map(|s| format!("{:.2}", s.1))
+                                .map(|s| format!("{:.2}", s.2))
                                 .collect::<Vec<_>>()
                         ),
                     }),
@@ -262,7 +233,7 @@ ffffffffc0000000 t mod_fn\t[some_module]
         "0x1\tseq_puts\tvmlinux\tEXPORT_SYMBOL\t\n0x2\tmod_export\tsome_module\tEXPORT_SYMBOL\t\n";
 
     fn syms() -> KernelSymbols {
-        let mut k = KernelSymbols::parse(KALLSYMS, SYMVERS);
+        let mut k = KernelSymbols::parse(KALLSYMS, SYMVERS).expect("parses");
         k.add_translation_unit("fs/b.o", vec!["b_show".into(), "helper".into()]);
         k.add_translation_unit("fs/a.o", vec!["a_show".into(), "a_open".into()]);
         k

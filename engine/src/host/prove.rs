@@ -139,7 +139,7 @@ pub fn prove_running(
             path: "/proc/kallsyms".into(),
             source,
         })?;
-    let symbols = KallsymsIndex::parse(&kallsyms)?;
+    let symbols = KallsymsIndex::parse(&kallsyms).map_err(runpre::RunPreError::from)?;
     let text = runpre::Kcore::open()?;
     prove(patches, check, &text, &symbols)
 }

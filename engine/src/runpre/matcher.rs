@@ -23,36 +23,17 @@ use std::fmt;
 use iced_x86::{Instruction, Mnemonic, Register};
 
 use super::before::{BeforeImage, Binding, Referent, RelocSite, RelocTarget, Site, SiteKind};
-use super::kallsyms::KallsymsIndex;
-use super::text::KernelText;
-use super::x86::{self, Insn};
+use kstack_kfacts::kallsyms::KallsymsIndex;
+use kstack_kfacts::symbols::{ITS_THUNK_PREFIX, POISON_FREE_INITMEM, RETURN_THUNKS};
+use kstack_kfacts::x86::{self, Insn, NOP5};
 
-/// The 5-byte no-op ftrace writes over `call __fentry__` (`BYTES_NOP5`,
-/// arch/x86/include/asm/nops.h).
-const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
-/// The return thunks `jmp __x86_return_thunk` may be pointed at
-/// (arch/x86/kernel/cpu/bugs.c, `set_return_thunk`; arch/x86/lib/retpoline.S).
-const RETURN_THUNKS: &[&str] = &[
-    "__x86_return_thunk",
-    "retbleed_return_thunk",
-    "srso_return_thunk",
-    "srso_alias_return_thunk",
-    "its_return_thunk",
-];
-/// Indirect-branch thunks that a retpoline site may call instead of the register
-/// (ITS mitigation, arch/x86/kernel/alternative.c `emit_its_trampoline`); dynamic
-/// ones live outside the kernel's text.
-const ITS_THUNK_PREFIX: &str = "__x86_indirect_its_thunk_";
+use super::text::KernelText;
+
 /// How many bytes the matcher reads at a candidate for a function of `size` bytes:
 /// the running code may be longer than the object's (alignment padding).
 pub fn read_len(size: u32) -> usize {
     size as usize + 64 + size as usize / 4
 }
-
-/// Sections whose code the kernel frees once booted, filling it with
-/// `POISON_FREE_INITMEM` (0xcc; include/linux/poison.h, arch/x86/mm/init.c).
-const INIT_TEXT_PREFIX: &str = ".init.";
-const POISON_FREE_INITMEM: u8 = 0xcc;
 
 /// What one candidate's match found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -308,7 +289,7 @@ pub fn match_function(
             sympos: one.sympos,
             addr: one.addr,
         },
-        (_, _, []) if image.section.starts_with(INIT_TEXT_PREFIX) && results.iter().all(|c| {
+        (_, _, []) if kstack_kfacts::sections::is_freed_after_boot(&image.section) && results.iter().all(|c| {
             matches!(&c.result, Err(d) if d.offset == 0 && d.found.first() == Some(&POISON_FREE_INITMEM))
         }) => Outcome::Freed,
         (_, _, []) => {
