@@ -23,7 +23,8 @@ use std::path::Path;
 use std::process::Command;
 
 use kstack_engine::builder::assets::{Cache, Kernel};
-use kstack_engine::builder::klp::{self, ExtractRequest, FunctionSpec, insn};
+use kstack_engine::builder::klp::{self, ExtractRequest, FunctionSpec};
+use kstack_kfacts::x86;
 use kstack_engine::builder::tree::WorkTree;
 use kstack_engine::builder::{Resolution, ResolveError, SymbolResolver};
 use kstack_engine::sandbox::{self, Sandbox, SandboxOptions, sections};
@@ -445,17 +446,13 @@ fn check_decoding(object: &[u8], name: &str) -> usize {
         }
         let sname = String::from_utf8_lossy(sections.section_name(endian, section).unwrap());
         let data = section.data(endian, object).unwrap();
-        let mut starts = Vec::new();
-        let mut pos = 0;
-        while pos < data.len() {
-            let i = insn::decode(&data[pos..]).unwrap_or_else(|e| {
-                panic!(
-                    "{name} {sname}+{pos:#x}: {e}: {:02x?}",
-                    &data[pos..data.len().min(pos + 15)]
-                )
-            });
-            starts.push((pos, i));
-            pos += usize::from(i.len);
+        let (starts, stopped) = x86::boundaries(data);
+        if let Some(pos) = stopped {
+            let pos = pos as usize;
+            panic!(
+                "{name} {sname}+{pos:#x}: not a valid instruction: {:02x?}",
+                &data[pos..data.len().min(pos + 15)]
+            );
         }
         let file = ElfFile64::<Endianness>::parse(object).unwrap();
         let s = file.section_by_name(&sname).unwrap();
@@ -466,12 +463,11 @@ fn check_decoding(object: &[u8], name: &str) -> usize {
             if r_type != elf::R_X86_64_PC32 && r_type != elf::R_X86_64_PLT32 {
                 continue;
             }
-            let offset = offset as usize;
-            let index = starts.partition_point(|&(start, _)| start <= offset) - 1;
-            let (start, i) = starts[index];
+            let (start, len) = x86::containing(&starts, offset).unwrap();
+            let insn = &data[start as usize..(start + u64::from(len)) as usize];
             assert!(
-                i.pc_relative_bias((offset - start) as u8).is_some(),
-                "{name} {sname}+{offset:#x}: not a PC-relative field of {i:?}"
+                x86::pc_relative_bias(insn, (offset - start) as usize).is_some(),
+                "{name} {sname}+{offset:#x}: not a PC-relative field of {insn:02x?}"
             );
             checked += 1;
         }
