@@ -24,10 +24,10 @@ use std::process::Command;
 
 use kstack_engine::builder::assets::{Cache, Kernel};
 use kstack_engine::builder::klp::{self, ExtractRequest, FunctionSpec};
-use kstack_kfacts::x86;
 use kstack_engine::builder::tree::WorkTree;
 use kstack_engine::builder::{Resolution, ResolveError, SymbolResolver};
 use kstack_engine::sandbox::{self, Sandbox, SandboxOptions, sections};
+use kstack_kfacts::x86;
 use object::read::elf::{ElfFile64, FileHeader as _, SectionHeader as _};
 use object::{Endianness, Object, ObjectSection, ObjectSymbol, elf};
 
