@@ -230,3 +230,6 @@ pub fn unload(kernel: &dyn Livepatch, module: &str, timeout: Duration) -> Result
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

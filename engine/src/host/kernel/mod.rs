@@ -14,6 +14,9 @@
 
 mod sysfs;
 
+#[cfg(test)]
+pub(crate) mod fake;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
