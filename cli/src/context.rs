@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use kstack_engine::host::config::{Config, DEFAULT_CONFIG_PATH};
+use kstack_engine::host::kernel::Sysfs;
 use kstack_engine::host::reconcile::Host;
 use kstack_engine::host::state::StateDir;
 use kstack_store::keys::TrustPolicy;
@@ -88,6 +89,7 @@ impl Context {
             store,
             state: self.state_dir(),
             trust: self.trust()?,
+            livepatch: Box::<Sysfs>::default(),
         })
     }
 

@@ -36,6 +36,10 @@ pub mod verify;
 /// Exit codes: 0 success, 1 the operation failed, 2 `plan` found changes, 64 bad usage,
 /// 65 bad or untrusted data, 69 something needed is missing, 70 internal error,
 /// 75 busy (another kstack holds the lock).
+///
+/// Environment, besides the options': KSTACK_STATE_DIR, the state directory;
+/// KSTACK_LIVEPATCH_SYSFS, the kernel's livepatch directory (default
+/// /sys/kernel/livepatch; tests point it elsewhere).
 #[derive(Debug, Parser)]
 #[command(
     name = "kstack",

@@ -1,4 +1,5 @@
-//! The executor: runs a plan on the kernel, step by step, and undoes it on failure.
+//! The executor: runs a plan on the kernel through a [`Livepatch`], step by step,
+//! and undoes it on failure.
 //!
 //! Every step either completes or is reversed before the next begins: a load whose
 //! transition stalls is reversed by disabling the patch (the kernel runs the
@@ -10,7 +11,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::kernel::{self, Goal, KernelError};
+use super::kernel::{Goal, KernelError, Livepatch, TRANSITION_POLL};
 use super::plan::{Plan, Step};
 
 /// The verified bytes of every module a plan (or its undo) may load, by module name.
@@ -88,9 +89,10 @@ fn undo_report(undone: &[Step], failures: &[(Step, String)]) -> String {
     text
 }
 
-/// Runs `plan`. `modules` must hold the bytes of every module the plan applies and of
-/// every module it reverts (to undo a revert).
+/// Runs `plan` on `kernel`. `modules` must hold the bytes of every module the plan
+/// applies and of every module it reverts (to undo a revert).
 pub fn execute(
+    kernel: &dyn Livepatch,
     plan: &Plan,
     modules: &Modules,
     timeout: Duration,
@@ -101,7 +103,7 @@ pub fn execute(
     for (index, step) in plan.steps.iter().enumerate() {
         observer.step_started(index, total, step);
         let started = Instant::now();
-        match run_step(step, modules, timeout) {
+        match run_step(kernel, step, modules, timeout) {
             Ok(()) => {
                 let elapsed = started.elapsed();
                 observer.step_finished(index, step, elapsed);
@@ -115,7 +117,7 @@ pub fn execute(
                 let mut undo_failures = Vec::new();
                 for completed in done.iter().rev() {
                     observer.undoing(&completed.step);
-                    match undo_step(&completed.step, modules, timeout) {
+                    match undo_step(kernel, &completed.step, modules, timeout) {
                         Ok(()) => undone.push(completed.step.clone()),
                         Err(e) => undo_failures.push((completed.step.clone(), e.to_string())),
                     }
@@ -132,23 +134,33 @@ pub fn execute(
     Ok(done)
 }
 
-fn run_step(step: &Step, modules: &Modules, timeout: Duration) -> Result<(), KernelError> {
+fn run_step(
+    kernel: &dyn Livepatch,
+    step: &Step,
+    modules: &Modules,
+    timeout: Duration,
+) -> Result<(), KernelError> {
     match step {
         Step::Apply { module, .. } => {
             let bytes = modules.get(module).ok_or_else(|| missing(module))?;
-            apply(module, bytes, timeout)
+            apply(kernel, module, bytes, timeout)
         }
-        Step::Revert { module } => revert(module, timeout),
-        Step::Unload { module } => unload(module, timeout),
+        Step::Revert { module } => revert(kernel, module, timeout),
+        Step::Unload { module } => unload(kernel, module, timeout),
     }
 }
 
-fn undo_step(step: &Step, modules: &Modules, timeout: Duration) -> Result<(), KernelError> {
+fn undo_step(
+    kernel: &dyn Livepatch,
+    step: &Step,
+    modules: &Modules,
+    timeout: Duration,
+) -> Result<(), KernelError> {
     match step {
-        Step::Apply { module, .. } => revert(module, timeout),
+        Step::Apply { module, .. } => revert(kernel, module, timeout),
         Step::Revert { module } => {
             let bytes = modules.get(module).ok_or_else(|| missing(module))?;
-            apply(module, bytes, timeout)
+            apply(kernel, module, bytes, timeout)
         }
         // The module's patch was already disabled: nothing to give back.
         Step::Unload { .. } => Ok(()),
@@ -166,19 +178,24 @@ fn missing(module: &str) -> KernelError {
 }
 
 /// Loads a module and waits for its patch to reach every task; a stall is reversed.
-pub fn apply(module: &str, bytes: &[u8], timeout: Duration) -> Result<(), KernelError> {
-    kernel::load_module(module, bytes)?;
-    if kernel::patch_state(module)?.is_none() {
-        let _ = unload(module, timeout);
+pub fn apply(
+    kernel: &dyn Livepatch,
+    module: &str,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), KernelError> {
+    kernel.load(module, bytes)?;
+    if kernel.patch_state(module)?.is_none() {
+        let _ = unload(kernel, module, timeout);
         return Err(KernelError::NotALivepatch {
             module: module.to_owned(),
         });
     }
-    if let Err(stall) = kernel::wait_transition(module, Goal::Patched, timeout) {
+    if let Err(stall) = kernel.wait_transition(module, Goal::Patched, timeout) {
         // Writing 0 during the transition reverses it; tasks that switched switch back.
-        kernel::disable(module)?;
-        kernel::wait_transition(module, Goal::Unpatched, timeout)?;
-        unload(module, timeout)?;
+        kernel.disable(module)?;
+        kernel.wait_transition(module, Goal::Unpatched, timeout)?;
+        unload(kernel, module, timeout)?;
         return Err(stall);
     }
     Ok(())
@@ -186,30 +203,33 @@ pub fn apply(module: &str, bytes: &[u8], timeout: Duration) -> Result<(), Kernel
 
 /// Disables a patch, waits for the transition, unloads the module; a stall is
 /// reversed (the patch is enabled again) and reported.
-pub fn revert(module: &str, timeout: Duration) -> Result<(), KernelError> {
-    kernel::disable(module)?;
-    if let Err(stall) = kernel::wait_transition(module, Goal::Unpatched, timeout) {
-        kernel::reenable(module)?;
-        kernel::wait_transition(module, Goal::Patched, timeout)?;
+pub fn revert(kernel: &dyn Livepatch, module: &str, timeout: Duration) -> Result<(), KernelError> {
+    kernel.disable(module)?;
+    if let Err(stall) = kernel.wait_transition(module, Goal::Unpatched, timeout) {
+        kernel.enable(module)?;
+        kernel.wait_transition(module, Goal::Patched, timeout)?;
         return Err(stall);
     }
-    unload(module, timeout)
+    unload(kernel, module, timeout)
 }
 
 /// Unloads a module. The livepatch core drops its reference to a disabled patch's
 /// module from a work item, so `delete_module` can briefly report it busy.
-pub fn unload(module: &str, timeout: Duration) -> Result<(), KernelError> {
+pub fn unload(kernel: &dyn Livepatch, module: &str, timeout: Duration) -> Result<(), KernelError> {
     let started = Instant::now();
     loop {
-        match kernel::unload_module(module) {
+        match kernel.unload(module) {
             Ok(()) => return Ok(()),
             Err(KernelError::Unload { errno, .. })
                 if matches!(errno, nix::Error::EBUSY | nix::Error::EAGAIN)
                     && started.elapsed() < timeout =>
             {
-                std::thread::sleep(kernel::TRANSITION_POLL);
+                std::thread::sleep(TRANSITION_POLL);
             }
             Err(e) => return Err(e),
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
