@@ -51,11 +51,20 @@ pub struct StepTiming {
 
 /// A plan that did not complete.
 #[derive(Debug, thiserror::Error)]
-#[error("{} failed: {cause}{}", describe(.step), undo_report(.undone, .undo_failures))]
+#[error(
+    "{} failed: {cause}{}{}",
+    describe(.step),
+    residue_report(.residue),
+    undo_report(.undone, .undo_failures)
+)]
 pub struct ExecError {
     pub step: Step,
     #[source]
     pub cause: KernelError,
+    /// What the failed step itself could not take back (a module it loaded and
+    /// could not unload, a patch it disabled and could not unload, a transition it
+    /// could not reverse): the host is not where it started.
+    pub residue: Option<String>,
     /// The completed steps that were undone, newest first.
     pub undone: Vec<Step>,
     /// Undo steps that failed too: the host is not where it started.
@@ -65,8 +74,49 @@ pub struct ExecError {
 impl ExecError {
     /// Whether the host is back where it started.
     pub fn restored(&self) -> bool {
-        self.undo_failures.is_empty()
+        self.residue.is_none() && self.undo_failures.is_empty()
     }
+}
+
+/// A step that failed: why, and what it left behind that it could not take back.
+#[derive(Debug)]
+pub struct StepFailure {
+    pub cause: KernelError,
+    pub residue: Option<String>,
+}
+
+impl StepFailure {
+    fn clean(cause: KernelError) -> StepFailure {
+        StepFailure {
+            cause,
+            residue: None,
+        }
+    }
+
+    fn leaving(cause: KernelError, residue: String) -> StepFailure {
+        StepFailure {
+            cause,
+            residue: Some(residue),
+        }
+    }
+}
+
+impl From<KernelError> for StepFailure {
+    fn from(cause: KernelError) -> StepFailure {
+        StepFailure::clean(cause)
+    }
+}
+
+impl std::fmt::Display for StepFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.cause, residue_report(&self.residue))
+    }
+}
+
+fn residue_report(residue: &Option<String>) -> String {
+    residue
+        .as_ref()
+        .map_or_else(String::new, |r| format!("\nleft behind: {r}"))
 }
 
 fn describe(step: &Step) -> String {
@@ -112,7 +162,7 @@ pub fn execute(
                     elapsed,
                 });
             }
-            Err(cause) => {
+            Err(StepFailure { cause, residue }) => {
                 let mut undone = Vec::new();
                 let mut undo_failures = Vec::new();
                 for completed in done.iter().rev() {
@@ -125,6 +175,7 @@ pub fn execute(
                 return Err(Box::new(ExecError {
                     step: step.clone(),
                     cause,
+                    residue,
                     undone,
                     undo_failures,
                 }));
@@ -139,14 +190,14 @@ fn run_step(
     step: &Step,
     modules: &Modules,
     timeout: Duration,
-) -> Result<(), KernelError> {
+) -> Result<(), StepFailure> {
     match step {
         Step::Apply { module, .. } => {
             let bytes = modules.get(module).ok_or_else(|| missing(module))?;
             apply(kernel, module, bytes, timeout)
         }
         Step::Revert { module } => revert(kernel, module, timeout),
-        Step::Unload { module } => unload(kernel, module, timeout),
+        Step::Unload { module } => Ok(unload(kernel, module, timeout)?),
     }
 }
 
@@ -155,7 +206,7 @@ fn undo_step(
     step: &Step,
     modules: &Modules,
     timeout: Duration,
-) -> Result<(), KernelError> {
+) -> Result<(), StepFailure> {
     match step {
         Step::Apply { module, .. } => revert(kernel, module, timeout),
         Step::Revert { module } => {
@@ -177,40 +228,84 @@ fn missing(module: &str) -> KernelError {
     }
 }
 
-/// Loads a module and waits for its patch to reach every task; a stall is reversed.
+/// Loads a module and waits for its patch to reach every task. A load that does not
+/// go through is taken back (a stall reversed, the module unloaded); what cannot be
+/// taken back is the failure's residue.
 pub fn apply(
     kernel: &dyn Livepatch,
     module: &str,
     bytes: &[u8],
     timeout: Duration,
-) -> Result<(), KernelError> {
+) -> Result<(), StepFailure> {
     kernel.load(module, bytes)?;
-    if kernel.patch_state(module)?.is_none() {
-        let _ = unload(kernel, module, timeout);
-        return Err(KernelError::NotALivepatch {
-            module: module.to_owned(),
-        });
+    match kernel.patch_state(module) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            let cause = KernelError::NotALivepatch {
+                module: module.to_owned(),
+            };
+            return Err(match unload(kernel, module, timeout) {
+                Ok(()) => StepFailure::clean(cause),
+                Err(e) => StepFailure::leaving(
+                    cause,
+                    format!("module {module} stays loaded, it could not be unloaded: {e}"),
+                ),
+            });
+        }
+        // The patch's state cannot be read: take the load back as a stalled one.
+        Err(cause) => return Err(take_back(kernel, module, cause, timeout)),
     }
     if let Err(stall) = kernel.wait_transition(module, Goal::Patched, timeout) {
-        // Writing 0 during the transition reverses it; tasks that switched switch back.
-        kernel.disable(module)?;
-        kernel.wait_transition(module, Goal::Unpatched, timeout)?;
-        unload(kernel, module, timeout)?;
-        return Err(stall);
+        return Err(take_back(kernel, module, stall, timeout));
     }
     Ok(())
 }
 
-/// Disables a patch, waits for the transition, unloads the module; a stall is
-/// reversed (the patch is enabled again) and reported.
-pub fn revert(kernel: &dyn Livepatch, module: &str, timeout: Duration) -> Result<(), KernelError> {
+/// Reverses the enable transition of a patch just loaded (writing 0 during the
+/// transition reverses it: tasks that switched switch back) and unloads its module.
+fn take_back(
+    kernel: &dyn Livepatch,
+    module: &str,
+    cause: KernelError,
+    timeout: Duration,
+) -> StepFailure {
+    let undo = kernel
+        .disable(module)
+        .and_then(|()| kernel.wait_transition(module, Goal::Unpatched, timeout))
+        .and_then(|()| unload(kernel, module, timeout));
+    match undo {
+        Ok(()) => StepFailure::clean(cause),
+        Err(e) => StepFailure::leaving(
+            cause,
+            format!("patch {module} could not be taken back: {e}"),
+        ),
+    }
+}
+
+/// Disables a patch, waits for the transition, unloads the module. A stall is
+/// reversed (the patch is enabled again) and reported. A patch whose disable has
+/// finished cannot be enabled again: if its module then cannot be unloaded, the
+/// patch stays off and that is the failure's residue.
+pub fn revert(kernel: &dyn Livepatch, module: &str, timeout: Duration) -> Result<(), StepFailure> {
     kernel.disable(module)?;
     if let Err(stall) = kernel.wait_transition(module, Goal::Unpatched, timeout) {
-        kernel.enable(module)?;
-        kernel.wait_transition(module, Goal::Patched, timeout)?;
-        return Err(stall);
+        let undo = kernel
+            .enable(module)
+            .and_then(|()| kernel.wait_transition(module, Goal::Patched, timeout));
+        return Err(match undo {
+            Ok(()) => StepFailure::clean(stall),
+            Err(e) => StepFailure::leaving(
+                stall,
+                format!("the disable of {module} could not be reversed: {e}"),
+            ),
+        });
     }
-    unload(kernel, module, timeout)
+    unload(kernel, module, timeout).map_err(|e| {
+        StepFailure::leaving(
+            e,
+            format!("patch {module} is disabled, but its module stays loaded"),
+        )
+    })
 }
 
 /// Unloads a module. The livepatch core drops its reference to a disabled patch's

@@ -325,9 +325,8 @@ fn fake_kernel(applied: &[Applied]) -> FakeLivepatch {
 proptest! {
     /// Every plan the planner makes runs to the desired stack; and a failure at any
     /// call that begins a step or waits for a transition leaves the kernel on the
-    /// stack it started with. (A failed unload after a completed disable, or a failed
-    /// read of the patch state after a load, are not reversible that way and are left
-    /// out.)
+    /// stack it started with. (A failed unload after a completed disable cannot be
+    /// reversed; `restored_is_true_exactly_when_the_host_is_back` covers it.)
     #[test]
     fn a_failure_anywhere_leaves_the_starting_stack(
         applied in stack(),
@@ -365,6 +364,104 @@ proptest! {
             let (stack, left) = kernel.settled().map_err(TestCaseError::fail)?;
             prop_assert_eq!(&stack, &start, "after {:?}", call);
             prop_assert!(left.iter().all(|m| leftover_names.contains(m)), "after {:?}: {:?}", call, left);
+        }
+    }
+}
+
+#[test]
+fn a_revert_whose_module_cannot_be_unloaded_is_not_called_restored() {
+    let kernel = FakeLivepatch::with_patches(&["a", "b"]);
+    let plan = plan_between(&["a", "b"], &["a"]);
+    kernel.at(Call::Unload("b".into()), Outcome::Fail(nix::Error::EIO));
+    let (result, _) = run(&kernel, &plan, &verified(&["b"]));
+    let err = result.expect_err("b's module cannot be unloaded");
+    assert_eq!(err.step, revert_step("b"));
+    // The patch's disable finished: it cannot be enabled again, and its module is
+    // still loaded. The host is not on its previous generation, and says so.
+    assert!(!err.restored(), "{err}");
+    let residue = err.residue.as_deref().unwrap_or_default();
+    assert!(residue.contains("stays loaded"), "{residue}");
+    assert_eq!(kernel.settled(), Ok((names(&["a"]), names(&["b"]))));
+    assert!(
+        err.to_string().contains("left behind: patch b is disabled"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_patch_whose_state_cannot_be_read_after_loading_is_taken_back() {
+    let kernel = FakeLivepatch::with_patches(&["a"]);
+    let plan = plan_between(&["a"], &["a", "b"]);
+    kernel.at(Call::PatchState("b".into()), Outcome::Fail(nix::Error::EIO));
+    let (result, _) = run(&kernel, &plan, &verified(&["b"]));
+    let err = result.expect_err("b's state cannot be read");
+    assert!(err.restored(), "{err}");
+    let expected: Vec<Call> = [
+        vec![Call::Load("b".into()), Call::PatchState("b".into())],
+        reverted("b"),
+    ]
+    .concat();
+    assert_eq!(kernel.calls(), expected);
+    assert_eq!(kernel.stack(), ["a"]);
+}
+
+#[test]
+fn a_stall_whose_reversal_fails_keeps_the_stall_as_the_cause() {
+    let kernel = FakeLivepatch::with_patches(&["a"]);
+    let plan = plan_between(&["a"], &["a", "b"]);
+    kernel.at(Call::Wait("b".into(), Goal::Patched), Outcome::Stall);
+    kernel.at(Call::Disable("b".into()), Outcome::Fail(nix::Error::EIO));
+    let (result, _) = run(&kernel, &plan, &verified(&["b"]));
+    let err = result.expect_err("b stalls and cannot be reversed");
+    // The blocking task is still named: it is why the host is stuck.
+    assert!(
+        matches!(&err.cause, KernelError::Stalled { blockers, .. } if blockers[0].comm == PARKED),
+        "{:?}",
+        err.cause
+    );
+    assert!(!err.restored(), "{err}");
+    assert!(
+        err.residue
+            .as_deref()
+            .is_some_and(|r| r.contains("could not be taken back")),
+        "{err}"
+    );
+    assert!(kernel.settled().is_err(), "b is left in its transition");
+}
+
+proptest! {
+    /// Whatever call fails (any call, stalls included), `restored()` tells the truth:
+    /// it is true exactly when the kernel is settled on the stack it started with
+    /// and holds no leftover module it did not hold before.
+    #[test]
+    fn restored_is_true_exactly_when_the_host_is_back(
+        applied in stack(),
+        desired in stack(),
+    ) {
+        let applied: Vec<Applied> = applied
+            .iter()
+            .map(|m| Applied { module: m.clone(), enabled: true })
+            .collect();
+        let start: Vec<String> = applied.iter().map(|a| a.module.clone()).collect();
+        let plan = plan::plan(&applied, &desired);
+        let all: Vec<&str> = start.iter().map(String::as_str).chain(desired.iter().map(String::as_str)).collect();
+        let modules = verified(&all);
+        let clean = fake_kernel(&applied);
+        let (result, _) = run(&clean, &plan, &modules);
+        prop_assert!(result.is_ok(), "{:?}", result.err());
+
+        for call in clean.calls() {
+            for outcome in [Outcome::Fail(nix::Error::EIO), Outcome::Stall] {
+                if outcome == Outcome::Stall && !matches!(call, Call::Wait(..)) {
+                    continue;
+                }
+                let kernel = fake_kernel(&applied);
+                kernel.at(call.clone(), outcome);
+                let (result, _) = run(&kernel, &plan, &modules);
+                let Err(err) = result else { continue };
+                let back = kernel.settled() == Ok((start.clone(), Vec::new()));
+                prop_assert_eq!(err.restored(), back, "{:?} {:?}: {}", call, outcome, err);
+            }
         }
     }
 }
