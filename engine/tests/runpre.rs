@@ -246,6 +246,7 @@ fn builder_and_matcher_agree_on_the_sympos_of_every_ambiguous_name() {
             }
             let image = BeforeImage {
                 function: name.to_owned(),
+                object: "vmlinux".into(),
                 section: format!(".text.{name}"),
                 binding: Binding::Local,
                 size: code.len() as u32,
@@ -277,4 +278,47 @@ fn builder_and_matcher_agree_on_the_sympos_of_every_ambiguous_name() {
         "{compared} candidates compared, {undecided} undecided"
     );
     eprintln!("{compared} candidates of ambiguous names agree; {undecided} undecided");
+}
+
+/// A module that is not loaded is proven against its `.ko` as the host would load it:
+/// every function of a module's translation unit, compiled from the prepared tree,
+/// matches the image package's `.ko` laid out at addresses of its own, its
+/// relocations resolved against the kernel's kallsyms; a changed function does not.
+#[test]
+fn module_functions_match_the_ko_the_host_would_load() {
+    use kstack_engine::runpre::{ModuleImage, ModulesDir};
+
+    let tree = common::tree();
+    let object = std::fs::read(&tree.objects(&["fs/xfs/xfs_stats.o"])[0]).unwrap();
+    let modules = ModulesDir::new(common::kernel().modules_dir());
+    let ko = modules
+        .ko("xfs")
+        .unwrap()
+        .expect("xfs.ko in the image package");
+    let laid = ModuleImage::load(&ko, "xfs", common::kallsyms()).unwrap();
+    let mut matched = Vec::new();
+    for function in functions_of(&object) {
+        let mut image = runpre::before_image(&object, &function).unwrap();
+        image.object = "xfs".into();
+        let report = runpre::match_by_name(&image, &laid.text, &laid.symbols);
+        assert!(report.is_match(), "{report}");
+        matched.push(function);
+    }
+    assert!(
+        matched.contains(&"xfs_stats_format".to_owned()),
+        "{matched:?}"
+    );
+
+    // The same function built from a changed source is refused, with its bytes.
+    let changed = tree.variant(
+        "fs/xfs/xfs_stats.o",
+        "xfs_stats_changed",
+        |text| text.replacen("#else\n\t\t0);", "#else\n\t\t7);", 1),
+        None,
+    );
+    let mut image =
+        runpre::before_image(&std::fs::read(changed).unwrap(), "xfs_stats_format").unwrap();
+    image.object = "xfs".into();
+    let report = runpre::match_by_name(&image, &laid.text, &laid.symbols);
+    assert_eq!(report.outcome, Outcome::Differs, "{report}");
 }

@@ -179,7 +179,9 @@ impl Matcher {
         let proof = match self {
             Matcher::None => return Ok(None),
             Matcher::Running => prove::prove_running(&patches, &|_| true),
-            Matcher::Image { text, symbols } => prove::prove(&patches, &|_| true, text, symbols),
+            Matcher::Image { text, symbols } => {
+                prove::prove(&patches, &|_| true, text, symbols, None)
+            }
         };
         proof
             .map(Some)

@@ -17,6 +17,7 @@ use object::read::{
 use object::{RelocationFlags, SectionIndex, SymbolKind, elf};
 use serde::{Deserialize, Serialize};
 
+use kstack_kfacts::livepatch::VMLINUX;
 pub use kstack_kfacts::reloc::RelocKind;
 use kstack_kfacts::sections::{
     SITE_OFFSET_SIZE, alt_instr, jump_entry, paravirt_patch_site, static_call_site,
@@ -69,6 +70,14 @@ pub enum RelocTarget {
 
 fn is_zero(v: &i64) -> bool {
     *v == 0
+}
+
+fn vmlinux() -> String {
+    VMLINUX.to_owned()
+}
+
+fn is_vmlinux(object: &str) -> bool {
+    object == VMLINUX
 }
 
 fn is_false(v: &bool) -> bool {
@@ -167,6 +176,9 @@ impl Site {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BeforeImage {
     pub function: String,
+    /// The livepatch object the function is in: `vmlinux` or a module's name.
+    #[serde(default = "vmlinux", skip_serializing_if = "is_vmlinux")]
+    pub object: String,
     /// The section the object holds it in (`.text.<function>`).
     pub section: String,
     pub binding: Binding,
@@ -575,6 +587,7 @@ pub fn before_image_named(
     sites.sort_by_key(|s| s.offset);
     let image = BeforeImage {
         function: function.to_owned(),
+        object: VMLINUX.to_owned(),
         section: obj.section_name(section),
         binding,
         size: code.len() as u32,

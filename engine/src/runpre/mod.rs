@@ -12,6 +12,7 @@
 //! everything else is reported with the offset, both byte strings and a likely cause.
 //!
 //! - [`before`]: the "before" image of a function, from a relocatable object.
+//! - [`module`]: a module that is not loaded, laid out as it would be once loaded.
 //! - [`text`]: where the running code comes from: `/proc/kcore`, a kernel image file
 //!   (offline), or bytes in memory (tests, dumps).
 //! - [`matcher`]: the comparison and its report.
@@ -28,6 +29,7 @@
 
 pub mod before;
 pub mod matcher;
+pub mod module;
 pub mod text;
 
 use std::path::PathBuf;
@@ -41,6 +43,7 @@ pub use matcher::{
     CandidateMatch, Cause, Divergence, FentryState, MatchReport, MatchStats, Outcome,
     match_by_name, match_function, read_len,
 };
+pub use module::{ModuleImage, ModulesDir};
 pub use text::{ImageText, Kcore, KernelText, MemoryText};
 
 /// A patch's `before.toml`: the code each replaced function had in the objects the

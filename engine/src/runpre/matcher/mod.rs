@@ -281,7 +281,8 @@ pub fn match_function(
     let matched: Vec<&CandidateMatch> = results.iter().filter(|c| c.result.is_ok()).collect();
     let strong = candidates.iter().find(|&&addr| {
         symbols
-            .at(&image.function, addr)
+            .named_in(&image.object, &image.function)
+            .find(|s| s.addr == addr)
             .is_some_and(|s| s.is_strong_global())
     });
     let outcome = match (image.binding, strong, matched.as_slice()) {
@@ -315,13 +316,18 @@ pub fn match_function(
     }
 }
 
-/// [`match_function`] with the candidates kallsyms lists for the image's name.
+/// [`match_function`] with the candidates kallsyms lists for the image's name in its
+/// object (vmlinux or a module).
 pub fn match_by_name(
     image: &BeforeImage,
     text: &dyn KernelText,
     symbols: &KallsymsIndex,
 ) -> MatchReport {
-    match_function(image, &symbols.candidates(&image.function), text, symbols)
+    let candidates: Vec<u64> = symbols
+        .named_in(&image.object, &image.function)
+        .map(|s| s.addr)
+        .collect();
+    match_function(image, &candidates, text, symbols)
 }
 
 fn match_at(

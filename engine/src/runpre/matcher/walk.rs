@@ -418,7 +418,8 @@ impl<'a> Walk<'a> {
             RelocTarget::Symbol { name, bias, .. } => {
                 let addrs: Vec<u64> = self
                     .symbols
-                    .named(name)
+                    .seen_from(&self.image.object, name)
+                    .iter()
                     .map(|s| s.addr.wrapping_add_signed(bias + add))
                     .collect();
                 if addrs.is_empty() {
