@@ -32,7 +32,9 @@ use crate::ui::Ui;
 /// the objects function by function; and links the changed and new functions into a
 /// livepatch module, with livepatch relocations for what the module loader cannot
 /// resolve. Changes that cannot be live-applied (changed data, __init code, functions
-/// ftrace cannot redirect) are refused with the reason. A hook file
+/// ftrace cannot redirect) are refused with the reason (exit 65). The diff is checked
+/// before anything is built: that it is a unified diff and that the files it changes
+/// are in the kernel's source. A hook file
 /// (<PATCH>.hooks.c beside the diff, or --hooks) is compiled into the module; see
 /// kmod/include/kstack/hooks.h.
 ///
