@@ -62,6 +62,38 @@ fn a_commit_of_a_kernel_git_tree_builds() {
             .arg(&store.key),
     );
     let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    // The schema of docs/json.md, `kstack commit` (the same as for --module, which
+    // cli/tests/json_output.rs snapshots).
+    let keys = |v: &serde_json::Value| -> std::collections::BTreeSet<String> {
+        v.as_object().unwrap().keys().cloned().collect()
+    };
+    let expected = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+    assert_eq!(
+        keys(&report),
+        expected(&[
+            "commit",
+            "parent",
+            "stack",
+            "kernel_release",
+            "patch",
+            "signer"
+        ]),
+        "{report}"
+    );
+    assert_eq!(
+        keys(&report["patch"]),
+        expected(&["name", "dir", "module_name", "manifest_sha256", "functions"]),
+        "{report}"
+    );
+    assert_eq!(report["parent"], serde_json::Value::Null, "a new stack");
+    assert_eq!(report["kernel_release"], kernel().release, "{report}");
+    assert!(
+        report["patch"]["module_name"]
+            .as_str()
+            .unwrap()
+            .starts_with("kstack_"),
+        "{report}"
+    );
     assert_eq!(
         report["patch"]["name"],
         "loadavg-say-where-the-fix-came-from"

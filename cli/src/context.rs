@@ -14,7 +14,7 @@ use kstack_store::keys::TrustPolicy;
 use kstack_store::store::Store;
 
 use crate::commands::GlobalArgs;
-use crate::error::{CliError, Kind, chain};
+use crate::error::{CliError, Kind};
 
 #[derive(Debug)]
 pub struct Context {
@@ -64,7 +64,7 @@ impl Context {
     pub fn open_store(&self) -> Result<Store, CliError> {
         let path = self.store_path();
         Store::open(&path).map_err(|e| {
-            CliError::new(Kind::User, chain(&e)).with_hint(format!(
+            CliError::from(e).with_hint(format!(
                 "create it with `kstack init --store {}`, or point --store at it",
                 path.display()
             ))
@@ -78,7 +78,9 @@ impl Context {
                 .config_path
                 .as_deref()
                 .map_or_else(String::new, |p| format!(" in {}", p.display()));
-            CliError::new(Kind::Data, format!("[trust] keys{at}: {}", chain(&e)))
+            CliError::from(e)
+                .context(format!("[trust] keys{at}"))
+                .with_kind(Kind::Data)
         })
     }
 

@@ -47,6 +47,24 @@ fn try_json_reports_status_and_output() {
         .unwrap();
     assert!(out.status.success(), "{}", setup_hint(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The schema of docs/json.md, `kstack try`.
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "kernel",
+            "exit_code",
+            "signal",
+            "stdout",
+            "stderr",
+            "console",
+            "elapsed_ms"
+        ],
+        "{v}"
+    );
+    assert_eq!(v["signal"], serde_json::Value::Null);
+    assert_eq!(v["console"], serde_json::Value::Null, "no --console");
+    assert!(v["elapsed_ms"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(v["exit_code"], 0);
     assert!(v["stdout"].as_str().unwrap().contains("cloud-amd64"), "{v}");
 }

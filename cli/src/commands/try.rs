@@ -10,7 +10,8 @@ use kstack_engine::sandbox::{self, Accel, Sandbox, SandboxOptions};
 
 use super::GlobalArgs;
 use crate::context::Context;
-use crate::error::{CliError, Kind, chain};
+use crate::error::{CliError, Kind, check_readable_file};
+use crate::json::TryOutput;
 use crate::ui::Ui;
 
 /// Boot a kernel in a throw-away QEMU VM and run a command in it
@@ -85,13 +86,17 @@ const GUEST_STATE: &str = "/var/lib/kstack";
 const GUEST_CONFIG: &str = "/etc/kstack/kstack.toml";
 
 pub fn cmd_try(ui: &Ui, global: &GlobalArgs, args: TryArgs) -> Result<ExitCode, CliError> {
+    for (src, _) in &args.files {
+        check_readable_file(src, "--file")?;
+    }
     let kernel = match args.kernel {
         Some(k) => k,
         None => Cache::from_env()
             .current()
             .map_err(|e| {
-                CliError::new(Kind::Unavailable, chain(&e))
-                    .with_hint("run `cargo xtask setup` to fetch the Debian cloud kernel, or pass --kernel IMAGE")
+                CliError::from(e).with_hint(
+                    "run `cargo xtask setup` to fetch the Debian cloud kernel, or pass --kernel IMAGE",
+                )
             })?
             .vmlinuz(),
     };
@@ -145,15 +150,18 @@ pub fn cmd_try(ui: &Ui, global: &GlobalArgs, args: TryArgs) -> Result<ExitCode, 
     let run = result?;
 
     if ui.json() {
-        ui.emit_json(&serde_json::json!({
-            "kernel": kernel,
-            "exit_code": run.status.code(),
-            "signal": match run.status { sandbox::GuestStatus::Signaled(s) => Some(s), _ => None },
-            "stdout": run.stdout,
-            "stderr": run.stderr,
-            "console": args.console.then_some(&run.console),
-            "elapsed_ms": run.elapsed.as_millis() as u64,
-        }));
+        ui.emit_json(&TryOutput {
+            kernel: kernel.display().to_string(),
+            exit_code: run.status.code(),
+            signal: match run.status {
+                sandbox::GuestStatus::Signaled(s) => Some(s),
+                sandbox::GuestStatus::Exited(_) => None,
+            },
+            stdout: run.stdout.clone(),
+            stderr: run.stderr.clone(),
+            console: args.console.then(|| run.console.clone()),
+            elapsed_ms: run.elapsed.as_millis() as u64,
+        });
     } else {
         use std::io::Write;
         let _ = std::io::stdout().write_all(run.stdout.as_bytes());

@@ -10,6 +10,7 @@ use super::GlobalArgs;
 use super::log::resolve;
 use crate::context::Context;
 use crate::error::{CliError, EXIT_DATA, Kind};
+use crate::json::{RunPreJson, VerifyOutput, VerifyResult};
 use crate::ui::Ui;
 
 /// Verify stacks: digests, signatures, trust and history; and run-pre matching
@@ -87,26 +88,30 @@ pub fn cmd_verify(ui: &Ui, global: &GlobalArgs, args: VerifyArgs) -> Result<Exit
                     v.patches.len(),
                     v.signer
                 ));
-                results.push(serde_json::json!({
-                    "rev": name, "commit": commit.to_string(), "ok": true,
-                    "patches": v.patches.len(), "history": history,
-                    "signer": v.signer.to_string(),
-                    "run_pre": proof.map(|p| serde_json::json!({
-                        "matched": p.matched, "unproven": p.unproven, "functions": p.lines,
-                    })),
-                }));
+                results.push(VerifyResult::Ok {
+                    rev: name.clone(),
+                    commit: commit.to_string(),
+                    ok: true,
+                    patches: v.patches.len(),
+                    history,
+                    signer: v.signer.to_string(),
+                    run_pre: proof.as_ref().map(RunPreJson::from),
+                });
             }
             Err(message) => {
                 failed += 1;
                 ui.line(format!("FAIL  {name}: {message}"));
-                results.push(serde_json::json!({
-                    "rev": name, "commit": commit.to_string(), "ok": false, "error": message,
-                }));
+                results.push(VerifyResult::Failed {
+                    rev: name.clone(),
+                    commit: commit.to_string(),
+                    ok: false,
+                    error: message,
+                });
             }
         }
     }
     if ui.json() {
-        ui.emit_json(&serde_json::json!({ "results": results, "failed": failed }));
+        ui.emit_json(&VerifyOutput { results, failed });
     }
     if targets.is_empty() {
         ui.status("the store has no stacks");
@@ -135,18 +140,20 @@ enum Matcher {
 
 impl Matcher {
     fn new(args: &VerifyArgs) -> Result<Matcher, CliError> {
-        let data = |e: &dyn std::error::Error| CliError::new(Kind::Data, error_chain(e));
+        // Whatever stops reading the image or its symbols, the image is not usable.
+        let data = |e: CliError| e.with_kind(Kind::Data);
         if args.running {
             return Ok(Matcher::Running);
         }
         let Some(image) = &args.image else {
             return Ok(Matcher::None);
         };
-        let text = kstack_engine::runpre::ImageText::open(image).map_err(|e| data(&e))?;
+        let text = kstack_engine::runpre::ImageText::open(image).map_err(|e| data(e.into()))?;
         let kallsyms = match &args.kallsyms {
             Some(path) => path.clone(),
             None => {
-                let build_id = kstack_store::ident::image_build_id(image).map_err(|e| data(&e))?;
+                let build_id =
+                    kstack_store::ident::image_build_id(image).map_err(|e| data(e.into()))?;
                 let kernel = kstack_engine::builder::assets::Cache::from_env()
                     .kernel_with_build_id(&build_id)
                     .ok_or_else(|| {
@@ -160,13 +167,10 @@ impl Matcher {
             }
         };
         let text_symbols = std::fs::read_to_string(&kallsyms).map_err(|e| {
-            CliError::new(
-                Kind::User,
-                format!("cannot read {}: {e}", kallsyms.display()),
-            )
+            CliError::with_source(Kind::User, format!("cannot read {}", kallsyms.display()), e)
         })?;
-        let symbols =
-            kstack_engine::runpre::KallsymsIndex::parse(&text_symbols).map_err(|e| data(&e))?;
+        let symbols = kstack_engine::runpre::KallsymsIndex::parse(&text_symbols)
+            .map_err(|e| data(e.into()))?;
         Ok(Matcher::Image { text, symbols })
     }
 

@@ -3,6 +3,8 @@
 //! touches). It runs on a build machine, never on the patched host.
 //!
 //! - [`assets`]: the kernels kstack targets, fetched from Debian into a cache.
+//! - [`source`]: the change to build (a diff file, or a commit of a kernel Git tree)
+//!   and the stack's earlier patches it is built on.
 //! - [`tree`]: private work trees of a prepared source, and compiling the touched
 //!   translation units with the kernel's flags.
 //! - [`kbuild`]: linking a module with the kernel's own kbuild.
@@ -19,6 +21,7 @@ pub mod diff;
 pub mod kbuild;
 pub mod klp;
 pub mod pipeline;
+pub mod source;
 pub mod symbols;
 pub mod tree;
 

@@ -14,7 +14,7 @@ use super::diff::{self, DiffOptions, DiffReport, Status};
 use super::kbuild;
 use super::klp;
 use super::symbols::{KernelSymbols, SymbolsError};
-use super::tree::{EXTRA_CFLAGS, TreeError, WorkTree};
+use super::tree::{self, EXTRA_CFLAGS, TreeError, WorkTree};
 use crate::runpre::BeforeFile;
 
 /// The module template and the hook header, built into kstack so that a build needs
@@ -147,7 +147,26 @@ pub struct Built {
     pub timings: Vec<(Phase, Duration)>,
 }
 
-/// Builds one patch.
+/// Everything about a build that can be known without building, so that a bad diff,
+/// a missing source tree or a missing tool is refused in a second rather than after
+/// a work tree and a compile: the kernel's prepared source exists, the diff is a
+/// unified diff that changes a file the kernel builds, every file it changes is in
+/// the source (or created by an `earlier` patch), and the build tools are installed.
+pub fn check(
+    kernel: &Kernel,
+    earlier: &[(String, Vec<u8>)],
+    diff: &[u8],
+) -> Result<Vec<tree::FileChange>, BuildError> {
+    let source = kernel.source().ok_or_else(|| BuildError::NoSource {
+        release: kernel.release.clone(),
+    })?;
+    let earlier: Vec<&[u8]> = earlier.iter().map(|(_, d)| d.as_slice()).collect();
+    let changes = tree::check_diff(diff, &source, &kernel.release, &earlier)?;
+    tree::check_tools()?;
+    Ok(changes)
+}
+
+/// Builds one patch ([`check`]ed first).
 pub fn build(
     req: &BuildRequest<'_>,
     work: &Path,
@@ -170,6 +189,7 @@ pub fn build(
     };
 
     let release = &req.kernel.release;
+    check(req.kernel, &req.earlier, &req.diff)?;
     let source = req.kernel.source().ok_or_else(|| BuildError::NoSource {
         release: release.clone(),
     })?;
