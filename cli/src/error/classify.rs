@@ -163,6 +163,11 @@ impl Classify for ProveError {
             ProveError::BadFile { .. } | ProveError::Kernel(_) | ProveError::Mismatch { .. } => {
                 (Kind::Data, None)
             }
+            // The host lacks the module the patch targets: nothing to prove it against.
+            ProveError::NoModule { .. } => (
+                Kind::Unavailable,
+                Some("install the kernel's modules package, or load the module"),
+            ),
         }
     }
 }
