@@ -359,6 +359,16 @@ pub struct AppliedJson {
     /// The patch's name, when the current generation's stack has the module.
     pub patch: Option<String>,
     pub functions: Vec<String>,
+    /// The objects the patch changes (`vmlinux`, module names), each with whether
+    /// it is patched now (`false`: a module that is not loaded; the kernel patches
+    /// it when it loads).
+    pub objects: Vec<ObjectJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ObjectJson {
+    pub name: String,
+    pub patched: bool,
 }
 
 impl From<&AppliedPatch> for AppliedJson {
@@ -369,6 +379,14 @@ impl From<&AppliedPatch> for AppliedJson {
             transition: p.transition,
             patch: p.patch.clone(),
             functions: p.functions.clone(),
+            objects: p
+                .objects
+                .iter()
+                .map(|o| ObjectJson {
+                    name: o.name.clone(),
+                    patched: o.patched,
+                })
+                .collect(),
         }
     }
 }

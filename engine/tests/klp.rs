@@ -229,7 +229,10 @@ fn changed_functions_of_two_files_load_and_work_in_the_kernel() {
         [
             (
                 ".klp.sym.vmlinux.saved_command_line,0",
-                &Resolution::Livepatch { sympos: 0 }
+                &Resolution::Livepatch {
+                    object: "vmlinux".into(),
+                    sympos: 0
+                }
             ),
             ("__fentry__", &Resolution::Exported),
             ("__x86_return_thunk", &Resolution::Exported),

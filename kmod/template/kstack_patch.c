@@ -7,8 +7,11 @@
  * the hook file.
  *
  * The table comes as X-macros so this file stays plain C that a reader can
- * check: KSTACK_FUNC(old_name, new_symbol, old_sympos) for each replaced
- * function of vmlinux.
+ * check: KSTACK_OBJECT(index, name, hooks) for each object the patch changes (name
+ * NULL for vmlinux, else the module's name: the kernel patches a module whenever it
+ * loads; hooks KSTACK_HOOKS for the first object, KSTACK_NO_HOOKS for the others),
+ * and KSTACK_FUNC(old_name, new_symbol, old_sympos) in KSTACK_FUNCS_<index> for
+ * each function of that object it replaces.
  */
 
 #include <linux/kernel.h>
@@ -18,20 +21,20 @@
 #include "kstack_patch_table.h"
 
 /*
- * The new functions live in the extracted object; only their addresses are
+ * The new functions live in the extracted objects; only their addresses are
  * needed here, so a neutral prototype serves for all of them.
  */
 #define KSTACK_FUNC(old, new, pos) extern void new(void);
-KSTACK_VMLINUX_FUNCS
+KSTACK_ALL_FUNCS
 #undef KSTACK_FUNC
 
-static struct klp_func kstack_vmlinux_funcs[] = {
 #define KSTACK_FUNC(old, new, pos) \
 	{ .old_name = old, .new_func = new, .old_sympos = pos },
-	KSTACK_VMLINUX_FUNCS
+#define KSTACK_OBJECT(index, objname, hooks) \
+	static struct klp_func kstack_funcs_##index[] = { KSTACK_FUNCS_##index {} };
+KSTACK_OBJECTS
+#undef KSTACK_OBJECT
 #undef KSTACK_FUNC
-	{}
-};
 
 /*
  * The patch's hooks, if its hook file defines them (kstack/hooks.h); weak, so a
@@ -42,17 +45,24 @@ extern void __kstack_hook_post_apply(struct klp_object *obj) __weak;
 extern void __kstack_hook_pre_revert(struct klp_object *obj) __weak;
 extern void __kstack_hook_post_revert(struct klp_object *obj) __weak;
 
+/*
+ * The hooks run around the transition of the first object: vmlinux when the patch
+ * changes it, else its first module (when that module is patched).
+ */
+#define KSTACK_HOOKS \
+	.callbacks = { \
+		.pre_patch = __kstack_hook_pre_apply, \
+		.post_patch = __kstack_hook_post_apply, \
+		.pre_unpatch = __kstack_hook_pre_revert, \
+		.post_unpatch = __kstack_hook_post_revert, \
+	}
+#define KSTACK_NO_HOOKS
+
 static struct klp_object kstack_objs[] = {
-	{
-		/* .name == NULL: vmlinux */
-		.funcs = kstack_vmlinux_funcs,
-		.callbacks = {
-			.pre_patch = __kstack_hook_pre_apply,
-			.post_patch = __kstack_hook_post_apply,
-			.pre_unpatch = __kstack_hook_pre_revert,
-			.post_unpatch = __kstack_hook_post_revert,
-		},
-	},
+#define KSTACK_OBJECT(index, objname, hooks) \
+	{ .name = objname, .funcs = kstack_funcs_##index, hooks },
+	KSTACK_OBJECTS
+#undef KSTACK_OBJECT
 	{}
 };
 

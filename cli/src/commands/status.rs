@@ -61,6 +61,18 @@ pub fn cmd_status(ui: &Ui, global: &GlobalArgs, _args: StatusArgs) -> Result<Exi
         };
         let name = p.patch.as_deref().unwrap_or("?");
         ui.line(format!("  {} [{state}] patch {name}", p.module));
+        let waiting: Vec<&str> = p
+            .objects
+            .iter()
+            .filter(|o| !o.patched)
+            .map(|o| o.name.as_str())
+            .collect();
+        if !waiting.is_empty() {
+            ui.line(format!(
+                "      waiting for {} (patched when loaded)",
+                waiting.join(", ")
+            ));
+        }
         for f in &p.functions {
             ui.line(format!("      {f}"));
         }

@@ -59,6 +59,10 @@ pub struct TryArgs {
     /// Print the kernel's console output on stderr after the command's output
     #[arg(long)]
     pub console: bool,
+    /// Do not give the guest the kernel's modules (by default its /lib/modules,
+    /// with modprobe, when kstack fetched that kernel)
+    #[arg(long)]
+    pub no_modules: bool,
     /// The command to run in the guest [default with --config: none, only sync and status]
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -89,16 +93,23 @@ pub fn cmd_try(ui: &Ui, global: &GlobalArgs, args: TryArgs) -> Result<ExitCode, 
     for (src, _) in &args.files {
         check_readable_file(src, "--file")?;
     }
-    let kernel = match args.kernel {
-        Some(k) => k,
-        None => Cache::from_env()
-            .current()
-            .map_err(|e| {
+    let (kernel, modules) = match args.kernel {
+        Some(k) => {
+            // An image kstack fetched has its modules in the cache.
+            let modules = kstack_store::ident::image_build_id(&k)
+                .ok()
+                .and_then(|id| Cache::from_env().kernel_with_build_id(&id))
+                .map(|cached| cached.modules_dir());
+            (k, modules)
+        }
+        None => {
+            let cached = Cache::from_env().current().map_err(|e| {
                 CliError::from(e).with_hint(
                     "run `cargo xtask setup` to fetch the Debian cloud kernel, or pass --kernel IMAGE",
                 )
-            })?
-            .vmlinuz(),
+            })?;
+            (cached.vmlinuz(), Some(cached.modules_dir()))
+        }
     };
     let guest_binary = sandbox::find_guest_binary()?;
     let mut options = SandboxOptions::new(&kernel, guest_binary);
@@ -109,6 +120,12 @@ pub fn cmd_try(ui: &Ui, global: &GlobalArgs, args: TryArgs) -> Result<ExitCode, 
         options.accel = Accel::Kvm;
     }
     let mut vm = Sandbox::new(options)?;
+    // The kernel's modules, for modprobe in the guest (and for patches of modules).
+    if let Some(dir) = modules.filter(|d| d.join("modules.dep").is_file())
+        && !args.no_modules
+    {
+        vm.add_modules(&dir, &sandbox::modules::ModuleSet::All)?;
+    }
     for (src, dst) in &args.files {
         vm.add_host_file(dst, src)?;
     }

@@ -129,12 +129,16 @@ pub fn cmd_verify(ui: &Ui, global: &GlobalArgs, args: VerifyArgs) -> Result<Exit
 }
 
 /// Where run-pre matching reads the kernel from, if anywhere.
+#[allow(clippy::large_enum_variant)] // one value for the whole command
 enum Matcher {
     None,
     Running,
     Image {
         text: kstack_engine::runpre::ImageText,
         symbols: kstack_engine::runpre::KallsymsIndex,
+        /// The image's modules (the image package's, from the cache), for patches
+        /// of modules.
+        modules: Option<kstack_engine::runpre::ModulesDir>,
     },
 }
 
@@ -149,14 +153,16 @@ impl Matcher {
             return Ok(Matcher::None);
         };
         let text = kstack_engine::runpre::ImageText::open(image).map_err(|e| data(e.into()))?;
+        let build_id = kstack_store::ident::image_build_id(image).map_err(|e| data(e.into()))?;
+        let cached =
+            kstack_engine::builder::assets::Cache::from_env().kernel_with_build_id(&build_id);
+        let modules = cached
+            .as_ref()
+            .map(|k| kstack_engine::runpre::ModulesDir::new(k.modules_dir()));
         let kallsyms = match &args.kallsyms {
             Some(path) => path.clone(),
             None => {
-                let build_id =
-                    kstack_store::ident::image_build_id(image).map_err(|e| data(e.into()))?;
-                let kernel = kstack_engine::builder::assets::Cache::from_env()
-                    .kernel_with_build_id(&build_id)
-                    .ok_or_else(|| {
+                let kernel = cached.ok_or_else(|| {
                         CliError::new(
                             Kind::Unavailable,
                             format!("no symbols for kernel {build_id}: kstack has not built for it"),
@@ -171,7 +177,11 @@ impl Matcher {
         })?;
         let symbols = kstack_engine::runpre::KallsymsIndex::parse(&text_symbols)
             .map_err(|e| data(e.into()))?;
-        Ok(Matcher::Image { text, symbols })
+        Ok(Matcher::Image {
+            text,
+            symbols,
+            modules,
+        })
     }
 
     fn prove(
@@ -183,9 +193,11 @@ impl Matcher {
         let proof = match self {
             Matcher::None => return Ok(None),
             Matcher::Running => prove::prove_running(&patches, &|_| true),
-            Matcher::Image { text, symbols } => {
-                prove::prove(&patches, &|_| true, text, symbols, None)
-            }
+            Matcher::Image {
+                text,
+                symbols,
+                modules,
+            } => prove::prove(&patches, &|_| true, text, symbols, modules.as_ref()),
         };
         proof
             .map(Some)

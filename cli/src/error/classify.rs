@@ -367,6 +367,11 @@ impl Classify for BuildError {
             BuildError::Kbuild(e) => e.classify(),
             BuildError::PostLink(e) => e.classify(),
             BuildError::Io { .. } => (Kind::Internal, None),
+            // The image package of that kernel lacks the module: fetch it again.
+            BuildError::NoModuleFile { .. } => (
+                Kind::Unavailable,
+                Some("the kernel's cache is incomplete: run `kstack kernel add RELEASE` again"),
+            ),
         }
     }
 }
@@ -385,6 +390,12 @@ impl Classify for TreeError {
             | TreeError::HeaderTooBroad { .. }
             | TreeError::HeaderUnknown { .. }
             | TreeError::Compile { .. } => (Kind::Data, None),
+            TreeError::NotBuilt { .. } => (
+                Kind::Data,
+                Some("this kernel's configuration does not build that file: nothing runs it"),
+            ),
+            // kbuild wrote no record of a compile it did: kstack's problem.
+            TreeError::NoCompileRecord { .. } => (Kind::Internal, None),
             TreeError::Io { .. } | TreeError::Command { .. } => (Kind::Internal, None),
         }
     }
@@ -416,7 +427,8 @@ impl Classify for BuildKlpError {
             | BuildKlpError::BadKlpName { .. }
             | BuildKlpError::BadNewName { .. }
             | BuildKlpError::DuplicateRelocation { .. }
-            | BuildKlpError::NonAllocTarget { .. } => (Kind::Data, None),
+            | BuildKlpError::NonAllocTarget { .. }
+            | BuildKlpError::WrongObject { .. } => (Kind::Data, None),
             BuildKlpError::Read { .. }
             | BuildKlpError::Object { .. }
             | BuildKlpError::Malformed { .. }
@@ -435,6 +447,8 @@ impl Classify for SymbolsError {
             SymbolsError::Io { .. } | SymbolsError::BadKallsyms(_) | SymbolsError::Kallsyms(_) => {
                 (Kind::Internal, None)
             }
+            // The image package's own .ko.
+            SymbolsError::Module { .. } => (Kind::Internal, None),
         }
     }
 }

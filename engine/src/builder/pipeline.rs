@@ -61,6 +61,15 @@ pub enum BuildError {
     Kbuild(#[from] kbuild::KbuildError),
     #[error("post-link rewrite of the module: {0}")]
     PostLink(Box<klp::KlpError>),
+    #[error(
+        "the diff changes module {module}, whose .ko is not among kernel {release}'s modules \
+         in the cache ({dir})"
+    )]
+    NoModuleFile {
+        module: String,
+        release: String,
+        dir: PathBuf,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -204,6 +213,11 @@ pub fn build(
     let out = tree.path().join(".kstack");
     let pre_paths = tree.compile(&units, &out.join("pre"))?;
     tree.apply(&req.diff, &format!("patch {}", req.name))?;
+    // Which object each unit is part of, as kbuild compiled it: vmlinux or a module.
+    let mut objects: BTreeMap<String, String> = BTreeMap::new();
+    for unit in &units {
+        objects.insert(unit.clone(), tree.unit_object(unit)?);
+    }
     enter(Phase::Post, &mut timings);
     let post_paths = tree.compile(&units, &out.join("post"))?;
 
@@ -242,11 +256,13 @@ pub fn build(
     for (unit, report) in &reports {
         for f in report.patched_functions() {
             if let Some(pre) = &f.pre {
-                let image = crate::runpre::before_image_named(&pre_objects[unit], &pre.name, unit)
-                    .map_err(|source| BuildError::Before {
-                        function: pre.name.clone(),
-                        source,
-                    })?;
+                let mut image =
+                    crate::runpre::before_image_named(&pre_objects[unit], &pre.name, unit)
+                        .map_err(|source| BuildError::Before {
+                            function: pre.name.clone(),
+                            source,
+                        })?;
+                image.object = objects[unit].clone();
                 before.functions.push(image);
             }
         }
@@ -262,6 +278,22 @@ pub fn build(
     for (unit, pre) in &pre_objects {
         symbols.add_translation_unit(unit, defined_names(pre));
     }
+    // The symbol tables of the modules the patch changes, from the image's `.ko`s:
+    // what their code's references resolve against, and what `sympos` counts in.
+    let modules: std::collections::BTreeSet<&String> =
+        objects.values().filter(|o| *o != VMLINUX_OBJECT).collect();
+    for module in modules {
+        let path = req
+            .kernel
+            .module_file(module)
+            .ok_or_else(|| BuildError::NoModuleFile {
+                module: module.clone(),
+                release: release.clone(),
+                dir: req.kernel.modules_dir(),
+            })?;
+        let ko = std::fs::read(&path).map_err(io(&path))?;
+        symbols.add_module(module, &ko)?;
+    }
 
     enter(Phase::Extract, &mut timings);
     let module_name = module_name(req);
@@ -270,7 +302,8 @@ pub fn build(
     let module_dir = tree.path().join(".kstack/module");
     std::fs::create_dir_all(&module_dir).map_err(io(&module_dir))?;
     let mut sources = Vec::new();
-    let mut table = Vec::new();
+    // Per object (vmlinux first, then modules by name): its klp_func lines.
+    let mut table: BTreeMap<(bool, String), Vec<String>> = BTreeMap::new();
     let mut functions = Vec::new();
     for (index, (unit, report)) in reports.iter().enumerate() {
         let specs: Vec<klp::FunctionSpec> = report
@@ -290,10 +323,11 @@ pub fn build(
         if specs.is_empty() {
             continue;
         }
+        let objname = &objects[unit];
         let request = klp::ExtractRequest {
             object: &post_objects[unit],
             tu: unit,
-            objname: VMLINUX_OBJECT,
+            objname,
             functions: &specs,
         };
         let extracted = klp::extract(&request, &symbols).map_err(|source| BuildError::Klp {
@@ -307,12 +341,15 @@ pub fn build(
             // Only functions the running kernel has are redirected; new ones are
             // reached from the redirected ones.
             let sympos = f.old_sympos.unwrap_or(0);
-            table.push(format!(
-                "\tKSTACK_FUNC(\"{}\", {}, {sympos})",
-                f.old_name, f.symbol
-            ));
+            table
+                .entry((objname != VMLINUX_OBJECT, objname.clone()))
+                .or_default()
+                .push(format!(
+                    "\tKSTACK_FUNC(\"{}\", {}, {sympos})",
+                    f.old_name, f.symbol
+                ));
             functions.push(FunctionRef {
-                object: VMLINUX_OBJECT.to_owned(),
+                object: objname.clone(),
                 name: f.old_name.clone(),
                 sympos,
             });
@@ -396,7 +433,13 @@ pub fn module_name(req: &BuildRequest<'_>) -> String {
     )
 }
 
-fn table_header(req: &BuildRequest<'_>, module_name: &str, table: &[String]) -> String {
+/// The header the template includes: the patch's name, and per object (vmlinux or a
+/// module) the functions it replaces, as X-macros (see `kmod/template`).
+fn table_header(
+    req: &BuildRequest<'_>,
+    module_name: &str,
+    table: &BTreeMap<(bool, String), Vec<String>>,
+) -> String {
     let mut text = String::from("/* Generated by kstack: the patch's function table. */\n");
     text.push_str(&format!(
         "#define KSTACK_PATCH_NAME \"{}\"\n",
@@ -406,12 +449,34 @@ fn table_header(req: &BuildRequest<'_>, module_name: &str, table: &[String]) -> 
         "#define KSTACK_PATCH_DESCRIPTION \"kstack patch {} ({module_name})\"\n",
         c_escape(&req.name)
     ));
-    text.push_str("#define KSTACK_VMLINUX_FUNCS \\\n");
-    for line in table {
-        text.push_str(line);
-        text.push_str(" \\\n");
+    text.push_str("#define KSTACK_OBJECTS \\\n");
+    for (index, (_, object)) in table.keys().enumerate() {
+        let name = if object == VMLINUX_OBJECT {
+            "NULL".to_owned()
+        } else {
+            format!("\"{}\"", c_escape(object))
+        };
+        let hooks = if index == 0 {
+            "KSTACK_HOOKS"
+        } else {
+            "KSTACK_NO_HOOKS"
+        };
+        text.push_str(&format!("\tKSTACK_OBJECT({index}, {name}, {hooks}) \\\n"));
     }
     text.push('\n');
+    text.push_str("#define KSTACK_ALL_FUNCS \\\n");
+    for index in 0..table.len() {
+        text.push_str(&format!("\tKSTACK_FUNCS_{index} \\\n"));
+    }
+    text.push('\n');
+    for (index, lines) in table.values().enumerate() {
+        text.push_str(&format!("#define KSTACK_FUNCS_{index} \\\n"));
+        for line in lines {
+            text.push_str(line);
+            text.push_str(" \\\n");
+        }
+        text.push('\n');
+    }
     let states = req
         .hooks
         .as_deref()

@@ -10,6 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use kstack_kfacts::livepatch::VMLINUX;
+
 /// What every pre and post object is compiled with, on top of the kernel's flags:
 /// one section per function and per data object, so the differ can compare them one
 /// by one (DESIGN.md, "Builder").
@@ -56,6 +58,13 @@ pub enum TreeError {
     HeaderUnknown { header: String, why: String },
     #[error("cannot compile {units}:\n{output}")]
     Compile { units: String, output: String },
+    #[error(
+        "{unit} is not built for kernel {release}: its configuration does not enable it \
+         (kbuild has no rule for it)"
+    )]
+    NotBuilt { unit: String, release: String },
+    #[error("{unit}: kbuild's record of how it compiled it ({cmd}) is missing or unreadable")]
+    NoCompileRecord { unit: String, cmd: PathBuf },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TreeError + '_ {
@@ -229,9 +238,20 @@ impl WorkTree {
             .output()
             .map_err(|e| spawn_error("make", e))?;
         if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            // kbuild has no rule for an object its configuration leaves out.
+            if let Some(unit) = units
+                .iter()
+                .find(|u| stderr.contains(&format!("No rule to make target '{u}'")))
+            {
+                return Err(TreeError::NotBuilt {
+                    unit: unit.clone(),
+                    release: self.release.clone(),
+                });
+            }
             return Err(TreeError::Compile {
                 units: units.join(" "),
-                output: String::from_utf8_lossy(&output.stderr).into_owned(),
+                output: stderr,
             });
         }
         let mut objects = Vec::new();
@@ -243,6 +263,47 @@ impl WorkTree {
         }
         Ok(objects)
     }
+}
+
+impl WorkTree {
+    /// The livepatch object a compiled translation unit is part of, as kbuild
+    /// decided: a module (`xfs`) when it compiled the unit with `-DMODULE`, named by
+    /// its `KBUILD_MODNAME`, else `vmlinux`. Read from kbuild's record of the compile
+    /// (`dir/.unit.o.cmd`).
+    pub fn unit_object(&self, unit: &str) -> Result<String, TreeError> {
+        let path = Path::new(unit);
+        let cmd = self
+            .path()
+            .join(path.parent().unwrap_or(Path::new("")))
+            .join(format!(
+                ".{}.cmd",
+                path.file_name().and_then(|n| n.to_str()).unwrap_or(unit)
+            ));
+        let missing = || TreeError::NoCompileRecord {
+            unit: unit.to_owned(),
+            cmd: cmd.clone(),
+        };
+        let text = std::fs::read_to_string(&cmd).map_err(|_| missing())?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("cmd_"))
+            .ok_or_else(missing)?;
+        Ok(object_of_compile(line).unwrap_or_else(|| VMLINUX.to_owned()))
+    }
+}
+
+/// The module a compile command builds for (`-DMODULE` and
+/// `-DKBUILD_MODNAME='"xfs"'`, scripts/Makefile.lib `modname_flags`), if any.
+fn object_of_compile(command: &str) -> Option<String> {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    if !words.contains(&"-DMODULE") {
+        return None;
+    }
+    let name = words
+        .iter()
+        .find_map(|w| w.strip_prefix("-DKBUILD_MODNAME="))?;
+    let name = name.trim_matches(|c| c == '\'' || c == '"' || c == '\\');
+    (!name.is_empty()).then(|| name.replace('-', "_"))
 }
 
 /// A program that could not be started: [`TreeError::ToolMissing`] when it is not
@@ -524,6 +585,17 @@ fn run(cmd: &mut Command) -> Result<(), TreeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_object_a_unit_belongs_to_comes_from_its_compile_command() {
+        let module = "cmd_fs/xfs/xfs_stats.o := gcc -Wp,-MMD -nostdinc -DMODULE \
+                      -DKBUILD_BASENAME='\"xfs_stats\"' -DKBUILD_MODNAME='\"xfs\"' \
+                      -D__KBUILD_MODNAME=kmod_xfs -c -o fs/xfs/xfs_stats.o fs/xfs/xfs_stats.c";
+        assert_eq!(object_of_compile(module).as_deref(), Some("xfs"));
+        let builtin =
+            "cmd_fs/proc/cmdline.o := gcc -DKBUILD_MODNAME='\"proc\"' -c fs/proc/cmdline.c";
+        assert_eq!(object_of_compile(builtin), None);
+    }
 
     #[test]
     fn changed_files_of_git_and_plain_diffs() {

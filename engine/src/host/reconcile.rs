@@ -453,6 +453,9 @@ pub struct AppliedPatch {
     /// The patch's name and functions, when the current generation's stack has it.
     pub patch: Option<String>,
     pub functions: Vec<String>,
+    /// The objects it changes and whether each is patched: a module's object waits
+    /// until that module loads.
+    pub objects: Vec<super::kernel::PatchedObject>,
 }
 
 /// What `kstack status` reports.
@@ -515,6 +518,7 @@ impl Host<'_> {
             }
             let known = functions_by_module.iter().find(|(m, _, _)| *m == p.module);
             applied.push(AppliedPatch {
+                objects: self.livepatch.objects(&p.module).unwrap_or_default(),
                 patch: known.map(|(_, name, _)| name.clone()),
                 functions: known
                     .map(|(_, _, f)| f.iter().map(ToString::to_string).collect())

@@ -69,15 +69,22 @@ impl TestResolver {
 }
 
 impl SymbolResolver for TestResolver {
-    fn resolve(&self, name: &str, _tu: &str, local: bool) -> Result<Resolution, ResolveError> {
+    fn resolve(
+        &self,
+        object: &str,
+        name: &str,
+        _tu: &str,
+        local: bool,
+    ) -> Result<Resolution, ResolveError> {
         if !local && self.exported.contains(name) {
             return Ok(Resolution::Exported);
         }
+        let object = object.to_owned();
         if let Some(&sympos) = self.livepatch.get(name) {
-            return Ok(Resolution::Livepatch { sympos });
+            return Ok(Resolution::Livepatch { object, sympos });
         }
         if self.permissive {
-            return Ok(Resolution::Livepatch { sympos: 0 });
+            return Ok(Resolution::Livepatch { object, sympos: 0 });
         }
         Err(ResolveError::Missing {
             name: name.to_owned(),

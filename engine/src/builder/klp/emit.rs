@@ -168,10 +168,10 @@ impl Extractor<'_, '_> {
                     let resolution = self.resolve(&sym.name, local, &place)?;
                     let symbol = match resolution {
                         Resolution::Exported => sym.name.clone(),
-                        Resolution::Livepatch { sympos } => {
-                            let klp = klp_symbol_name(self.request.objname, &sym.name, sympos)?;
+                        Resolution::Livepatch { ref object, sympos } => {
+                            let klp = klp_symbol_name(object, &sym.name, sympos)?;
                             self.check_module_klp(
-                                &klp, &place, context, out_index, offset, &guarded,
+                                object, &klp, &place, context, out_index, offset, &guarded,
                             )?;
                             klp
                         }
@@ -207,7 +207,17 @@ impl Extractor<'_, '_> {
                 let place = format!("the old version of {}", f.post_name);
                 let sympos = match self.resolve(&f.old_name, local, &place)? {
                     Resolution::Exported => 0,
-                    Resolution::Livepatch { sympos } => sympos,
+                    Resolution::Livepatch { object, sympos } if object == self.request.objname => {
+                        sympos
+                    }
+                    Resolution::Livepatch { object, .. } => {
+                        return Err(KlpError::WrongObject {
+                            tu: self.tu(),
+                            function: f.old_name.clone(),
+                            objname: self.request.objname.to_owned(),
+                            found: object,
+                        });
+                    }
                 };
                 (new_symbol_name(&f.old_name)?, Some(sympos))
             };
@@ -236,9 +246,14 @@ impl Extractor<'_, '_> {
         })
     }
 
-    /// Refuses livepatch relocations that a module target would apply too late.
+    /// Refuses livepatch relocations against a module's symbols where they would be
+    /// applied too late: a module object's relocations are applied when the module
+    /// loads, after the patch module's own alternatives, jump labels and static calls
+    /// were set up (kernel/livepatch/core.c, `klp_apply_object_relocs`).
+    #[allow(clippy::too_many_arguments)] // the place of one relocation, in full
     fn check_module_klp(
         &self,
+        object: &str,
         klp: &str,
         place: &str,
         context: RelocContext,
@@ -246,10 +261,10 @@ impl Extractor<'_, '_> {
         offset: u64,
         guarded: &[(usize, i64, i64)],
     ) -> Result<()> {
-        if self.request.objname == VMLINUX {
+        if object == VMLINUX {
             // vmlinux relocations are applied while the patch module loads, before its
             // alternatives, jump labels and static calls (kernel/module/main.c,
-            // apply_relocations() → klp_apply_section_relocs()).
+            // apply_relocations() → klp_apply_section_relocs()), whatever the target.
             return Ok(());
         }
         let what = match context {
@@ -265,7 +280,7 @@ impl Extractor<'_, '_> {
                 tu: self.tu(),
                 place: place.to_owned(),
                 symbol: klp.to_owned(),
-                objname: self.request.objname.to_owned(),
+                objname: object.to_owned(),
                 what,
             }),
             None => Ok(()),

@@ -561,7 +561,7 @@ impl Extractor<'_, '_> {
         }
         let r = self
             .resolver
-            .resolve(name, self.request.tu, local)
+            .resolve(self.request.objname, name, self.request.tu, local)
             .map_err(|source| KlpError::Resolve {
                 tu: self.tu(),
                 place: place.to_owned(),

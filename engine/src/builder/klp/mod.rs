@@ -211,6 +211,16 @@ pub enum KlpError {
         objname: String,
         what: &'static str,
     },
+    #[error(
+        "{tu}: the old version of {function} is a symbol of {found}, but the translation \
+         unit is part of {objname}"
+    )]
+    WrongObject {
+        tu: String,
+        function: String,
+        objname: String,
+        found: String,
+    },
     #[error("livepatch name {name:?} would be refused by the kernel: {reason}")]
     BadKlpName { name: String, reason: String },
     #[error("cannot name the new version of {old_name} {symbol:?}: {reason}")]

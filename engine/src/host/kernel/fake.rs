@@ -338,6 +338,22 @@ impl Livepatch for FakeLivepatch {
         Ok(())
     }
 
+    fn objects(&self, module: &str) -> Result<Vec<super::PatchedObject>, KernelError> {
+        // The fake patches vmlinux only.
+        Ok(self.with(|inner| {
+            inner
+                .module(module)
+                .and_then(|m| m.patch)
+                .map(|_| {
+                    vec![super::PatchedObject {
+                        name: "vmlinux".into(),
+                        patched: true,
+                    }]
+                })
+                .unwrap_or_default()
+        }))
+    }
+
     fn unload(&self, module: &str) -> Result<(), KernelError> {
         let unload_error = |errno| KernelError::Unload {
             module: module.to_owned(),

@@ -76,6 +76,21 @@ pub trait Livepatch: std::fmt::Debug {
     /// Asks the kernel once to unload a module, without waiting for its references
     /// to go ([`KernelError::Unload`] with `EBUSY` or `EAGAIN` while they last).
     fn unload(&self, module: &str) -> Result<(), KernelError>;
+
+    /// The objects a registered patch changes (`vmlinux`, module names) and whether
+    /// each is patched now: a module's object is patched only while that module is
+    /// loaded (`/sys/kernel/livepatch/<patch>/<object>/patched`).
+    fn objects(&self, module: &str) -> Result<Vec<PatchedObject>, KernelError>;
+}
+
+/// One object of a registered patch.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PatchedObject {
+    /// `vmlinux`, or a module's name.
+    pub name: String,
+    /// The object is loaded and its functions are patched; `false` for a module
+    /// that is not loaded (the kernel patches it when it loads).
+    pub patched: bool,
 }
 
 /// A failed interaction with the kernel.

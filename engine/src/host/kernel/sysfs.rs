@@ -15,11 +15,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kstack_kfacts::livepatch::{
-    PROC_MODULES, SYSFS_ENABLED, SYSFS_ROOT, SYSFS_TRANSITION, TAINT_LIVEPATCH_LETTER,
-    TASK_PATCH_STATE,
+    PROC_MODULES, SYSFS_ENABLED, SYSFS_PATCHED, SYSFS_ROOT, SYSFS_TRANSITION,
+    TAINT_LIVEPATCH_LETTER, TASK_PATCH_STATE, VMLINUX,
 };
 
-use super::{BlockingTask, Goal, KernelError, Livepatch, LoadedPatch, TRANSITION_POLL, io_err};
+use super::{
+    BlockingTask, Goal, KernelError, Livepatch, LoadedPatch, PatchedObject, TRANSITION_POLL, io_err,
+};
 
 /// The environment variable that points [`Sysfs::default`] at another livepatch sysfs
 /// directory than [`SYSFS_ROOT`]: tests use it to stand for a kernel with or without
@@ -117,6 +119,25 @@ impl Livepatch for Sysfs {
             enabled: read_flag(&dir.join(SYSFS_ENABLED))?,
             transition: read_flag(&dir.join(SYSFS_TRANSITION))?,
         }))
+    }
+
+    fn objects(&self, module: &str) -> Result<Vec<PatchedObject>, KernelError> {
+        let dir = self.patch_dir(module);
+        let mut objects = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let patched = entry.path().join(SYSFS_PATCHED);
+            // An object is a directory with a `patched` file; the patch's own
+            // attributes (`enabled`, `transition`, ...) are files.
+            if patched.is_file() {
+                objects.push(PatchedObject {
+                    name: entry.file_name().to_string_lossy().into_owned(),
+                    patched: read_flag(&patched)?,
+                });
+            }
+        }
+        objects.sort_by(|a, b| (a.name != VMLINUX, &a.name).cmp(&(b.name != VMLINUX, &b.name)));
+        Ok(objects)
     }
 
     /// The bytes go into a sealed memfd, so what the kernel loads is exactly what was

@@ -34,7 +34,10 @@ fn extract_carries_the_function_and_what_belongs_to_it() {
         .iter()
         .map(|r| (r.symbol.as_str(), &r.resolution))
         .collect();
-    let lp = |sympos| Resolution::Livepatch { sympos };
+    let lp = |sympos| Resolution::Livepatch {
+        object: VMLINUX.into(),
+        sympos,
+    };
     assert_eq!(
         references,
         [

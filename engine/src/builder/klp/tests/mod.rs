@@ -107,23 +107,14 @@ pub(crate) fn link(objects: &[&[u8]]) -> Vec<u8> {
 /// A resolver from a table; records every question.
 #[derive(Debug, Default)]
 pub(crate) struct FakeResolver {
-    table: HashMap<&'static str, Resolution>,
+    table: HashMap<&'static str, Option<u64>>,
     asked: RefCell<Vec<(String, bool)>>,
 }
 
 impl FakeResolver {
     pub(crate) fn new(entries: &[(&'static str, Option<u64>)]) -> Self {
         FakeResolver {
-            table: entries
-                .iter()
-                .map(|&(n, pos)| {
-                    let r = match pos {
-                        None => Resolution::Exported,
-                        Some(sympos) => Resolution::Livepatch { sympos },
-                    };
-                    (n, r)
-                })
-                .collect(),
+            table: entries.iter().map(|&(n, pos)| (n, pos)).collect(),
             asked: RefCell::default(),
         }
     }
@@ -137,12 +128,23 @@ impl FakeResolver {
 }
 
 impl SymbolResolver for FakeResolver {
-    fn resolve(&self, name: &str, _tu: &str, local: bool) -> Result<Resolution, ResolveError> {
+    fn resolve(
+        &self,
+        object: &str,
+        name: &str,
+        _tu: &str,
+        local: bool,
+    ) -> Result<Resolution, ResolveError> {
         self.asked.borrow_mut().push((name.to_owned(), local));
-        self.table
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ResolveError::Missing { name: name.into() })
+        // Every symbol the table has is the referring object's own.
+        match self.table.get(name) {
+            Some(None) => Ok(Resolution::Exported),
+            Some(Some(sympos)) => Ok(Resolution::Livepatch {
+                object: object.to_owned(),
+                sympos: *sympos,
+            }),
+            None => Err(ResolveError::Missing { name: name.into() }),
+        }
     }
 }
 
