@@ -124,3 +124,68 @@ fn two_builds_at_once_do_not_mix() {
         serde_json::json!(["vmlinux:loadavg_proc_show"])
     );
 }
+
+/// A fix to a file this kernel's configuration does not build (a DRM driver the
+/// cloud kernel leaves out) is refused with that reason (exit 65), not with make's
+/// output.
+#[test]
+fn a_file_the_configuration_does_not_build_is_refused_with_that_reason() {
+    let tree = kernel().source().expect("run `cargo xtask setup`");
+    let file = "drivers/gpu/drm/i915/i915_driver.c";
+    let text = std::fs::read_to_string(tree.join(file)).unwrap();
+    let first = text.lines().next().unwrap();
+    let diff = format!(
+        "i915: a fix to a driver this kernel does not build\n\n\
+         --- a/{file}\n+++ b/{file}\n@@ -1,1 +1,2 @@\n {first}\n+/* kstack */\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("i915.diff");
+    std::fs::write(&path, diff).unwrap();
+    let store = CliStore::new();
+    let out = kstack_tests::kstack_cli()
+        .arg("--store")
+        .arg(&store.store)
+        .args(["commit", "--stack", "drm", "--key"])
+        .arg(&store.key)
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{stderr}");
+    assert!(
+        stderr.contains("drivers/gpu/drm/i915/i915_driver.o is not built for kernel"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("No rule to make target"), "{stderr}");
+}
+
+/// A module fix builds into a patch whose functions are named with their module,
+/// and `kstack verify --image` proves it offline against the image package's `.ko`.
+#[test]
+fn a_module_fix_builds_and_is_proven_against_the_image_packages_ko() {
+    let store = CliStore::new();
+    let diff = kstack_tests::workspace_root().join("examples/modules/xfs-stats-marker.diff");
+    let report = store.commit_diff("mods", &diff);
+    assert_eq!(
+        report["patch"]["functions"],
+        serde_json::json!(["xfs:xfs_stats_format"]),
+        "{report}"
+    );
+    let config = store.dir.path().join("host.toml");
+    std::fs::write(
+        &config,
+        store.config(Some("mods"), None, "15s").replace(
+            kstack_tests::stack::GUEST_STORE,
+            &store.store.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = kstack_tests::run_ok(
+        kstack_tests::kstack_cli()
+            .arg("--config")
+            .arg(&config)
+            .args(["verify", "mods", "--image"])
+            .arg(kernel().vmlinuz()),
+    );
+    assert!(out.contains("xfs_stats_format: matches"), "{out}");
+}

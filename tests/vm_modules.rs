@@ -158,3 +158,32 @@ fn a_loaded_module_and_vmlinux_are_patched_together() {
     assert_eq!(s["module after"].trim(), "enabled", "{}", ctx());
     assert_eq!(s["vmlinux after"].trim(), "0", "{}", ctx());
 }
+
+/// A host that does not have the module a patch targets (not loaded, no `.ko` under
+/// `/lib/modules`) cannot prove the patch: sync refuses it, loads nothing, and says
+/// why (exit 69: something needed is missing).
+#[test]
+fn a_host_without_the_target_module_refuses_the_patch() {
+    let store = CliStore::new();
+    store.commit_diff("mods", &example("xfs-stats-marker.diff"));
+    let mut vm = sandbox();
+    store.install(
+        &mut vm,
+        &[("mods", store.config(Some("mods"), None, "15s"))],
+    );
+    let run = vm
+        .run(
+            "export KSTACK_STATE_DIR=/var/lib/kstack\n\
+             echo '== sync'; kstack --config /etc/kstack/mods.toml sync 2>&1; echo \"rc=$?\"\n\
+             echo '== after'; ls /sys/kernel/livepatch | wc -w\n",
+        )
+        .unwrap();
+    let s = sections(&run.stdout);
+    assert!(s["sync"].contains("rc=69"), "{}", run.stdout);
+    assert!(
+        s["sync"].contains("module xfs, which is not loaded and has no .ko"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(s["after"].trim(), "0", "{}", run.stdout);
+}

@@ -172,6 +172,15 @@ pub fn check(
     let earlier: Vec<&[u8]> = earlier.iter().map(|(_, d)| d.as_slice()).collect();
     let changes = tree::check_diff(diff, &source, &kernel.release, &earlier)?;
     tree::check_tools()?;
+    // A changed source file this kernel's configuration does not build: nothing in
+    // the kernel runs its code.
+    for change in &changes {
+        if change.kind == tree::ChangeKind::Modified
+            && let Some(stem) = change.path.strip_suffix(".c")
+        {
+            tree::check_built(&source, &kernel.release, &format!("{stem}.o"))?;
+        }
+    }
     Ok(changes)
 }
 
@@ -208,6 +217,9 @@ pub fn build(
         tree.apply(diff, &format!("earlier patch {name}"))?;
     }
     let units = tree.units_for(&req.diff)?;
+    for unit in &units {
+        tree::check_built(tree.path(), release, unit)?;
+    }
 
     enter(Phase::Pre, &mut timings);
     let out = tree.path().join(".kstack");

@@ -530,6 +530,98 @@ fn buildable_files(changes: &[FileChange]) -> Result<Vec<&str>, TreeError> {
     Ok(files)
 }
 
+/// What kbuild builds in one directory for the kernel's configuration: the objects
+/// (built in, `lib-y`, or parts of modules) and the subdirectories it descends into.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KbuildDir {
+    pub objects: Vec<String>,
+    pub subdirs: Vec<String>,
+}
+
+/// Asks kbuild what it builds in `dir` of the prepared `tree`: evaluates the
+/// directory's Makefile with the kernel's configuration (scripts/Makefile.build, as
+/// a build of that directory would) and prints its lists. Builds and writes nothing.
+pub fn kbuild_dir(tree: &Path, dir: &str) -> Result<KbuildDir, TreeError> {
+    const PRINT: &str = "kstack-print-objects";
+    let printer = tempfile::NamedTempFile::new().map_err(io(tree))?;
+    std::fs::write(
+        printer.path(),
+        format!(
+            "{PRINT}:\n\t@echo \"objects: $(real-obj-y) $(real-obj-m) $(lib-y)\"\n\
+             \t@echo \"subdirs: $(subdir-ym)\"\n"
+        ),
+    )
+    .map_err(io(printer.path()))?;
+    let output = Command::new("make")
+        .arg("-C")
+        .arg(tree)
+        .arg("-s")
+        .args(["-f", "scripts/Makefile.build", "-f"])
+        .arg(printer.path())
+        .arg(format!("obj={dir}"))
+        .arg(format!("src={dir}"))
+        .args(["srctree=.", "objtree=."])
+        .arg(PRINT)
+        .output()
+        .map_err(|e| spawn_error("make", e))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let list = |prefix: &str| -> Vec<String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|l| l.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    if !output.status.success() {
+        return Err(TreeError::Command {
+            command: format!("make -f scripts/Makefile.build obj={dir}"),
+            output: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    Ok(KbuildDir {
+        objects: list("objects: "),
+        subdirs: list("subdirs: "),
+    })
+}
+
+/// Whether the kernel's configuration builds translation unit `unit`
+/// (`fs/xfs/xfs_stats.o`): kbuild lists it in its directory, and every directory
+/// above it down from the top level is descended into. [`TreeError::NotBuilt`]
+/// otherwise.
+pub fn check_built(tree: &Path, release: &str, unit: &str) -> Result<(), TreeError> {
+    let not_built = || TreeError::NotBuilt {
+        unit: unit.to_owned(),
+        release: release.to_owned(),
+    };
+    let mut dir = Path::new(unit)
+        .parent()
+        .ok_or_else(not_built)?
+        .to_path_buf();
+    let here = kbuild_dir(tree, &dir.to_string_lossy())?;
+    if !here.objects.iter().any(|o| o == unit) {
+        return Err(not_built());
+    }
+    // The top-level directories (fs, kernel, drivers, arch/x86, ...) are the top
+    // Makefile's own; every directory below must be descended into by its parent.
+    while let Some(parent) = dir.parent().filter(|p| p.components().count() >= 1) {
+        let top = parent.components().count() == 1 && !parent.starts_with("arch")
+            || parent.components().count() == 2 && parent.starts_with("arch");
+        let listing = kbuild_dir(tree, &parent.to_string_lossy())?;
+        let child = dir.to_string_lossy().into_owned();
+        if !listing
+            .subdirs
+            .iter()
+            .any(|d| d.trim_end_matches('/') == child)
+        {
+            return Err(not_built());
+        }
+        if top {
+            break;
+        }
+        dir = parent.to_path_buf();
+    }
+    Ok(())
+}
+
 /// Checks a diff against the prepared source of kernel `release` before anything is
 /// built: it is a unified diff (see [`parse_diff`]), it changes a file the kernel
 /// builds, and every file it modifies or deletes is in the source or is created by
