@@ -1,8 +1,9 @@
 //! Live patches for loadable modules, on the real kernel: built from a diff of a
 //! module's source, synced while the module is not loaded (the kernel patches it
-//! when it loads, and again after a reload), synced while it is loaded, one patch for
-//! vmlinux and a module together, reverted; run-pre refusing a module patch built
-//! from a changed tree, loaded or not; and a host whose modules lack the target.
+//! when it loads, and again after a reload), reverted while it is not loaded; synced
+//! while it is loaded, one patch for vmlinux and a module together; and a host whose
+//! modules lack the target. (Run-pre refusing a module patch built from a changed
+//! tree is in `vm_runpre_refuse`.)
 
 use std::path::PathBuf;
 
@@ -50,7 +51,9 @@ fn a_module_patch_waits_for_its_module_and_survives_a_reload() {
          echo '== patched'; {stats}\n\
          echo '== reload'; rmmod xfs && modprobe xfs && echo ok\n\
          echo '== patched again'; {stats}\n\
+         rmmod xfs\n\
          echo '== revert'; kstack --config /etc/kstack/none.toml sync 2>&1; echo \"rc=$?\"\n\
+         modprobe xfs\n\
          echo '== reverted'; {stats}\n\
          echo '== livepatches'; ls /sys/kernel/livepatch | wc -w\n"
     );
@@ -91,7 +94,9 @@ fn a_loaded_module_and_vmlinux_are_patched_together() {
     let store = CliStore::new();
     // One diff for vmlinux (fs/proc/version.c) and a module (fs/binfmt_misc.c).
     let mut both = std::fs::read(example("binfmt-misc-status.diff")).unwrap();
-    both.extend(std::fs::read(kstack_tests::example_patch("0001-proc-version-banner")).unwrap());
+    both.extend(
+        std::fs::read(kstack_tests::example_patch("0001-proc-version-banner.diff")).unwrap(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let diff = dir.path().join("vmlinux-and-binfmt-misc.diff");
     std::fs::write(&diff, both).unwrap();

@@ -462,20 +462,28 @@ fn table_header(
         c_escape(&req.name)
     ));
     text.push_str("#define KSTACK_OBJECTS \\\n");
-    for (index, (_, object)) in table.keys().enumerate() {
-        let name = if object == VMLINUX_OBJECT {
+    let c_name = |object: &str| {
+        if object == VMLINUX_OBJECT {
             "NULL".to_owned()
         } else {
             format!("\"{}\"", c_escape(object))
-        };
-        let hooks = if index == 0 {
-            "KSTACK_HOOKS"
-        } else {
-            "KSTACK_NO_HOOKS"
-        };
-        text.push_str(&format!("\tKSTACK_OBJECT({index}, {name}, {hooks}) \\\n"));
+        }
+    };
+    for (index, (_, object)) in table.keys().enumerate() {
+        text.push_str(&format!(
+            "\tKSTACK_OBJECT({index}, {}) \\\n",
+            c_name(object)
+        ));
     }
     text.push('\n');
+    let hook_object = table
+        .keys()
+        .next()
+        .map_or_else(|| "NULL".to_owned(), |(_, o)| c_name(o));
+    text.push_str(&format!("#define KSTACK_HOOK_OBJECT {hook_object}\n"));
+    if table.keys().any(|(module, _)| *module) {
+        text.push_str("#define KSTACK_MODULE_OBJECTS 1\n");
+    }
     text.push_str("#define KSTACK_ALL_FUNCS \\\n");
     for index in 0..table.len() {
         text.push_str(&format!("\tKSTACK_FUNCS_{index} \\\n"));

@@ -169,10 +169,17 @@ impl ModulesDir {
     /// index has it.
     pub fn ko(&self, module: &str) -> Result<Option<Vec<u8>>, RunPreError> {
         let dep_path = self.dir.join("modules.dep");
-        let dep = std::fs::read_to_string(&dep_path).map_err(|source| RunPreError::Io {
-            path: dep_path.clone(),
-            source,
-        })?;
+        let dep = match std::fs::read_to_string(&dep_path) {
+            Ok(text) => text,
+            // No modules for this kernel on this host at all.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(RunPreError::Io {
+                    path: dep_path,
+                    source,
+                });
+            }
+        };
         let wanted = module.replace('-', "_");
         let Some(file) = dep
             .lines()

@@ -7,8 +7,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use kstack_kfacts::livepatch::{
-    KLP_RELA_PREFIX, KLP_SYM_PREFIX, SHF_RELA_LIVEPATCH, SHN_LIVEPATCH, parse_klp_symbol_name,
+    KLP_RELA_PREFIX, KLP_SYM_PREFIX, SHF_RELA_LIVEPATCH, SHN_LIVEPATCH, VMLINUX, klp_symbol_name,
+    parse_klp_symbol_name,
 };
+
+/// The prefix under which kstack's module template names the unexported vmlinux
+/// symbols it uses (`__kstack_ksym_text_poke`): C cannot spell `.klp.sym.` names.
+pub const KSYM_PREFIX: &str = "__kstack_ksym_";
 use object::Endianness;
 use object::build::Id as _;
 use object::build::elf as out;
@@ -42,11 +47,19 @@ pub fn post_link(ko: &[u8]) -> Result<PostLinked> {
         return Err(malformed(WHAT, "not an x86-64 relocatable object"));
     }
 
-    // The livepatch symbols and their objects.
+    // The livepatch symbols and their objects. Undefined `__kstack_ksym_<name>`
+    // symbols (the template's own references to unexported vmlinux symbols) become
+    // livepatch symbols of vmlinux.
     let mut klp_objects = HashMap::new();
     let mut klp_names = Vec::new();
     for sym in builder.symbols.iter_mut() {
-        let name = String::from_utf8_lossy(sym.name.as_slice()).into_owned();
+        let mut name = String::from_utf8_lossy(sym.name.as_slice()).into_owned();
+        if let Some(vmlinux_name) = name.strip_prefix(KSYM_PREFIX)
+            && sym.section.is_none()
+        {
+            name = klp_symbol_name(VMLINUX, vmlinux_name, 0)?;
+            sym.name = name.clone().into_bytes().into();
+        }
         if !name.starts_with(KLP_SYM_PREFIX) {
             continue;
         }
