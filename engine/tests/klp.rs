@@ -76,6 +76,8 @@ fn extract_one(object: &[u8], tu: &str, function: &str, resolver: &TestResolver)
             tu,
             objname: klp::VMLINUX,
             functions: &functions,
+            new_data: &[],
+            provided: &[],
         },
         resolver,
     )

@@ -110,6 +110,8 @@ fn real_kernel_objects_decode_and_every_function_extracts() {
                 tu: name,
                 objname: klp::VMLINUX,
                 functions: &functions,
+                new_data: &[],
+                provided: &[],
             };
             let out = klp::extract(&request, &resolver)
                 .unwrap_or_else(|e| panic!("{name}: {fname}: {e}"));

@@ -43,3 +43,18 @@ pub const TEXT_END: &str = "_etext";
 /// The byte `free_initmem()` fills freed `__init` code with (`POISON_FREE_INITMEM`,
 /// include/linux/poison.h; arch/x86/mm/init.c).
 pub const POISON_FREE_INITMEM: u8 = 0xcc;
+
+/// The static flags of the kernel's print-once and do-once helpers, by name without
+/// GCC's numbering: `DO_ONCE_LITE` (`WARN_ONCE`, `printk_once`, `pr_*_once`;
+/// include/linux/once_lite.h), `DO_ONCE` (include/linux/once.h) and its static key,
+/// `WARN_ON_ONCE`'s flag where BUG flags cannot carry it (include/asm-generic/bug.h),
+/// and `printk_deferred_once`'s (include/linux/printk.h). A live patch gives its code
+/// fresh copies of these: sharing the running kernel's would mean finding the one
+/// of many same-named statics, for no gain (a fresh flag may print once more).
+pub const ONCE_STATICS: &[&str] = &[
+    "__already_done",
+    "___done",
+    "___once_key",
+    "__warned",
+    "__print_once",
+];

@@ -33,7 +33,8 @@ pub mod verify;
 /// repository), one ordered stack per kernel build ID. A config file declares the stack
 /// a host should run and `kstack sync` makes the running kernel match it.
 ///
-/// Exit codes: 0 success, 1 the operation failed, 2 `plan` found changes, 64 bad usage
+/// Exit codes: 0 success, 1 the operation failed, 2 `plan` found changes, 3 `commit` of
+/// a change that compiles to identical code (no patch made), 64 bad usage
 /// (a bad argument or name, an unreadable file), 65 bad or untrusted data (also a
 /// change that cannot be live-applied), 69 something needed is missing (a tool, a
 /// kernel or its source, livepatch support), 70 internal error, 75 busy (another

@@ -359,7 +359,10 @@ impl Classify for BuildError {
                     "a live patch replaces functions only; carry changed data with a hook (see kmod/include/kstack/hooks.h)",
                 ),
             ),
-            BuildError::NoChange(_) => (Kind::Data, None),
+            BuildError::NoChange(_) => (
+                Kind::NoChange,
+                Some("the kernel already runs what the change says: there is nothing to patch"),
+            ),
             BuildError::Klp { source, .. } => source.classify(),
             BuildError::Symbols(e) => e.classify(),
             // Before images are cut from kstack's own pre objects.

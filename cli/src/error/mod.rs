@@ -15,6 +15,9 @@ pub(crate) use classify::Classify;
 pub const EXIT_FAILURE: u8 = 1;
 /// `kstack plan`: the host differs from the config.
 pub const EXIT_CHANGES: u8 = 2;
+/// `kstack commit`: the change compiles to the code the kernel already runs; no
+/// patch was made.
+pub const EXIT_NO_CHANGE: u8 = 3;
 /// The command line is wrong: a bad flag or name, an unreadable file (sysexits
 /// `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
@@ -47,6 +50,9 @@ pub enum Kind {
     TempFail,
     /// Everything else.
     Internal,
+    /// Nothing to do: the change compiles to identical code.
+    #[serde(rename = "no-change")]
+    NoChange,
 }
 
 impl Kind {
@@ -58,6 +64,7 @@ impl Kind {
             Kind::Unavailable => EXIT_UNAVAILABLE,
             Kind::TempFail => EXIT_TEMPFAIL,
             Kind::Internal => EXIT_INTERNAL,
+            Kind::NoChange => EXIT_NO_CHANGE,
         }
     }
 }

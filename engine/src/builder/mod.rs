@@ -35,6 +35,9 @@ pub enum Resolution {
     /// (`.klp.sym.<object>.<name>,<sympos>`), resolved by the livepatch core from
     /// `object`'s symbols (vmlinux, or the patched module when it loads).
     Livepatch { object: String, sympos: u64 },
+    /// Defined by another file of the same patch: a plain reference, which the
+    /// patch module's own link resolves.
+    InPatch,
 }
 
 /// Why a symbol cannot be resolved in the target kernel.

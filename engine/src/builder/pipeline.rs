@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use kstack_kfacts::symbols::ONCE_STATICS;
 use kstack_store::digest::Sha256Digest;
 use kstack_store::model::{FunctionRef, MODULE_PREFIX, VMLINUX as VMLINUX_OBJECT};
 
@@ -41,7 +42,12 @@ pub enum BuildError {
     },
     #[error("the patch cannot be live-applied:\n{}", .0.join("\n"))]
     Refused(Vec<String>),
-    #[error("the diff changes no function of the kernel (translation units: {0})")]
+    #[error(
+        "the change compiles to the same code as before in every translation unit it \
+         touches ({0}): no function changes (a change the configuration already makes, \
+         such as a zero-initialisation under CONFIG_INIT_STACK_ALL_ZERO, or one the \
+         compiler optimised away)"
+    )]
     NoChange(String),
     #[error("{unit}: {source}")]
     Klp {
@@ -313,6 +319,27 @@ pub fn build(
     // run at the same time (two `kstack commit`s) never share a file.
     let module_dir = tree.path().join(".kstack/module");
     std::fs::create_dir_all(&module_dir).map_err(io(&module_dir))?;
+    // Globals that one file of the patch defines anew and another may use: they are
+    // linked within the patch module.
+    let provided: Vec<String> = reports
+        .values()
+        .flat_map(|r| {
+            let functions = r
+                .functions
+                .iter()
+                .filter(|f| f.status == Status::New)
+                .filter_map(|f| f.post.as_ref());
+            let data = r
+                .data
+                .iter()
+                .filter(|d| d.status == Status::New)
+                .filter_map(|d| d.post.as_ref());
+            functions
+                .chain(data)
+                .filter(|p| !p.local)
+                .map(|p| p.name.clone())
+        })
+        .collect();
     let mut sources = Vec::new();
     // Per object (vmlinux first, then modules by name): its klp_func lines.
     let mut table: BTreeMap<(bool, String), Vec<String>> = BTreeMap::new();
@@ -336,11 +363,14 @@ pub fn build(
             continue;
         }
         let objname = &objects[unit];
+        let new_data = patch_data(report);
         let request = klp::ExtractRequest {
             object: &post_objects[unit],
             tu: unit,
             objname,
             functions: &specs,
+            new_data: &new_data,
+            provided: &provided,
         };
         let extracted = klp::extract(&request, &symbols).map_err(|source| BuildError::Klp {
             unit: unit.clone(),
@@ -510,6 +540,22 @@ fn table_header(
         text.push_str(&format!("#define KSTACK_STATES {}\n", entries.join(", ")));
     }
     text
+}
+
+/// The data objects of a translation unit (post names) the patch module has its own
+/// copy of: new ones, which the running kernel does not have, and the once-only flags
+/// of print-once helpers ([`ONCE_STATICS`]).
+fn patch_data(report: &DiffReport) -> Vec<String> {
+    report
+        .data
+        .iter()
+        .filter(|d| {
+            d.status == Status::New
+                || (d.status != Status::Removed
+                    && ONCE_STATICS.contains(&diff::normalize_name(&d.name).as_str()))
+        })
+        .filter_map(|d| d.post.as_ref().map(|p| p.name.clone()))
+        .collect()
 }
 
 /// `KSTACK_STATE(id, version)` lines of a hook file.

@@ -295,9 +295,12 @@ impl KernelSymbols {
                 .sympos(VMLINUX, name, s.addr)
                 .expect("an entry of the name is at its own address")
         };
+        // Per-CPU variables are absolute in kallsyms (`A`, scripts/kallsyms.c
+        // `make_percpu_absolute`), static or not: their letter says nothing of their
+        // binding.
         let wanted: Vec<(u64, usize)> = all
             .iter()
-            .filter(|(_, s)| s.is_local() == local)
+            .filter(|(_, s)| s.is_local() == local || s.kind == 'A')
             .map(|&(i, s)| (sympos(s), i))
             .collect();
         let entries = self.index.entries();
@@ -395,6 +398,7 @@ ffffffff81002100 t b_show
 ffffffff81002200 T seq_puts
 ffffffff81003000 t unique_static
 ffffffff81004000 D saved_command_line
+000000000001ff00 A cached_stacks
 ffffffffc0000000 t mod_fn\t[some_module]
 ";
     const SYMVERS: &str =
@@ -423,6 +427,14 @@ ffffffffc0000000 t mod_fn\t[some_module]
         );
         assert_eq!(
             k.resolve("vmlinux", "saved_command_line", "fs/a.o", false),
+            Ok(Resolution::Livepatch {
+                object: VMLINUX.into(),
+                sympos: 0
+            })
+        );
+        // A static per-CPU variable: `A` in kallsyms.
+        assert_eq!(
+            k.resolve("vmlinux", "cached_stacks", "kernel/fork.o", true),
             Ok(Resolution::Livepatch {
                 object: VMLINUX.into(),
                 sympos: 0

@@ -165,9 +165,13 @@ impl Extractor<'_, '_> {
                         });
                     }
                     let local = sym.is_local();
-                    let resolution = self.resolve(&sym.name, local, &place)?;
+                    let resolution = if !local && self.request.provided.contains(&sym.name) {
+                        Resolution::InPatch
+                    } else {
+                        self.resolve(&sym.name, local, &place)?
+                    };
                     let symbol = match resolution {
-                        Resolution::Exported => sym.name.clone(),
+                        Resolution::Exported | Resolution::InPatch => sym.name.clone(),
                         Resolution::Livepatch { ref object, sympos } => {
                             let klp = klp_symbol_name(object, &sym.name, sympos)?;
                             self.check_module_klp(
@@ -206,7 +210,7 @@ impl Extractor<'_, '_> {
                 let local = self.input.symbols[sym].is_local();
                 let place = format!("the old version of {}", f.post_name);
                 let sympos = match self.resolve(&f.old_name, local, &place)? {
-                    Resolution::Exported => 0,
+                    Resolution::Exported | Resolution::InPatch => 0,
                     Resolution::Livepatch { object, sympos } if object == self.request.objname => {
                         sympos
                     }
@@ -352,12 +356,25 @@ impl Extractor<'_, '_> {
                 Carried::Slices(ranges) => {
                     let mut data = Vec::new();
                     let mut placed = Vec::new();
+                    let mut offset = 0u64;
                     for &(a, b) in ranges {
-                        placed.push((a, b, data.len() as i64 - a as i64));
-                        data.extend_from_slice(&section.data[a as usize..b as usize]);
+                        // Data objects keep their section's alignment; code snippets
+                        // are packed as they are.
+                        if !section.is_text() {
+                            let align = section.align.max(1);
+                            offset = offset.div_ceil(align) * align;
+                        }
+                        placed.push((a, b, offset as i64 - a as i64));
+                        if !section.is_nobits() {
+                            data.resize(offset as usize, 0);
+                            data.extend_from_slice(&section.data[a as usize..b as usize]);
+                        }
+                        offset += b - a;
                     }
                     slices.insert(sec, placed);
-                    OutSection::copy_of(section, data)
+                    let mut out = OutSection::copy_of(section, data);
+                    out.size = offset;
+                    out
                 }
             };
             if let Some(&f) = self.function_sections.get(&sec) {
@@ -380,16 +397,18 @@ impl Extractor<'_, '_> {
                 }
             } else if matches!(carried, Carried::Whole) {
                 // Keep the local names of `.cold` parts and copied data, for kallsyms
-                // and for whoever reads the module.
+                // and for whoever reads the module; a new global keeps its binding,
+                // so that the patch's other files reach it.
                 for &s in &section.symbols {
                     let sym = &self.input.symbols[s];
-                    if sym.is_local() && !sym.name.is_empty() {
+                    let new_global = !sym.is_local() && self.request.new_data.contains(&sym.name);
+                    if (sym.is_local() || new_global) && !sym.name.is_empty() {
                         out.symbols.push(OutSymbol {
                             name: sym.name.clone(),
                             value: sym.value,
                             size: sym.size,
                             kind: sym.kind,
-                            global: false,
+                            global: new_global,
                         });
                     }
                 }

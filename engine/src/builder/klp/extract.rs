@@ -154,6 +154,19 @@ impl Extractor<'_, '_> {
             self.function_names.insert(f.post_name.clone());
             self.carried.insert(sec, Carried::Whole);
         }
+        // New global data: another file of the patch may be its only user.
+        let globals: Vec<usize> = (1..self.input.symbols.len())
+            .filter(|&i| {
+                let s = &self.input.symbols[i];
+                s.is_object()
+                    && s.is_defined()
+                    && !s.is_local()
+                    && self.request.new_data.contains(&s.name)
+            })
+            .collect();
+        for object in globals {
+            self.carry_data_object(object);
+        }
         Ok(())
     }
 
@@ -350,6 +363,9 @@ impl Extractor<'_, '_> {
         {
             return Ok(false);
         }
+        if let Some(carried) = self.carry_new_data(sec, rel, t)? {
+            return Ok(carried);
+        }
         let target = &self.input.sections[t];
         if target.is_text() {
             if target.name == ALTINSTR_AUX {
@@ -372,6 +388,54 @@ impl Extractor<'_, '_> {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Carries the data object a reference means when the patch brings its own copy
+    /// of it ([`ExtractRequest::new_data`]); `None` when it is not such an object.
+    fn carry_new_data(&mut self, sec: usize, rel: Reloc, t: usize) -> Result<Option<bool>> {
+        if self.request.new_data.is_empty() || self.input.sections[t].is_text() {
+            return Ok(None);
+        }
+        let sym = &self.input.symbols[rel.sym];
+        let at = if sym.is_section() {
+            self.exact_anchor(sec, rel, t)?
+        } else {
+            sym.value as i64
+        };
+        let Some(object) = self.input.symbol_at(t, at) else {
+            return Ok(None);
+        };
+        if !self
+            .request
+            .new_data
+            .contains(&self.input.symbols[object].name)
+        {
+            return Ok(None);
+        }
+        Ok(Some(self.carry_data_object(object)))
+    }
+
+    /// Carries one data object: its whole section when the object is all of it
+    /// (`-fdata-sections`), else its bytes.
+    pub(super) fn carry_data_object(&mut self, object: usize) -> bool {
+        let sym = &self.input.symbols[object];
+        let Some(t) = sym.section else {
+            return false;
+        };
+        let section = &self.input.sections[t];
+        let alone = section.symbols.iter().all(|&s| {
+            let other = &self.input.symbols[s];
+            (other.value, other.size) == (sym.value, sym.size)
+        });
+        if alone && sym.value == 0 && sym.size == section.size {
+            if matches!(self.carried.get(&t), Some(Carried::Whole)) {
+                return false;
+            }
+            self.carried.insert(t, Carried::Whole);
+            return true;
+        }
+        let (start, end) = (sym.value, sym.value + sym.size.max(1));
+        self.add_slice(t, start, end)
     }
 
     /// Whether code section `t` is the `.cold` part of a carried function.

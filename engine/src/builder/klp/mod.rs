@@ -65,6 +65,15 @@ pub struct ExtractRequest<'a> {
     /// The patched object: `vmlinux` or a module name (`ext4`).
     pub objname: &'a str,
     pub functions: &'a [FunctionSpec],
+    /// Data objects of this object (post names) the patch module has its own copy
+    /// of, because the running kernel has none or must not share it: new data, and
+    /// once-only flags (`__already_done`, ...). Carried when carried code refers to
+    /// them; a new global among them is carried in any case (another file of the
+    /// patch may use it).
+    pub new_data: &'a [String],
+    /// Globals that other files of the same patch define (their new functions and
+    /// data): plain references, which the module's own link resolves.
+    pub provided: &'a [String],
 }
 
 /// One function of the output object.

@@ -159,6 +159,8 @@ fn missing_symbols_and_functions_are_errors_with_context() {
         tu: "test/basic.o",
         objname: VMLINUX,
         functions: &[changed("patched")],
+        new_data: &[],
+        provided: &[],
     };
     let err = extract(&request, &resolver).unwrap_err().to_string();
     assert!(err.starts_with("test/basic.o: patched"), "{err}");
@@ -193,5 +195,78 @@ fn klp_names_follow_what_the_kernel_parses() {
     assert_eq!(
         new_symbol_name("foo.constprop.0").unwrap(),
         "__kstack_new_foo__constprop__0"
+    );
+}
+
+/// Data the fix brings (a new static counter and table, a print-once flag, a new
+/// global) is carried in the output object, and references to it point there; a new
+/// global function another file of the patch defines stays a plain reference.
+#[test]
+fn new_data_and_once_flags_are_carried_and_patch_globals_stay_plain() {
+    let object = compile("new_data.c", &[]);
+    let file = ElfFile64::<Endianness>::parse(&*object).unwrap();
+    // The post names, as the differ would report them.
+    let names: Vec<String> = file
+        .symbols()
+        .filter(|s| s.kind() == object::SymbolKind::Data && s.is_definition())
+        .map(|s| s.name().unwrap().to_owned())
+        .collect();
+    let once = names
+        .iter()
+        .find(|n| n.starts_with("__already_done"))
+        .unwrap()
+        .clone();
+    let new_data: Vec<String> = names.clone();
+    let provided = vec!["helper_from_other_file".to_owned()];
+    let resolver = FakeResolver::new(&[
+        ("__fentry__", None),
+        ("__x86_return_thunk", None),
+        ("printk", None),
+        ("patched", Some(0)),
+    ]);
+    let request = ExtractRequest {
+        object: &object,
+        tu: "test/new_data.o",
+        objname: VMLINUX,
+        functions: &[changed("patched")],
+        new_data: &new_data,
+        provided: &provided,
+    };
+    let ex = extract(&request, &resolver).unwrap();
+    for section in [
+        ".bss.counter",
+        ".rodata.table",
+        ".bss.new_global_total",
+        ".data.once",
+    ] {
+        assert!(
+            ex.sections.iter().any(|s| s == section),
+            "{section} is not carried: {:?}",
+            ex.sections
+        );
+    }
+    // Nothing of the data is resolved in the kernel; the other file's function is a
+    // plain reference for the module's own link.
+    let references: Vec<(&str, &Resolution)> = ex
+        .references
+        .iter()
+        .map(|r| (r.symbol.as_str(), &r.resolution))
+        .collect();
+    assert!(
+        references.contains(&("helper_from_other_file", &Resolution::InPatch)),
+        "{references:?}"
+    );
+    for name in ["counter", "table", "new_global_total", once.as_str()] {
+        assert!(
+            references.iter().all(|(s, _)| !s.contains(name)),
+            "{name} was resolved outside the patch: {references:?}"
+        );
+    }
+    // The output object defines the new global, so the other file can use it.
+    let out = ElfFile64::<Endianness>::parse(&*ex.object).unwrap();
+    assert!(
+        out.symbols()
+            .any(|s| s.name() == Ok("new_global_total") && s.is_definition() && s.is_global()),
+        "new_global_total is not defined by the output object"
     );
 }

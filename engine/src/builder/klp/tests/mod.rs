@@ -181,6 +181,8 @@ pub(crate) fn extract_basic(functions: &[FunctionSpec]) -> (Extracted, FakeResol
         tu: "test/basic.o",
         objname: VMLINUX,
         functions,
+        new_data: &[],
+        provided: &[],
     };
     let extracted = extract(&request, &resolver).unwrap();
     (extracted, resolver)

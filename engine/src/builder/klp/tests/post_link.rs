@@ -36,6 +36,8 @@ fn linked_module() -> Vec<u8> {
         tu: "test/basic.o",
         objname: VMLINUX,
         functions: &[changed("patched")],
+        new_data: &[],
+        provided: &[],
     };
     let resolver = FakeResolver::new(&[
         ("__fentry__", None),

@@ -25,6 +25,8 @@ fn extract_special(extra: &[&str], objname: &str) -> Result<Extracted> {
         tu: "test/special.o",
         objname,
         functions: &[changed("patched")],
+        new_data: &[],
+        provided: &[],
     };
     extract(&request, &special_resolver())
 }
