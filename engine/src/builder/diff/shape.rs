@@ -105,7 +105,7 @@ impl<'d> Elf<'d> {
             && self.class(section) == Class::Strings
             && let Some(text) = c_string_at(self.data(section), sym.value as i64 + at)
         {
-            return format!("\"{}\"", text.escape_ascii());
+            return format!("\"{}\"", without_line_numbers(text).escape_ascii());
         }
         let (true, Some(section)) = (sym.is_section(), sym.section) else {
             return format!("{}{}", self.name_of(sym_index, namer), signed_hex(at));
@@ -116,7 +116,7 @@ impl<'d> Elf<'d> {
         if self.class(section) == Class::Strings
             && let Some(text) = c_string_at(data, at)
         {
-            return format!("\"{}\"", text.escape_ascii());
+            return format!("\"{}\"", without_line_numbers(text).escape_ascii());
         }
         if let Some(target) = self.symbol_at(section, at, slack) {
             let relative = at - self.sym(target).value as i64;
@@ -229,6 +229,30 @@ impl<'d> Elf<'d> {
             _ => rel.symbol(),
         }
     }
+}
+
+/// A string literal with the line numbers that `__FILE__ ":" __LINE__` puts after a
+/// source file's name (`fs/dcache.c:2930`, as FORTIFY_SOURCE's field-spanning checks
+/// and many messages embed them) replaced by `#`: a line that moved is no change,
+/// as for a WARN's line in `__bug_table`.
+fn without_line_numbers(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        out.push(text[i]);
+        let after_source = text[i] == b':'
+            && i >= 2
+            && text[i - 2] == b'.'
+            && matches!(text[i - 1], b'c' | b'h' | b'S');
+        i += 1;
+        if after_source && text.get(i).is_some_and(u8::is_ascii_digit) {
+            while text.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            out.push(b'#');
+        }
+    }
+    out
 }
 
 /// How far beyond the addend the place a relocated field means lies: for a
@@ -421,6 +445,16 @@ mod tests {
             ".data..once"
         );
         assert_eq!(normalize_section(".rodata.__func__.12"), ".rodata.__func__");
+    }
+
+    #[test]
+    fn line_numbers_after_source_files_are_masked_in_strings() {
+        assert_eq!(
+            without_line_numbers(b"field \"dentry->d_iname\" at fs/dcache.c:2930"),
+            b"field \"dentry->d_iname\" at fs/dcache.c:#"
+        );
+        assert_eq!(without_line_numbers(b"a.h:12 and x:3 c:4"), b"a.h:# and x:3 c:4");
+        assert_eq!(without_line_numbers(b"version 1.2"), b"version 1.2");
     }
 
     #[test]
