@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kstack_fixtures::FakeModule;
 use kstack_store::commit::NewPatch;
-use kstack_store::fixtures::FakeModule;
 use kstack_store::keys::{SecretKey, TrustPolicy};
 use kstack_store::model::PatchSource;
 use kstack_store::store::{Author, StackId, Store};

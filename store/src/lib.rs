@@ -6,7 +6,6 @@
 
 pub mod commit;
 pub mod digest;
-pub mod fixtures;
 pub mod ident;
 pub mod keys;
 pub mod klp;
