@@ -6,6 +6,7 @@
 
 pub mod commit;
 pub mod digest;
+mod history;
 pub mod ident;
 pub mod keys;
 pub mod klp;

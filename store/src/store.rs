@@ -573,24 +573,14 @@ impl Store {
     }
 
     /// The first-parent history from `start`, newest first, at most `limit` commits.
-    /// Reads commit headers only, so it stays fast on long histories.
+    /// Reads commit headers only, so it stays fast on long histories (see
+    /// [`crate::history`]).
     pub fn log(
         &self,
         start: ObjectId,
         limit: Option<usize>,
     ) -> Result<Vec<CommitInfo>, StoreError> {
-        let mut out = Vec::new();
-        let mut buf = Vec::new();
-        let mut next = Some(start);
-        while let Some(id) = next {
-            if limit.is_some_and(|l| out.len() >= l) {
-                break;
-            }
-            let info = self.read_commit(id, &mut buf)?;
-            next = info.parents.first().copied();
-            out.push(info);
-        }
-        Ok(out)
+        crate::history::FirstParents::new(self, start, limit).collect()
     }
 
     /// The entries of a tree.
