@@ -1,6 +1,10 @@
 //! Kernel and module identity read from files: build IDs of raw and compressed
 //! kernel images (synthetic ones in every compression, and the real Debian kernel
 //! that set-up fetched), and the `.modinfo` of modules.
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns: a failure is a test failure
+
+use std::path::Path;
+use std::process::Command;
 
 use kstack_fixtures::{FakeCompression, FakeModule, fake_bzimage, fake_vmlinux};
 use kstack_store::ident::{
@@ -85,22 +89,96 @@ fn bad_images_are_named() {
     assert_eq!(err.to_string(), "v: no GNU build-id note");
 }
 
-/// The Debian 6.1 cloud kernel (LZ4): `KSTACK_TEST_VMLINUZ`, or the image that
-/// `cargo xtask setup` fetches into the cache. Fails when neither is there.
+/// The Debian cloud kernel that `cargo xtask setup` fetched (or
+/// `KSTACK_TEST_VMLINUZ`), whichever release that is: kstack reads the build ID that
+/// the kernel's own `scripts/extract-vmlinux` and binutils' `readelf -n` read, finds
+/// the compression its `.config` chose, and the release its file is named after.
+/// Fails, naming the set-up command, when no kernel is cached.
 #[test]
 fn real_debian_vmlinuz() {
-    let path = kstack_fixtures::real_vmlinuz()
-        .expect("no Debian vmlinuz: run `cargo xtask setup` (or set KSTACK_TEST_VMLINUZ)");
-    let bytes = std::fs::read(&path).unwrap();
+    let kernel = kstack_fixtures::real_kernel().unwrap_or_else(|e| panic!("{e}"));
+    let bytes = std::fs::read(&kernel.vmlinuz).unwrap();
     let payload = bzimage_payload(&bytes, "vmlinuz").unwrap();
-    assert_eq!(Compression::detect(payload), Some(Compression::Lz4Legacy));
-    let id = image_build_id(&path).unwrap();
-    // As `lz4 -d` + `readelf -n` report it for 6.1.0-56-cloud-amd64 (6.1.192-2).
-    if path.ends_with("vmlinuz-6.1.0-56-cloud-amd64") {
-        assert_eq!(id.to_hex(), "3b43fad5034874490492495d552c0af6a5fab235");
-        let identity = image_identity(&path).unwrap();
-        assert_eq!(identity.release.as_deref(), Some("6.1.0-56-cloud-amd64"));
+    if let Some(config) = &kernel.config {
+        assert_eq!(
+            Compression::detect(payload),
+            Some(configured_compression(config)),
+            "{}",
+            config.display()
+        );
     }
+    let extract_vmlinux = kernel.extract_vmlinux.as_deref().unwrap_or_else(|| {
+        panic!(
+            "no kernel source with scripts/extract-vmlinux in {}: run `{}`",
+            kstack_fixtures::kstack_cache().display(),
+            kstack_fixtures::SETUP
+        )
+    });
+    let id = image_build_id(&kernel.vmlinuz).unwrap();
+    assert_eq!(
+        id.to_hex(),
+        build_id_by_readelf(&kernel.vmlinuz, extract_vmlinux),
+        "{}",
+        kernel.vmlinuz.display()
+    );
+    if let Some(release) = &kernel.release {
+        let identity = image_identity(&kernel.vmlinuz).unwrap();
+        assert_eq!(identity.build_id, id);
+        assert_eq!(identity.release.as_ref(), Some(release));
+    }
+}
+
+/// The compression a kernel `.config` chose for its image (`CONFIG_KERNEL_<name>=y`,
+/// the choice in `init/Kconfig`).
+fn configured_compression(config: &Path) -> Compression {
+    let text = std::fs::read_to_string(config).unwrap();
+    let chosen = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_KERNEL_")?.strip_suffix("=y"))
+        .unwrap_or_else(|| panic!("{}: no CONFIG_KERNEL_<compression>=y", config.display()));
+    match chosen {
+        "GZIP" => Compression::Gzip,
+        "BZIP2" => Compression::Bzip2,
+        "LZMA" => Compression::Lzma,
+        "XZ" => Compression::Xz,
+        "LZO" => Compression::Lzo,
+        "LZ4" => Compression::Lz4Legacy,
+        "ZSTD" => Compression::Zstd,
+        "UNCOMPRESSED" => Compression::None,
+        other => panic!("{}: unknown CONFIG_KERNEL_{other}", config.display()),
+    }
+}
+
+/// The build ID of a bzImage found without kstack: the kernel source's
+/// `scripts/extract-vmlinux` finds and decompresses the payload with the usual
+/// command-line tools (`lz4`, `unxz`, ...), and `readelf -n` reads the GNU note.
+fn build_id_by_readelf(vmlinuz: &Path, extract_vmlinux: &Path) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let vmlinux = dir.path().join("vmlinux");
+    let extracted = Command::new("sh")
+        .arg(extract_vmlinux)
+        .arg(vmlinuz)
+        .stdout(std::fs::File::create(&vmlinux).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        extracted.status.success(),
+        "{} {}: {}",
+        extract_vmlinux.display(),
+        vmlinuz.display(),
+        String::from_utf8_lossy(&extracted.stderr)
+    );
+    let notes = Command::new("readelf")
+        .arg("-n")
+        .arg(&vmlinux)
+        .output()
+        .expect("readelf (binutils) runs");
+    assert!(notes.status.success(), "readelf -n");
+    String::from_utf8_lossy(&notes.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .expect("readelf -n shows a build ID")
+        .to_owned()
 }
 
 #[test]
