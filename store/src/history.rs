@@ -14,6 +14,7 @@
 //! elsewhere, which also reports any error.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use gix::odb::pack::Find as _;
 use gix::odb::pack::data::entry::Header;
@@ -23,8 +24,8 @@ use crate::store::{CommitInfo, ObjectId, Store, StoreError};
 /// Bytes of decoded commits kept as possible delta bases. A repack looks for a
 /// commit's base among the 10 objects next to it when sorted by size (`pack.window`),
 /// which for commits of about the same size are up to a few hundred commits apart in
-/// history; this keeps over ten thousand.
-const RECENT_BYTES: usize = 4 << 20;
+/// history; this keeps a few thousand.
+const RECENT_BYTES: usize = 1 << 20;
 
 /// The first-parent history of a commit, newest first, at most `left` commits. It
 /// stops after the first error.
@@ -52,6 +53,7 @@ impl<'s> FirstParents<'s> {
             && packed.read(&id, &mut self.buf)
             && let Ok(info) = self.store.parse_commit(id, &self.buf)
         {
+            packed.keep(&mut self.buf);
             return Ok(info);
         }
         self.store.read_commit(id, &mut self.buf)
@@ -80,11 +82,11 @@ pub(crate) struct PackedCommits {
     /// A handle of its own: pack locations stay valid only while packs stay mapped.
     objects: gix::OdbHandle,
     object_hash: gix::hash::Kind,
-    /// Empty until the walk meets its first delta: a store that kstack packed has
-    /// none, and keeping its commits would be work for nothing.
-    recent: Option<Recent>,
+    recent: Recent,
     /// An entry as stored: the object, or the instructions of a delta.
     entry: Vec<u8>,
+    /// Where the commit that [`PackedCommits::read`] read last is in its pack.
+    last: Option<(u32, u64)>,
     #[cfg(test)]
     deltas_applied: usize,
 }
@@ -103,8 +105,9 @@ impl PackedCommits {
         Some(PackedCommits {
             objects,
             object_hash: store.repo().object_hash(),
-            recent: None,
+            recent: Recent::default(),
             entry: Vec::new(),
+            last: None,
             #[cfg(test)]
             deltas_applied: 0,
         })
@@ -114,6 +117,7 @@ impl PackedCommits {
     /// when it is not a commit, or when anything is unexpected (the caller then
     /// reads it the usual way).
     pub(crate) fn read(&mut self, id: &gix::hash::oid, buf: &mut Vec<u8>) -> bool {
+        self.last = None;
         // This inflates the entry: the commit itself, or a delta's instructions.
         let Ok(Some(location)) = self.objects.location_by_oid(id, &mut self.entry) else {
             return false;
@@ -125,11 +129,10 @@ impl PackedCommits {
         match header {
             Header::Commit => std::mem::swap(buf, &mut self.entry),
             Header::OfsDelta { base_distance } => {
-                let recent = self.recent.get_or_insert_default();
                 let base = location
                     .pack_offset
                     .checked_sub(base_distance)
-                    .and_then(|offset| recent.get((location.pack_id, offset)));
+                    .and_then(|offset| self.recent.get((location.pack_id, offset)));
                 match base {
                     Some(base) if apply_delta(base, &self.entry, buf).is_some() => {
                         #[cfg(test)]
@@ -149,10 +152,16 @@ impl PackedCommits {
             }
             Header::Tree | Header::Blob | Header::Tag | Header::RefDelta { .. } => return false,
         }
-        if let Some(recent) = &mut self.recent {
-            recent.put(key, buf);
-        }
+        self.last = Some(key);
         true
+    }
+
+    /// Keeps the commit just read, in `buf`, as a base for the deltas to come; `buf`
+    /// gets a buffer back in exchange.
+    pub(crate) fn keep(&mut self, buf: &mut Vec<u8>) {
+        if let Some(key) = self.last.take() {
+            self.recent.put(key, buf);
+        }
     }
 
     /// The pack entry header at `location`.
@@ -167,7 +176,7 @@ impl PackedCommits {
 /// Decoded objects by pack location, the oldest dropped past [`RECENT_BYTES`].
 #[derive(Default)]
 struct Recent {
-    objects: HashMap<(u32, u64), Vec<u8>>,
+    objects: HashMap<(u32, u64), Vec<u8>, BuildHasherDefault<LocationHasher>>,
     order: VecDeque<(u32, u64)>,
     bytes: usize,
 }
@@ -177,25 +186,51 @@ impl Recent {
         self.objects.get(&key).map(Vec::as_slice)
     }
 
-    fn put(&mut self, key: (u32, u64), data: &[u8]) {
+    /// Takes `data` in, leaving in its place the buffer of an object dropped to make
+    /// room (so a long walk stops allocating), or an empty one.
+    fn put(&mut self, key: (u32, u64), data: &mut Vec<u8>) {
         if data.len() > RECENT_BYTES / 4 || self.objects.contains_key(&key) {
             return;
         }
-        let mut copy = Vec::new();
+        let mut spare = Vec::new();
         while self.bytes + data.len() > RECENT_BYTES {
             let Some(old) = self.order.pop_front() else {
                 break;
             };
             if let Some(old) = self.objects.remove(&old) {
                 self.bytes -= old.len();
-                copy = old;
+                spare = old;
             }
         }
-        copy.clear();
-        copy.extend_from_slice(data);
-        self.bytes += copy.len();
-        self.objects.insert(key, copy);
+        self.bytes += data.len();
+        self.objects.insert(key, std::mem::replace(data, spare));
         self.order.push_back(key);
+    }
+}
+
+/// A multiply-and-rotate hash (as rustc's FxHash) for pack locations: a long walk
+/// looks one up for every commit, and SipHash, made to resist chosen keys, costs
+/// more there than a pack's own offsets need.
+#[derive(Default)]
+struct LocationHasher(u64);
+
+impl Hasher for LocationHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }
 
@@ -375,6 +410,7 @@ mod tests {
                 .read_into(*id, &"commit", gix::objs::Kind::Commit, &mut usual)
                 .unwrap();
             assert_eq!(fast, usual, "{id}");
+            packed.keep(&mut fast);
         }
         assert!(
             packed.deltas_applied > 10,
