@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use kstack_tests::{CliStore, kernel, sandbox, sections};
+use kstack_tests::{CliStore, example_patch, kernel, sandbox, sections};
 
 /// (relative path, mtime, length) of every generated file of the prepared tree and
 /// every file the examples touch: what a build could write through a hard link.
@@ -112,7 +112,7 @@ fn example_patches_build_apply_check_and_revert() {
 #[test]
 fn a_patch_on_an_already_patched_function_builds_proves_and_applies() {
     let store = CliStore::new();
-    let first = store.commit_diff("same", &example("0001-proc-version-banner.diff"));
+    let first = store.commit_diff("same", &example_patch("0001-proc-version-banner.diff"));
     let second = store.dir.path().join("banner-v2.diff");
     std::fs::write(
         &second,
@@ -148,97 +148,4 @@ fn a_patch_on_an_already_patched_function_builds_proves_and_applies() {
     assert_eq!(s["first"].trim(), "live-patched: proc-version-banner");
     assert!(s["both"].contains("rc=0"), "{}", s["both"]);
     assert_eq!(s["after"].trim(), "live-patched: proc-version-banner v2");
-}
-
-/// `kstack commit --git REPO REV`: the diff of a commit of a kernel Git tree.
-#[test]
-fn a_commit_of_a_kernel_git_tree_builds() {
-    let tree = kernel().source().expect("run `cargo xtask setup`");
-    let repo = tempfile::tempdir().unwrap();
-    let git = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .arg("-C")
-            .arg(repo.path())
-            .args(args)
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@t")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@t")
-            .output()
-            .expect("git (run `cargo xtask setup`)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    git(&["init", "-q"]);
-    let file = repo.path().join("fs/proc/loadavg.c");
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    let original = std::fs::read_to_string(tree.join("fs/proc/loadavg.c")).unwrap();
-    std::fs::write(&file, &original).unwrap();
-    git(&["add", "."]);
-    git(&["commit", "-q", "-m", "import loadavg.c"]);
-    std::fs::write(
-        &file,
-        original.replacen(
-            "\treturn 0;\n}\n",
-            "\tseq_puts(m, \"from-git\\n\");\n\treturn 0;\n}\n",
-            1,
-        ),
-    )
-    .unwrap();
-    git(&[
-        "commit",
-        "-q",
-        "-a",
-        "-m",
-        "loadavg: say where the fix came from",
-    ]);
-
-    let store = CliStore::new();
-    let out = kstack_tests::run_ok(
-        kstack_tests::kstack_cli()
-            .arg("--store")
-            .arg(&store.store)
-            .args(["--json", "commit", "--git"])
-            .arg(repo.path())
-            .args(["HEAD", "--stack", "git", "--key"])
-            .arg(&store.key),
-    );
-    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(
-        report["patch"]["name"],
-        "loadavg-say-where-the-fix-came-from"
-    );
-    assert_eq!(
-        report["patch"]["functions"],
-        serde_json::json!(["vmlinux:loadavg_proc_show"])
-    );
-}
-
-fn example(name: &str) -> std::path::PathBuf {
-    kstack_tests::workspace_root()
-        .join("examples/patches")
-        .join(name)
-}
-
-/// Two builds at the same time share nothing: each module holds its own functions.
-#[test]
-fn two_builds_at_once_do_not_mix() {
-    let a = CliStore::new();
-    let b = CliStore::new();
-    let (ra, rb) = std::thread::scope(|s| {
-        let ta = s.spawn(|| a.commit_diff("x", &example("0001-proc-version-banner.diff")));
-        let tb = s.spawn(|| b.commit_diff("x", &example("0004-loadavg-running-percent.diff")));
-        (ta.join().unwrap(), tb.join().unwrap())
-    });
-    assert_eq!(
-        ra["patch"]["functions"],
-        serde_json::json!(["vmlinux:version_proc_show"])
-    );
-    assert_eq!(
-        rb["patch"]["functions"],
-        serde_json::json!(["vmlinux:loadavg_proc_show"])
-    );
 }

@@ -120,3 +120,93 @@ fn a_patch_built_from_the_wrong_tree_is_refused_before_loading() {
         s["after"]
     );
 }
+
+/// The same for a module: built from a tree whose xfs source differs in the function
+/// the patch replaces, it is refused offline against the image package's `.ko`, and
+/// in the VM both while xfs is not loaded (proven against the `.ko` the host would
+/// load) and once it is (proven against its code in memory). Nothing is loaded.
+#[test]
+fn a_module_patch_built_from_the_wrong_tree_is_refused_loaded_or_not() {
+    let cache = wrong_cache("fs/xfs/xfs_stats.c", |t| {
+        t.replacen(
+            "defer_relog += per_cpu_ptr(stats, i)->s.defer_relog;",
+            "defer_relog -= per_cpu_ptr(stats, i)->s.defer_relog;",
+            1,
+        )
+    });
+    let store = CliStore::new();
+    let diff = workspace_root().join("examples/modules/xfs-stats-marker.diff");
+    kstack_tests::run_ok(
+        kstack_cli()
+            .env("KSTACK_CACHE", cache.path())
+            .arg("--store")
+            .arg(&store.store)
+            .arg("commit")
+            .arg(&diff)
+            .args(["--stack", "wrong", "--key"])
+            .arg(&store.key),
+    );
+
+    let config = store.dir.path().join("host.toml");
+    std::fs::write(
+        &config,
+        store.config(Some("wrong"), None, "15s").replace(
+            kstack_tests::stack::GUEST_STORE,
+            &store.store.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = kstack_cli()
+        .arg("--config")
+        .arg(&config)
+        .args(["verify", "wrong", "--image"])
+        .arg(kernel().vmlinuz())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("xfs_stats_format: does not match"),
+        "{stdout}"
+    );
+
+    let mut vm = sandbox();
+    vm.add_modules(
+        &kernel().modules_dir(),
+        &kstack_engine::sandbox::modules::ModuleSet::Named(vec!["xfs".into()]),
+    )
+    .unwrap();
+    store.install(
+        &mut vm,
+        &[("wrong", store.config(Some("wrong"), None, "15s"))],
+    );
+    let run = vm
+        .run(
+            "export KSTACK_STATE_DIR=/var/lib/kstack\n\
+             echo '== not loaded'; kstack --config /etc/kstack/wrong.toml sync 2>&1; echo \"rc=$?\"\n\
+             modprobe xfs\n\
+             echo '== loaded'; kstack --config /etc/kstack/wrong.toml sync 2>&1; echo \"rc=$?\"\n\
+             echo '== after'; ls /sys/kernel/livepatch | wc -w; grep -c kstack_ /proc/modules\n",
+        )
+        .unwrap();
+    let s = sections(&run.stdout);
+    for case in ["not loaded", "loaded"] {
+        let sync = &s[case];
+        assert!(sync.contains("rc=65"), "{case}: {sync}");
+        assert!(
+            sync.contains("refused before anything was loaded"),
+            "{case}: {sync}"
+        );
+        assert!(
+            sync.contains("xfs_stats_format: does not match the running code"),
+            "{case}: {sync}"
+        );
+    }
+    assert_eq!(
+        s["after"].lines().collect::<Vec<_>>(),
+        ["0", "0"],
+        "{}",
+        s["after"]
+    );
+}

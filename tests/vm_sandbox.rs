@@ -88,3 +88,37 @@ fn a_kernel_that_is_not_a_kernel_fails_with_the_console() {
     assert!(matches!(err, SandboxError::NoExitStatus { .. }), "{err}");
     assert!(err.to_string().contains("QEMU said"), "{err}");
 }
+
+/// The guest gets the kernel's modules with their index: `modprobe xfs` loads xfs and
+/// what it needs (libcrc32c), and the module works (its statistics file appears).
+/// With the named modules only, the others are not there; with all of them, they are.
+#[test]
+fn the_guest_loads_the_kernels_modules_with_modprobe() {
+    use kstack_engine::sandbox::modules::ModuleSet;
+    let modules = kstack_tests::kernel().modules_dir();
+    let script = "modprobe xfs && echo loaded; grep -c '^xfs \\|^libcrc32c ' /proc/modules; \
+                  head -c 9 /sys/fs/xfs/stats/stats; echo; \
+                  modprobe fuse >/dev/null 2>&1 && echo fuse || echo no-fuse";
+
+    let mut vm = sandbox();
+    vm.add_modules(&modules, &ModuleSet::Named(vec!["xfs".into()]))
+        .unwrap();
+    let started = Instant::now();
+    let run = vm.run(script).unwrap();
+    let named = started.elapsed();
+    assert!(run.status.success(), "{}\n{}", run.stderr, run.console);
+    assert_eq!(
+        run.stdout, "loaded\n2\nextent_al\nno-fuse\n",
+        "{}",
+        run.stderr
+    );
+
+    let mut vm = sandbox();
+    vm.add_modules(&modules, &ModuleSet::All).unwrap();
+    let started = Instant::now();
+    let run = vm.run(script).unwrap();
+    let all = started.elapsed();
+    assert!(run.status.success(), "{}\n{}", run.stderr, run.console);
+    assert_eq!(run.stdout, "loaded\n2\nextent_al\nfuse\n", "{}", run.stderr);
+    eprintln!("boot and modprobe: named modules {named:?}, all modules {all:?}");
+}

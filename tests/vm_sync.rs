@@ -11,8 +11,10 @@ const A: &str = "kstack-test-a"; // /proc/cmdline
 const B: &str = "kstack-test-b"; // /proc/version
 const C: &str = "kstack-test-c"; // /proc/loadavg
 
-/// Prints what the kernel runs: the three /proc files and the livepatch directory.
-const VIEW: &str = r#"view() { echo "== $1"; cat /proc/cmdline /proc/version /proc/loadavg; echo "lp: $(ls /sys/kernel/livepatch | tr '\n' ' ')"; echo "mods: $(cut -d' ' -f1 /proc/modules | grep kstack | sort | tr '\n' ' ')"; }
+/// Prints what the kernel runs: the three /proc files, the livepatch directory, and
+/// the test patches' modules in the kernel's own order (`/proc/modules` lists the
+/// newest first; it is not sorted here).
+const VIEW: &str = r#"view() { echo "== $1"; cat /proc/cmdline /proc/version /proc/loadavg; echo "lp: $(ls /sys/kernel/livepatch | tr '\n' ' ')"; echo "mods: $(cut -d' ' -f1 /proc/modules | grep '^kstack_test_' | tr '\n' ' ')"; }
 export KSTACK_STATE_DIR=/var/lib/kstack
 "#;
 
@@ -29,6 +31,18 @@ fn run(vm: &kstack_engine::sandbox::Sandbox, script: &str) -> kstack_engine::san
 
 fn shows(view: &str, marker: &str) -> bool {
     view.lines().any(|l| l == marker)
+}
+
+/// The test patches' modules in the order the kernel loaded them, oldest first: the
+/// `mods:` line of a view is `/proc/modules` order, newest first.
+fn load_order(view: &str) -> Vec<&str> {
+    let line = view
+        .lines()
+        .find_map(|l| l.strip_prefix("mods:"))
+        .unwrap_or_else(|| panic!("no mods: line in\n{view}"));
+    let mut modules: Vec<&str> = line.split_whitespace().collect();
+    modules.reverse();
+    modules
 }
 
 #[test]
@@ -74,6 +88,13 @@ echo "== status"; kstack --config /etc/kstack/ac.toml --json status
         assert!(shows(&s["abc"], m), "{m} missing:\n{}", s["abc"]);
     }
     assert!(s["abc"].contains("lp: kstack_test_a kstack_test_b kstack_test_c"));
+    // The kernel loaded them in stack order.
+    assert_eq!(
+        load_order(&s["abc"]),
+        ["kstack_test_a", "kstack_test_b", "kstack_test_c"],
+        "{}",
+        s["abc"]
+    );
 
     // [A,B,C] -> [A,C]: C and B reverted, C applied again, A kept.
     let sync_ac = &s["sync-ac"];
@@ -101,8 +122,10 @@ echo "== status"; kstack --config /etc/kstack/ac.toml --json status
         s["ac"]
     );
     assert!(s["ac"].contains("Linux version"), "{}", s["ac"]);
-    assert!(
-        s["ac"].contains("mods: kstack_test_a kstack_test_c "),
+    // C came off and went back on top of A: the kernel's own order says so.
+    assert_eq!(
+        load_order(&s["ac"]),
+        ["kstack_test_a", "kstack_test_c"],
         "{}",
         s["ac"]
     );
@@ -126,6 +149,12 @@ echo "== status"; kstack --config /etc/kstack/ac.toml --json status
     for m in [A, B, C] {
         assert!(shows(&s["rolled-back"], m), "{m}:\n{}", s["rolled-back"]);
     }
+    assert_eq!(
+        load_order(&s["rolled-back"]),
+        ["kstack_test_a", "kstack_test_b", "kstack_test_c"],
+        "{}",
+        s["rolled-back"]
+    );
     let gens = &s["generations"];
     assert!(gens.lines().any(|l| l.starts_with("*   1")), "{gens}");
     assert!(gens.lines().any(|l| l.starts_with("    2")), "{gens}");
@@ -172,6 +201,7 @@ echo "== generations"; kstack --config /etc/kstack/bad.toml generations
     assert!(bad.contains("previous generation"), "{bad}");
     assert!(shows(&s["after"], A), "{}", s["after"]);
     assert!(s["after"].contains("lp: kstack_test_a "), "{}", s["after"]);
+    assert_eq!(load_order(&s["after"]), ["kstack_test_a"], "{}", s["after"]);
     assert!(!s["after"].contains("kstack_test_fail"), "{}", s["after"]);
     assert!(
         s["generations"].lines().any(|l| l.starts_with("*   1")),
@@ -227,6 +257,12 @@ echo "== generations"; kstack --config /etc/kstack/stall.toml generations
     );
     assert!(
         s["after"].contains("lp: kstack_test_a kstack_test_b "),
+        "{}",
+        s["after"]
+    );
+    assert_eq!(
+        load_order(&s["after"]),
+        ["kstack_test_a", "kstack_test_b"],
         "{}",
         s["after"]
     );

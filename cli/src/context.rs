@@ -7,13 +7,14 @@
 use std::path::{Path, PathBuf};
 
 use kstack_engine::host::config::{Config, DEFAULT_CONFIG_PATH};
+use kstack_engine::host::kernel::Sysfs;
 use kstack_engine::host::reconcile::Host;
 use kstack_engine::host::state::StateDir;
 use kstack_store::keys::TrustPolicy;
 use kstack_store::store::Store;
 
 use crate::commands::GlobalArgs;
-use crate::error::{CliError, Kind, chain};
+use crate::error::{CliError, Kind};
 
 #[derive(Debug)]
 pub struct Context {
@@ -63,7 +64,7 @@ impl Context {
     pub fn open_store(&self) -> Result<Store, CliError> {
         let path = self.store_path();
         Store::open(&path).map_err(|e| {
-            CliError::new(Kind::User, chain(&e)).with_hint(format!(
+            CliError::from(e).with_hint(format!(
                 "create it with `kstack init --store {}`, or point --store at it",
                 path.display()
             ))
@@ -77,7 +78,9 @@ impl Context {
                 .config_path
                 .as_deref()
                 .map_or_else(String::new, |p| format!(" in {}", p.display()));
-            CliError::new(Kind::Data, format!("[trust] keys{at}: {}", chain(&e)))
+            CliError::from(e)
+                .context(format!("[trust] keys{at}"))
+                .with_kind(Kind::Data)
         })
     }
 
@@ -88,6 +91,7 @@ impl Context {
             store,
             state: self.state_dir(),
             trust: self.trust()?,
+            livepatch: Box::<Sysfs>::default(),
         })
     }
 

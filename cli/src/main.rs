@@ -6,6 +6,7 @@
 mod commands;
 mod context;
 mod error;
+mod json;
 mod ui;
 
 use std::process::ExitCode;

@@ -63,8 +63,10 @@ impl Ui {
         }
     }
 
-    /// One JSON document on stdout.
-    pub fn emit_json(&self, value: &serde_json::Value) {
-        println!("{value}");
+    /// One JSON document on one line of stdout (the types are in [`crate::json`]).
+    pub fn emit_json(&self, value: &impl serde::Serialize) {
+        let text = serde_json::to_string(value)
+            .expect("the output types hold strings, numbers, lists and maps only");
+        println!("{text}");
     }
 }

@@ -295,7 +295,7 @@ fn special_entries_of_a_function() {
     let obj = compile(&source, dir.path(), "warn_line");
     let file = object::File::parse(&*obj).unwrap();
     let section = file.section_by_name(".text.flagged").unwrap();
-    let entries = special_entries(&file, object::ObjectSection::index(&section)).unwrap();
+    let entries = special_entries(&obj, object::ObjectSection::index(&section).0).unwrap();
     let mut sections: Vec<(&str, u64)> = entries
         .iter()
         .map(|e| (e.section.as_str(), e.size))
@@ -362,7 +362,7 @@ fn kernel_cmdline_proc_show_changed() {
     // What the output object must carry along with the function.
     let file = object::File::parse(&*post).unwrap();
     let section = file.section_by_name(".text.cmdline_proc_show").unwrap();
-    let entries = special_entries(&file, object::ObjectSection::index(&section)).unwrap();
+    let entries = special_entries(&post, object::ObjectSection::index(&section).0).unwrap();
     let sections: Vec<&str> = entries.iter().map(|e| e.section.as_str()).collect();
     for needed in [
         "__mcount_loc",

@@ -9,48 +9,29 @@
 //! must show the marker *and* the real command line, which only a resolved livepatch
 //! relocation can give.
 //!
-//! A second test runs the decoder and the extraction over every function of a few
-//! real kernel objects, so that what kernel code looks like (alternatives, jump
-//! labels, static calls, ORC, WARN_ONCE flags) is exercised beyond the fixtures.
+//! The decoder and the extraction over every function of a few real kernel objects,
+//! which need no VM, are tested in `klp_objects.rs`.
 //!
 //! The kernel, its headers and source tree, QEMU and the static guest binary come
 //! from `cargo xtask setup`; without them these tests fail, naming that command.
 
 #![allow(clippy::unwrap_used)] // a test: any failure should stop it loudly
 
-use std::collections::{HashMap, HashSet};
+#[path = "klp/common.rs"]
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
-use kstack_engine::builder::assets::{Cache, Kernel};
-use kstack_engine::builder::klp::{self, ExtractRequest, FunctionSpec, insn};
-use kstack_engine::builder::tree::WorkTree;
-use kstack_engine::builder::{Resolution, ResolveError, SymbolResolver};
+use kstack_engine::builder::Resolution;
+use kstack_engine::builder::assets::Kernel;
+use kstack_engine::builder::klp::{self, ExtractRequest, FunctionSpec};
 use kstack_engine::sandbox::{self, Sandbox, SandboxOptions, sections};
-use object::read::elf::{ElfFile64, FileHeader as _, SectionHeader as _};
-use object::{Endianness, Object, ObjectSection, ObjectSymbol, elf};
 
-const SETUP: &str = "cargo xtask setup";
+use common::{SETUP, TestResolver, kernel, kernel_tree, make_object};
+
 const MODULE: &str = "kstack_klp_e2e";
 const MARKER: &str = "kstack-klp: ";
-
-fn kernel() -> Kernel {
-    Cache::from_env()
-        .current()
-        .unwrap_or_else(|e| panic!("no test kernel: {e}\nrun `{SETUP}` first"))
-}
-
-/// A private work tree of the kernel's prepared source: the builder's own
-/// (hard links to the sources, copies of what preparing generated), so edits and
-/// builds never reach the shared tree.
-fn kernel_tree(kernel: &Kernel) -> WorkTree {
-    let shared = kernel
-        .source()
-        .unwrap_or_else(|| panic!("no prepared source tree\nrun `{SETUP}` first"));
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("klp-trees");
-    WorkTree::new(&shared, &base, &kernel.release)
-        .unwrap_or_else(|e| panic!("copying {}: {e}", shared.display()))
-}
 
 /// Writes `contents` to `path` in the private tree as a new file, so that the shared
 /// tree's hard-linked original is left alone.
@@ -60,59 +41,6 @@ fn replace_file(path: &Path, contents: &str) {
     std::fs::write(&tmp, contents).unwrap();
     std::fs::rename(&tmp, path).unwrap();
     assert_eq!(std::fs::metadata(path).unwrap().nlink(), 1);
-}
-
-/// Compiles one object of the kernel the way the builder compiles a translation unit.
-fn make_object(tree: &WorkTree, object: &str) -> Vec<u8> {
-    let out = tree.path().join(".kstack-test");
-    let built = tree
-        .compile(&[object.to_owned()], &out)
-        .unwrap_or_else(|e| panic!("make {object}:\n{e}"));
-    std::fs::read(&built[0]).unwrap()
-}
-
-/// The test's resolver: what `Module.symvers` lists is exported, the few statics
-/// this test uses are unique in kallsyms (sympos 0). The real resolver reads the
-/// target's kallsyms.
-struct TestResolver {
-    exported: HashSet<String>,
-    livepatch: HashMap<String, u64>,
-    /// Anything else resolves as a unique livepatch symbol (for the sweep, which
-    /// looks at extraction, not at loading).
-    permissive: bool,
-}
-
-impl TestResolver {
-    fn new(kernel: &Kernel, livepatch: &[&str], permissive: bool) -> Self {
-        let symvers = std::fs::read_to_string(kernel.headers().join("Module.symvers"))
-            .unwrap_or_else(|e| panic!("Module.symvers: {e}\nrun `{SETUP}` first"));
-        TestResolver {
-            exported: symvers
-                .lines()
-                .filter_map(|l| l.split('\t').nth(1))
-                .map(str::to_owned)
-                .collect(),
-            livepatch: livepatch.iter().map(|n| (n.to_string(), 0)).collect(),
-            permissive,
-        }
-    }
-}
-
-impl SymbolResolver for TestResolver {
-    fn resolve(&self, name: &str, _tu: &str, local: bool) -> Result<Resolution, ResolveError> {
-        if !local && self.exported.contains(name) {
-            return Ok(Resolution::Exported);
-        }
-        if let Some(&sympos) = self.livepatch.get(name) {
-            return Ok(Resolution::Livepatch { sympos });
-        }
-        if self.permissive {
-            return Ok(Resolution::Livepatch { sympos: 0 });
-        }
-        Err(ResolveError::Missing {
-            name: name.to_owned(),
-        })
-    }
 }
 
 const NEW_CMDLINE_SHOW: &str = r#"static int cmdline_proc_show(struct seq_file *m, void *v)
@@ -301,7 +229,10 @@ fn changed_functions_of_two_files_load_and_work_in_the_kernel() {
         [
             (
                 ".klp.sym.vmlinux.saved_command_line,0",
-                &Resolution::Livepatch { sympos: 0 }
+                &Resolution::Livepatch {
+                    object: "vmlinux".into(),
+                    sympos: 0
+                }
             ),
             ("__fentry__", &Resolution::Exported),
             ("__x86_return_thunk", &Resolution::Exported),
@@ -428,116 +359,4 @@ echo "== dmesg"; dmesg | grep -iE "livepatch|{MODULE}|klp" | tail -20
     assert_eq!(s["rmmod"].trim(), "rc=0", "{}", ctx());
     assert!(!run.console.contains("Oops"), "{}", ctx());
     assert!(!run.console.contains("Call Trace"), "{}", ctx());
-}
-
-/// Every text section of a real kernel object decodes from end to end, and every
-/// PC-relative relocation in it lands on a RIP-relative operand or a branch offset.
-fn check_decoding(object: &[u8], name: &str) -> usize {
-    let endian = Endianness::Little;
-    let header = elf::FileHeader64::<Endianness>::parse(object).unwrap();
-    let sections = header.sections(endian, object).unwrap();
-    let mut checked = 0;
-    for section in sections.iter() {
-        if section.sh_flags(endian).0 & elf::SHF_EXECINSTR.0 == 0
-            || section.sh_type(endian) != elf::SHT_PROGBITS
-        {
-            continue;
-        }
-        let sname = String::from_utf8_lossy(sections.section_name(endian, section).unwrap());
-        let data = section.data(endian, object).unwrap();
-        let mut starts = Vec::new();
-        let mut pos = 0;
-        while pos < data.len() {
-            let i = insn::decode(&data[pos..]).unwrap_or_else(|e| {
-                panic!(
-                    "{name} {sname}+{pos:#x}: {e}: {:02x?}",
-                    &data[pos..data.len().min(pos + 15)]
-                )
-            });
-            starts.push((pos, i));
-            pos += usize::from(i.len);
-        }
-        let file = ElfFile64::<Endianness>::parse(object).unwrap();
-        let s = file.section_by_name(&sname).unwrap();
-        for (offset, rel) in s.relocations() {
-            let object::RelocationFlags::Elf { r_type } = rel.flags() else {
-                unreachable!()
-            };
-            if r_type != elf::R_X86_64_PC32 && r_type != elf::R_X86_64_PLT32 {
-                continue;
-            }
-            let offset = offset as usize;
-            let index = starts.partition_point(|&(start, _)| start <= offset) - 1;
-            let (start, i) = starts[index];
-            assert!(
-                i.pc_relative_bias((offset - start) as u8).is_some(),
-                "{name} {sname}+{offset:#x}: not a PC-relative field of {i:?}"
-            );
-            checked += 1;
-        }
-    }
-    checked
-}
-
-#[test]
-fn real_kernel_objects_decode_and_every_function_extracts() {
-    let kernel = kernel();
-    let tree = kernel_tree(&kernel);
-    // Objects rich in what the builder must understand: alternatives, static_cpu_has,
-    // jump labels, static calls, user accesses, WARN_ONCE, paravirt.
-    let objects: Vec<(&str, Vec<u8>)> = [
-        "fs/proc/base.o",
-        "kernel/sys.o",
-        "mm/mmap.o",
-        "kernel/sched/core.o",
-        "net/ipv4/tcp.o",
-        "kernel/printk/printk.o",
-    ]
-    .iter()
-    .map(|o| (*o, make_object(&tree, o)))
-    .collect();
-    let resolver = TestResolver::new(&kernel, &[], true);
-    for (name, object) in &objects {
-        let checked = check_decoding(object, name);
-        assert!(checked > 10, "{name}: only {checked} relocations checked");
-        let file = ElfFile64::<Endianness>::parse(&**object).unwrap();
-        let mut extracted = 0;
-        for sym in file.symbols() {
-            if sym.kind() != object::SymbolKind::Text || sym.is_undefined() {
-                continue;
-            }
-            let fname = sym.name().unwrap();
-            let section = file.section_by_index(sym.section_index().unwrap()).unwrap();
-            let sname = section.name().unwrap();
-            // One function per section is what the builder supports; `.cold` parts
-            // come with their function; init code is refused by the differ.
-            if fname.contains(".cold")
-                || !sname.starts_with(".text.")
-                || sname.starts_with(".text.unlikely.")
-            {
-                continue;
-            }
-            let functions = [FunctionSpec {
-                post_name: fname.into(),
-                old_name: fname.into(),
-                new: false,
-            }];
-            let request = ExtractRequest {
-                object,
-                tu: name,
-                objname: klp::VMLINUX,
-                functions: &functions,
-            };
-            let out = klp::extract(&request, &resolver)
-                .unwrap_or_else(|e| panic!("{name}: {fname}: {e}"));
-            // The output is a well-formed object that ld accepts.
-            let elf = ElfFile64::<Endianness>::parse(&*out.object).unwrap();
-            assert!(
-                elf.section_by_name(&format!(".text.{}", out.functions[0].symbol))
-                    .is_some()
-            );
-            extracted += 1;
-        }
-        assert!(extracted > 10, "{name}: only {extracted} functions");
-    }
 }

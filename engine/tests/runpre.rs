@@ -160,3 +160,165 @@ mod link;
 
 #[path = "runpre/honest.rs"]
 mod honest;
+
+/// The builder's `sympos` (what a patch's `klp_func` and `.klp.sym` names carry) and
+/// the matcher's (which candidate the running code matched) count the same entries
+/// in the same order as the kernel does, for every name the real kernel's kallsyms
+/// has more than once. For each candidate of each such name the resolver is steered
+/// towards it by the translation unit's neighbouring symbols; whichever entry it
+/// picks, the matcher, finding the function's code only at that entry's address,
+/// must report the same `sympos`, and both must be the entry's position among the
+/// name's vmlinux lines of /proc/kallsyms, counted here from the raw text.
+#[test]
+fn builder_and_matcher_agree_on_the_sympos_of_every_ambiguous_name() {
+    use kstack_engine::builder::symbols::KernelSymbols;
+    use kstack_engine::runpre::{Binding, MemoryText};
+
+    // The kernel's rule, from the text: vmlinux lines (no `[module]`), file order.
+    let mut positions: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for line in common::kallsyms_text().lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if let [addr, _, name] = fields[..] {
+            positions
+                .entry(name)
+                .or_default()
+                .push(u64::from_str_radix(addr, 16).unwrap());
+        }
+    }
+    positions.retain(|_, addrs| addrs.len() > 1);
+    assert!(
+        positions.len() > 500,
+        "only {} ambiguous names in the kernel's kallsyms",
+        positions.len()
+    );
+
+    let index = common::kallsyms();
+    let entries = index.entries();
+    let mut symbols = KernelSymbols::parse(common::kallsyms_text(), "").unwrap();
+    let code = vec![0x55, 0x48, 0x89, 0xe5, 0x5d, 0xc3]; // push; mov; pop; ret
+    let other = vec![0x0f, 0x0b, 0x0f, 0x0b, 0x0f, 0x0b]; // ud2
+    let (mut compared, mut undecided) = (0usize, 0usize);
+    for (&name, addrs) in &positions {
+        let candidates: Vec<(usize, bool)> = index
+            .named_in_indexed("vmlinux", name)
+            .map(|(i, s)| (i, s.is_local()))
+            .collect();
+        assert_eq!(candidates.len(), addrs.len(), "{name}");
+        // Every candidate of most names; of the few names with hundreds of entries
+        // (each candidate costs a match of all of them), the first, middle and last.
+        let n = candidates.len();
+        let picked: Vec<(usize, bool)> = if n <= 16 {
+            candidates.clone()
+        } else {
+            vec![candidates[0], candidates[n / 2], candidates[n - 1]]
+        };
+        for &(at, local) in &picked {
+            let neighbours: Vec<String> = entries
+                [at.saturating_sub(4)..(at + 5).min(entries.len())]
+                .iter()
+                .filter(|s| s.name != name && s.module.is_none())
+                .map(|s| s.name.clone())
+                .collect();
+            symbols.add_translation_unit("unit.o", neighbours);
+            let (addr, built) = match symbols.livepatch_entry(name, "unit.o", local) {
+                // Unique among the entries of its binding: sympos 0 is for a name
+                // with a single entry only.
+                Ok((_, 0)) => panic!("{name}: sympos 0 for a name with {} entries", addrs.len()),
+                Ok(found) => found,
+                // Neighbours that do not tell the candidates apart: the patch would be
+                // refused, so there is no sympos to disagree about.
+                Err(_) => {
+                    undecided += 1;
+                    continue;
+                }
+            };
+            let kernel = addrs.iter().position(|&a| a == addr).unwrap() as u64 + 1;
+
+            let mut text = MemoryText::new();
+            for &a in addrs {
+                let mut region = if a == addr {
+                    code.clone()
+                } else {
+                    other.clone()
+                };
+                region.resize(96, 0xcc);
+                text.insert(a, region);
+            }
+            let image = BeforeImage {
+                function: name.to_owned(),
+                object: "vmlinux".into(),
+                section: format!(".text.{name}"),
+                binding: Binding::Local,
+                size: code.len() as u32,
+                code: code.clone(),
+                relocs: Vec::new(),
+                sites: Vec::new(),
+            };
+            let matched = match runpre::match_by_name(&image, &text, index).outcome {
+                Outcome::Matched { sympos, .. } => sympos as u64,
+                // Two entries of the name at one address: both hold the code.
+                Outcome::Ambiguous { sympos } => {
+                    assert!(sympos.contains(&(kernel as usize)), "{name}: {sympos:?}");
+                    kernel
+                }
+                other => panic!("{name} at {addr:#x}: {other:?}"),
+            };
+            assert_eq!(
+                (built, matched),
+                (kernel, kernel),
+                "{name} at {addr:#x}: the builder says sympos {built}, the matcher {matched}, the kernel counts {kernel}"
+            );
+            compared += 1;
+        }
+    }
+    // The resolver's heuristic may leave some candidates undecided (it then refuses
+    // the patch); most must be compared for the agreement to mean anything.
+    assert!(
+        compared > 10 * undecided.max(1),
+        "{compared} candidates compared, {undecided} undecided"
+    );
+    eprintln!("{compared} candidates of ambiguous names agree; {undecided} undecided");
+}
+
+/// A module that is not loaded is proven against its `.ko` as the host would load it:
+/// every function of a module's translation unit, compiled from the prepared tree,
+/// matches the image package's `.ko` laid out at addresses of its own, its
+/// relocations resolved against the kernel's kallsyms; a changed function does not.
+#[test]
+fn module_functions_match_the_ko_the_host_would_load() {
+    use kstack_engine::runpre::{ModuleImage, ModulesDir};
+
+    let tree = common::tree();
+    let object = std::fs::read(&tree.objects(&["fs/xfs/xfs_stats.o"])[0]).unwrap();
+    let modules = ModulesDir::new(common::kernel().modules_dir());
+    let ko = modules
+        .ko("xfs")
+        .unwrap()
+        .expect("xfs.ko in the image package");
+    let laid = ModuleImage::load(&ko, "xfs", common::kallsyms()).unwrap();
+    let mut matched = Vec::new();
+    for function in functions_of(&object) {
+        let mut image = runpre::before_image(&object, &function).unwrap();
+        image.object = "xfs".into();
+        let report = runpre::match_by_name(&image, &laid.text, &laid.symbols);
+        assert!(report.is_match(), "{report}");
+        matched.push(function);
+    }
+    assert!(
+        matched.contains(&"xfs_stats_format".to_owned()),
+        "{matched:?}"
+    );
+
+    // The same function built from a changed source is refused, with its bytes.
+    let changed = tree.variant(
+        "fs/xfs/xfs_stats.o",
+        "xfs_stats_changed",
+        |text| text.replacen("#else\n\t\t0);", "#else\n\t\t7);", 1),
+        None,
+    );
+    let mut image =
+        runpre::before_image(&std::fs::read(changed).unwrap(), "xfs_stats_format").unwrap();
+    image.object = "xfs".into();
+    let report = runpre::match_by_name(&image, &laid.text, &laid.symbols);
+    assert_eq!(report.outcome, Outcome::Differs, "{report}");
+}

@@ -138,12 +138,50 @@ impl KallsymsIndex {
     /// The entries named `name` in `object` (`vmlinux` or a module), in kallsyms
     /// order: entry `i` is `sympos` `i + 1`.
     pub fn named_in<'a>(&'a self, object: &'a str, name: &str) -> impl Iterator<Item = &'a Ksym> {
+        self.named_in_indexed(object, name).map(|(_, s)| s)
+    }
+
+    /// [`KallsymsIndex::named_in`], each entry with its index in [`KallsymsIndex::entries`].
+    pub fn named_in_indexed<'a>(
+        &'a self,
+        object: &'a str,
+        name: &str,
+    ) -> impl Iterator<Item = (usize, &'a Ksym)> {
+        self.by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(|&i| (i, &self.syms[i]))
+            .filter(move |(_, s)| s.object() == object)
+    }
+
+    /// The entries a reference to `name` from code of `object` can mean: the
+    /// object's own symbols of that name, else vmlinux's, else any module's (an
+    /// export of another module), in kallsyms order.
+    pub fn seen_from<'a>(&'a self, object: &'a str, name: &str) -> Vec<&'a Ksym> {
+        let own: Vec<&Ksym> = self.named_in(object, name).collect();
+        if !own.is_empty() {
+            return own;
+        }
+        let vmlinux: Vec<&Ksym> = self.named(name).collect();
+        if !vmlinux.is_empty() {
+            return vmlinux;
+        }
         self.by_name
             .get(name)
             .into_iter()
             .flatten()
             .map(|&i| &self.syms[i])
-            .filter(move |s| s.object() == object)
+            .collect()
+    }
+
+    /// Whether kallsyms lists any symbol of `object` (a module is loaded).
+    pub fn has_object(&self, object: &str) -> bool {
+        object == VMLINUX
+            || self
+                .syms
+                .iter()
+                .any(|s| s.module.as_deref() == Some(object))
     }
 
     /// The vmlinux entries named `name`, in kallsyms order.
@@ -256,4 +294,75 @@ ffffffffc0000100 t foo\t[some_module]
             Err(KallsymsError::Empty)
         ));
     }
+}
+
+/// One symbol of a module's `.ko` as the module loader sees it
+/// (kernel/module/kallsyms.c, `add_kallsyms`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleSymbol {
+    /// Its index in the `.ko`'s symbol table.
+    pub index: usize,
+    pub name: String,
+    /// The letter `/proc/kallsyms` shows (`elf_type`; upper case only for exports,
+    /// which the `.ko` alone does not tell).
+    pub kind: char,
+    /// Bound locally (`static`).
+    pub local: bool,
+    /// Kept once the module has finished loading (`is_core_symbol`): not in an
+    /// `.init*` section, allocated, named. While the module loads (when the
+    /// livepatch core patches a module that loads after the patch), every named
+    /// defined symbol counts.
+    pub core: bool,
+}
+
+/// Module sections the loader places in the init layout and frees once the module's
+/// init has run (kernel/module/main.c, `module_init_section`).
+pub const MODULE_INIT_PREFIX: &str = ".init";
+
+/// The named, defined symbols of a module's `.ko`, in its symbol-table order: the
+/// order the livepatch core counts a module's `sympos` in
+/// (`module_kallsyms_on_each_symbol`). The per-CPU section is `percpu` (its index).
+pub fn module_symbols(object: &crate::elf::RelObject<'_>) -> Vec<ModuleSymbol> {
+    use object::elf;
+    let pcpu = object.section_named(".data..percpu");
+    let mut out = Vec::new();
+    for (index, sym) in object.symbols.iter().enumerate().skip(1) {
+        if sym.shndx == elf::SHN_UNDEF.0 || sym.name.is_empty() {
+            continue;
+        }
+        let section = sym.section.map(|s| &object.sections[s]);
+        let kind = if sym.is_weak() {
+            if sym.is_object() { 'v' } else { 'w' }
+        } else if sym.shndx == elf::SHN_ABS.0 || (sym.section.is_some() && sym.section == pcpu) {
+            'a'
+        } else {
+            match section {
+                None => '?',
+                Some(s) if s.is_text() => 't',
+                Some(s) if s.is_alloc() && !s.is_nobits() => {
+                    if s.has(elf::SHF_WRITE) {
+                        'd'
+                    } else {
+                        'r'
+                    }
+                }
+                Some(s) if s.is_nobits() => 'b',
+                Some(s) if s.name.starts_with(crate::sections::DEBUG_PREFIX) => 'n',
+                Some(_) => '?',
+            }
+        };
+        let core = match section {
+            Some(_) if sym.section.is_some() && sym.section == pcpu => true,
+            Some(s) => s.is_alloc() && !s.name.starts_with(MODULE_INIT_PREFIX),
+            None => false,
+        };
+        out.push(ModuleSymbol {
+            index,
+            name: sym.name.clone(),
+            kind,
+            local: sym.is_local(),
+            core,
+        });
+    }
+    out
 }

@@ -58,6 +58,9 @@ pub const SYSFS_ROOT: &str = "/sys/kernel/livepatch";
 /// `enabled` and `transition` in a patch's directory: `0` or `1`.
 pub const SYSFS_ENABLED: &str = "enabled";
 pub const SYSFS_TRANSITION: &str = "transition";
+/// `patched` in an object's directory (`<patch>/<object>/patched`): `1` while the
+/// object is loaded and patched.
+pub const SYSFS_PATCHED: &str = "patched";
 /// Loaded modules, most recently loaded first (kernel/module/procfs.c: new modules
 /// are added at the head of the `modules` list).
 pub const PROC_MODULES: &str = "/proc/modules";

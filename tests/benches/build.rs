@@ -64,7 +64,15 @@ fn commit(store: &CliStore, stack: &str, diff: &Path, cache: Option<&Path>) -> C
 }
 
 fn main() {
-    let patches = kstack_tests::example_patches();
+    let mut patches = kstack_tests::example_patches();
+    // Fixes to loadable modules build the same way, against the module's own symbols.
+    for name in ["xfs-stats-marker.diff", "binfmt-misc-status.diff"] {
+        patches.push(
+            kstack_tests::workspace_root()
+                .join("examples/modules")
+                .join(name),
+        );
+    }
     let release = kernel().release;
 
     println!("kstack commit PATCH.diff on the 2-core machine ({release})");

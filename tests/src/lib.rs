@@ -268,3 +268,8 @@ pub fn example_patches() -> Vec<PathBuf> {
     patches.sort();
     patches
 }
+
+/// One example patch, by file name.
+pub fn example_patch(name: &str) -> PathBuf {
+    workspace_root().join("examples/patches").join(name)
+}

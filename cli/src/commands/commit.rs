@@ -1,21 +1,25 @@
-//! `kstack commit --module`: import a prebuilt livepatch module as a new signed patch
-//! on top of a stack. Also home to what the store-writing commands share: the
-//! signing key, the author, and which stack and kernel a command means.
+//! `kstack commit`: a new signed patch on top of a stack, built from a source change
+//! (see `commit_diff`) or imported as a prebuilt livepatch module. Also home to what
+//! the store-writing commands share: the signing key, the author, and which stack and
+//! kernel a command means.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use kstack_engine::builder::source::Change;
+use kstack_engine::builder::tree;
 use kstack_store::commit::{CommitError, NewPatch, Prepared};
 use kstack_store::ident::{self, BuildId, KernelIdentity};
 use kstack_store::keys::SecretKey;
-use kstack_store::model::{FunctionRef, PatchSource};
+use kstack_store::model::{FunctionRef, PatchSource, check_name};
 use kstack_store::store::{Author, StackId, Store, StoreError};
 
 use super::GlobalArgs;
 use crate::context::Context;
-use crate::error::{CliError, Kind};
+use crate::error::{CliError, Kind, check_readable_file};
+use crate::json::{CommitOutput, CommittedPatch, StackJson};
 use crate::ui::Ui;
 
 /// Turn a source fix into a live patch on top of a stack, signed
@@ -28,7 +32,9 @@ use crate::ui::Ui;
 /// the objects function by function; and links the changed and new functions into a
 /// livepatch module, with livepatch relocations for what the module loader cannot
 /// resolve. Changes that cannot be live-applied (changed data, __init code, functions
-/// ftrace cannot redirect) are refused with the reason. A hook file
+/// ftrace cannot redirect) are refused with the reason (exit 65). The diff is checked
+/// before anything is built: that it is a unified diff and that the files it changes
+/// are in the kernel's source. A hook file
 /// (<PATCH>.hooks.c beside the diff, or --hooks) is compiled into the module; see
 /// kmod/include/kstack/hooks.h.
 ///
@@ -86,87 +92,45 @@ pub struct CommitArgs {
 
 pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<ExitCode, CliError> {
     let ctx = Context::load(global, false)?;
+    // Everything the command line says is checked before anything slow (a build takes
+    // seconds): bad arguments exit 64, input that cannot be a patch 65.
+    let (patch, message) = patch_input(&args)?;
+    let stack_name = stack_name(&ctx, args.stack.as_deref())?;
     let store = ctx.open_store()?;
     let key = signing_key(&ctx, args.key.as_deref())?;
-    let change = match (&args.patch, &args.git) {
-        (Some(path), _) => Some(super::commit_diff::from_file(path, args.hooks.as_deref())?),
-        (None, Some(git)) => Some(super::commit_diff::from_git(
-            Path::new(&git[0]),
-            &git[1],
-            args.hooks.as_deref(),
-        )?),
-        (None, None) => None,
-    };
-    let (stack, release) = match (&change, &args.kernel) {
+    let (stack, release, new_stack) = match (&patch, &args.kernel) {
         // A new stack for a source change is pinned to the cache's default kernel:
         // the build host's own kernel is rarely the target.
-        (Some(_), None) if !stack_exists(&ctx, &store, args.stack.as_deref())? => {
-            let kernel = kstack_engine::builder::assets::Cache::from_env()
-                .current()
-                .map_err(|e| CliError::new(Kind::Unavailable, crate::error::chain(&e)))?;
+        (Input::Change { .. }, None) if !stack_exists(&store, &stack_name)? => {
+            let kernel = kstack_engine::builder::assets::Cache::from_env().current()?;
+            // The cache's own image: one without a build ID is bad data.
             let build_id = kernel
                 .build_id()
-                .map_err(|e| CliError::new(Kind::Data, crate::error::chain(&e)))?;
-            let name = stack_name(&ctx, args.stack.as_deref())?;
-            ui.status(format!(
-                "new stack {name}: pinned to kernel {} ({build_id})",
+                .map_err(|e| CliError::from(e).with_kind(Kind::Data))?;
+            let note = format!(
+                "new stack {stack_name}: pinned to kernel {} ({build_id})",
                 kernel.release
-            ));
-            (StackId::new(build_id, &name)?, Some(kernel.release))
-        }
-        _ => target_stack(
-            ui,
-            &ctx,
-            &store,
-            args.stack.as_deref(),
-            args.kernel.as_deref(),
-        )?,
-    };
-    let (patch, message) = match (&change, &args.module) {
-        (Some(change), _) => {
-            let name = args
-                .name
-                .clone()
-                .unwrap_or_else(|| change.default_name.clone());
-            let message = args
-                .message
-                .clone()
-                .or_else(|| change.default_message.clone())
-                .ok_or_else(|| {
-                    CliError::new(Kind::Usage, "the diff has no message line: pass -m MESSAGE")
-                })?;
-            let mut patch = super::commit_diff::build(ui, &store, &stack, &name, change)?;
-            patch.functions.extend(args.functions.iter().cloned());
-            (patch, message)
-        }
-        (None, Some(module_path)) => {
-            let module = read_input(module_path)?;
-            let diff = args.diff.as_deref().map(read_input).transpose()?;
-            let module_file = module_path.file_name().map_or_else(
-                || module_path.display().to_string(),
-                |n| n.to_string_lossy().into_owned(),
             );
-            let message = args.message.clone().ok_or_else(|| {
-                CliError::new(Kind::Usage, "pass -m MESSAGE: why the patch is added")
-            })?;
-            let patch = NewPatch {
-                name: args.name.clone().unwrap_or_default(),
-                module,
-                module_file,
-                diff,
-                functions: args.functions.clone(),
-                build: Default::default(),
-                source: PatchSource::Prebuilt,
-                extra: Default::default(),
-            };
-            (patch, message)
+            (
+                StackId::new(build_id, &stack_name)?,
+                Some(kernel.release),
+                Some(note),
+            )
         }
-        (None, None) => {
-            return Err(CliError::new(
-                Kind::Usage,
-                "nothing to commit: give PATCH.diff, --git REPO REV or --module FILE.ko",
-            ));
+        _ => target_stack(&store, &stack_name, args.kernel.as_deref())?,
+    };
+    let prebuilt = matches!(patch, Input::Module(_));
+    let patch = match patch {
+        Input::Change { change, name } => {
+            let checked = super::commit_diff::check(&store, &stack, change)?;
+            if let Some(note) = &new_stack {
+                ui.status(note);
+            }
+            let mut patch = super::commit_diff::build(ui, checked, &name)?;
+            patch.functions.extend(args.functions.iter().cloned());
+            patch
         }
+        Input::Module(patch) => patch,
     };
     let author = author();
     let prepared = with_retry(ui, &stack, || {
@@ -179,6 +143,9 @@ pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<Exit
             &key,
         )
     })?;
+    if let (Some(note), true) = (&new_stack, prebuilt) {
+        ui.status(note);
+    }
     let verified = store.check(prepared.commit, Some(&stack))?;
     let added = verified
         .patches
@@ -191,20 +158,20 @@ pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<Exit
         .map(ToString::to_string)
         .collect();
     if ui.json() {
-        ui.emit_json(&serde_json::json!({
-            "commit": prepared.commit.to_string(),
-            "parent": prepared.parent.map(|p| p.to_string()),
-            "stack": { "build_id": stack.build_id.to_hex(), "name": stack.name },
-            "kernel_release": verified.stack.kernel_release,
-            "patch": {
-                "name": added.entry.name,
-                "dir": added.entry.dir,
-                "module_name": added.manifest.module_name,
-                "manifest_sha256": added.entry.manifest_sha256.to_hex(),
-                "functions": functions,
+        ui.emit_json(&CommitOutput {
+            commit: prepared.commit.to_string(),
+            parent: prepared.parent.map(|p| p.to_string()),
+            stack: StackJson::from(&stack),
+            kernel_release: verified.stack.kernel_release.clone(),
+            patch: CommittedPatch {
+                name: added.entry.name.clone(),
+                dir: added.entry.dir.clone(),
+                module_name: added.manifest.module_name.clone(),
+                manifest_sha256: added.entry.manifest_sha256.to_hex(),
+                functions,
             },
-            "signer": key.public().to_string(),
-        }));
+            signer: key.public().to_string(),
+        });
     } else {
         ui.line(format!(
             "Committed {} to stack {} ({}) as patch {}",
@@ -227,8 +194,87 @@ pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
-fn read_input(path: &Path) -> Result<Vec<u8>, CliError> {
-    std::fs::read(path).map_err(|e| CliError::user(format!("cannot read {}: {e}", path.display())))
+/// What a commit adds: a source change to build, or a prebuilt module.
+enum Input {
+    Change { change: Change, name: String },
+    Module(NewPatch),
+}
+
+/// The patch that the arguments describe, and its message, each checked.
+fn patch_input(args: &CommitArgs) -> Result<(Input, String), CliError> {
+    if let Some(module_path) = &args.module {
+        let name = args.name.clone().unwrap_or_default();
+        check_patch_name(&name)?;
+        let message = args
+            .message
+            .clone()
+            .ok_or_else(|| CliError::usage("pass -m MESSAGE: why the patch is added"))?;
+        let module = read_input(module_path, "--module")?;
+        let diff = args
+            .diff
+            .as_deref()
+            .map(|p| read_input(p, "--diff"))
+            .transpose()?;
+        let module_file = module_path.file_name().map_or_else(
+            || module_path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let patch = NewPatch {
+            name,
+            module,
+            module_file,
+            diff,
+            functions: args.functions.clone(),
+            build: Default::default(),
+            source: PatchSource::Prebuilt,
+            extra: Default::default(),
+        };
+        return Ok((Input::Module(patch), message));
+    }
+    let (change, origin) = match (&args.patch, &args.git) {
+        (Some(path), _) => (
+            Change::from_file(path, args.hooks.as_deref())?,
+            path.display().to_string(),
+        ),
+        (None, Some(git)) => (
+            Change::from_git(Path::new(&git[0]), &git[1], args.hooks.as_deref())?,
+            format!("{} {}", git[0], git[1]),
+        ),
+        (None, None) => {
+            return Err(CliError::usage(
+                "nothing to commit: give PATCH.diff, --git REPO REV or --module FILE.ko",
+            ));
+        }
+    };
+    tree::parse_diff(&change.diff).map_err(|e| CliError::from(e).context(origin))?;
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| change.default_name.clone());
+    check_patch_name(&name)?;
+    let message = args
+        .message
+        .clone()
+        .or_else(|| change.default_message.clone())
+        .ok_or_else(|| CliError::usage("the diff has no message line: pass -m MESSAGE"))?;
+    Ok((Input::Change { change, name }, message))
+}
+
+/// A patch name from the command line (or made from a file name) that the store
+/// will take.
+fn check_patch_name(name: &str) -> Result<(), CliError> {
+    check_name("patch", name).map_err(|e| CliError::from(e).with_hint("pass --name NAME"))
+}
+
+fn read_input(path: &Path, what: &str) -> Result<Vec<u8>, CliError> {
+    check_readable_file(path, what)?;
+    std::fs::read(path).map_err(|e| {
+        CliError::with_source(
+            Kind::Usage,
+            format!("cannot read {} ({what})", path.display()),
+            e,
+        )
+    })
 }
 
 /// Runs a store write, and again (up to three times in all) when another kstack moved
@@ -336,42 +382,53 @@ pub(crate) fn kernel_hint(arg: Option<&str>) -> Result<Option<BuildId>, CliError
     }
 }
 
-/// Whether the stack a write goes to exists already (for any kernel).
-fn stack_exists(ctx: &Context, store: &Store, flag: Option<&str>) -> Result<bool, CliError> {
-    let name = stack_name(ctx, flag)?;
+/// Whether a stack of that name exists already: the running kernel's, or the only
+/// one of that name.
+fn stack_exists(store: &Store, name: &str) -> Result<bool, CliError> {
     let running = ident::running_kernel_build_id().ok();
-    Ok(store.find_stack(&name, running.as_ref())?.is_some())
+    Ok(store.find_stack(name, running.as_ref())?.is_some())
 }
 
-/// The stack name a command means: the flag, else the config's `[stack] name`.
+/// The stack name a command means: the flag, else the config's `[stack] name`,
+/// checked as the store will check it.
 pub(crate) fn stack_name(ctx: &Context, flag: Option<&str>) -> Result<String, CliError> {
-    flag.map(str::to_owned)
-        .or_else(|| ctx.config.stack.as_ref().map(|s| s.name.clone()))
-        .ok_or_else(|| {
-            CliError::user("which stack? none was given")
-                .with_hint("pass --stack NAME or set [stack] name in the config")
-        })
+    let (name, from_config) = match (flag, &ctx.config.stack) {
+        (Some(name), _) => (name.to_owned(), false),
+        (None, Some(stack)) => (stack.name.clone(), true),
+        (None, None) => {
+            return Err(CliError::user("which stack? none was given")
+                .with_hint("pass --stack NAME or set [stack] name in the config"));
+        }
+    };
+    check_name("stack", &name).map_err(|e| {
+        let e = CliError::from(e);
+        match (from_config, &ctx.config_path) {
+            (true, Some(path)) => e
+                .context(format!("[stack] name in {}", path.display()))
+                .with_kind(Kind::Data),
+            _ => e.with_hint("pass --stack NAME"),
+        }
+    })?;
+    Ok(name)
 }
 
-/// The stack a write goes to, and the kernel release when it is known. An existing
-/// stack of that name is found by `--kernel` or, among several, by the running
-/// kernel; a new stack is pinned to `--kernel` or the running kernel.
+/// The stack a write goes to, the kernel release when it is known, and a note to
+/// show when the stack is new. An existing stack of that name is found by
+/// `--kernel` or, among several, by the running kernel; a new stack is pinned to
+/// `--kernel` or the running kernel.
 pub(crate) fn target_stack(
-    ui: &Ui,
-    ctx: &Context,
     store: &Store,
-    stack_flag: Option<&str>,
+    name: &str,
     kernel_flag: Option<&str>,
-) -> Result<(StackId, Option<String>), CliError> {
-    let name = stack_name(ctx, stack_flag)?;
+) -> Result<(StackId, Option<String>, Option<String>), CliError> {
     if let Some(arg) = kernel_flag {
         let kernel = parse_kernel(arg)?;
-        let id = StackId::new(kernel.build_id, &name)?;
-        return Ok((id, kernel.release));
+        let id = StackId::new(kernel.build_id, name)?;
+        return Ok((id, kernel.release, None));
     }
     let running = ident::running_kernel().ok();
-    if let Some(found) = store.find_stack(&name, running.as_ref().map(|k| &k.build_id))? {
-        return Ok((found, None));
+    if let Some(found) = store.find_stack(name, running.as_ref().map(|k| &k.build_id))? {
+        return Ok((found, None, None));
     }
     let running = running.ok_or_else(|| {
         CliError::new(
@@ -380,10 +437,14 @@ pub(crate) fn target_stack(
         )
         .with_hint("pass --kernel BUILD-ID or --kernel /boot/vmlinuz-... to pin the new stack")
     })?;
-    ui.status(format!(
+    let note = format!(
         "new stack {name}: pinned to the running kernel {} ({})",
         running.build_id,
         running.release.as_deref().unwrap_or("release unknown")
-    ));
-    Ok((StackId::new(running.build_id, &name)?, running.release))
+    );
+    Ok((
+        StackId::new(running.build_id, name)?,
+        running.release,
+        Some(note),
+    ))
 }

@@ -6,7 +6,8 @@ use clap::Args;
 
 use super::GlobalArgs;
 use crate::context::Context;
-use crate::error::{CliError, Kind, chain};
+use crate::error::CliError;
+use crate::json::{GenerationJson, GenerationsOutput};
 use crate::ui::Ui;
 
 /// List the generations this host has synced, the current one marked
@@ -23,15 +24,12 @@ pub fn cmd_generations(
     _args: GenerationsArgs,
 ) -> Result<ExitCode, CliError> {
     let ctx = Context::load(global, false)?;
-    let state = ctx
-        .state_dir()
-        .load()
-        .map_err(|e| CliError::new(Kind::Data, chain(&e)))?;
+    let state = ctx.state_dir().load()?;
     if ui.json() {
-        ui.emit_json(&serde_json::json!({
-            "current": state.current,
-            "generations": state.generations,
-        }));
+        ui.emit_json(&GenerationsOutput {
+            current: state.current,
+            generations: state.generations.iter().map(GenerationJson::from).collect(),
+        });
         return Ok(ExitCode::SUCCESS);
     }
     if state.generations.is_empty() {

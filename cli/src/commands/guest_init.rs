@@ -6,7 +6,7 @@ use std::process::ExitCode;
 pub fn run_as_init() -> ExitCode {
     if let Err(e) = kstack_engine::sandbox::guest::run_script() {
         // PID 1's stderr is the kernel console, which the host keeps.
-        eprintln!("kstack-init: {}", crate::error::chain(&e));
+        eprintln!("kstack-init: {}", kstack_store::error_chain(&e));
     }
     kstack_engine::sandbox::guest::power_off()
 }

@@ -8,6 +8,7 @@ use kstack_store::store::Store;
 use super::GlobalArgs;
 use crate::context::Context;
 use crate::error::CliError;
+use crate::json::InitOutput;
 use crate::ui::Ui;
 
 /// Create the store, a bare Git repository (nothing happens if it exists)
@@ -23,10 +24,10 @@ pub fn cmd_init(ui: &Ui, global: &GlobalArgs, _args: InitArgs) -> Result<ExitCod
     let existed = Store::open(&path).is_ok();
     let store = Store::init(&path)?;
     if ui.json() {
-        ui.emit_json(&serde_json::json!({
-            "store": store.path(),
-            "created": !existed,
-        }));
+        ui.emit_json(&InitOutput {
+            store: store.path().display().to_string(),
+            created: !existed,
+        });
     } else if existed {
         ui.line(format!(
             "Store already exists at {}",

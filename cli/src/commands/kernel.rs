@@ -7,7 +7,8 @@ use clap::{Args, Subcommand};
 use kstack_engine::builder::assets::{self, Cache, FetchOptions};
 
 use super::GlobalArgs;
-use crate::error::{CliError, Kind, chain};
+use crate::error::{CliError, Kind};
+use crate::json::{KernelAddOutput, KernelEntry};
 use crate::ui::Ui;
 
 /// Manage the kernels in the cache (images, headers, prepared source trees)
@@ -55,13 +56,12 @@ pub fn cmd_kernel(ui: &Ui, _global: &GlobalArgs, args: KernelArgs) -> Result<Exi
     match args.command {
         KernelCommand::Add(args) => {
             let (release, version) = if args.release == "current" {
-                assets::resolve_current_release().map_err(asset_error)?
+                assets::resolve_current_release()?
             } else {
                 let version = match args.version {
                     Some(v) => v,
                     None => {
-                        assets::package_version(&format!("linux-image-{}-unsigned", args.release))
-                            .map_err(asset_error)?
+                        assets::package_version(&format!("linux-image-{}-unsigned", args.release))?
                     }
                 };
                 (args.release, version)
@@ -79,14 +79,18 @@ pub fn cmd_kernel(ui: &Ui, _global: &GlobalArgs, args: KernelArgs) -> Result<Exi
                 &mut |line| spinner.set_message(line.to_owned()),
             );
             spinner.finish_and_clear();
-            let kernel = result.map_err(asset_error)?;
+            let kernel = result?;
+            // The image was just fetched: one without a build ID is bad data.
             let build_id = kstack_store::ident::image_build_id(&kernel.vmlinuz())
-                .map_err(|e| CliError::new(Kind::Data, chain(&e)))?;
+                .map_err(|e| CliError::from(e).with_kind(Kind::Data))?;
             if ui.json() {
-                ui.emit_json(&serde_json::json!({
-                    "release": release, "version": version, "build_id": build_id.to_hex(),
-                    "image": kernel.vmlinuz(), "source": kernel.source(),
-                }));
+                ui.emit_json(&KernelAddOutput {
+                    build_id: build_id.to_hex(),
+                    image: kernel.vmlinuz().display().to_string(),
+                    source: kernel.source().map(|s| s.display().to_string()),
+                    release,
+                    version,
+                });
             } else {
                 ui.line(format!("{release} ({version}) build ID {build_id}"));
             }
@@ -94,22 +98,22 @@ pub fn cmd_kernel(ui: &Ui, _global: &GlobalArgs, args: KernelArgs) -> Result<Exi
         }
         KernelCommand::List(_) => {
             let current = cache.current().ok().map(|k| k.release);
-            let mut rows = Vec::new();
-            for kernel in cache.kernels() {
-                let build_id = kstack_store::ident::image_build_id(&kernel.vmlinuz())
-                    .map(|b| b.to_hex())
-                    .unwrap_or_else(|e| format!("? ({e})"));
-                rows.push(serde_json::json!({
-                    "release": kernel.release,
-                    "version": kernel.version(),
-                    "build_id": build_id,
-                    "default": current.as_deref() == Some(kernel.release.as_str()),
-                    "headers": kernel.headers().join(".config").is_file(),
-                    "source": kernel.source(),
-                }));
-            }
+            let rows: Vec<KernelEntry> = cache
+                .kernels()
+                .into_iter()
+                .map(|kernel| KernelEntry {
+                    build_id: kstack_store::ident::image_build_id(&kernel.vmlinuz())
+                        .map(|b| b.to_hex())
+                        .unwrap_or_else(|e| format!("? ({e})")),
+                    version: kernel.version(),
+                    default: current.as_deref() == Some(kernel.release.as_str()),
+                    headers: kernel.headers().join(".config").is_file(),
+                    source: kernel.source().map(|s| s.display().to_string()),
+                    release: kernel.release,
+                })
+                .collect();
             if ui.json() {
-                ui.emit_json(&serde_json::Value::Array(rows));
+                ui.emit_json(&rows);
                 return Ok(ExitCode::SUCCESS);
             }
             if rows.is_empty() {
@@ -121,27 +125,15 @@ pub fn cmd_kernel(ui: &Ui, _global: &GlobalArgs, args: KernelArgs) -> Result<Exi
             for r in rows {
                 ui.line(format!(
                     "{} {:<24} {:<12} {}  headers:{} source:{}",
-                    if r["default"] == true { "*" } else { " " },
-                    r["release"].as_str().unwrap_or(""),
-                    r["version"].as_str().unwrap_or("?"),
-                    r["build_id"].as_str().unwrap_or(""),
-                    if r["headers"] == true { "yes" } else { "no" },
-                    if r["source"].is_null() {
-                        "no"
-                    } else {
-                        "prepared"
-                    },
+                    if r.default { "*" } else { " " },
+                    r.release,
+                    r.version.as_deref().unwrap_or("?"),
+                    r.build_id,
+                    if r.headers { "yes" } else { "no" },
+                    if r.source.is_some() { "prepared" } else { "no" },
                 ));
             }
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-fn asset_error(e: assets::AssetError) -> CliError {
-    let kind = match e {
-        assets::AssetError::Resolve { .. } | assets::AssetError::Fetch { .. } => Kind::Unavailable,
-        _ => Kind::Internal,
-    };
-    CliError::new(kind, chain(&e))
 }

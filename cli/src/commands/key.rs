@@ -8,7 +8,8 @@ use kstack_store::keys::{self, SecretKey};
 
 use super::GlobalArgs;
 use crate::context::Context;
-use crate::error::CliError;
+use crate::error::{CliError, Kind};
+use crate::json::KeyOutput;
 use crate::ui::Ui;
 
 /// Manage the signing key
@@ -58,10 +59,10 @@ pub fn cmd_key(ui: &Ui, global: &GlobalArgs, args: KeyArgs) -> Result<ExitCode, 
             key.write_new(&path)?;
             let public = key.public();
             if ui.json() {
-                ui.emit_json(&serde_json::json!({
-                    "path": path,
-                    "public_key": public.to_string(),
-                }));
+                ui.emit_json(&KeyOutput {
+                    path: path.display().to_string(),
+                    public_key: public.to_string(),
+                });
             } else {
                 ui.status(format!(
                     "Wrote a new private key to {} (mode 0600). Trust its public key with\n  [trust]\n  keys = [\"{public}\"]",
@@ -74,10 +75,10 @@ pub fn cmd_key(ui: &Ui, global: &GlobalArgs, args: KeyArgs) -> Result<ExitCode, 
             let path = args.file.unwrap_or_else(|| default_key_path(&ctx));
             let public = keys::read_public_key(&path)?;
             if ui.json() {
-                ui.emit_json(&serde_json::json!({
-                    "path": path,
-                    "public_key": public.to_string(),
-                }));
+                ui.emit_json(&KeyOutput {
+                    path: path.display().to_string(),
+                    public_key: public.to_string(),
+                });
             } else {
                 ui.line(public.to_string());
             }
@@ -112,5 +113,7 @@ fn create_private_dir(dir: &Path) -> Result<(), CliError> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| CliError::user(format!("cannot create {}: {e}", dir.display())))
+        .map_err(|e| {
+            CliError::with_source(Kind::User, format!("cannot create {}", dir.display()), e)
+        })
 }

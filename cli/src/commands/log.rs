@@ -13,6 +13,7 @@ use kstack_store::store::{CommitInfo, ObjectId, Store, format_time};
 use super::GlobalArgs;
 use crate::context::Context;
 use crate::error::CliError;
+use crate::json::{CommitJson, LogOutput, StackJson};
 use crate::ui::Ui;
 
 /// Show the history of a stack, newest first
@@ -47,13 +48,13 @@ pub fn cmd_log(ui: &Ui, global: &GlobalArgs, args: LogArgs) -> Result<ExitCode, 
     let resolved = resolve(&ctx, &store, args.rev.as_deref(), args.kernel.as_deref())?;
     let log = store.log(resolved.commit, args.max_count)?;
     if ui.json() {
-        let entries: Vec<_> = log.iter().map(|c| commit_json(c, &trust)).collect();
-        ui.emit_json(&serde_json::json!({
-            "stack": resolved.stack.as_ref().map(|s| serde_json::json!({
-                "build_id": s.build_id.to_hex(), "name": s.name,
-            })),
-            "commits": entries,
-        }));
+        ui.emit_json(&LogOutput {
+            stack: resolved.stack.as_ref().map(StackJson::from),
+            commits: log
+                .iter()
+                .map(|c| CommitJson::new(c, trust.trusted(c.signer.as_ref())))
+                .collect(),
+        });
         return Ok(ExitCode::SUCCESS);
     }
     // Like git's decoration: the stack's name beside its head.
@@ -101,19 +102,6 @@ fn render(
         }
     }
     Ok(out)
-}
-
-pub(crate) fn commit_json(c: &CommitInfo, trust: &Trust) -> serde_json::Value {
-    serde_json::json!({
-        "id": c.id.to_string(),
-        "parents": c.parents.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "author": c.author,
-        "email": c.email,
-        "time": format_time(c.time),
-        "message": c.message,
-        "signer": c.signer.map(|k| k.to_string()),
-        "trusted": trust.trusted(c.signer.as_ref()),
-    })
 }
 
 /// The trust policy, and whether there was a config to take it from.

@@ -33,9 +33,16 @@ pub mod verify;
 /// repository), one ordered stack per kernel build ID. A config file declares the stack
 /// a host should run and `kstack sync` makes the running kernel match it.
 ///
-/// Exit codes: 0 success, 1 the operation failed, 2 `plan` found changes, 64 bad usage,
-/// 65 bad or untrusted data, 69 something needed is missing, 70 internal error,
-/// 75 busy (another kstack holds the lock).
+/// Exit codes: 0 success, 1 the operation failed, 2 `plan` found changes, 64 bad usage
+/// (a bad argument or name, an unreadable file), 65 bad or untrusted data (also a
+/// change that cannot be live-applied), 69 something needed is missing (a tool, a
+/// kernel or its source, livepatch support), 70 internal error, 75 busy (another
+/// kstack holds the lock). With --json, errors are a JSON document on stdout
+/// (docs/json.md).
+///
+/// Environment, besides the options': KSTACK_STATE_DIR, the state directory;
+/// KSTACK_LIVEPATCH_SYSFS, the kernel's livepatch directory (default
+/// /sys/kernel/livepatch; tests point it elsewhere).
 #[derive(Debug, Parser)]
 #[command(
     name = "kstack",

@@ -9,6 +9,7 @@ use kstack_engine::host::reconcile::Prepared;
 use super::GlobalArgs;
 use crate::context::Context;
 use crate::error::{CliError, EXIT_CHANGES};
+use crate::json::PlanOutput;
 use crate::ui::Ui;
 
 /// Show what `kstack sync` would change, without changing anything
@@ -28,7 +29,7 @@ pub fn cmd_plan(ui: &Ui, global: &GlobalArgs, _args: PlanArgs) -> Result<ExitCod
     let host = ctx.host(&store)?;
     let prepared = host.plan()?;
     if ui.json() {
-        ui.emit_json(&plan_json(&prepared));
+        ui.emit_json(&PlanOutput::from(&prepared));
     } else {
         render_plan(ui, &prepared);
     }
@@ -36,26 +37,6 @@ pub fn cmd_plan(ui: &Ui, global: &GlobalArgs, _args: PlanArgs) -> Result<ExitCod
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_CHANGES)
-    })
-}
-
-/// The plan as JSON (shared with `sync --json`).
-pub fn plan_json(p: &Prepared) -> serde_json::Value {
-    let stack = p.desired.stack.as_ref();
-    serde_json::json!({
-        "kernel": { "release": p.identity.release, "build_id": p.identity.build_id.to_hex() },
-        "stack": stack.map(|s| &s.stack.name),
-        "commit": p.desired.commit().map(|c| c.to_string()),
-        "keep": p.plan.keep,
-        "steps": p.plan.steps,
-        "foreign": p.foreign,
-        "changes": !p.plan.is_empty(),
-        "run_pre": {
-            "matched": p.proof.matched,
-            "unproven": p.proof.unproven,
-            "functions": p.proof.lines,
-            "ms": p.proof.elapsed.as_secs_f64() * 1e3,
-        },
     })
 }
 

@@ -8,6 +8,7 @@ use kstack_store::pull::PullOutcome;
 use super::GlobalArgs;
 use crate::context::Context;
 use crate::error::CliError;
+use crate::json::{PullOutput, PulledJson};
 use crate::ui::Ui;
 
 /// Fetch stacks from another store; adopt them only if they verify
@@ -45,24 +46,22 @@ pub fn cmd_pull(ui: &Ui, global: &GlobalArgs, args: PullArgs) -> Result<ExitCode
     spinner.finish_and_clear();
     let report = result?;
     if ui.json() {
-        let stacks: Vec<_> = report
+        let stacks = report
             .stacks
             .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "build_id": s.stack.build_id.to_hex(),
-                    "name": s.stack.name,
-                    "old": s.old.map(|o| o.to_string()),
-                    "new": s.new.to_string(),
-                    "outcome": match s.outcome {
-                        PullOutcome::Updated => "updated",
-                        PullOutcome::UpToDate => "up-to-date",
-                        PullOutcome::LocalAhead => "local-ahead",
-                    },
-                })
+            .map(|s| PulledJson {
+                build_id: s.stack.build_id.to_hex(),
+                name: s.stack.name.clone(),
+                old: s.old.map(|o| o.to_string()),
+                new: s.new.to_string(),
+                outcome: match s.outcome {
+                    PullOutcome::Updated => "updated",
+                    PullOutcome::UpToDate => "up-to-date",
+                    PullOutcome::LocalAhead => "local-ahead",
+                },
             })
             .collect();
-        ui.emit_json(&serde_json::json!({ "url": url, "stacks": stacks }));
+        ui.emit_json(&PullOutput { url, stacks });
         return Ok(ExitCode::SUCCESS);
     }
     if report.stacks.is_empty() {

@@ -4,11 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use kstack_store::model::check_name;
 
 use super::GlobalArgs;
 use super::commit::{author, kernel_hint, signing_key, stack_name, with_retry};
 use crate::context::Context;
 use crate::error::CliError;
+use crate::json::{RevertOutput, StackJson};
 use crate::ui::Ui;
 
 /// Remove a patch from a stack with a new signed commit
@@ -38,9 +40,12 @@ pub struct RevertArgs {
 
 pub fn cmd_revert(ui: &Ui, global: &GlobalArgs, args: RevertArgs) -> Result<ExitCode, CliError> {
     let ctx = Context::load(global, false)?;
+    check_name("patch", &args.patch).map_err(|e| {
+        CliError::from(e).with_hint("name a patch of the stack (see `kstack show`)")
+    })?;
+    let name = stack_name(&ctx, args.stack.as_deref())?;
     let store = ctx.open_store()?;
     let key = signing_key(&ctx, args.key.as_deref())?;
-    let name = stack_name(&ctx, args.stack.as_deref())?;
     let hint = kernel_hint(args.kernel.as_deref())?;
     let stack = store
         .find_stack(&name, hint.as_ref())?
@@ -50,13 +55,18 @@ pub fn cmd_revert(ui: &Ui, global: &GlobalArgs, args: RevertArgs) -> Result<Exit
         store.revert_patch(&stack, &args.patch, &args.message, &author, &key)
     })?;
     if ui.json() {
-        ui.emit_json(&serde_json::json!({
-            "commit": prepared.commit.to_string(),
-            "parent": prepared.parent.map(|p| p.to_string()),
-            "stack": { "build_id": stack.build_id.to_hex(), "name": stack.name },
-            "reverted": args.patch,
-            "patches": prepared.stack_file.patches.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
-        }));
+        ui.emit_json(&RevertOutput {
+            commit: prepared.commit.to_string(),
+            parent: prepared.parent.map(|p| p.to_string()),
+            stack: StackJson::from(&stack),
+            reverted: args.patch.clone(),
+            patches: prepared
+                .stack_file
+                .patches
+                .iter()
+                .map(|p| p.name.clone())
+                .collect(),
+        });
     } else {
         ui.line(format!(
             "Reverted {} from stack {} ({}): {} patch(es) left",

@@ -10,6 +10,7 @@ use super::GlobalArgs;
 use super::log::{Trust, resolve};
 use crate::context::Context;
 use crate::error::CliError;
+use crate::json::{ArtifactJson, PatchJson, ShowOutput, ShowStack};
 use crate::ui::Ui;
 
 /// Show a stack commit: its signer, its patches and what they replace
@@ -36,46 +37,44 @@ pub fn cmd_show(ui: &Ui, global: &GlobalArgs, args: ShowArgs) -> Result<ExitCode
     let v = store.check(resolved.commit, resolved.stack.as_ref())?;
     let label = trust.label(Some(&v.signer));
     if ui.json() {
-        let patches: Vec<_> = v
+        let patches = v
             .patches
             .iter()
             .map(|p| {
                 let m = &p.manifest;
-                serde_json::json!({
-                    "name": p.entry.name,
-                    "dir": p.entry.dir,
-                    "manifest_sha256": p.entry.manifest_sha256.to_hex(),
-                    "source": m.source,
-                    "module_file": m.module_file,
-                    "module_name": m.module_name,
-                    "vermagic": m.vermagic,
-                    "created_by": m.created_by,
-                    "created_at": m.created_at,
-                    "functions": m.functions.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "artifacts": m.artifacts.iter().map(|a| serde_json::json!({
-                        "path": a.path, "sha256": a.sha256.to_hex(), "size": a.size,
-                    })).collect::<Vec<_>>(),
-                })
+                PatchJson {
+                    name: p.entry.name.clone(),
+                    dir: p.entry.dir.clone(),
+                    manifest_sha256: p.entry.manifest_sha256.to_hex(),
+                    source: m.source,
+                    module_file: m.module_file.clone(),
+                    module_name: m.module_name.clone(),
+                    vermagic: m.vermagic.clone(),
+                    created_by: m.created_by.clone(),
+                    created_at: m.created_at.clone(),
+                    functions: m.functions.iter().map(ToString::to_string).collect(),
+                    artifacts: m.artifacts.iter().map(ArtifactJson::from).collect(),
+                }
             })
             .collect();
-        ui.emit_json(&serde_json::json!({
-            "commit": v.commit.to_string(),
-            "parents": info.parents.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "stack": {
-                "build_id": v.stack.build_id.to_hex(),
-                "name": v.stack.name,
-                "kernel_release": v.stack.kernel_release,
+        ui.emit_json(&ShowOutput {
+            commit: v.commit.to_string(),
+            parents: info.parents.iter().map(ToString::to_string).collect(),
+            stack: ShowStack {
+                build_id: v.stack.build_id.to_hex(),
+                name: v.stack.name.clone(),
+                kernel_release: v.stack.kernel_release.clone(),
             },
-            "stack_sha256": v.stack_sha256.to_hex(),
-            "author": info.author,
-            "email": info.email,
-            "time": format_time(info.time),
-            "message": v.stack.message,
-            "signer": v.signer.to_string(),
-            "trusted": trust.trusted(Some(&v.signer)),
-            "verified": true,
-            "patches": patches,
-        }));
+            stack_sha256: v.stack_sha256.to_hex(),
+            author: info.author.clone(),
+            email: info.email.clone(),
+            time: format_time(info.time),
+            message: v.stack.message.clone(),
+            signer: v.signer.to_string(),
+            trusted: trust.trusted(Some(&v.signer)),
+            verified: true,
+            patches,
+        });
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = format!("commit {}\n", v.commit);

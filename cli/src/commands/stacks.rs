@@ -9,6 +9,7 @@ use super::GlobalArgs;
 use super::log::Trust;
 use crate::context::Context;
 use crate::error::CliError;
+use crate::json::{StackEntry, StacksOutput};
 use crate::ui::Ui;
 
 /// List every stack in the store, by kernel build ID and name
@@ -25,16 +26,16 @@ pub fn cmd_stacks(ui: &Ui, global: &GlobalArgs, _args: StacksArgs) -> Result<Exi
     for (stack, head) in store.stacks()? {
         let info = store.commit_info(head)?;
         let running_here = running.as_ref() == Some(&stack.build_id);
-        json.push(serde_json::json!({
-            "build_id": stack.build_id.to_hex(),
-            "name": stack.name,
-            "head": head.to_string(),
-            "time": format_time(info.time),
-            "summary": info.summary(),
-            "signer": info.signer.map(|k| k.to_string()),
-            "trusted": trust.trusted(info.signer.as_ref()),
-            "running_kernel": running_here,
-        }));
+        json.push(StackEntry {
+            build_id: stack.build_id.to_hex(),
+            name: stack.name.clone(),
+            head: head.to_string(),
+            time: format_time(info.time),
+            summary: info.summary().to_owned(),
+            signer: info.signer.map(|k| k.to_string()),
+            trusted: trust.trusted(info.signer.as_ref()),
+            running_kernel: running_here,
+        });
         rows.push(format!(
             "{}{} {:<16} {}  {}  {}",
             stack.build_id,
@@ -46,12 +47,12 @@ pub fn cmd_stacks(ui: &Ui, global: &GlobalArgs, _args: StacksArgs) -> Result<Exi
         ));
     }
     if ui.json() {
-        ui.emit_json(&serde_json::json!({ "stacks": json }));
+        ui.emit_json(&StacksOutput { stacks: json });
     } else if rows.is_empty() {
         ui.status("the store has no stacks");
     } else {
         ui.line(rows.join("\n"));
-        if running.is_some() && json.iter().any(|j| j["running_kernel"] == true) {
+        if json.iter().any(|j| j.running_kernel) {
             ui.status("* the running kernel");
         }
     }

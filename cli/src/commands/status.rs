@@ -7,6 +7,7 @@ use clap::Args;
 use super::GlobalArgs;
 use crate::context::Context;
 use crate::error::CliError;
+use crate::json::StatusOutput;
 use crate::ui::Ui;
 
 /// Show the running kernel, its generation, applied patches, drift and taint
@@ -23,7 +24,7 @@ pub fn cmd_status(ui: &Ui, global: &GlobalArgs, _args: StatusArgs) -> Result<Exi
     let host = ctx.host(&store)?;
     let status = host.status()?;
     if ui.json() {
-        ui.emit_json(&serde_json::to_value(&status).expect("Status serializes"));
+        ui.emit_json(&StatusOutput::from(&status));
         return Ok(ExitCode::SUCCESS);
     }
     ui.line(format!("kernel:     {}", status.release));
@@ -60,6 +61,18 @@ pub fn cmd_status(ui: &Ui, global: &GlobalArgs, _args: StatusArgs) -> Result<Exi
         };
         let name = p.patch.as_deref().unwrap_or("?");
         ui.line(format!("  {} [{state}] patch {name}", p.module));
+        let waiting: Vec<&str> = p
+            .objects
+            .iter()
+            .filter(|o| !o.patched)
+            .map(|o| o.name.as_str())
+            .collect();
+        if !waiting.is_empty() {
+            ui.line(format!(
+                "      waiting for {} (patched when loaded)",
+                waiting.join(", ")
+            ));
+        }
         for f in &p.functions {
             ui.line(format!("      {f}"));
         }

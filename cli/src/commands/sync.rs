@@ -10,9 +10,10 @@ use kstack_engine::host::exec::Observer;
 use kstack_engine::host::reconcile::Synced;
 
 use super::GlobalArgs;
-use super::plan::{plan_json, render_plan};
+use super::plan::render_plan;
 use crate::context::Context;
 use crate::error::CliError;
+use crate::json::{PlanOutput, SyncOutput};
 use crate::ui::Ui;
 
 /// Apply or revert livepatch modules until the kernel runs the declared stack
@@ -60,7 +61,7 @@ pub fn cmd_sync(ui: &Ui, global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode
     if args.dry_run {
         let prepared = host.plan()?;
         if ui.json() {
-            ui.emit_json(&plan_json(&prepared));
+            ui.emit_json(&PlanOutput::from(&prepared));
         } else {
             render_plan(ui, &prepared);
         }
@@ -79,16 +80,7 @@ pub fn cmd_sync(ui: &Ui, global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode
 pub fn report(ui: &Ui, synced: &Synced, verb: &str) {
     let kernel_time: Duration = synced.timings.iter().map(|t| t.elapsed).sum();
     if ui.json() {
-        let mut value = plan_json(&synced.prepared);
-        value["generation"] = serde_json::json!(synced.generation);
-        value["timings"] = synced
-            .timings
-            .iter()
-            .map(|t| serde_json::json!({ "step": t.step, "ms": t.elapsed.as_secs_f64() * 1e3 }))
-            .collect();
-        value["kernel_ms"] = serde_json::json!(kernel_time.as_secs_f64() * 1e3);
-        value["kstack_ms"] = serde_json::json!(synced.overhead.as_secs_f64() * 1e3);
-        ui.emit_json(&value);
+        ui.emit_json(&SyncOutput::from(synced));
         return;
     }
     for t in &synced.timings {

@@ -10,7 +10,8 @@ use kstack_engine::sandbox::{self, Accel, Sandbox, SandboxOptions};
 
 use super::GlobalArgs;
 use crate::context::Context;
-use crate::error::{CliError, Kind, chain};
+use crate::error::{CliError, Kind, check_readable_file};
+use crate::json::TryOutput;
 use crate::ui::Ui;
 
 /// Boot a kernel in a throw-away QEMU VM and run a command in it
@@ -58,6 +59,10 @@ pub struct TryArgs {
     /// Print the kernel's console output on stderr after the command's output
     #[arg(long)]
     pub console: bool,
+    /// Do not give the guest the kernel's modules (by default its /lib/modules,
+    /// with modprobe, when kstack fetched that kernel)
+    #[arg(long)]
+    pub no_modules: bool,
     /// The command to run in the guest [default with --config: none, only sync and status]
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -85,15 +90,26 @@ const GUEST_STATE: &str = "/var/lib/kstack";
 const GUEST_CONFIG: &str = "/etc/kstack/kstack.toml";
 
 pub fn cmd_try(ui: &Ui, global: &GlobalArgs, args: TryArgs) -> Result<ExitCode, CliError> {
-    let kernel = match args.kernel {
-        Some(k) => k,
-        None => Cache::from_env()
-            .current()
-            .map_err(|e| {
-                CliError::new(Kind::Unavailable, chain(&e))
-                    .with_hint("run `cargo xtask setup` to fetch the Debian cloud kernel, or pass --kernel IMAGE")
-            })?
-            .vmlinuz(),
+    for (src, _) in &args.files {
+        check_readable_file(src, "--file")?;
+    }
+    let (kernel, modules) = match args.kernel {
+        Some(k) => {
+            // An image kstack fetched has its modules in the cache.
+            let modules = kstack_store::ident::image_build_id(&k)
+                .ok()
+                .and_then(|id| Cache::from_env().kernel_with_build_id(&id))
+                .map(|cached| cached.modules_dir());
+            (k, modules)
+        }
+        None => {
+            let cached = Cache::from_env().current().map_err(|e| {
+                CliError::from(e).with_hint(
+                    "run `cargo xtask setup` to fetch the Debian cloud kernel, or pass --kernel IMAGE",
+                )
+            })?;
+            (cached.vmlinuz(), Some(cached.modules_dir()))
+        }
     };
     let guest_binary = sandbox::find_guest_binary()?;
     let mut options = SandboxOptions::new(&kernel, guest_binary);
@@ -104,6 +120,12 @@ pub fn cmd_try(ui: &Ui, global: &GlobalArgs, args: TryArgs) -> Result<ExitCode, 
         options.accel = Accel::Kvm;
     }
     let mut vm = Sandbox::new(options)?;
+    // The kernel's modules, for modprobe in the guest (and for patches of modules).
+    if let Some(dir) = modules.filter(|d| d.join("modules.dep").is_file())
+        && !args.no_modules
+    {
+        vm.add_modules(&dir, &sandbox::modules::ModuleSet::All)?;
+    }
     for (src, dst) in &args.files {
         vm.add_host_file(dst, src)?;
     }
@@ -145,15 +167,18 @@ pub fn cmd_try(ui: &Ui, global: &GlobalArgs, args: TryArgs) -> Result<ExitCode, 
     let run = result?;
 
     if ui.json() {
-        ui.emit_json(&serde_json::json!({
-            "kernel": kernel,
-            "exit_code": run.status.code(),
-            "signal": match run.status { sandbox::GuestStatus::Signaled(s) => Some(s), _ => None },
-            "stdout": run.stdout,
-            "stderr": run.stderr,
-            "console": args.console.then_some(&run.console),
-            "elapsed_ms": run.elapsed.as_millis() as u64,
-        }));
+        ui.emit_json(&TryOutput {
+            kernel: kernel.display().to_string(),
+            exit_code: run.status.code(),
+            signal: match run.status {
+                sandbox::GuestStatus::Signaled(s) => Some(s),
+                sandbox::GuestStatus::Exited(_) => None,
+            },
+            stdout: run.stdout.clone(),
+            stderr: run.stderr.clone(),
+            console: args.console.then(|| run.console.clone()),
+            elapsed_ms: run.elapsed.as_millis() as u64,
+        });
     } else {
         use std::io::Write;
         let _ = std::io::stdout().write_all(run.stdout.as_bytes());

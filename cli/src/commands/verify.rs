@@ -10,6 +10,7 @@ use super::GlobalArgs;
 use super::log::resolve;
 use crate::context::Context;
 use crate::error::{CliError, EXIT_DATA, Kind};
+use crate::json::{RunPreJson, VerifyOutput, VerifyResult};
 use crate::ui::Ui;
 
 /// Verify stacks: digests, signatures, trust and history; and run-pre matching
@@ -87,26 +88,30 @@ pub fn cmd_verify(ui: &Ui, global: &GlobalArgs, args: VerifyArgs) -> Result<Exit
                     v.patches.len(),
                     v.signer
                 ));
-                results.push(serde_json::json!({
-                    "rev": name, "commit": commit.to_string(), "ok": true,
-                    "patches": v.patches.len(), "history": history,
-                    "signer": v.signer.to_string(),
-                    "run_pre": proof.map(|p| serde_json::json!({
-                        "matched": p.matched, "unproven": p.unproven, "functions": p.lines,
-                    })),
-                }));
+                results.push(VerifyResult::Ok {
+                    rev: name.clone(),
+                    commit: commit.to_string(),
+                    ok: true,
+                    patches: v.patches.len(),
+                    history,
+                    signer: v.signer.to_string(),
+                    run_pre: proof.as_ref().map(RunPreJson::from),
+                });
             }
             Err(message) => {
                 failed += 1;
                 ui.line(format!("FAIL  {name}: {message}"));
-                results.push(serde_json::json!({
-                    "rev": name, "commit": commit.to_string(), "ok": false, "error": message,
-                }));
+                results.push(VerifyResult::Failed {
+                    rev: name.clone(),
+                    commit: commit.to_string(),
+                    ok: false,
+                    error: message,
+                });
             }
         }
     }
     if ui.json() {
-        ui.emit_json(&serde_json::json!({ "results": results, "failed": failed }));
+        ui.emit_json(&VerifyOutput { results, failed });
     }
     if targets.is_empty() {
         ui.status("the store has no stacks");
@@ -124,32 +129,40 @@ pub fn cmd_verify(ui: &Ui, global: &GlobalArgs, args: VerifyArgs) -> Result<Exit
 }
 
 /// Where run-pre matching reads the kernel from, if anywhere.
+#[allow(clippy::large_enum_variant)] // one value for the whole command
 enum Matcher {
     None,
     Running,
     Image {
         text: kstack_engine::runpre::ImageText,
         symbols: kstack_engine::runpre::KallsymsIndex,
+        /// The image's modules (the image package's, from the cache), for patches
+        /// of modules.
+        modules: Option<kstack_engine::runpre::ModulesDir>,
     },
 }
 
 impl Matcher {
     fn new(args: &VerifyArgs) -> Result<Matcher, CliError> {
-        let data = |e: &dyn std::error::Error| CliError::new(Kind::Data, error_chain(e));
+        // Whatever stops reading the image or its symbols, the image is not usable.
+        let data = |e: CliError| e.with_kind(Kind::Data);
         if args.running {
             return Ok(Matcher::Running);
         }
         let Some(image) = &args.image else {
             return Ok(Matcher::None);
         };
-        let text = kstack_engine::runpre::ImageText::open(image).map_err(|e| data(&e))?;
+        let text = kstack_engine::runpre::ImageText::open(image).map_err(|e| data(e.into()))?;
+        let build_id = kstack_store::ident::image_build_id(image).map_err(|e| data(e.into()))?;
+        let cached =
+            kstack_engine::builder::assets::Cache::from_env().kernel_with_build_id(&build_id);
+        let modules = cached
+            .as_ref()
+            .map(|k| kstack_engine::runpre::ModulesDir::new(k.modules_dir()));
         let kallsyms = match &args.kallsyms {
             Some(path) => path.clone(),
             None => {
-                let build_id = kstack_store::ident::image_build_id(image).map_err(|e| data(&e))?;
-                let kernel = kstack_engine::builder::assets::Cache::from_env()
-                    .kernel_with_build_id(&build_id)
-                    .ok_or_else(|| {
+                let kernel = cached.ok_or_else(|| {
                         CliError::new(
                             Kind::Unavailable,
                             format!("no symbols for kernel {build_id}: kstack has not built for it"),
@@ -160,14 +173,15 @@ impl Matcher {
             }
         };
         let text_symbols = std::fs::read_to_string(&kallsyms).map_err(|e| {
-            CliError::new(
-                Kind::User,
-                format!("cannot read {}: {e}", kallsyms.display()),
-            )
+            CliError::with_source(Kind::User, format!("cannot read {}", kallsyms.display()), e)
         })?;
-        let symbols =
-            kstack_engine::runpre::KallsymsIndex::parse(&text_symbols).map_err(|e| data(&e))?;
-        Ok(Matcher::Image { text, symbols })
+        let symbols = kstack_engine::runpre::KallsymsIndex::parse(&text_symbols)
+            .map_err(|e| data(e.into()))?;
+        Ok(Matcher::Image {
+            text,
+            symbols,
+            modules,
+        })
     }
 
     fn prove(
@@ -179,7 +193,11 @@ impl Matcher {
         let proof = match self {
             Matcher::None => return Ok(None),
             Matcher::Running => prove::prove_running(&patches, &|_| true),
-            Matcher::Image { text, symbols } => prove::prove(&patches, &|_| true, text, symbols),
+            Matcher::Image {
+                text,
+                symbols,
+                modules,
+            } => prove::prove(&patches, &|_| true, text, symbols, modules.as_ref()),
         };
         proof
             .map(Some)

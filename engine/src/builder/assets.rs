@@ -177,6 +177,28 @@ impl Kernel {
             .join(format!("vmlinuz-{}", self.release))
     }
 
+    /// The kernel's loadable modules as the image package ships them
+    /// (`lib/modules/<release>`), with the index `depmod` writes (`modules.dep`).
+    pub fn modules_dir(&self) -> PathBuf {
+        self.dir.join("root/lib/modules").join(&self.release)
+    }
+
+    /// The `.ko` file of module `name` (`xfs`, `nf_tables`; `-` and `_` are the same
+    /// in module names), from the index of the image's modules.
+    pub fn module_file(&self, name: &str) -> Option<PathBuf> {
+        let dep = std::fs::read_to_string(self.modules_dir().join("modules.dep")).ok()?;
+        let wanted = name.replace('-', "_");
+        dep.lines()
+            .filter_map(|l| l.split_once(':').map(|(path, _)| path))
+            .find(|path| {
+                Path::new(path)
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .is_some_and(|s| s.replace('-', "_") == wanted)
+            })
+            .map(|path| self.modules_dir().join(path))
+    }
+
     /// The kernel's `.config`.
     pub fn config(&self) -> PathBuf {
         self.dir
@@ -307,6 +329,18 @@ pub fn fetch_kernel(
         write(&tmp.join("version"), version)?;
         remove_if_exists(&kernel.dir)?;
         rename(&tmp, &kernel.dir)?;
+    }
+
+    // The package ships no module index (its postinst runs depmod): write it, so the
+    // sandbox's modprobe and the builder find a module's file.
+    if !kernel.modules_dir().join("modules.dep").is_file() {
+        log(&format!("indexing the modules of {release} (depmod)"));
+        run_ok(
+            Command::new("depmod")
+                .arg("-b")
+                .arg(kernel.dir.join("root"))
+                .arg(release),
+        )?;
     }
 
     if options.headers && !kernel.headers().join(".config").is_file() {

@@ -3,6 +3,8 @@
 //! touches). It runs on a build machine, never on the patched host.
 //!
 //! - [`assets`]: the kernels kstack targets, fetched from Debian into a cache.
+//! - [`source`]: the change to build (a diff file, or a commit of a kernel Git tree)
+//!   and the stack's earlier patches it is built on.
 //! - [`tree`]: private work trees of a prepared source, and compiling the touched
 //!   translation units with the kernel's flags.
 //! - [`kbuild`]: linking a module with the kernel's own kbuild.
@@ -19,18 +21,20 @@ pub mod diff;
 pub mod kbuild;
 pub mod klp;
 pub mod pipeline;
+pub mod source;
 pub mod symbols;
 pub mod tree;
 
 /// How the target kernel resolves a symbol that a new function refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
-    /// Exported (`EXPORT_SYMBOL*`, listed in `Module.symvers`): the module loader
-    /// resolves it; a plain undefined symbol.
+    /// Exported (`EXPORT_SYMBOL*`, listed in `Module.symvers`) by vmlinux or by
+    /// another module: the module loader resolves it; a plain undefined symbol.
     Exported,
-    /// Known to kallsyms but not exported: a livepatch relocation
-    /// (`.klp.sym.<object>.<name>,<sympos>`), resolved by the livepatch core.
-    Livepatch { sympos: u64 },
+    /// Not exported (or a module's own symbol): a livepatch relocation
+    /// (`.klp.sym.<object>.<name>,<sympos>`), resolved by the livepatch core from
+    /// `object`'s symbols (vmlinux, or the patched module when it loads).
+    Livepatch { object: String, sympos: u64 },
 }
 
 /// Why a symbol cannot be resolved in the target kernel.
@@ -38,6 +42,17 @@ pub enum Resolution {
 pub enum ResolveError {
     #[error("symbol {name} is not in the target kernel's symbol table")]
     Missing { name: String },
+    #[error("symbol {name} is in neither module {module}'s symbol table nor the kernel's")]
+    NotInModule { name: String, module: String },
+    #[error(
+        "symbol {name} is not exported by module {owner}, and a patch to {module} can reach \
+         another module's symbols only through its exports"
+    )]
+    OtherModule {
+        name: String,
+        module: String,
+        owner: String,
+    },
     #[error(
         "symbol {name} is ambiguous: {candidates} local symbols have that name and the translation unit does not say which ({detail})"
     )]
@@ -46,13 +61,31 @@ pub enum ResolveError {
         candidates: usize,
         detail: String,
     },
+    #[error(
+        "symbol {name} of module {module} is counted differently while the module loads \
+         ({loading}) and once it is loaded ({loaded}): a same-named symbol in its init \
+         code makes its position depend on when the patch is applied"
+    )]
+    LoadOrder {
+        name: String,
+        module: String,
+        loading: u64,
+        loaded: u64,
+    },
 }
 
 /// The target kernel's symbols, as the builder needs them.
 pub trait SymbolResolver {
-    /// How to reach `name`, a symbol the translation unit `tu` (object path in the
-    /// tree, e.g. `fs/proc/cmdline.o`) refers to; `local` says whether the object
-    /// file defines it as a local (static) symbol, which decides among same-named
-    /// statics of several files.
-    fn resolve(&self, name: &str, tu: &str, local: bool) -> Result<Resolution, ResolveError>;
+    /// How code of `object` (`vmlinux`, or the module it is part of) reaches `name`,
+    /// a symbol its translation unit `tu` (object path in the tree, e.g.
+    /// `fs/proc/cmdline.o`) refers to; `local` says whether the object file defines
+    /// it as a local (static) symbol, which decides among same-named statics of
+    /// several files.
+    fn resolve(
+        &self,
+        object: &str,
+        name: &str,
+        tu: &str,
+        local: bool,
+    ) -> Result<Resolution, ResolveError>;
 }

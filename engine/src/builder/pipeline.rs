@@ -14,7 +14,7 @@ use super::diff::{self, DiffOptions, DiffReport, Status};
 use super::kbuild;
 use super::klp;
 use super::symbols::{KernelSymbols, SymbolsError};
-use super::tree::{EXTRA_CFLAGS, TreeError, WorkTree};
+use super::tree::{self, EXTRA_CFLAGS, TreeError, WorkTree};
 use crate::runpre::BeforeFile;
 
 /// The module template and the hook header, built into kstack so that a build needs
@@ -61,6 +61,15 @@ pub enum BuildError {
     Kbuild(#[from] kbuild::KbuildError),
     #[error("post-link rewrite of the module: {0}")]
     PostLink(Box<klp::KlpError>),
+    #[error(
+        "the diff changes module {module}, whose .ko is not among kernel {release}'s modules \
+         in the cache ({dir})"
+    )]
+    NoModuleFile {
+        module: String,
+        release: String,
+        dir: PathBuf,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -147,7 +156,35 @@ pub struct Built {
     pub timings: Vec<(Phase, Duration)>,
 }
 
-/// Builds one patch.
+/// Everything about a build that can be known without building, so that a bad diff,
+/// a missing source tree or a missing tool is refused in a second rather than after
+/// a work tree and a compile: the kernel's prepared source exists, the diff is a
+/// unified diff that changes a file the kernel builds, every file it changes is in
+/// the source (or created by an `earlier` patch), and the build tools are installed.
+pub fn check(
+    kernel: &Kernel,
+    earlier: &[(String, Vec<u8>)],
+    diff: &[u8],
+) -> Result<Vec<tree::FileChange>, BuildError> {
+    let source = kernel.source().ok_or_else(|| BuildError::NoSource {
+        release: kernel.release.clone(),
+    })?;
+    let earlier: Vec<&[u8]> = earlier.iter().map(|(_, d)| d.as_slice()).collect();
+    let changes = tree::check_diff(diff, &source, &kernel.release, &earlier)?;
+    tree::check_tools()?;
+    // A changed source file this kernel's configuration does not build: nothing in
+    // the kernel runs its code.
+    for change in &changes {
+        if change.kind == tree::ChangeKind::Modified
+            && let Some(stem) = change.path.strip_suffix(".c")
+        {
+            tree::check_built(&source, &kernel.release, &format!("{stem}.o"))?;
+        }
+    }
+    Ok(changes)
+}
+
+/// Builds one patch ([`check`]ed first).
 pub fn build(
     req: &BuildRequest<'_>,
     work: &Path,
@@ -170,6 +207,7 @@ pub fn build(
     };
 
     let release = &req.kernel.release;
+    check(req.kernel, &req.earlier, &req.diff)?;
     let source = req.kernel.source().ok_or_else(|| BuildError::NoSource {
         release: release.clone(),
     })?;
@@ -179,11 +217,19 @@ pub fn build(
         tree.apply(diff, &format!("earlier patch {name}"))?;
     }
     let units = tree.units_for(&req.diff)?;
+    for unit in &units {
+        tree::check_built(tree.path(), release, unit)?;
+    }
 
     enter(Phase::Pre, &mut timings);
     let out = tree.path().join(".kstack");
     let pre_paths = tree.compile(&units, &out.join("pre"))?;
     tree.apply(&req.diff, &format!("patch {}", req.name))?;
+    // Which object each unit is part of, as kbuild compiled it: vmlinux or a module.
+    let mut objects: BTreeMap<String, String> = BTreeMap::new();
+    for unit in &units {
+        objects.insert(unit.clone(), tree.unit_object(unit)?);
+    }
     enter(Phase::Post, &mut timings);
     let post_paths = tree.compile(&units, &out.join("post"))?;
 
@@ -222,11 +268,13 @@ pub fn build(
     for (unit, report) in &reports {
         for f in report.patched_functions() {
             if let Some(pre) = &f.pre {
-                let image = crate::runpre::before_image_named(&pre_objects[unit], &pre.name, unit)
-                    .map_err(|source| BuildError::Before {
-                        function: pre.name.clone(),
-                        source,
-                    })?;
+                let mut image =
+                    crate::runpre::before_image_named(&pre_objects[unit], &pre.name, unit)
+                        .map_err(|source| BuildError::Before {
+                            function: pre.name.clone(),
+                            source,
+                        })?;
+                image.object = objects[unit].clone();
                 before.functions.push(image);
             }
         }
@@ -238,9 +286,25 @@ pub fn build(
         KernelSymbols::kallsyms_for(&req.kernel.vmlinuz(), &kallsyms_file, &req.guest_binary)?;
     let symvers_path = req.kernel.headers().join("Module.symvers");
     let symvers = std::fs::read_to_string(&symvers_path).map_err(io(&symvers_path))?;
-    let mut symbols = KernelSymbols::parse(&kallsyms, &symvers);
+    let mut symbols = KernelSymbols::parse(&kallsyms, &symvers)?;
     for (unit, pre) in &pre_objects {
         symbols.add_translation_unit(unit, defined_names(pre));
+    }
+    // The symbol tables of the modules the patch changes, from the image's `.ko`s:
+    // what their code's references resolve against, and what `sympos` counts in.
+    let modules: std::collections::BTreeSet<&String> =
+        objects.values().filter(|o| *o != VMLINUX_OBJECT).collect();
+    for module in modules {
+        let path = req
+            .kernel
+            .module_file(module)
+            .ok_or_else(|| BuildError::NoModuleFile {
+                module: module.clone(),
+                release: release.clone(),
+                dir: req.kernel.modules_dir(),
+            })?;
+        let ko = std::fs::read(&path).map_err(io(&path))?;
+        symbols.add_module(module, &ko)?;
     }
 
     enter(Phase::Extract, &mut timings);
@@ -250,7 +314,8 @@ pub fn build(
     let module_dir = tree.path().join(".kstack/module");
     std::fs::create_dir_all(&module_dir).map_err(io(&module_dir))?;
     let mut sources = Vec::new();
-    let mut table = Vec::new();
+    // Per object (vmlinux first, then modules by name): its klp_func lines.
+    let mut table: BTreeMap<(bool, String), Vec<String>> = BTreeMap::new();
     let mut functions = Vec::new();
     for (index, (unit, report)) in reports.iter().enumerate() {
         let specs: Vec<klp::FunctionSpec> = report
@@ -270,10 +335,11 @@ pub fn build(
         if specs.is_empty() {
             continue;
         }
+        let objname = &objects[unit];
         let request = klp::ExtractRequest {
             object: &post_objects[unit],
             tu: unit,
-            objname: VMLINUX_OBJECT,
+            objname,
             functions: &specs,
         };
         let extracted = klp::extract(&request, &symbols).map_err(|source| BuildError::Klp {
@@ -287,12 +353,15 @@ pub fn build(
             // Only functions the running kernel has are redirected; new ones are
             // reached from the redirected ones.
             let sympos = f.old_sympos.unwrap_or(0);
-            table.push(format!(
-                "\tKSTACK_FUNC(\"{}\", {}, {sympos})",
-                f.old_name, f.symbol
-            ));
+            table
+                .entry((objname != VMLINUX_OBJECT, objname.clone()))
+                .or_default()
+                .push(format!(
+                    "\tKSTACK_FUNC(\"{}\", {}, {sympos})",
+                    f.old_name, f.symbol
+                ));
             functions.push(FunctionRef {
-                object: VMLINUX_OBJECT.to_owned(),
+                object: objname.clone(),
                 name: f.old_name.clone(),
                 sympos,
             });
@@ -376,7 +445,13 @@ pub fn module_name(req: &BuildRequest<'_>) -> String {
     )
 }
 
-fn table_header(req: &BuildRequest<'_>, module_name: &str, table: &[String]) -> String {
+/// The header the template includes: the patch's name, and per object (vmlinux or a
+/// module) the functions it replaces, as X-macros (see `kmod/template`).
+fn table_header(
+    req: &BuildRequest<'_>,
+    module_name: &str,
+    table: &BTreeMap<(bool, String), Vec<String>>,
+) -> String {
     let mut text = String::from("/* Generated by kstack: the patch's function table. */\n");
     text.push_str(&format!(
         "#define KSTACK_PATCH_NAME \"{}\"\n",
@@ -386,12 +461,42 @@ fn table_header(req: &BuildRequest<'_>, module_name: &str, table: &[String]) -> 
         "#define KSTACK_PATCH_DESCRIPTION \"kstack patch {} ({module_name})\"\n",
         c_escape(&req.name)
     ));
-    text.push_str("#define KSTACK_VMLINUX_FUNCS \\\n");
-    for line in table {
-        text.push_str(line);
-        text.push_str(" \\\n");
+    text.push_str("#define KSTACK_OBJECTS \\\n");
+    let c_name = |object: &str| {
+        if object == VMLINUX_OBJECT {
+            "NULL".to_owned()
+        } else {
+            format!("\"{}\"", c_escape(object))
+        }
+    };
+    for (index, (_, object)) in table.keys().enumerate() {
+        text.push_str(&format!(
+            "\tKSTACK_OBJECT({index}, {}) \\\n",
+            c_name(object)
+        ));
     }
     text.push('\n');
+    let hook_object = table
+        .keys()
+        .next()
+        .map_or_else(|| "NULL".to_owned(), |(_, o)| c_name(o));
+    text.push_str(&format!("#define KSTACK_HOOK_OBJECT {hook_object}\n"));
+    if table.keys().any(|(module, _)| *module) {
+        text.push_str("#define KSTACK_MODULE_OBJECTS 1\n");
+    }
+    text.push_str("#define KSTACK_ALL_FUNCS \\\n");
+    for index in 0..table.len() {
+        text.push_str(&format!("\tKSTACK_FUNCS_{index} \\\n"));
+    }
+    text.push('\n');
+    for (index, lines) in table.values().enumerate() {
+        text.push_str(&format!("#define KSTACK_FUNCS_{index} \\\n"));
+        for line in lines {
+            text.push_str(line);
+            text.push_str(" \\\n");
+        }
+        text.push('\n');
+    }
     let states = req
         .hooks
         .as_deref()

@@ -1,20 +1,25 @@
 //! The target kernel's symbols: what a new function may call and how it reaches it.
 //!
-//! Two sources, both of the exact kernel a stack is pinned to: `Module.symvers` from
-//! its headers (the exported symbols, which the module loader resolves), and its
-//! `/proc/kallsyms` (every symbol, static ones too, in the kernel's own order, which
-//! is what `sympos` counts in). kallsyms is captured once per kernel by booting it in
-//! the sandbox with `nokaslr`, and cached beside the kernel's other assets.
+//! Three sources, all of the exact kernel a stack is pinned to: `Module.symvers` from
+//! its headers (the exported symbols of vmlinux and of every module, which the
+//! module loader resolves), its `/proc/kallsyms` (every symbol of vmlinux, static
+//! ones too, in the kernel's own order, which is what `sympos` counts in), and the
+//! `.ko` of each module a patch targets, from the image package (its symbol table, in
+//! the order the livepatch core counts a module's `sympos`). kallsyms is captured once
+//! per kernel by booting it in the sandbox with `nokaslr`, and cached beside the
+//! kernel's other assets.
 
 use std::collections::{HashMap, HashSet};
+
+use kstack_kfacts::elf::RelObject;
+use kstack_kfacts::kallsyms::{ModuleSymbol, module_symbols};
 use std::path::{Path, PathBuf};
+
+use kstack_kfacts::kallsyms::{KallsymsError, KallsymsIndex, Ksym};
+use kstack_kfacts::livepatch::VMLINUX;
 
 use super::{Resolution, ResolveError, SymbolResolver};
 use crate::sandbox::{Sandbox, SandboxError, SandboxOptions};
-
-/// The object name of the kernel image in livepatch terms (`klp_object.name == NULL`,
-/// written `vmlinux` in `.klp.sym` names; kernel/livepatch/core.c).
-pub const VMLINUX: &str = "vmlinux";
 
 /// How far around a candidate to look for the translation unit's other symbols.
 const NEIGHBOURHOOD: usize = 96;
@@ -31,72 +36,76 @@ pub enum SymbolsError {
     Sandbox(#[from] SandboxError),
     #[error("the target kernel's /proc/kallsyms had no addresses or no symbols ({0})")]
     BadKallsyms(String),
+    #[error("the target kernel's kallsyms: {0}")]
+    Kallsyms(#[from] KallsymsError),
+    #[error("module {module}'s .ko: {detail}")]
+    Module { module: String, detail: String },
 }
 
-/// One kallsyms entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ksym {
-    pub addr: u64,
-    /// The `nm`-style type letter: lower case for local symbols.
-    pub kind: char,
-    pub name: String,
+/// One module's symbols, as the livepatch core counts them.
+#[derive(Debug, Clone, Default)]
+struct ModuleTable {
+    /// Named, defined symbols in `.ko` symbol-table order.
+    symbols: Vec<ModuleSymbol>,
 }
 
-/// The symbols of the kernel image (module symbols are not kept).
+/// The target kernel's symbols: vmlinux's, the exports of every object, and the
+/// symbol tables of the modules a patch targets.
 #[derive(Debug, Clone, Default)]
 pub struct KernelSymbols {
-    /// vmlinux symbols in kallsyms order.
-    syms: Vec<Ksym>,
-    by_name: HashMap<String, Vec<usize>>,
-    exported: HashSet<String>,
+    /// The target's kallsyms: the one index the run-pre matcher uses too, so a
+    /// `sympos` means the same entry to both.
+    index: KallsymsIndex,
+    /// Every exported symbol and the object that exports it.
+    exports: HashMap<String, String>,
     /// Per translation unit, the names its pre object defines (for disambiguation).
     tu_names: HashMap<String, Vec<String>>,
+    modules: HashMap<String, ModuleTable>,
 }
 
 impl KernelSymbols {
     /// From `/proc/kallsyms` text and `Module.symvers` text.
-    pub fn parse(kallsyms: &str, symvers: &str) -> KernelSymbols {
-        let mut syms = Vec::new();
-        for line in kallsyms.lines() {
-            let mut parts = line.split_whitespace();
-            let (Some(addr), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
-            // `[module]` entries belong to loaded modules, not to vmlinux.
-            if parts.next().is_some() {
-                continue;
-            }
-            let Ok(addr) = u64::from_str_radix(addr, 16) else {
-                continue;
-            };
-            let kind = kind.chars().next().unwrap_or('?');
-            syms.push(Ksym {
-                addr,
-                kind,
-                name: name.to_owned(),
-            });
-        }
-        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, s) in syms.iter().enumerate() {
-            by_name.entry(s.name.clone()).or_default().push(i);
-        }
-        // Module.symvers: CRC, name, module, export type, namespace (tab-separated).
-        let exported = symvers
+    pub fn parse(kallsyms: &str, symvers: &str) -> Result<KernelSymbols, SymbolsError> {
+        let index = KallsymsIndex::parse(kallsyms)?;
+        // Module.symvers: CRC, name, object, export type, namespace (tab-separated);
+        // a module's path (`fs/xfs/xfs`) stands for the module `xfs`.
+        let exports = symvers
             .lines()
             .filter_map(|l| {
                 let mut f = l.split('\t');
                 let _crc = f.next()?;
                 let name = f.next()?;
-                (f.next()? == VMLINUX).then(|| name.to_owned())
+                let object = f.next()?;
+                let object = object
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or(object)
+                    .replace('-', "_");
+                Some((name.to_owned(), object))
             })
             .collect();
-        KernelSymbols {
-            syms,
-            by_name,
-            exported,
+        Ok(KernelSymbols {
+            index,
+            exports,
             tu_names: HashMap::new(),
-        }
+            modules: HashMap::new(),
+        })
+    }
+
+    /// Adds the symbol table of module `module` from its `.ko` (the one the image
+    /// package ships), which code of that module is resolved against.
+    pub fn add_module(&mut self, module: &str, ko: &[u8]) -> Result<(), SymbolsError> {
+        let object = RelObject::parse(ko).map_err(|e| SymbolsError::Module {
+            module: module.to_owned(),
+            detail: e.to_string(),
+        })?;
+        self.modules.insert(
+            module.to_owned(),
+            ModuleTable {
+                symbols: module_symbols(&object),
+            },
+        );
+        Ok(())
     }
 
     /// Tells the resolver which symbols translation unit `tu` defines, so that among
@@ -105,24 +114,14 @@ impl KernelSymbols {
         self.tu_names.insert(tu.to_owned(), names);
     }
 
-    pub fn len(&self) -> usize {
-        self.syms.len()
+    /// The kallsyms index the resolver reads.
+    pub fn index(&self) -> &KallsymsIndex {
+        &self.index
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.syms.is_empty()
-    }
-
-    /// Every entry named `name`, in kallsyms order.
-    pub fn named(&self, name: &str) -> Vec<&Ksym> {
-        self.by_name
-            .get(name)
-            .map(|v| v.iter().map(|&i| &self.syms[i]).collect())
-            .unwrap_or_default()
-    }
-
-    pub fn is_exported(&self, name: &str) -> bool {
-        self.exported.contains(name)
+    /// The object that exports `name`, if any (`vmlinux` or a module).
+    pub fn exporter(&self, name: &str) -> Option<&str> {
+        self.exports.get(name).map(String::as_str)
     }
 
     /// The kallsyms text of a kernel: from the cache, or captured by booting the
@@ -164,77 +163,217 @@ impl KernelSymbols {
 }
 
 impl SymbolResolver for KernelSymbols {
-    fn resolve(&self, name: &str, tu: &str, local: bool) -> Result<Resolution, ResolveError> {
-        if !local && self.exported.contains(name) {
-            return Ok(Resolution::Exported);
+    fn resolve(
+        &self,
+        object: &str,
+        name: &str,
+        tu: &str,
+        local: bool,
+    ) -> Result<Resolution, ResolveError> {
+        if object == VMLINUX {
+            if !local && self.exporter(name) == Some(VMLINUX) {
+                return Ok(Resolution::Exported);
+            }
+            return self.livepatch_entry(name, tu, local).map(|(_, sympos)| {
+                Resolution::Livepatch {
+                    object: VMLINUX.to_owned(),
+                    sympos,
+                }
+            });
         }
-        let all = self
-            .by_name
-            .get(name)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        // sympos counts every kallsyms entry of that name in the object, whatever
-        // its type (kernel/livepatch/core.c, klp_find_callback).
-        let wanted: Vec<(usize, usize)> = all
+        let own = |sympos| Resolution::Livepatch {
+            object: object.to_owned(),
+            sympos,
+        };
+        if local {
+            return self.module_entry(object, name, tu, true).map(own);
+        }
+        match self.exporter(name) {
+            Some(VMLINUX) => Ok(Resolution::Exported),
+            // The module's own export: the loader could resolve it only while the
+            // module is loaded, so the livepatch core resolves it when it is.
+            Some(owner) if owner == object => self.module_entry(object, name, tu, false).map(own),
+            // Another module's export stays a normal reference: the patch module
+            // then needs that module loaded.
+            Some(_) => Ok(Resolution::Exported),
+            None => match self.module_entry(object, name, tu, false) {
+                Ok(sympos) => Ok(own(sympos)),
+                Err(ResolveError::NotInModule { .. }) => {
+                    // A global of vmlinux that is not exported (vmlinux's livepatch
+                    // relocations are applied when the patch module loads).
+                    self.livepatch_entry(name, tu, false)
+                        .map(|(_, sympos)| Resolution::Livepatch {
+                            object: VMLINUX.to_owned(),
+                            sympos,
+                        })
+                        .map_err(|e| match e {
+                            ResolveError::Missing { .. } => ResolveError::NotInModule {
+                                name: name.to_owned(),
+                                module: object.to_owned(),
+                            },
+                            other => other,
+                        })
+                }
+                Err(e) => Err(e),
+            },
+        }
+    }
+}
+
+impl KernelSymbols {
+    /// The `sympos` of `name` in module `module`'s own symbols, counted as the
+    /// livepatch core counts them both while the module loads (every named symbol)
+    /// and once it is loaded (the symbols the loader keeps): 0 when the name is
+    /// unique in both, an error when the two counts disagree.
+    fn module_entry(
+        &self,
+        module: &str,
+        name: &str,
+        tu: &str,
+        local: bool,
+    ) -> Result<u64, ResolveError> {
+        let not_in = || ResolveError::NotInModule {
+            name: name.to_owned(),
+            module: module.to_owned(),
+        };
+        let table = self.modules.get(module).ok_or_else(not_in)?;
+        let all: Vec<(usize, &ModuleSymbol)> = table
+            .symbols
             .iter()
             .enumerate()
-            .filter(|(_, i)| self.syms[**i].kind.is_ascii_lowercase() == local)
-            .map(|(pos, &i)| (pos, i))
+            .filter(|(_, s)| s.name == name)
             .collect();
+        let wanted: Vec<(u64, usize)> = all
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, s))| s.local == local)
+            .map(|(pos, &(i, _))| (pos as u64 + 1, i))
+            .collect();
+        let (full, at) = match wanted.as_slice() {
+            [] => return Err(not_in()),
+            [one] => *one,
+            many => pick_by_neighbours(
+                name,
+                tu,
+                many,
+                table.symbols.len(),
+                &|j| Some(table.symbols[j].name.as_str()),
+                self.tu_names.get(tu),
+            )?,
+        };
+        let core_all: Vec<usize> = all
+            .iter()
+            .filter(|(_, s)| s.core)
+            .map(|&(i, _)| i)
+            .collect();
+        let loaded = core_all.iter().position(|&i| i == at).map(|p| p as u64 + 1);
+        match (all.len(), core_all.len(), loaded) {
+            (1, 1, Some(_)) => Ok(0),
+            (_, _, Some(loaded)) if loaded == full => Ok(full),
+            (_, _, loaded) => Err(ResolveError::LoadOrder {
+                name: name.to_owned(),
+                module: module.to_owned(),
+                loading: full,
+                loaded: loaded.unwrap_or(0),
+            }),
+        }
+    }
+
+    /// The kallsyms entry a livepatch relocation to `name` from `tu` means: its
+    /// address, and the `sympos` that names it (0 when the name is unique).
+    pub fn livepatch_entry(
+        &self,
+        name: &str,
+        tu: &str,
+        local: bool,
+    ) -> Result<(u64, u64), ResolveError> {
+        let all: Vec<(usize, &Ksym)> = self.index.named_in_indexed(VMLINUX, name).collect();
+        // sympos counts every kallsyms entry of that name in the object, whatever
+        // its type (kernel/livepatch/core.c, klp_find_callback): the index counts.
+        let sympos = |s: &Ksym| {
+            self.index
+                .sympos(VMLINUX, name, s.addr)
+                .expect("an entry of the name is at its own address")
+        };
+        let wanted: Vec<(u64, usize)> = all
+            .iter()
+            .filter(|(_, s)| s.is_local() == local)
+            .map(|&(i, s)| (sympos(s), i))
+            .collect();
+        let entries = self.index.entries();
         match (all.len(), wanted.as_slice()) {
             (_, []) => Err(ResolveError::Missing {
                 name: name.to_owned(),
             }),
-            (1, [_]) => Ok(Resolution::Livepatch { sympos: 0 }),
-            (_, [(pos, _)]) => Ok(Resolution::Livepatch {
-                sympos: *pos as u64 + 1,
-            }),
+            (1, [(_, i)]) => Ok((entries[*i].addr, 0)),
+            (_, [(pos, i)]) => Ok((entries[*i].addr, *pos)),
             (_, many) => {
-                let names: HashSet<&str> = self
-                    .tu_names
-                    .get(tu)
-                    .map(|v| {
-                        v.iter()
-                            .map(String::as_str)
-                            .filter(|n| *n != name)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                // The translation unit's symbols sit together in the image: the
-                // candidate with the closest ones around it is the unit's own.
-                let scores: Vec<(usize, f64)> = many
-                    .iter()
-                    .map(|&(pos, i)| {
-                        let lo = i.saturating_sub(NEIGHBOURHOOD);
-                        let hi = (i + NEIGHBOURHOOD).min(self.syms.len());
-                        let score = (lo..hi)
-                            .filter(|&j| j != i && names.contains(self.syms[j].name.as_str()))
-                            .map(|j| 1.0 / i.abs_diff(j) as f64)
-                            .sum::<f64>();
-                        (pos, score)
-                    })
-                    .collect();
-                let best = scores.iter().map(|s| s.1).fold(0.0, f64::max);
-                let winners: Vec<&(usize, f64)> =
-                    scores.iter().filter(|s| s.1 >= best * 0.999).collect();
-                match winners.as_slice() {
-                    [(pos, _)] if best > 0.0 => Ok(Resolution::Livepatch {
-                        sympos: *pos as u64 + 1,
-                    }),
-                    _ => Err(ResolveError::Ambiguous {
-                        name: name.to_owned(),
-                        candidates: many.len(),
-                        detail: format!(
-                            "neighbour scores {:?} for translation unit {tu}",
-                            scores
-                                .iter()
-                                .map(|s| format!("{:.2}", s.1))
-                                .collect::<Vec<_>>()
-                        ),
-                    }),
-                }
+                let (pos, i) = pick_by_neighbours(
+                    name,
+                    tu,
+                    many,
+                    entries.len(),
+                    &|j| {
+                        entries[j]
+                            .module
+                            .is_none()
+                            .then_some(entries[j].name.as_str())
+                    },
+                    self.tu_names.get(tu),
+                )?;
+                Ok((entries[i].addr, pos))
             }
         }
+    }
+}
+
+/// Among same-named local symbols (`(sympos, index)`), the one the translation unit
+/// `tu` defines: a unit's symbols sit together in a symbol table, so the candidate
+/// with the most of the unit's other names closest around it is the unit's own.
+/// `name_at(j)` is the name at index `j` of the table (`None` to skip an entry).
+fn pick_by_neighbours<'t>(
+    name: &str,
+    tu: &str,
+    many: &[(u64, usize)],
+    len: usize,
+    name_at: &dyn Fn(usize) -> Option<&'t str>,
+    tu_names: Option<&Vec<String>>,
+) -> Result<(u64, usize), ResolveError> {
+    let names: HashSet<&str> = tu_names
+        .map(|v| {
+            v.iter()
+                .map(String::as_str)
+                .filter(|n| *n != name)
+                .collect()
+        })
+        .unwrap_or_default();
+    let scores: Vec<(u64, usize, f64)> = many
+        .iter()
+        .map(|&(pos, i)| {
+            let lo = i.saturating_sub(NEIGHBOURHOOD);
+            let hi = (i + NEIGHBOURHOOD).min(len);
+            let score = (lo..hi)
+                .filter(|&j| j != i && name_at(j).is_some_and(|n| names.contains(n)))
+                .map(|j| 1.0 / i.abs_diff(j) as f64)
+                .sum::<f64>();
+            (pos, i, score)
+        })
+        .collect();
+    let best = scores.iter().map(|s| s.2).fold(0.0, f64::max);
+    let winners: Vec<&(u64, usize, f64)> = scores.iter().filter(|s| s.2 >= best * 0.999).collect();
+    match winners.as_slice() {
+        [(pos, i, _)] if best > 0.0 => Ok((*pos, *i)),
+        _ => Err(ResolveError::Ambiguous {
+            name: name.to_owned(),
+            candidates: many.len(),
+            detail: format!(
+                "neighbour scores {:?} for translation unit {tu}",
+                scores
+                    .iter()
+                    .map(|s| format!("{:.2}", s.2))
+                    .collect::<Vec<_>>()
+            ),
+        }),
     }
 }
 
@@ -262,7 +401,7 @@ ffffffffc0000000 t mod_fn\t[some_module]
         "0x1\tseq_puts\tvmlinux\tEXPORT_SYMBOL\t\n0x2\tmod_export\tsome_module\tEXPORT_SYMBOL\t\n";
 
     fn syms() -> KernelSymbols {
-        let mut k = KernelSymbols::parse(KALLSYMS, SYMVERS);
+        let mut k = KernelSymbols::parse(KALLSYMS, SYMVERS).expect("parses");
         k.add_translation_unit("fs/b.o", vec!["b_show".into(), "helper".into()]);
         k.add_translation_unit("fs/a.o", vec!["a_show".into(), "a_open".into()]);
         k
@@ -272,19 +411,25 @@ ffffffffc0000000 t mod_fn\t[some_module]
     fn exported_unique_and_missing() {
         let k = syms();
         assert_eq!(
-            k.resolve("seq_puts", "fs/a.o", false),
+            k.resolve("vmlinux", "seq_puts", "fs/a.o", false),
             Ok(Resolution::Exported)
         );
         assert_eq!(
-            k.resolve("unique_static", "fs/a.o", true),
-            Ok(Resolution::Livepatch { sympos: 0 })
+            k.resolve("vmlinux", "unique_static", "fs/a.o", true),
+            Ok(Resolution::Livepatch {
+                object: VMLINUX.into(),
+                sympos: 0
+            })
         );
         assert_eq!(
-            k.resolve("saved_command_line", "fs/a.o", false),
-            Ok(Resolution::Livepatch { sympos: 0 })
+            k.resolve("vmlinux", "saved_command_line", "fs/a.o", false),
+            Ok(Resolution::Livepatch {
+                object: VMLINUX.into(),
+                sympos: 0
+            })
         );
         assert!(matches!(
-            k.resolve("mod_fn", "fs/a.o", true),
+            k.resolve("vmlinux", "mod_fn", "fs/a.o", true),
             Err(ResolveError::Missing { .. })
         ));
     }
@@ -293,14 +438,22 @@ ffffffffc0000000 t mod_fn\t[some_module]
     fn same_named_statics_are_told_apart_by_their_neighbours() {
         let k = syms();
         assert_eq!(
-            k.resolve("helper", "fs/a.o", true),
-            Ok(Resolution::Livepatch { sympos: 1 })
+            k.resolve("vmlinux", "helper", "fs/a.o", true),
+            Ok(Resolution::Livepatch {
+                object: VMLINUX.into(),
+                sympos: 1
+            })
         );
         assert_eq!(
-            k.resolve("helper", "fs/b.o", true),
-            Ok(Resolution::Livepatch { sympos: 2 })
+            k.resolve("vmlinux", "helper", "fs/b.o", true),
+            Ok(Resolution::Livepatch {
+                object: VMLINUX.into(),
+                sympos: 2
+            })
         );
-        let err = k.resolve("helper", "fs/unknown.o", true).unwrap_err();
+        let err = k
+            .resolve("vmlinux", "helper", "fs/unknown.o", true)
+            .unwrap_err();
         assert!(
             matches!(err, ResolveError::Ambiguous { candidates: 2, .. }),
             "{err}"

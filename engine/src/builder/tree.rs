@@ -10,6 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use kstack_kfacts::livepatch::VMLINUX;
+
 /// What every pre and post object is compiled with, on top of the kernel's flags:
 /// one section per function and per data object, so the differ can compare them one
 /// by one (DESIGN.md, "Builder").
@@ -17,6 +19,10 @@ pub const EXTRA_CFLAGS: &str = "-ffunction-sections -fdata-sections";
 
 /// How many translation units a header change may pull in before it is refused.
 pub const MAX_HEADER_UNITS: usize = 16;
+
+/// The tools a build runs: `cp` (work trees), `patch`, `make`, and the compiler
+/// that the kernel's Makefile calls (`CC = $(CROSS_COMPILE)gcc`).
+pub const BUILD_TOOLS: [&str; 4] = ["cp", "patch", "make", "gcc"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
@@ -28,6 +34,15 @@ pub enum TreeError {
     },
     #[error("`{command}` failed: {output}")]
     Command { command: String, output: String },
+    #[error("`{tool}` is not installed (not found in PATH); building a patch needs it")]
+    ToolMissing { tool: String },
+    #[error("not a unified diff: {detail}")]
+    NotADiff { detail: String },
+    #[error(
+        "the diff changes {}, which the source of kernel {release} does not have",
+        .paths.join(", ")
+    )]
+    NotInSource { paths: Vec<String>, release: String },
     #[error("{what} does not apply to the kernel source:\n{output}")]
     Apply { what: String, output: String },
     #[error("the diff touches no file the kernel builds (it changes: {0})")]
@@ -43,6 +58,13 @@ pub enum TreeError {
     HeaderUnknown { header: String, why: String },
     #[error("cannot compile {units}:\n{output}")]
     Compile { units: String, output: String },
+    #[error(
+        "{unit} is not built for kernel {release}: its configuration does not enable it \
+         (kbuild has no rule for it)"
+    )]
+    NotBuilt { unit: String, release: String },
+    #[error("{unit}: kbuild's record of how it compiled it ({cmd}) is missing or unreadable")]
+    NoCompileRecord { unit: String, cmd: PathBuf },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TreeError + '_ {
@@ -111,10 +133,7 @@ impl WorkTree {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .map_err(|e| TreeError::Command {
-                command: "patch".into(),
-                output: e.to_string(),
-            })?;
+            .map_err(|e| spawn_error("patch", e))?;
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(diff);
         }
@@ -139,9 +158,10 @@ impl WorkTree {
     /// rebuilt: its `.c` files, and for a header the `.c` files of the header's own
     /// directory that include it by name (a wider header change is refused).
     pub fn units_for(&self, diff: &[u8]) -> Result<Vec<String>, TreeError> {
-        let files = changed_files(diff);
+        let changes = parse_diff(diff)?;
+        let files = buildable_files(&changes)?;
         let mut units = Vec::new();
-        for file in &files {
+        for file in files {
             if let Some(stem) = file.strip_suffix(".c") {
                 units.push(format!("{stem}.o"));
             } else if file.ends_with(".h") {
@@ -151,9 +171,6 @@ impl WorkTree {
                     }
                 }
             }
-        }
-        if units.is_empty() {
-            return Err(TreeError::NothingToBuild(files.join(", ")));
         }
         units.sort();
         units.dedup();
@@ -219,14 +236,22 @@ impl WorkTree {
             .arg(format!("KCFLAGS={EXTRA_CFLAGS}"))
             .args(units)
             .output()
-            .map_err(|e| TreeError::Command {
-                command: "make".into(),
-                output: e.to_string(),
-            })?;
+            .map_err(|e| spawn_error("make", e))?;
         if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            // kbuild has no rule for an object its configuration leaves out.
+            if let Some(unit) = units
+                .iter()
+                .find(|u| stderr.contains(&format!("No rule to make target '{u}'")))
+            {
+                return Err(TreeError::NotBuilt {
+                    unit: unit.clone(),
+                    release: self.release.clone(),
+                });
+            }
             return Err(TreeError::Compile {
                 units: units.join(" "),
-                output: String::from_utf8_lossy(&output.stderr).into_owned(),
+                output: stderr,
             });
         }
         let mut objects = Vec::new();
@@ -238,6 +263,82 @@ impl WorkTree {
         }
         Ok(objects)
     }
+}
+
+impl WorkTree {
+    /// The livepatch object a compiled translation unit is part of, as kbuild
+    /// decided: a module (`xfs`) when it compiled the unit with `-DMODULE`, named by
+    /// its `KBUILD_MODNAME`, else `vmlinux`. Read from kbuild's record of the compile
+    /// (`dir/.unit.o.cmd`).
+    pub fn unit_object(&self, unit: &str) -> Result<String, TreeError> {
+        let path = Path::new(unit);
+        let cmd = self
+            .path()
+            .join(path.parent().unwrap_or(Path::new("")))
+            .join(format!(
+                ".{}.cmd",
+                path.file_name().and_then(|n| n.to_str()).unwrap_or(unit)
+            ));
+        let missing = || TreeError::NoCompileRecord {
+            unit: unit.to_owned(),
+            cmd: cmd.clone(),
+        };
+        let text = std::fs::read_to_string(&cmd).map_err(|_| missing())?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("cmd_"))
+            .ok_or_else(missing)?;
+        Ok(object_of_compile(line).unwrap_or_else(|| VMLINUX.to_owned()))
+    }
+}
+
+/// The module a compile command builds for (`-DMODULE` and
+/// `-DKBUILD_MODNAME='"xfs"'`, scripts/Makefile.lib `modname_flags`), if any.
+fn object_of_compile(command: &str) -> Option<String> {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    if !words.contains(&"-DMODULE") {
+        return None;
+    }
+    let name = words
+        .iter()
+        .find_map(|w| w.strip_prefix("-DKBUILD_MODNAME="))?;
+    let name = name.trim_matches(|c| c == '\'' || c == '"' || c == '\\');
+    (!name.is_empty()).then(|| name.replace('-', "_"))
+}
+
+/// A program that could not be started: [`TreeError::ToolMissing`] when it is not
+/// installed, else a failed command.
+fn spawn_error(program: &str, err: std::io::Error) -> TreeError {
+    if err.kind() == std::io::ErrorKind::NotFound {
+        TreeError::ToolMissing {
+            tool: program.to_owned(),
+        }
+    } else {
+        TreeError::Command {
+            command: program.to_owned(),
+            output: err.to_string(),
+        }
+    }
+}
+
+/// Checks that every tool of [`BUILD_TOOLS`] is on `PATH`, so that a missing one is
+/// named before a build starts rather than in the middle of `make`'s output.
+pub fn check_tools() -> Result<(), TreeError> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for tool in BUILD_TOOLS {
+        let found = std::env::split_paths(&path).any(|dir| is_executable(&dir.join(tool)));
+        if !found {
+            return Err(TreeError::ToolMissing {
+                tool: tool.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Replaces a hard link by a copy with the same times (so make sees nothing new).
@@ -256,45 +357,313 @@ fn unshare(path: &Path) -> Result<(), TreeError> {
     std::fs::rename(&copy, path).map_err(io(path))
 }
 
-/// The files a unified diff changes (the `+++ b/...` side, or `--- a/...` for a
-/// deletion), without the `a/`/`b/` prefix.
-pub fn changed_files(diff: &[u8]) -> Vec<String> {
-    let text = String::from_utf8_lossy(diff);
-    let mut files = Vec::new();
-    let mut minus: Option<String> = None;
-    for line in text.lines() {
-        if let Some(path) = line.strip_prefix("--- ") {
-            minus = Some(strip_prefix(path));
-        } else if let Some(path) = line.strip_prefix("+++ ") {
-            let plus = strip_prefix(path);
-            let file = if plus == "/dev/null" {
-                minus.take().unwrap_or_default()
-            } else {
-                plus
-            };
-            if !file.is_empty() && !files.contains(&file) {
-                files.push(file);
-            }
-        }
-    }
-    files
+/// How a diff changes one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Modified,
+    Created,
+    Deleted,
 }
 
-fn strip_prefix(path: &str) -> String {
-    let path = path.split('\t').next().unwrap_or(path).trim();
-    if path == "/dev/null" {
-        return path.to_owned();
+/// One file a unified diff changes, by its path in the source tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileChange {
+    /// Relative to the top of the tree, without the `a/`/`b/` prefix (`patch -p1`).
+    pub path: String,
+    pub kind: ChangeKind,
+}
+
+/// The files a unified diff changes (the `+++ b/...` side, or `--- a/...` for a
+/// deletion), without the `a/`/`b/` prefix; nothing if it is not a diff.
+pub fn changed_files(diff: &[u8]) -> Vec<String> {
+    parse_diff(diff)
+        .map(|changes| changes.into_iter().map(|c| c.path).collect())
+        .unwrap_or_default()
+}
+
+/// Reads a unified diff as `patch -p1` will: text before the first file header (a
+/// commit message, `git format-patch` headers) is skipped; each `--- `/`+++ ` header
+/// pair must be followed by hunks whose lengths match their `@@` headers. Refuses a
+/// text with no file header, a header without hunks, a hunk cut short and paths that
+/// leave the tree, so that a bad file is named before anything is built.
+pub fn parse_diff(diff: &[u8]) -> Result<Vec<FileChange>, TreeError> {
+    let text = String::from_utf8_lossy(diff);
+    let lines: Vec<&str> = text.lines().collect();
+    let bad = |line: usize, detail: String| TreeError::NotADiff {
+        detail: format!("line {line}: {detail}"),
+    };
+    let mut changes: Vec<FileChange> = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let (Some(minus), Some(plus)) = (
+            lines[i].strip_prefix("--- "),
+            lines.get(i + 1).and_then(|l| l.strip_prefix("+++ ")),
+        ) else {
+            i += 1;
+            continue;
+        };
+        let header = i + 1;
+        let (old, new) = (diff_path(minus), diff_path(plus));
+        let (path, kind) = match (old, new) {
+            (Some(_), Some(new)) => (new, ChangeKind::Modified),
+            (None, Some(new)) => (new, ChangeKind::Created),
+            (Some(old), None) => (old, ChangeKind::Deleted),
+            (None, None) => {
+                return Err(bad(
+                    header,
+                    "both sides of the file header are /dev/null".into(),
+                ));
+            }
+        };
+        if path.is_empty() || path.split('/').any(|part| part == "..") {
+            return Err(bad(
+                header,
+                format!("path {path:?} is not inside the source tree"),
+            ));
+        }
+        i += 2;
+        let mut hunks = 0;
+        while let Some(line) = lines.get(i).filter(|l| l.starts_with("@@ ")) {
+            let start = i + 1;
+            let (mut old_left, mut new_left) = hunk_lengths(line)
+                .ok_or_else(|| bad(start, format!("bad hunk header {line:?}")))?;
+            i += 1;
+            while (old_left > 0 || new_left > 0) && i < lines.len() {
+                // An empty line is a context line whose space an editor or a mailer
+                // removed; `patch` takes it as one too.
+                let short = || {
+                    bad(
+                        i + 1,
+                        format!(
+                            "the hunk that starts at line {start} is shorter than its header says"
+                        ),
+                    )
+                };
+                let (old_step, new_step) = match lines[i].as_bytes().first() {
+                    Some(b' ') | None => (1, 1),
+                    Some(b'-') => (1, 0),
+                    Some(b'+') => (0, 1),
+                    Some(b'\\') => (0, 0),
+                    Some(_) => return Err(short()),
+                };
+                if old_step > old_left || new_step > new_left {
+                    return Err(short());
+                }
+                old_left -= old_step;
+                new_left -= new_step;
+                i += 1;
+            }
+            // At the very end, only context lines may be missing (trailing blank
+            // context that was stripped); anything else is a truncated diff.
+            if old_left != new_left {
+                return Err(bad(
+                    start,
+                    "the diff ends in the middle of this hunk".into(),
+                ));
+            }
+            while lines.get(i).is_some_and(|l| l.starts_with('\\')) {
+                i += 1;
+            }
+            hunks += 1;
+        }
+        if hunks == 0 {
+            return Err(bad(
+                header,
+                format!("the header of {path} is not followed by a hunk (@@ -N,N +N,N @@)"),
+            ));
+        }
+        if !changes.iter().any(|c| c.path == path) {
+            changes.push(FileChange { path, kind });
+        }
     }
-    path.split_once('/')
-        .map_or(path, |(_, rest)| rest)
-        .to_owned()
+    if changes.is_empty() {
+        return Err(TreeError::NotADiff {
+            detail: "it has no file header (a line `--- a/FILE` followed by `+++ b/FILE`)".into(),
+        });
+    }
+    Ok(changes)
+}
+
+/// The line counts of a hunk header `@@ -OLD[,N] +NEW[,N] @@` (a missing count is 1).
+fn hunk_lengths(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("@@ -")?;
+    let (ranges, _) = rest.split_once(" @@")?;
+    let (old, new) = ranges.split_once(" +")?;
+    let count = |range: &str| -> Option<u64> {
+        match range.split_once(',') {
+            Some((start, n)) => {
+                start.parse::<u64>().ok()?;
+                n.parse().ok()
+            }
+            None => range.parse::<u64>().ok().map(|_| 1),
+        }
+    };
+    Some((count(old)?, count(new)?))
+}
+
+/// The path of one side of a file header, `None` for `/dev/null`: what follows the
+/// first `/` (`patch -p1`), without a trailing tab and timestamp (`diff -u`).
+fn diff_path(side: &str) -> Option<String> {
+    let path = side.split('\t').next().unwrap_or(side).trim();
+    if path == "/dev/null" {
+        return None;
+    }
+    Some(
+        path.split_once('/')
+            .map_or(path, |(_, rest)| rest)
+            .to_owned(),
+    )
+}
+
+/// The changed files a kernel build compiles (`.c`) or that translation units
+/// include (`.h`); an error if there are none.
+fn buildable_files(changes: &[FileChange]) -> Result<Vec<&str>, TreeError> {
+    let files: Vec<&str> = changes
+        .iter()
+        .map(|c| c.path.as_str())
+        .filter(|p| p.ends_with(".c") || p.ends_with(".h"))
+        .collect();
+    if files.is_empty() {
+        let all: Vec<&str> = changes.iter().map(|c| c.path.as_str()).collect();
+        return Err(TreeError::NothingToBuild(all.join(", ")));
+    }
+    Ok(files)
+}
+
+/// What kbuild builds in one directory for the kernel's configuration: the objects
+/// (built in, `lib-y`, or parts of modules) and the subdirectories it descends into.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KbuildDir {
+    pub objects: Vec<String>,
+    pub subdirs: Vec<String>,
+}
+
+/// Asks kbuild what it builds in `dir` of the prepared `tree`: evaluates the
+/// directory's Makefile with the kernel's configuration (scripts/Makefile.build, as
+/// a build of that directory would) and prints its lists. Builds and writes nothing.
+pub fn kbuild_dir(tree: &Path, dir: &str) -> Result<KbuildDir, TreeError> {
+    const PRINT: &str = "kstack-print-objects";
+    let printer = tempfile::NamedTempFile::new().map_err(io(tree))?;
+    std::fs::write(
+        printer.path(),
+        format!(
+            "{PRINT}:\n\t@echo \"objects: $(real-obj-y) $(real-obj-m) $(lib-y)\"\n\
+             \t@echo \"subdirs: $(subdir-ym)\"\n"
+        ),
+    )
+    .map_err(io(printer.path()))?;
+    let output = Command::new("make")
+        .arg("-C")
+        .arg(tree)
+        .arg("-s")
+        .args(["-f", "scripts/Makefile.build", "-f"])
+        .arg(printer.path())
+        .arg(format!("obj={dir}"))
+        .arg(format!("src={dir}"))
+        .args(["srctree=.", "objtree=."])
+        .arg(PRINT)
+        .output()
+        .map_err(|e| spawn_error("make", e))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let list = |prefix: &str| -> Vec<String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|l| l.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    if !output.status.success() {
+        return Err(TreeError::Command {
+            command: format!("make -f scripts/Makefile.build obj={dir}"),
+            output: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    Ok(KbuildDir {
+        objects: list("objects: "),
+        subdirs: list("subdirs: "),
+    })
+}
+
+/// Whether the kernel's configuration builds translation unit `unit`
+/// (`fs/xfs/xfs_stats.o`): kbuild lists it in its directory, and every directory
+/// above it down from the top level is descended into. [`TreeError::NotBuilt`]
+/// otherwise.
+pub fn check_built(tree: &Path, release: &str, unit: &str) -> Result<(), TreeError> {
+    let not_built = || TreeError::NotBuilt {
+        unit: unit.to_owned(),
+        release: release.to_owned(),
+    };
+    let mut dir = Path::new(unit)
+        .parent()
+        .ok_or_else(not_built)?
+        .to_path_buf();
+    let here = kbuild_dir(tree, &dir.to_string_lossy())?;
+    if !here.objects.iter().any(|o| o == unit) {
+        return Err(not_built());
+    }
+    // The top-level directories (fs, kernel, drivers, arch/x86, ...) are the top
+    // Makefile's own; every directory below must be descended into by its parent.
+    while let Some(parent) = dir.parent().filter(|p| p.components().count() >= 1) {
+        let top = parent.components().count() == 1 && !parent.starts_with("arch")
+            || parent.components().count() == 2 && parent.starts_with("arch");
+        let listing = kbuild_dir(tree, &parent.to_string_lossy())?;
+        let child = dir.to_string_lossy().into_owned();
+        if !listing
+            .subdirs
+            .iter()
+            .any(|d| d.trim_end_matches('/') == child)
+        {
+            return Err(not_built());
+        }
+        if top {
+            break;
+        }
+        dir = parent.to_path_buf();
+    }
+    Ok(())
+}
+
+/// Checks a diff against the prepared source of kernel `release` before anything is
+/// built: it is a unified diff (see [`parse_diff`]), it changes a file the kernel
+/// builds, and every file it modifies or deletes is in the source or is created by
+/// one of the `earlier` diffs (the stack's patches below it).
+pub fn check_diff(
+    diff: &[u8],
+    source: &Path,
+    release: &str,
+    earlier: &[&[u8]],
+) -> Result<Vec<FileChange>, TreeError> {
+    let changes = parse_diff(diff)?;
+    buildable_files(&changes)?;
+    let created: Vec<String> = earlier
+        .iter()
+        .flat_map(|d| parse_diff(d).unwrap_or_default())
+        .filter(|c| c.kind == ChangeKind::Created)
+        .map(|c| c.path)
+        .collect();
+    let missing: Vec<String> = changes
+        .iter()
+        .filter(|c| c.kind != ChangeKind::Created)
+        .filter(|c| !source.join(&c.path).is_file() && !created.contains(&c.path))
+        .map(|c| c.path.clone())
+        .collect();
+    if !missing.is_empty() {
+        return Err(TreeError::NotInSource {
+            paths: missing,
+            release: release.to_owned(),
+        });
+    }
+    Ok(changes)
 }
 
 fn run(cmd: &mut Command) -> Result<(), TreeError> {
     let shown = format!("{cmd:?}");
-    let out = cmd.output().map_err(|e| TreeError::Command {
-        command: shown.clone(),
-        output: e.to_string(),
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd.output().map_err(|e| match spawn_error(&program, e) {
+        TreeError::Command { output, .. } => TreeError::Command {
+            command: shown.clone(),
+            output,
+        },
+        other => other,
     })?;
     if !out.status.success() {
         return Err(TreeError::Command {
@@ -310,6 +679,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_object_a_unit_belongs_to_comes_from_its_compile_command() {
+        let module = "cmd_fs/xfs/xfs_stats.o := gcc -Wp,-MMD -nostdinc -DMODULE \
+                      -DKBUILD_BASENAME='\"xfs_stats\"' -DKBUILD_MODNAME='\"xfs\"' \
+                      -D__KBUILD_MODNAME=kmod_xfs -c -o fs/xfs/xfs_stats.o fs/xfs/xfs_stats.c";
+        assert_eq!(object_of_compile(module).as_deref(), Some("xfs"));
+        let builtin =
+            "cmd_fs/proc/cmdline.o := gcc -DKBUILD_MODNAME='\"proc\"' -c fs/proc/cmdline.c";
+        assert_eq!(object_of_compile(builtin), None);
+    }
+
+    #[test]
     fn changed_files_of_git_and_plain_diffs() {
         let diff = b"diff --git a/fs/proc/cmdline.c b/fs/proc/cmdline.c\n\
 --- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n@@ -1 +1 @@\n-a\n+b\n\
@@ -319,5 +699,105 @@ mod tests {
             changed_files(diff),
             ["fs/proc/cmdline.c", "fs/gone.c", "fs/proc/new.h"]
         );
+        let kinds: Vec<ChangeKind> = parse_diff(diff).unwrap().iter().map(|c| c.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                ChangeKind::Modified,
+                ChangeKind::Deleted,
+                ChangeKind::Created
+            ]
+        );
+    }
+
+    #[test]
+    fn a_commit_message_before_the_diff_and_removed_lines_that_look_like_headers() {
+        // `--- ` inside a hunk is a removed line `-- `, not a file header.
+        let diff =
+            b"Subject: fix\n\n--- a/x.c\n+++ b/x.c\n@@ -1,3 +1,2 @@\n ctx\n--- a/y.c\n+++ b/y.c\n\
+@@ -9 +9 @@\n-old\n+new\n";
+        let err = parse_diff(diff).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "not a unified diff: line 9: the hunk that starts at line 5 is shorter than its header says"
+        );
+        let diff = b"Subject: fix\n\n--- a/x.c\n+++ b/x.c\n@@ -1,3 +1,2 @@\n ctx\n--- a/y.c\n\n\
+--- a/z.c\n+++ b/z.c\n@@ -9 +9 @@\n-old\n+new\n\\ No newline at end of file\n";
+        assert_eq!(changed_files(diff), ["x.c", "z.c"]);
+    }
+
+    #[test]
+    fn texts_that_are_not_diffs_are_named() {
+        let cases: [(&[u8], &str); 5] = [
+            (
+                b"int main(void) { return 0; }\n",
+                "it has no file header (a line `--- a/FILE` followed by `+++ b/FILE`)",
+            ),
+            (
+                b"",
+                "it has no file header (a line `--- a/FILE` followed by `+++ b/FILE`)",
+            ),
+            (
+                b"--- a/x.c\n+++ b/x.c\nno hunk\n",
+                "line 1: the header of x.c is not followed by a hunk (@@ -N,N +N,N @@)",
+            ),
+            (
+                b"--- a/x.c\n+++ b/x.c\n@@ -1,3 +1,2 @@\n-a\n+b\n",
+                "line 3: the diff ends in the middle of this hunk",
+            ),
+            (
+                b"--- a/../etc/passwd\n+++ b/../etc/passwd\n@@ -1 +1 @@\n-a\n+b\n",
+                "line 1: path \"../etc/passwd\" is not inside the source tree",
+            ),
+        ];
+        for (diff, detail) in cases {
+            let err = parse_diff(diff).unwrap_err();
+            assert_eq!(err.to_string(), format!("not a unified diff: {detail}"));
+        }
+        // Stripped trailing context is what `patch` accepts too.
+        assert_eq!(
+            changed_files(b"--- a/x.c\n+++ b/x.c\n@@ -1,3 +1,3 @@\n-a\n+b\n ctx\n"),
+            ["x.c"]
+        );
+    }
+
+    #[test]
+    fn a_diff_is_checked_against_the_source() {
+        let source = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(source.path().join("fs/proc")).unwrap();
+        std::fs::write(source.path().join("fs/proc/cmdline.c"), "x\n").unwrap();
+        let modify =
+            |path: &str| format!("--- a/{path}\n+++ b/{path}\n@@ -1 +1 @@\n-x\n+y\n").into_bytes();
+        check_diff(&modify("fs/proc/cmdline.c"), source.path(), "r", &[]).unwrap();
+        let err = check_diff(&modify("fs/proc/nope.c"), source.path(), "r", &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the diff changes fs/proc/nope.c, which the source of kernel r does not have"
+        );
+        // A file that an earlier patch of the stack creates is there to change.
+        let create = b"--- /dev/null\n+++ b/fs/proc/nope.c\n@@ -0,0 +1 @@\n+x\n";
+        check_diff(&modify("fs/proc/nope.c"), source.path(), "r", &[create]).unwrap();
+        let err = check_diff(&modify("Documentation/x.rst"), source.path(), "r", &[]).unwrap_err();
+        assert!(matches!(err, TreeError::NothingToBuild(_)), "{err}");
+    }
+
+    /// Every diff kstack ships as an example is a diff by this reading, and changes
+    /// the files `patch` will change.
+    #[test]
+    fn the_example_diffs_parse() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut seen = 0;
+        for dir in ["patches", "hooks"] {
+            for entry in std::fs::read_dir(examples.join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "diff") {
+                    let changes = parse_diff(&std::fs::read(&path).unwrap())
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    assert!(buildable_files(&changes).is_ok(), "{}", path.display());
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen >= 4, "{seen}");
     }
 }

@@ -1,4 +1,5 @@
-//! The executor: runs a plan on the kernel, step by step, and undoes it on failure.
+//! The executor: runs a plan on the kernel through a [`Livepatch`], step by step,
+//! and undoes it on failure.
 //!
 //! Every step either completes or is reversed before the next begins: a load whose
 //! transition stalls is reversed by disabling the patch (the kernel runs the
@@ -10,7 +11,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::kernel::{self, Goal, KernelError};
+use super::kernel::{Goal, KernelError, Livepatch, TRANSITION_POLL};
 use super::plan::{Plan, Step};
 
 /// The verified bytes of every module a plan (or its undo) may load, by module name.
@@ -50,11 +51,20 @@ pub struct StepTiming {
 
 /// A plan that did not complete.
 #[derive(Debug, thiserror::Error)]
-#[error("{} failed: {cause}{}", describe(.step), undo_report(.undone, .undo_failures))]
+#[error(
+    "{} failed: {cause}{}{}",
+    describe(.step),
+    residue_report(.residue),
+    undo_report(.undone, .undo_failures)
+)]
 pub struct ExecError {
     pub step: Step,
     #[source]
     pub cause: KernelError,
+    /// What the failed step itself could not take back (a module it loaded and
+    /// could not unload, a patch it disabled and could not unload, a transition it
+    /// could not reverse): the host is not where it started.
+    pub residue: Option<String>,
     /// The completed steps that were undone, newest first.
     pub undone: Vec<Step>,
     /// Undo steps that failed too: the host is not where it started.
@@ -64,8 +74,49 @@ pub struct ExecError {
 impl ExecError {
     /// Whether the host is back where it started.
     pub fn restored(&self) -> bool {
-        self.undo_failures.is_empty()
+        self.residue.is_none() && self.undo_failures.is_empty()
     }
+}
+
+/// A step that failed: why, and what it left behind that it could not take back.
+#[derive(Debug)]
+pub struct StepFailure {
+    pub cause: KernelError,
+    pub residue: Option<String>,
+}
+
+impl StepFailure {
+    fn clean(cause: KernelError) -> StepFailure {
+        StepFailure {
+            cause,
+            residue: None,
+        }
+    }
+
+    fn leaving(cause: KernelError, residue: String) -> StepFailure {
+        StepFailure {
+            cause,
+            residue: Some(residue),
+        }
+    }
+}
+
+impl From<KernelError> for StepFailure {
+    fn from(cause: KernelError) -> StepFailure {
+        StepFailure::clean(cause)
+    }
+}
+
+impl std::fmt::Display for StepFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.cause, residue_report(&self.residue))
+    }
+}
+
+fn residue_report(residue: &Option<String>) -> String {
+    residue
+        .as_ref()
+        .map_or_else(String::new, |r| format!("\nleft behind: {r}"))
 }
 
 fn describe(step: &Step) -> String {
@@ -88,9 +139,10 @@ fn undo_report(undone: &[Step], failures: &[(Step, String)]) -> String {
     text
 }
 
-/// Runs `plan`. `modules` must hold the bytes of every module the plan applies and of
-/// every module it reverts (to undo a revert).
+/// Runs `plan` on `kernel`. `modules` must hold the bytes of every module the plan
+/// applies and of every module it reverts (to undo a revert).
 pub fn execute(
+    kernel: &dyn Livepatch,
     plan: &Plan,
     modules: &Modules,
     timeout: Duration,
@@ -101,7 +153,7 @@ pub fn execute(
     for (index, step) in plan.steps.iter().enumerate() {
         observer.step_started(index, total, step);
         let started = Instant::now();
-        match run_step(step, modules, timeout) {
+        match run_step(kernel, step, modules, timeout) {
             Ok(()) => {
                 let elapsed = started.elapsed();
                 observer.step_finished(index, step, elapsed);
@@ -110,12 +162,12 @@ pub fn execute(
                     elapsed,
                 });
             }
-            Err(cause) => {
+            Err(StepFailure { cause, residue }) => {
                 let mut undone = Vec::new();
                 let mut undo_failures = Vec::new();
                 for completed in done.iter().rev() {
                     observer.undoing(&completed.step);
-                    match undo_step(&completed.step, modules, timeout) {
+                    match undo_step(kernel, &completed.step, modules, timeout) {
                         Ok(()) => undone.push(completed.step.clone()),
                         Err(e) => undo_failures.push((completed.step.clone(), e.to_string())),
                     }
@@ -123,6 +175,7 @@ pub fn execute(
                 return Err(Box::new(ExecError {
                     step: step.clone(),
                     cause,
+                    residue,
                     undone,
                     undo_failures,
                 }));
@@ -132,23 +185,33 @@ pub fn execute(
     Ok(done)
 }
 
-fn run_step(step: &Step, modules: &Modules, timeout: Duration) -> Result<(), KernelError> {
+fn run_step(
+    kernel: &dyn Livepatch,
+    step: &Step,
+    modules: &Modules,
+    timeout: Duration,
+) -> Result<(), StepFailure> {
     match step {
         Step::Apply { module, .. } => {
             let bytes = modules.get(module).ok_or_else(|| missing(module))?;
-            apply(module, bytes, timeout)
+            apply(kernel, module, bytes, timeout)
         }
-        Step::Revert { module } => revert(module, timeout),
-        Step::Unload { module } => unload(module, timeout),
+        Step::Revert { module } => revert(kernel, module, timeout),
+        Step::Unload { module } => Ok(unload(kernel, module, timeout)?),
     }
 }
 
-fn undo_step(step: &Step, modules: &Modules, timeout: Duration) -> Result<(), KernelError> {
+fn undo_step(
+    kernel: &dyn Livepatch,
+    step: &Step,
+    modules: &Modules,
+    timeout: Duration,
+) -> Result<(), StepFailure> {
     match step {
-        Step::Apply { module, .. } => revert(module, timeout),
+        Step::Apply { module, .. } => revert(kernel, module, timeout),
         Step::Revert { module } => {
             let bytes = modules.get(module).ok_or_else(|| missing(module))?;
-            apply(module, bytes, timeout)
+            apply(kernel, module, bytes, timeout)
         }
         // The module's patch was already disabled: nothing to give back.
         Step::Unload { .. } => Ok(()),
@@ -165,51 +228,103 @@ fn missing(module: &str) -> KernelError {
     }
 }
 
-/// Loads a module and waits for its patch to reach every task; a stall is reversed.
-pub fn apply(module: &str, bytes: &[u8], timeout: Duration) -> Result<(), KernelError> {
-    kernel::load_module(module, bytes)?;
-    if kernel::patch_state(module)?.is_none() {
-        let _ = unload(module, timeout);
-        return Err(KernelError::NotALivepatch {
-            module: module.to_owned(),
-        });
+/// Loads a module and waits for its patch to reach every task. A load that does not
+/// go through is taken back (a stall reversed, the module unloaded); what cannot be
+/// taken back is the failure's residue.
+pub fn apply(
+    kernel: &dyn Livepatch,
+    module: &str,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), StepFailure> {
+    kernel.load(module, bytes)?;
+    match kernel.patch_state(module) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            let cause = KernelError::NotALivepatch {
+                module: module.to_owned(),
+            };
+            return Err(match unload(kernel, module, timeout) {
+                Ok(()) => StepFailure::clean(cause),
+                Err(e) => StepFailure::leaving(
+                    cause,
+                    format!("module {module} stays loaded, it could not be unloaded: {e}"),
+                ),
+            });
+        }
+        // The patch's state cannot be read: take the load back as a stalled one.
+        Err(cause) => return Err(take_back(kernel, module, cause, timeout)),
     }
-    if let Err(stall) = kernel::wait_transition(module, Goal::Patched, timeout) {
-        // Writing 0 during the transition reverses it; tasks that switched switch back.
-        kernel::disable(module)?;
-        kernel::wait_transition(module, Goal::Unpatched, timeout)?;
-        unload(module, timeout)?;
-        return Err(stall);
+    if let Err(stall) = kernel.wait_transition(module, Goal::Patched, timeout) {
+        return Err(take_back(kernel, module, stall, timeout));
     }
     Ok(())
 }
 
-/// Disables a patch, waits for the transition, unloads the module; a stall is
-/// reversed (the patch is enabled again) and reported.
-pub fn revert(module: &str, timeout: Duration) -> Result<(), KernelError> {
-    kernel::disable(module)?;
-    if let Err(stall) = kernel::wait_transition(module, Goal::Unpatched, timeout) {
-        kernel::reenable(module)?;
-        kernel::wait_transition(module, Goal::Patched, timeout)?;
-        return Err(stall);
+/// Reverses the enable transition of a patch just loaded (writing 0 during the
+/// transition reverses it: tasks that switched switch back) and unloads its module.
+fn take_back(
+    kernel: &dyn Livepatch,
+    module: &str,
+    cause: KernelError,
+    timeout: Duration,
+) -> StepFailure {
+    let undo = kernel
+        .disable(module)
+        .and_then(|()| kernel.wait_transition(module, Goal::Unpatched, timeout))
+        .and_then(|()| unload(kernel, module, timeout));
+    match undo {
+        Ok(()) => StepFailure::clean(cause),
+        Err(e) => StepFailure::leaving(
+            cause,
+            format!("patch {module} could not be taken back: {e}"),
+        ),
     }
-    unload(module, timeout)
+}
+
+/// Disables a patch, waits for the transition, unloads the module. A stall is
+/// reversed (the patch is enabled again) and reported. A patch whose disable has
+/// finished cannot be enabled again: if its module then cannot be unloaded, the
+/// patch stays off and that is the failure's residue.
+pub fn revert(kernel: &dyn Livepatch, module: &str, timeout: Duration) -> Result<(), StepFailure> {
+    kernel.disable(module)?;
+    if let Err(stall) = kernel.wait_transition(module, Goal::Unpatched, timeout) {
+        let undo = kernel
+            .enable(module)
+            .and_then(|()| kernel.wait_transition(module, Goal::Patched, timeout));
+        return Err(match undo {
+            Ok(()) => StepFailure::clean(stall),
+            Err(e) => StepFailure::leaving(
+                stall,
+                format!("the disable of {module} could not be reversed: {e}"),
+            ),
+        });
+    }
+    unload(kernel, module, timeout).map_err(|e| {
+        StepFailure::leaving(
+            e,
+            format!("patch {module} is disabled, but its module stays loaded"),
+        )
+    })
 }
 
 /// Unloads a module. The livepatch core drops its reference to a disabled patch's
 /// module from a work item, so `delete_module` can briefly report it busy.
-pub fn unload(module: &str, timeout: Duration) -> Result<(), KernelError> {
+pub fn unload(kernel: &dyn Livepatch, module: &str, timeout: Duration) -> Result<(), KernelError> {
     let started = Instant::now();
     loop {
-        match kernel::unload_module(module) {
+        match kernel.unload(module) {
             Ok(()) => return Ok(()),
             Err(KernelError::Unload { errno, .. })
                 if matches!(errno, nix::Error::EBUSY | nix::Error::EAGAIN)
                     && started.elapsed() < timeout =>
             {
-                std::thread::sleep(kernel::TRANSITION_POLL);
+                std::thread::sleep(TRANSITION_POLL);
             }
             Err(e) => return Err(e),
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,6 +7,10 @@
 //! `/proc/kcore`), by [`crate::runpre`]. The match must also agree with the `sympos`
 //! the patch names. A patch that does not match is refused before anything reaches
 //! the kernel, with the function, the offset and the bytes that differ.
+//!
+//! A function of a module is proven against the module's code in memory when the
+//! module is loaded, and otherwise against the `.ko` the host would load (from
+//! `/lib/modules/<release>`), laid out as it would be once loaded.
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +18,14 @@ use kstack_store::verify::VerifiedPatch;
 
 use kstack_store::model::BEFORE_FILE;
 
-use crate::runpre::{self, BeforeFile, KallsymsIndex, KernelText, Outcome};
+use std::collections::HashMap;
+
+use kstack_kfacts::livepatch::VMLINUX;
+
+use crate::runpre::{
+    self, BeforeFile, BeforeImage, KallsymsIndex, KernelText, MatchReport, ModuleImage, ModulesDir,
+    Outcome,
+};
 
 /// What was proven, patch by patch.
 #[derive(Debug, Clone, Default)]
@@ -40,6 +51,48 @@ pub enum ProveError {
         .reports.join("\n")
     )]
     Mismatch { patch: String, reports: Vec<String> },
+    #[error(
+        "patch {patch} replaces functions of module {module}, which is not loaded and has no \
+         .ko in {dir}: the patch cannot be proven for the module this host would load"
+    )]
+    NoModule {
+        patch: String,
+        module: String,
+        dir: String,
+    },
+}
+
+/// Where the code of each object is read: the kernel's memory (or image) for vmlinux
+/// and loaded modules, the laid-out `.ko` for a module that is not loaded.
+struct Sources<'a> {
+    text: &'a dyn KernelText,
+    symbols: &'a KallsymsIndex,
+    modules: Option<&'a ModulesDir>,
+    laid_out: HashMap<String, ModuleImage>,
+}
+
+impl Sources<'_> {
+    fn matched(&mut self, patch: &str, image: &BeforeImage) -> Result<MatchReport, ProveError> {
+        if image.object == VMLINUX || self.symbols.has_object(&image.object) {
+            return Ok(runpre::match_by_name(image, self.text, self.symbols));
+        }
+        if !self.laid_out.contains_key(&image.object) {
+            let no_module = || ProveError::NoModule {
+                patch: patch.to_owned(),
+                module: image.object.clone(),
+                dir: self.modules.map_or_else(
+                    || "(no modules directory)".into(),
+                    |m| m.path().display().to_string(),
+                ),
+            };
+            let dir = self.modules.ok_or_else(no_module)?;
+            let ko = dir.ko(&image.object)?.ok_or_else(no_module)?;
+            let laid = ModuleImage::load(&ko, &image.object, self.symbols)?;
+            self.laid_out.insert(image.object.clone(), laid);
+        }
+        let laid = &self.laid_out[&image.object];
+        Ok(runpre::match_by_name(image, &laid.text, &laid.symbols))
+    }
 }
 
 /// Proves the patches of a stack (in stack order) for which `check` says so, against
@@ -52,14 +105,27 @@ pub fn prove(
     check: &dyn Fn(&VerifiedPatch) -> bool,
     text: &dyn KernelText,
     symbols: &KallsymsIndex,
+    modules: Option<&ModulesDir>,
 ) -> Result<Proof, ProveError> {
     let started = Instant::now();
+    let mut sources = Sources {
+        text,
+        symbols,
+        modules,
+        laid_out: HashMap::new(),
+    };
     let mut proof = Proof::default();
-    let mut replaced_before: Vec<String> = Vec::new();
+    let mut replaced_before: Vec<(String, String)> = Vec::new();
     for patch in patches {
         let name = &patch.manifest.name;
         if !check(patch) {
-            replaced_before.extend(patch.manifest.functions.iter().map(|f| f.name.clone()));
+            replaced_before.extend(
+                patch
+                    .manifest
+                    .functions
+                    .iter()
+                    .map(|f| (f.object.clone(), f.name.clone())),
+            );
             continue;
         }
         let Some(bytes) = patch.files.get(BEFORE_FILE) else {
@@ -72,19 +138,19 @@ pub fn prove(
         })?;
         let mut failures = Vec::new();
         for image in &file.functions {
-            if replaced_before.contains(&image.function) {
+            if replaced_before.contains(&(image.object.clone(), image.function.clone())) {
                 proof.lines.push(format!(
                     "{name}: {}: built on an earlier patch's version (proven with it)",
                     image.function
                 ));
                 continue;
             }
-            let report = runpre::match_by_name(image, text, symbols);
+            let report = sources.matched(name, image)?;
             let wanted = patch
                 .manifest
                 .functions
                 .iter()
-                .find(|f| f.name == image.function)
+                .find(|f| f.name == image.function && f.object == image.object)
                 .map_or(0, |f| f.sympos);
             let candidates = report.candidates.len();
             match &report.outcome {
@@ -116,7 +182,13 @@ pub fn prove(
                 reports: failures,
             });
         }
-        replaced_before.extend(patch.manifest.functions.iter().map(|f| f.name.clone()));
+        replaced_before.extend(
+            patch
+                .manifest
+                .functions
+                .iter()
+                .map(|f| (f.object.clone(), f.name.clone())),
+        );
     }
     proof.elapsed = started.elapsed();
     Ok(proof)
@@ -139,7 +211,18 @@ pub fn prove_running(
             path: "/proc/kallsyms".into(),
             source,
         })?;
-    let symbols = KallsymsIndex::parse(&kallsyms)?;
+    let symbols = KallsymsIndex::parse(&kallsyms).map_err(runpre::RunPreError::from)?;
     let text = runpre::Kcore::open()?;
-    prove(patches, check, &text, &symbols)
+    let release =
+        kstack_store::ident::running_kernel_release().map_err(|e| runpre::RunPreError::Image {
+            what: "the running kernel".into(),
+            detail: e.to_string(),
+        })?;
+    prove(
+        patches,
+        check,
+        &text,
+        &symbols,
+        Some(&ModulesDir::running(&release)),
+    )
 }

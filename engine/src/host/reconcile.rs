@@ -14,7 +14,7 @@ use kstack_store::verify::{VerifiedStack, VerifyError};
 
 use super::config::Config;
 use super::exec::{self, ExecError, Modules, Observer};
-use super::kernel::{self, KernelError, KernelIdentity};
+use super::kernel::{self, KernelError, KernelIdentity, Livepatch};
 use super::plan::{self, Applied, Plan};
 use super::state::{Generation, State, StateDir, StateError, now_rfc3339};
 
@@ -126,13 +126,15 @@ pub struct Synced {
     pub overhead: Duration,
 }
 
-/// A host: its config, store and state directory.
+/// A host: its config, store and state directory, and its kernel's livepatch
+/// machinery (on a real host, [`kernel::Sysfs::default`]).
 #[derive(Debug)]
 pub struct Host<'a> {
     pub config: &'a Config,
     pub store: &'a Store,
     pub state: StateDir,
     pub trust: TrustPolicy,
+    pub livepatch: Box<dyn Livepatch>,
 }
 
 impl Host<'_> {
@@ -215,7 +217,7 @@ impl Host<'_> {
         started: Instant,
     ) -> Result<Prepared, SyncError> {
         let state = self.state.load()?;
-        let loaded = kernel::loaded_patches()?;
+        let loaded = self.livepatch.loaded_patches()?;
         if let Some(busy) = loaded.iter().find(|p| p.transition) {
             return Err(SyncError::TransitionInProgress(busy.module.clone()));
         }
@@ -234,7 +236,7 @@ impl Host<'_> {
         }
         // Livepatch modules of ours that are loaded but no longer registered (their
         // patch was disabled, the module never unloaded).
-        for module in kernel::livepatch_modules_without_patch()? {
+        for module in self.livepatch.modules_without_patch()? {
             if is_ours(&ours, &module) {
                 applied.push(Applied {
                     module,
@@ -270,7 +272,7 @@ impl Host<'_> {
     /// Identifies the kernel, verifies the desired stack, plans.
     pub fn plan(&self) -> Result<Prepared, SyncError> {
         let started = Instant::now();
-        if !kernel::livepatch_supported() {
+        if !self.livepatch.supported() {
             return Err(KernelError::NoLivepatch.into());
         }
         let identity = kernel::identify()?;
@@ -366,7 +368,13 @@ impl Host<'_> {
                 }
             }
         }
-        let timings = exec::execute(&prepared.plan, &modules, timeout, observer)?;
+        let timings = exec::execute(
+            self.livepatch.as_ref(),
+            &prepared.plan,
+            &modules,
+            timeout,
+            observer,
+        )?;
 
         let bookkeeping = Instant::now();
         let mut state = prepared.state.clone();
@@ -445,6 +453,9 @@ pub struct AppliedPatch {
     /// The patch's name and functions, when the current generation's stack has it.
     pub patch: Option<String>,
     pub functions: Vec<String>,
+    /// The objects it changes and whether each is patched: a module's object waits
+    /// until that module loads.
+    pub objects: Vec<super::kernel::PatchedObject>,
 }
 
 /// What `kstack status` reports.
@@ -469,9 +480,9 @@ impl Host<'_> {
         let identity = kernel::identify()?;
         let state = self.state.load()?;
         let (taint, taint_flags) = kernel::taint()?;
-        let livepatch = kernel::livepatch_supported();
+        let livepatch = self.livepatch.supported();
         let loaded = if livepatch {
-            kernel::loaded_patches()?
+            self.livepatch.loaded_patches()?
         } else {
             Vec::new()
         };
@@ -507,6 +518,7 @@ impl Host<'_> {
             }
             let known = functions_by_module.iter().find(|(m, _, _)| *m == p.module);
             applied.push(AppliedPatch {
+                objects: self.livepatch.objects(&p.module).unwrap_or_default(),
                 patch: known.map(|(_, name, _)| name.clone()),
                 functions: known
                     .map(|(_, _, f)| f.iter().map(ToString::to_string).collect())

@@ -17,59 +17,15 @@ use object::read::{
 use object::{RelocationFlags, SectionIndex, SymbolKind, elf};
 use serde::{Deserialize, Serialize};
 
-use super::RunPreError;
-use super::x86;
+use kstack_kfacts::livepatch::VMLINUX;
+pub use kstack_kfacts::reloc::RelocKind;
+use kstack_kfacts::sections::{
+    SITE_OFFSET_SIZE, alt_instr, jump_entry, paravirt_patch_site, static_call_site,
+};
+use kstack_kfacts::symbols::{FENTRY, STATIC_CALL_KEY_PREFIX, STATIC_CALL_TRAMP_PREFIX};
+use kstack_kfacts::{sections, x86};
 
-/// Special sections of the kernel's objects (names and entry layouts).
-mod sections {
-    /// `struct alt_instr` (arch/x86/include/asm/alternative.h): `s32 instr_offset,
-    /// s32 repl_offset, u16 cpuid, u8 instrlen, u8 replacementlen`, packed.
-    pub const ALTINSTRUCTIONS: &str = ".altinstructions";
-    pub const ALT_ENTRY: u64 = 12;
-    pub const ALT_INSTR: u64 = 0;
-    pub const ALT_REPL: u64 = 4;
-    pub const ALT_CPUID: usize = 8;
-    pub const ALT_INSTRLEN: usize = 10;
-    pub const ALT_REPLLEN: usize = 11;
-    /// `struct paravirt_patch_site` (arch/x86/include/asm/paravirt_types.h): `u8
-    /// *instr; u8 type; u8 len;`, 16 bytes with padding.
-    pub const PARAINSTRUCTIONS: &str = ".parainstructions";
-    pub const PARA_ENTRY: u64 = 16;
-    pub const PARA_TYPE: usize = 8;
-    pub const PARA_LEN: usize = 9;
-    /// `struct jump_entry` (include/linux/jump_label.h): `s32 code; s32 target;
-    /// long key;`.
-    pub const JUMP_TABLE: &str = "__jump_table";
-    pub const JUMP_ENTRY: u64 = 16;
-    pub const JUMP_CODE: u64 = 0;
-    pub const JUMP_TARGET: u64 = 4;
-    pub const JUMP_KEY: u64 = 8;
-    /// `struct static_call_site` (include/linux/static_call_types.h): `s32 addr;
-    /// s32 key;`, the key's low bits flags (`STATIC_CALL_SITE_TAIL` = 1,
-    /// `STATIC_CALL_SITE_INIT` = 2).
-    pub const STATIC_CALL_SITES: &str = ".static_call_sites";
-    pub const STATIC_CALL_ENTRY: u64 = 8;
-    pub const STATIC_CALL_ADDR: u64 = 0;
-    pub const STATIC_CALL_KEY: u64 = 4;
-    pub const STATIC_CALL_SITE_TAIL: i64 = 1;
-    pub const STATIC_CALL_SITE_FLAGS: i64 = 3;
-    /// `s32` offsets to `jmp __x86_return_thunk` and to calls and jumps through
-    /// `__x86_indirect_thunk_*` (written by objtool, tools/objtool/check.c).
-    pub const RETURN_SITES: &str = ".return_sites";
-    pub const RETPOLINE_SITES: &str = ".retpoline_sites";
-    /// `s32` offsets to `LOCK` prefixes (`LOCK_PREFIX`,
-    /// arch/x86/include/asm/alternative.h).
-    pub const SMP_LOCKS: &str = ".smp_locks";
-    /// Addresses of the `call __fentry__` sites (gcc `-mrecord-mcount`).
-    pub const MCOUNT_LOC: &str = "__mcount_loc";
-    /// The profiling hook `-mfentry` calls first thing (arch/x86/kernel/ftrace_64.S).
-    pub const FENTRY: &str = "__fentry__";
-    /// Static call trampolines and keys (`STATIC_CALL_TRAMP_PREFIX`,
-    /// `STATIC_CALL_KEY_PREFIX`, include/linux/static_call_types.h): a trampoline
-    /// is one `jmp` that `static_call_update()` retargets, or turns into `ret`.
-    pub const STATIC_CALL_TRAMP_PREFIX: &str = "__SCT__";
-    pub const STATIC_CALL_KEY_PREFIX: &str = "__SCK__";
-}
+use super::RunPreError;
 
 /// How a symbol is bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,93 +35,6 @@ pub enum Binding {
     Global,
     /// `__weak`: another file's strong definition may win at link time.
     Weak,
-}
-
-/// How a relocated field is computed (`S` target, `A` addend, `P` the field's own
-/// address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RelocKind {
-    /// `R_X86_64_64`: `S + A`, 8 bytes.
-    Abs64,
-    /// `R_X86_64_32`: `S + A`, zero-extended 4 bytes.
-    Abs32,
-    /// `R_X86_64_32S`: `S + A`, sign-extended 4 bytes (`-mcmodel=kernel`).
-    Abs32s,
-    /// `R_X86_64_PC32`: `S + A - P`, 4 bytes.
-    Pc32,
-    /// `R_X86_64_PLT32`: the same as `Pc32` in the kernel, which has no PLT.
-    Plt32,
-    /// `R_X86_64_PC64`: `S + A - P`, 8 bytes.
-    Pc64,
-    /// `R_X86_64_PC8`: `S + A - P`, 1 byte (a short branch the assembler resolved
-    /// within a section that holds several functions).
-    Pc8,
-}
-
-impl RelocKind {
-    fn from_elf(r_type: elf::RelocationType) -> Option<RelocKind> {
-        Some(match r_type {
-            elf::R_X86_64_64 => RelocKind::Abs64,
-            elf::R_X86_64_32 => RelocKind::Abs32,
-            elf::R_X86_64_32S => RelocKind::Abs32s,
-            elf::R_X86_64_PC32 => RelocKind::Pc32,
-            elf::R_X86_64_PLT32 => RelocKind::Plt32,
-            elf::R_X86_64_PC64 => RelocKind::Pc64,
-            elf::R_X86_64_PC8 => RelocKind::Pc8,
-            _ => return None,
-        })
-    }
-
-    /// The ELF name, for reports.
-    pub fn elf_name(self) -> &'static str {
-        match self {
-            RelocKind::Abs64 => "R_X86_64_64",
-            RelocKind::Abs32 => "R_X86_64_32",
-            RelocKind::Abs32s => "R_X86_64_32S",
-            RelocKind::Pc32 => "R_X86_64_PC32",
-            RelocKind::Plt32 => "R_X86_64_PLT32",
-            RelocKind::Pc64 => "R_X86_64_PC64",
-            RelocKind::Pc8 => "R_X86_64_PC8",
-        }
-    }
-
-    /// Bytes the field takes.
-    pub fn width(self) -> usize {
-        match self {
-            RelocKind::Abs64 | RelocKind::Pc64 => 8,
-            RelocKind::Pc8 => 1,
-            _ => 4,
-        }
-    }
-
-    pub fn is_pc_relative(self) -> bool {
-        matches!(
-            self,
-            RelocKind::Pc32 | RelocKind::Plt32 | RelocKind::Pc64 | RelocKind::Pc8
-        )
-    }
-
-    /// The value `S + A` that the field encodes, given the field as found at
-    /// address `place`.
-    pub fn decode(self, field: &[u8], place: u64) -> Option<u64> {
-        let v = match self.width() {
-            8 => u64::from_le_bytes(field.try_into().ok()?),
-            1 => *field.first()? as i8 as i64 as u64,
-            _ => {
-                let raw = u32::from_le_bytes(field.try_into().ok()?);
-                match self {
-                    RelocKind::Abs32 => u64::from(raw),
-                    _ => raw as i32 as i64 as u64,
-                }
-            }
-        };
-        Some(if self.is_pc_relative() {
-            v.wrapping_add(place)
-        } else {
-            v
-        })
-    }
 }
 
 /// What a relocation refers to: `S` in `S + A`.
@@ -201,6 +70,14 @@ pub enum RelocTarget {
 
 fn is_zero(v: &i64) -> bool {
     *v == 0
+}
+
+fn vmlinux() -> String {
+    VMLINUX.to_owned()
+}
+
+fn is_vmlinux(object: &str) -> bool {
+    object == VMLINUX
 }
 
 fn is_false(v: &bool) -> bool {
@@ -299,6 +176,9 @@ impl Site {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BeforeImage {
     pub function: String,
+    /// The livepatch object the function is in: `vmlinux` or a module's name.
+    #[serde(default = "vmlinux", skip_serializing_if = "is_vmlinux")]
+    pub object: String,
     /// The section the object holds it in (`.text.<function>`).
     pub section: String,
     pub binding: Binding,
@@ -357,7 +237,7 @@ mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::x86::hex(bytes, ""))
+        s.serialize_str(&kstack_kfacts::x86::hex(bytes, ""))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
@@ -680,7 +560,7 @@ pub fn before_image_named(
     // The fentry call, also where `__mcount_loc` is absent (not built with
     // -mrecord-mcount).
     for r in &relocs {
-        if matches!(&r.target, RelocTarget::Symbol { name, .. } if name == sections::FENTRY)
+        if matches!(&r.target, RelocTarget::Symbol { name, .. } if name == FENTRY)
             && r.offset >= 1
             && code.get(r.offset as usize - 1) == Some(&x86::CALL_REL32)
             && !sites
@@ -693,13 +573,13 @@ pub fn before_image_named(
             });
         }
     }
-    if let Some(call) = function.strip_prefix(sections::STATIC_CALL_TRAMP_PREFIX)
+    if let Some(call) = function.strip_prefix(STATIC_CALL_TRAMP_PREFIX)
         && code.first() == Some(&x86::JMP_REL32)
     {
         sites.push(Site {
             offset: 0,
             kind: SiteKind::StaticCall {
-                key: format!("{}{call}", sections::STATIC_CALL_KEY_PREFIX),
+                key: format!("{STATIC_CALL_KEY_PREFIX}{call}"),
                 tail: true,
             },
         });
@@ -707,6 +587,7 @@ pub fn before_image_named(
     sites.sort_by_key(|s| s.offset);
     let image = BeforeImage {
         function: function.to_owned(),
+        object: VMLINUX.to_owned(),
         section: obj.section_name(section),
         binding,
         size: code.len() as u32,
@@ -770,7 +651,7 @@ fn implicit_relocs(obj: &Obj, func: Func, code: &[u8], relocs: &[RelocSite]) -> 
 
 /// The special-section entries that touch `func`.
 fn special_sites(obj: &Obj, func: Func) -> Result<Vec<Site>, RunPreError> {
-    use sections::*;
+    use sections::{MCOUNT_LOC, MCOUNT_LOC_SIZE, RETPOLINE_SITES, RETURN_SITES, SMP_LOCKS};
     let mut sites = Vec::new();
     let mut push = |offset: Option<u32>, kind: SiteKind| {
         if let Some(offset) = offset {
@@ -782,7 +663,7 @@ fn special_sites(obj: &Obj, func: Func) -> Result<Vec<Site>, RunPreError> {
         (RETPOLINE_SITES, SiteKind::Retpoline),
         (SMP_LOCKS, SiteKind::SmpLock),
     ] {
-        if let Some((_, entries)) = obj.entries(name, 4)? {
+        if let Some((_, entries)) = obj.entries(name, SITE_OFFSET_SIZE)? {
             for fields in entries.values() {
                 if let Some(r) = field(fields, 0) {
                     push(obj.offset_in(func, r)?, kind.clone());
@@ -790,19 +671,19 @@ fn special_sites(obj: &Obj, func: Func) -> Result<Vec<Site>, RunPreError> {
             }
         }
     }
-    if let Some((_, entries)) = obj.entries(MCOUNT_LOC, 8)? {
+    if let Some((_, entries)) = obj.entries(MCOUNT_LOC, MCOUNT_LOC_SIZE)? {
         for fields in entries.values() {
             if let Some(r) = field(fields, 0) {
                 push(obj.offset_in(func, r)?, SiteKind::Fentry);
             }
         }
     }
-    if let Some((_, entries)) = obj.entries(JUMP_TABLE, JUMP_ENTRY)? {
+    if let Some((_, entries)) = obj.entries(jump_entry::SECTION, jump_entry::SIZE)? {
         for fields in entries.values() {
             let (Some(code), Some(target), Some(key)) = (
-                field(fields, JUMP_CODE),
-                field(fields, JUMP_TARGET),
-                field(fields, JUMP_KEY),
+                field(fields, jump_entry::CODE),
+                field(fields, jump_entry::TARGET),
+                field(fields, jump_entry::KEY),
             ) else {
                 continue;
             };
@@ -822,60 +703,69 @@ fn special_sites(obj: &Obj, func: Func) -> Result<Vec<Site>, RunPreError> {
             );
         }
     }
-    if let Some((_, entries)) = obj.entries(STATIC_CALL_SITES, STATIC_CALL_ENTRY)? {
+    if let Some((_, entries)) = obj.entries(static_call_site::SECTION, static_call_site::SIZE)? {
         for fields in entries.values() {
             let (Some(addr), Some(key)) = (
-                field(fields, STATIC_CALL_ADDR),
-                field(fields, STATIC_CALL_KEY),
+                field(fields, static_call_site::ADDR),
+                field(fields, static_call_site::KEY),
             ) else {
                 continue;
             };
             let Some(at) = obj.offset_in(func, addr)? else {
                 continue;
             };
-            let flags = key.addend() & STATIC_CALL_SITE_FLAGS;
+            let flags = key.addend() & static_call_site::FLAGS;
             push(
                 Some(at),
                 SiteKind::StaticCall {
                     key: obj.target_symbol(key)?.name.unwrap_or_else(|| "?".into()),
-                    tail: flags & STATIC_CALL_SITE_TAIL != 0,
+                    tail: flags & static_call_site::TAIL != 0,
                 },
             );
         }
     }
-    if let Some((data, entries)) = obj.entries(PARAINSTRUCTIONS, PARA_ENTRY)? {
+    if let Some((data, entries)) =
+        obj.entries(paravirt_patch_site::SECTION, paravirt_patch_site::SIZE)?
+    {
         for (index, fields) in &entries {
-            let Some(instr) = field(fields, 0) else {
+            let Some(instr) = field(fields, paravirt_patch_site::INSTR) else {
                 continue;
             };
             let Some(at) = obj.offset_in(func, instr)? else {
                 continue;
             };
-            let base = (index * PARA_ENTRY) as usize;
-            let (Some(&pv_type), Some(&len)) =
-                (data.get(base + PARA_TYPE), data.get(base + PARA_LEN))
-            else {
-                return Err(obj.bad(format!("{PARAINSTRUCTIONS} entry {index} is truncated")));
+            let base = (index * paravirt_patch_site::SIZE) as usize;
+            let (Some(&pv_type), Some(&len)) = (
+                data.get(base + paravirt_patch_site::TYPE as usize),
+                data.get(base + paravirt_patch_site::LEN as usize),
+            ) else {
+                return Err(obj.bad(format!(
+                    "{} entry {index} is truncated",
+                    paravirt_patch_site::SECTION
+                )));
             };
             push(Some(at), SiteKind::Paravirt { len, pv_type });
         }
     }
-    if let Some((data, entries)) = obj.entries(ALTINSTRUCTIONS, ALT_ENTRY)? {
+    if let Some((data, entries)) = obj.entries(alt_instr::SECTION, alt_instr::SIZE)? {
         for (index, fields) in &entries {
-            let (Some(instr), Some(repl)) = (field(fields, ALT_INSTR), field(fields, ALT_REPL))
-            else {
+            let (Some(instr), Some(repl)) = (
+                field(fields, alt_instr::INSTR_OFFSET),
+                field(fields, alt_instr::REPL_OFFSET),
+            ) else {
                 continue;
             };
             let Some(at) = obj.offset_in(func, instr)? else {
                 continue;
             };
-            let base = (index * ALT_ENTRY) as usize;
+            let base = (index * alt_instr::SIZE) as usize;
+            let cpuid_at = base + alt_instr::CPUID as usize;
             let (Some(cpuid), Some(&len), Some(&repl_len)) = (
-                data.get(base + ALT_CPUID..base + ALT_CPUID + 2),
-                data.get(base + ALT_INSTRLEN),
-                data.get(base + ALT_REPLLEN),
+                data.get(cpuid_at..cpuid_at + 2),
+                data.get(base + alt_instr::INSTRLEN as usize),
+                data.get(base + alt_instr::REPLACEMENTLEN as usize),
             ) else {
-                return Err(obj.bad(format!("{ALTINSTRUCTIONS} entry {index} is truncated")));
+                return Err(obj.bad(format!("{} entry {index} is truncated", alt_instr::SECTION)));
             };
             let cpuid = u16::from_le_bytes([cpuid[0], cpuid[1]]);
             let replacement = replacement(obj, func, repl, repl_len)?;

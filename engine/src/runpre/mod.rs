@@ -12,7 +12,7 @@
 //! everything else is reported with the offset, both byte strings and a likely cause.
 //!
 //! - [`before`]: the "before" image of a function, from a relocatable object.
-//! - [`kallsyms`]: the symbol source (`/proc/kallsyms` or a saved copy).
+//! - [`module`]: a module that is not loaded, laid out as it would be once loaded.
 //! - [`text`]: where the running code comes from: `/proc/kcore`, a kernel image file
 //!   (offline), or bytes in memory (tests, dumps).
 //! - [`matcher`]: the comparison and its report.
@@ -28,10 +28,9 @@
 //! livepatch relocations do that. The match is the proof, nothing more.
 
 pub mod before;
-pub mod kallsyms;
 pub mod matcher;
+pub mod module;
 pub mod text;
-mod x86;
 
 use std::path::PathBuf;
 
@@ -39,11 +38,12 @@ pub use before::{
     BeforeImage, Binding, Referent, RelocKind, RelocSite, RelocTarget, Replacement, Site, SiteKind,
     before_image, before_image_named,
 };
-pub use kallsyms::{KallsymsIndex, Ksym};
+pub use kstack_kfacts::kallsyms::{KallsymsError, KallsymsIndex, Ksym};
 pub use matcher::{
     CandidateMatch, Cause, Divergence, FentryState, MatchReport, MatchStats, Outcome,
     match_by_name, match_function, read_len,
 };
+pub use module::{ModuleImage, ModulesDir};
 pub use text::{ImageText, Kcore, KernelText, MemoryText};
 
 /// A patch's `before.toml`: the code each replaced function had in the objects the
@@ -107,7 +107,7 @@ pub enum RunPreError {
     #[error("kernel image {what}: {detail}")]
     Image { what: String, detail: String },
     #[error("kallsyms: {0}")]
-    Kallsyms(String),
+    Kallsyms(#[from] KallsymsError),
     #[error("before image TOML: {0}")]
     Toml(String),
 }

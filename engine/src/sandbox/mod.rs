@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 
 pub mod guest;
 pub mod initramfs;
+pub mod modules;
 
 use initramfs::{Initramfs, InitramfsError};
+use modules::{ModuleSet, ModulesError};
 
 /// The Debian `busybox-static` binary, which runs in an initramfs on its own.
 pub const DEFAULT_BUSYBOX: &str = "/bin/busybox";
@@ -98,6 +100,8 @@ pub enum SandboxError {
     NoExitStatus { qemu_status: String, detail: String },
     #[error("cannot build the initramfs: {0}")]
     Initramfs(#[from] InitramfsError),
+    #[error("the kernel's modules for the guest: {0}")]
+    Modules(#[from] ModulesError),
     #[error("sandbox I/O on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -226,6 +230,13 @@ impl Sandbox {
     pub fn add_host_tree(&mut self, guest_path: &str, host: &Path) -> Result<(), SandboxError> {
         self.root.host_tree(guest_path, host)?;
         Ok(())
+    }
+
+    /// Gives the guest the kernel's loadable modules (`dir` is the image's
+    /// `lib/modules/<release>`, indexed by depmod): all of them, or the named ones
+    /// and what they depend on, for the guest's `modprobe`.
+    pub fn add_modules(&mut self, dir: &Path, set: &ModuleSet) -> Result<(), SandboxError> {
+        modules::add(&mut self.root, dir, set)
     }
 
     /// Puts bytes into the guest as a file.

@@ -1,0 +1,572 @@
+//! The `--json` schema: one output type per command, in one place so it can be
+//! reviewed, and made from the libraries' values here so that a change to an engine
+//! type does not change the output unnoticed. docs/json.md documents every field;
+//! cli/tests/json_output.rs snapshots what runs without a VM.
+//!
+//! Conventions: ids and digests are lowercase hex strings, times are RFC 3339 UTC,
+//! durations are milliseconds (`*_ms`, `ms`), paths are strings (lossy UTF-8), absent
+//! values are `null`.
+
+use kstack_engine::host::Step;
+use kstack_engine::host::exec::StepTiming;
+use kstack_engine::host::prove::Proof;
+use kstack_engine::host::reconcile::{AppliedPatch, Prepared, Status, Synced};
+use kstack_engine::host::state::Generation;
+use kstack_store::model::{Artifact, PatchSource};
+use kstack_store::store::{CommitInfo, StackId, format_time};
+use serde::Serialize;
+
+use crate::error::Kind;
+
+/// Any command, when it fails (`kstack --json ...`, exit code not 0).
+#[derive(Debug, Serialize)]
+pub struct ErrorOutput {
+    pub error: ErrorJson,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorJson {
+    /// `user`, `usage`, `data`, `unavailable`, `tempfail` or `internal`.
+    pub kind: Kind,
+    /// The whole message, `chain` joined with `: `.
+    pub message: String,
+    /// The error and its causes, outermost first.
+    pub chain: Vec<String>,
+    pub hint: Option<String>,
+    /// The process's exit code.
+    pub exit_code: u8,
+}
+
+/// A stack: a name under a kernel build ID.
+#[derive(Debug, Serialize)]
+pub struct StackJson {
+    pub build_id: String,
+    pub name: String,
+}
+
+impl From<&StackId> for StackJson {
+    fn from(stack: &StackId) -> Self {
+        StackJson {
+            build_id: stack.build_id.to_hex(),
+            name: stack.name.clone(),
+        }
+    }
+}
+
+/// `kstack init`.
+#[derive(Debug, Serialize)]
+pub struct InitOutput {
+    pub store: String,
+    /// False when the store existed already.
+    pub created: bool,
+}
+
+/// `kstack key generate` and `kstack key show`.
+#[derive(Debug, Serialize)]
+pub struct KeyOutput {
+    /// The key file.
+    pub path: String,
+    /// `ed25519:<64 hex>`, as `[trust] keys` lists it.
+    pub public_key: String,
+}
+
+/// `kstack commit`.
+#[derive(Debug, Serialize)]
+pub struct CommitOutput {
+    /// The new stack commit.
+    pub commit: String,
+    /// The stack's head before it, `null` for a new stack.
+    pub parent: Option<String>,
+    pub stack: StackJson,
+    pub kernel_release: String,
+    pub patch: CommittedPatch,
+    /// The public key that signed the commit.
+    pub signer: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CommittedPatch {
+    pub name: String,
+    /// Its directory in the stack commit, `NNNN-name`.
+    pub dir: String,
+    pub module_name: String,
+    pub manifest_sha256: String,
+    /// `object:function[,sympos]`.
+    pub functions: Vec<String>,
+}
+
+/// `kstack log`.
+#[derive(Debug, Serialize)]
+pub struct LogOutput {
+    /// The stack the revision named, `null` for a bare commit id.
+    pub stack: Option<StackJson>,
+    /// Newest first.
+    pub commits: Vec<CommitJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CommitJson {
+    pub id: String,
+    pub parents: Vec<String>,
+    pub author: String,
+    pub email: String,
+    pub time: String,
+    pub message: String,
+    /// The key the commit names as its signer (not checked by `log`).
+    pub signer: Option<String>,
+    /// Whether the config's `[trust] keys` lists the signer.
+    pub trusted: bool,
+}
+
+impl CommitJson {
+    pub fn new(c: &CommitInfo, trusted: bool) -> Self {
+        CommitJson {
+            id: c.id.to_string(),
+            parents: c.parents.iter().map(ToString::to_string).collect(),
+            author: c.author.clone(),
+            email: c.email.clone(),
+            time: format_time(c.time),
+            message: c.message.clone(),
+            signer: c.signer.map(|k| k.to_string()),
+            trusted,
+        }
+    }
+}
+
+/// `kstack show`.
+#[derive(Debug, Serialize)]
+pub struct ShowOutput {
+    pub commit: String,
+    pub parents: Vec<String>,
+    pub stack: ShowStack,
+    /// The SHA-256 of `stack.toml`, which the signature covers.
+    pub stack_sha256: String,
+    pub author: String,
+    pub email: String,
+    pub time: String,
+    pub message: String,
+    pub signer: String,
+    pub trusted: bool,
+    /// Always true: a commit that fails verification is an error, not output.
+    pub verified: bool,
+    /// In load order.
+    pub patches: Vec<PatchJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ShowStack {
+    pub build_id: String,
+    pub name: String,
+    pub kernel_release: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PatchJson {
+    pub name: String,
+    pub dir: String,
+    pub manifest_sha256: String,
+    /// `diff` (built by kstack) or `prebuilt` (imported with --module).
+    pub source: PatchSource,
+    pub module_file: String,
+    pub module_name: String,
+    pub vermagic: String,
+    pub created_by: String,
+    pub created_at: String,
+    pub functions: Vec<String>,
+    pub artifacts: Vec<ArtifactJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ArtifactJson {
+    /// Relative to the patch's directory.
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+impl From<&Artifact> for ArtifactJson {
+    fn from(a: &Artifact) -> Self {
+        ArtifactJson {
+            path: a.path.clone(),
+            sha256: a.sha256.to_hex(),
+            size: a.size,
+        }
+    }
+}
+
+/// `kstack verify`.
+#[derive(Debug, Serialize)]
+pub struct VerifyOutput {
+    pub results: Vec<VerifyResult>,
+    /// How many results have `ok: false` (exit code 65 when not 0).
+    pub failed: usize,
+}
+
+/// One verified revision: `ok: true` with what was checked, or `ok: false` with the
+/// error.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum VerifyResult {
+    Ok {
+        rev: String,
+        commit: String,
+        ok: bool,
+        patches: usize,
+        /// Commits of history checked (signatures, parent digests).
+        history: usize,
+        signer: String,
+        /// With --running or --image, else `null`.
+        run_pre: Option<RunPreJson>,
+    },
+    Failed {
+        rev: String,
+        commit: String,
+        ok: bool,
+        error: String,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunPreJson {
+    /// Functions whose code as built matches the kernel's.
+    pub matched: usize,
+    /// Patches without before images (prebuilt modules): not proven.
+    pub unproven: Vec<String>,
+    /// One line per function: `patch: function: verdict`.
+    pub functions: Vec<String>,
+}
+
+impl From<&Proof> for RunPreJson {
+    fn from(p: &Proof) -> Self {
+        RunPreJson {
+            matched: p.matched,
+            unproven: p.unproven.clone(),
+            functions: p.lines.clone(),
+        }
+    }
+}
+
+/// `kstack stacks`.
+#[derive(Debug, Serialize)]
+pub struct StacksOutput {
+    pub stacks: Vec<StackEntry>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StackEntry {
+    pub build_id: String,
+    pub name: String,
+    pub head: String,
+    /// The head's time.
+    pub time: String,
+    /// The head's summary line.
+    pub summary: String,
+    pub signer: Option<String>,
+    pub trusted: bool,
+    /// Whether the stack is pinned to the kernel this host runs.
+    pub running_kernel: bool,
+}
+
+/// `kstack revert`.
+#[derive(Debug, Serialize)]
+pub struct RevertOutput {
+    pub commit: String,
+    pub parent: Option<String>,
+    pub stack: StackJson,
+    /// The reverted patch's name.
+    pub reverted: String,
+    /// The names of the patches left, in load order.
+    pub patches: Vec<String>,
+}
+
+/// `kstack pull`.
+#[derive(Debug, Serialize)]
+pub struct PullOutput {
+    pub url: String,
+    pub stacks: Vec<PulledJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PulledJson {
+    pub build_id: String,
+    pub name: String,
+    /// The local head before the pull, `null` if the stack is new here.
+    pub old: Option<String>,
+    /// The fetched head.
+    pub new: String,
+    /// `updated`, `up-to-date` or `local-ahead`.
+    pub outcome: &'static str,
+}
+
+/// `kstack generations`.
+#[derive(Debug, Serialize)]
+pub struct GenerationsOutput {
+    /// The number of the generation the host is on.
+    pub current: Option<u64>,
+    pub generations: Vec<GenerationJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GenerationJson {
+    pub number: u64,
+    /// The stack commit, `""` for "no kstack patches".
+    pub commit: String,
+    pub stack: String,
+    pub build_id: String,
+    pub created_at: String,
+    /// The modules applied, bottom first.
+    pub modules: Vec<String>,
+}
+
+impl From<&Generation> for GenerationJson {
+    fn from(g: &Generation) -> Self {
+        GenerationJson {
+            number: g.number,
+            commit: g.commit.clone(),
+            stack: g.stack.clone(),
+            build_id: g.build_id.clone(),
+            created_at: g.created_at.clone(),
+            modules: g.modules.clone(),
+        }
+    }
+}
+
+/// `kstack status`.
+#[derive(Debug, Serialize)]
+pub struct StatusOutput {
+    pub release: String,
+    pub build_id: String,
+    /// Whether the kernel supports livepatch (`/sys/kernel/livepatch`).
+    pub livepatch: bool,
+    pub generation: Option<GenerationJson>,
+    /// kstack's livepatch modules, in load order.
+    pub applied: Vec<AppliedJson>,
+    /// Livepatches kstack did not load.
+    pub foreign: Vec<String>,
+    /// Differences between the state file and the kernel.
+    pub drift: Vec<String>,
+    /// `/proc/sys/kernel/tainted`, and its flags as letters.
+    pub taint: u64,
+    pub taint_flags: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AppliedJson {
+    pub module: String,
+    pub enabled: bool,
+    /// Whether its livepatch transition is still running.
+    pub transition: bool,
+    /// The patch's name, when the current generation's stack has the module.
+    pub patch: Option<String>,
+    pub functions: Vec<String>,
+    /// The objects the patch changes (`vmlinux`, module names), each with whether
+    /// it is patched now (`false`: a module that is not loaded; the kernel patches
+    /// it when it loads).
+    pub objects: Vec<ObjectJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ObjectJson {
+    pub name: String,
+    pub patched: bool,
+}
+
+impl From<&AppliedPatch> for AppliedJson {
+    fn from(p: &AppliedPatch) -> Self {
+        AppliedJson {
+            module: p.module.clone(),
+            enabled: p.enabled,
+            transition: p.transition,
+            patch: p.patch.clone(),
+            functions: p.functions.clone(),
+            objects: p
+                .objects
+                .iter()
+                .map(|o| ObjectJson {
+                    name: o.name.clone(),
+                    patched: o.patched,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<&Status> for StatusOutput {
+    fn from(s: &Status) -> Self {
+        StatusOutput {
+            release: s.release.clone(),
+            build_id: s.build_id.clone(),
+            livepatch: s.livepatch,
+            generation: s.generation.as_ref().map(GenerationJson::from),
+            applied: s.applied.iter().map(AppliedJson::from).collect(),
+            foreign: s.foreign.clone(),
+            drift: s.drift.clone(),
+            taint: s.taint,
+            taint_flags: s.taint_flags.clone(),
+        }
+    }
+}
+
+/// `kstack plan` and `kstack sync --dry-run`.
+#[derive(Debug, Serialize)]
+pub struct PlanOutput {
+    pub kernel: KernelJson,
+    /// The declared stack's name, `null` when none is declared.
+    pub stack: Option<String>,
+    /// The declared stack commit.
+    pub commit: Option<String>,
+    /// Applied modules that stay, bottom first.
+    pub keep: Vec<String>,
+    /// In order: reverts (newest first), then applies.
+    pub steps: Vec<StepJson>,
+    pub foreign: Vec<String>,
+    /// Whether `steps` is not empty (exit code 2 for `plan`).
+    pub changes: bool,
+    pub run_pre: PlanRunPre,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KernelJson {
+    pub release: String,
+    pub build_id: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlanRunPre {
+    pub matched: usize,
+    pub unproven: Vec<String>,
+    pub functions: Vec<String>,
+    pub ms: f64,
+}
+
+/// One step of a plan.
+#[derive(Debug, Serialize)]
+pub struct StepJson {
+    /// `apply`, `revert` or `unload` (a module whose patch is already disabled).
+    pub action: &'static str,
+    pub module: String,
+    /// For `apply`: the patch's position in the stack, from 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+}
+
+impl From<&Step> for StepJson {
+    fn from(step: &Step) -> Self {
+        let (action, index) = match step {
+            Step::Apply { index, .. } => ("apply", Some(*index)),
+            Step::Revert { .. } => ("revert", None),
+            Step::Unload { .. } => ("unload", None),
+        };
+        StepJson {
+            action,
+            module: step.module().to_owned(),
+            index,
+        }
+    }
+}
+
+impl From<&Prepared> for PlanOutput {
+    fn from(p: &Prepared) -> Self {
+        PlanOutput {
+            kernel: KernelJson {
+                release: p.identity.release.clone(),
+                build_id: p.identity.build_id.to_hex(),
+            },
+            stack: p.desired.stack.as_ref().map(|s| s.stack.name.clone()),
+            commit: p.desired.commit().map(|c| c.to_string()),
+            keep: p.plan.keep.clone(),
+            steps: p.plan.steps.iter().map(StepJson::from).collect(),
+            foreign: p.foreign.clone(),
+            changes: !p.plan.is_empty(),
+            run_pre: PlanRunPre {
+                matched: p.proof.matched,
+                unproven: p.proof.unproven.clone(),
+                functions: p.proof.lines.clone(),
+                ms: p.proof.elapsed.as_secs_f64() * 1e3,
+            },
+        }
+    }
+}
+
+/// `kstack sync` and `kstack rollback`: the plan, and what was done.
+#[derive(Debug, Serialize)]
+pub struct SyncOutput {
+    #[serde(flatten)]
+    pub plan: PlanOutput,
+    /// The generation recorded, `null` when nothing changed.
+    pub generation: Option<u64>,
+    pub timings: Vec<TimingJson>,
+    /// Time spent in the kernel's transitions, and in kstack's own work.
+    pub kernel_ms: f64,
+    pub kstack_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TimingJson {
+    pub step: StepJson,
+    pub ms: f64,
+}
+
+impl From<&StepTiming> for TimingJson {
+    fn from(t: &StepTiming) -> Self {
+        TimingJson {
+            step: StepJson::from(&t.step),
+            ms: t.elapsed.as_secs_f64() * 1e3,
+        }
+    }
+}
+
+impl From<&Synced> for SyncOutput {
+    fn from(s: &Synced) -> Self {
+        let kernel: std::time::Duration = s.timings.iter().map(|t| t.elapsed).sum();
+        SyncOutput {
+            plan: PlanOutput::from(&s.prepared),
+            generation: s.generation,
+            timings: s.timings.iter().map(TimingJson::from).collect(),
+            kernel_ms: kernel.as_secs_f64() * 1e3,
+            kstack_ms: s.overhead.as_secs_f64() * 1e3,
+        }
+    }
+}
+
+/// `kstack try`.
+#[derive(Debug, Serialize)]
+pub struct TryOutput {
+    /// The kernel image booted.
+    pub kernel: String,
+    /// The guest command's exit status (128 + N when killed by signal N).
+    pub exit_code: i32,
+    /// The signal that killed the guest command, if one did.
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// The kernel's console, with --console, else `null`.
+    pub console: Option<String>,
+    pub elapsed_ms: u64,
+}
+
+/// `kstack kernel add`.
+#[derive(Debug, Serialize)]
+pub struct KernelAddOutput {
+    pub release: String,
+    /// The Debian package version.
+    pub version: String,
+    pub build_id: String,
+    pub image: String,
+    /// The prepared source tree, `null` with --no-source.
+    pub source: Option<String>,
+}
+
+/// `kstack kernel list`: an array of these.
+#[derive(Debug, Serialize)]
+pub struct KernelEntry {
+    pub release: String,
+    pub version: Option<String>,
+    /// The image's build ID, or `? (why)` when it cannot be read.
+    pub build_id: String,
+    /// The kernel `kstack try` boots by default.
+    pub default: bool,
+    /// Whether its headers are installed.
+    pub headers: bool,
+    pub source: Option<String>,
+}

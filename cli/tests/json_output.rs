@@ -1,0 +1,431 @@
+//! The `--json` output of every command that runs without a VM, snapshotted: the
+//! schema in docs/json.md, checked. Paths of the test's directory show as `[TMP]`;
+//! times, keys and commit ids are fixed by the environment (`common`).
+
+mod common;
+
+use common::{BUILD_ID, Env};
+
+#[test]
+fn init() {
+    let env = Env::new();
+    let (code, json) = env.json(&["init"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "store": "[TMP]/store",
+      "created": false
+    }
+    "#);
+    let (_, json) = env.json(&["--store", env.path("other").to_str().unwrap(), "init"]);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "store": "[TMP]/other",
+      "created": true
+    }
+    "#);
+}
+
+#[test]
+fn key_show_and_generate() {
+    let env = Env::new();
+    let (code, json) = env.json(&["key", "show", "signing.key"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "path": "signing.key",
+      "public_key": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61"
+    }
+    "#);
+    let (code, json) = env.json(&["key", "generate", "--out", "keys/new.key"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["path"], "keys/new.key");
+    let public = v["public_key"].as_str().unwrap();
+    assert!(
+        public.starts_with("ed25519:") && public.len() == 72,
+        "{public}"
+    );
+}
+
+#[test]
+fn commit_of_a_module() {
+    let env = Env::new();
+    let module = env.module("fix-cmdline", &["cmdline_proc_show"]);
+    let (code, json) = env.json(&[
+        "commit",
+        "--module",
+        &module,
+        "--name",
+        "fix-cmdline",
+        "-m",
+        "Fix /proc/cmdline",
+        "--kernel",
+        BUILD_ID,
+    ]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "commit": "ee29263291fce97470cc5bf1d0b7dccbd05b9dcb",
+      "parent": null,
+      "stack": {
+        "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
+        "name": "prod"
+      },
+      "kernel_release": "6.1.0-56-cloud-amd64",
+      "patch": {
+        "name": "fix-cmdline",
+        "dir": "0001-fix-cmdline",
+        "module_name": "kstack_fix-cmdline",
+        "manifest_sha256": "3d8993d55f04030fda67cba2c87fd3962ccefdd269d2cd4de1342b6b3d7b32cd",
+        "functions": [
+          "vmlinux:cmdline_proc_show"
+        ]
+      },
+      "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61"
+    }
+    "#);
+}
+
+/// A stack `prod` of two patches (two stack commits).
+fn stack_with_history() -> Env {
+    let env = Env::new();
+    env.commit("fix-cmdline", &["cmdline_proc_show"]);
+    env.commit("fix-meminfo", &["meminfo_proc_show"]);
+    env
+}
+
+#[test]
+fn log() {
+    let env = stack_with_history();
+    let (code, json) = env.json(&["log", "-n", "1"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "stack": {
+        "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
+        "name": "prod"
+      },
+      "commits": [
+        {
+          "id": "4579399eeb9650bdc9514dcbbd577ed089abe0fc",
+          "parents": [
+            "d513e202825a496e538c61232a07a4fae1193389"
+          ],
+          "author": "Test Author",
+          "email": "test@example.invalid",
+          "time": "2023-11-14T22:13:20Z",
+          "message": "add fix-meminfo",
+          "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+          "trusted": true
+        }
+      ]
+    }
+    "#);
+}
+
+#[test]
+fn show() {
+    let env = stack_with_history();
+    let (code, json) = env.json(&["show", "prod~1"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "commit": "d513e202825a496e538c61232a07a4fae1193389",
+      "parents": [],
+      "stack": {
+        "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
+        "name": "prod",
+        "kernel_release": "6.1.0-56-cloud-amd64"
+      },
+      "stack_sha256": "880adb524d6b107e010430817d250a25d7db82f6ba2e2a3cb51b722e2786a9ac",
+      "author": "Test Author",
+      "email": "test@example.invalid",
+      "time": "2023-11-14T22:13:20Z",
+      "message": "add fix-cmdline",
+      "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+      "trusted": true,
+      "verified": true,
+      "patches": [
+        {
+          "name": "fix-cmdline",
+          "dir": "0001-fix-cmdline",
+          "manifest_sha256": "3d8993d55f04030fda67cba2c87fd3962ccefdd269d2cd4de1342b6b3d7b32cd",
+          "source": "prebuilt",
+          "module_file": "fix-cmdline.ko",
+          "module_name": "kstack_fix-cmdline",
+          "vermagic": "6.1.0-56-cloud-amd64 SMP preempt mod_unload modversions ",
+          "created_by": "Test Author <test@example.invalid>",
+          "created_at": "2023-11-14T22:13:20Z",
+          "functions": [
+            "vmlinux:cmdline_proc_show"
+          ],
+          "artifacts": [
+            {
+              "path": "module.ko",
+              "sha256": "98b8736d5f35af08c56a3bafd468e1c00d3aba4062875ea626a5daf456a109de",
+              "size": 2152
+            }
+          ]
+        }
+      ]
+    }
+    "#);
+}
+
+#[test]
+fn verify() {
+    let env = stack_with_history();
+    let (code, json) = env.json(&["verify"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "results": [
+        {
+          "rev": "3b43fad5034874490492495d552c0af6a5fab235/prod",
+          "commit": "4579399eeb9650bdc9514dcbbd577ed089abe0fc",
+          "ok": true,
+          "patches": 2,
+          "history": 2,
+          "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+          "run_pre": null
+        }
+      ],
+      "failed": 0
+    }
+    "#);
+    // A failed verification is a result, and the exit code says so.
+    env.write_config(&["ed25519:e2a02cc93092575359d7fe2cd7e7ef9869696d7783c491e79cc0e80f2e59e080"]);
+    let (code, json) = env.json(&["verify"]);
+    assert_eq!(code, 65);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "results": [
+        {
+          "rev": "3b43fad5034874490492495d552c0af6a5fab235/prod",
+          "commit": "4579399eeb9650bdc9514dcbbd577ed089abe0fc",
+          "ok": false,
+          "error": "commit 4579399eeb96: signed by ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61, which is not a trusted key"
+        }
+      ],
+      "failed": 1
+    }
+    "#);
+}
+
+#[test]
+fn stacks() {
+    let env = stack_with_history();
+    let (code, json) = env.json(&["stacks"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "stacks": [
+        {
+          "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
+          "name": "prod",
+          "head": "4579399eeb9650bdc9514dcbbd577ed089abe0fc",
+          "time": "2023-11-14T22:13:20Z",
+          "summary": "add fix-meminfo",
+          "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+          "trusted": true,
+          "running_kernel": false
+        }
+      ]
+    }
+    "#);
+}
+
+#[test]
+fn revert() {
+    let env = stack_with_history();
+    let (code, json) = env.json(&["revert", "fix-cmdline", "-m", "drop it"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "commit": "3dbccbdd52e70e99c717a823f12fe074c17b80ff",
+      "parent": "4579399eeb9650bdc9514dcbbd577ed089abe0fc",
+      "stack": {
+        "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
+        "name": "prod"
+      },
+      "reverted": "fix-cmdline",
+      "patches": [
+        "fix-meminfo"
+      ]
+    }
+    "#);
+}
+
+#[test]
+fn pull() {
+    let upstream = stack_with_history();
+    let host = Env::new();
+    let url = upstream.path("store").display().to_string();
+    let (code, json) = host.json(&["pull", &url]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(upstream.redact(&json), @r#"
+    {
+      "url": "[TMP]/store",
+      "stacks": [
+        {
+          "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
+          "name": "prod",
+          "old": null,
+          "new": "4579399eeb9650bdc9514dcbbd577ed089abe0fc",
+          "outcome": "updated"
+        }
+      ]
+    }
+    "#);
+}
+
+#[test]
+fn generations() {
+    let env = Env::new();
+    let (code, json) = env.json(&["generations"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "current": null,
+      "generations": []
+    }
+    "#);
+    std::fs::create_dir_all(env.path("state")).unwrap();
+    std::fs::write(
+        env.path("state/state.toml"),
+        format!(
+            "current = 2\n\n\
+             [[generation]]\nnumber = 1\ncommit = \"\"\nstack = \"\"\nbuild_id = \"{BUILD_ID}\"\n\
+             created_at = \"2023-11-14T22:13:20Z\"\nmodules = []\n\n\
+             [[generation]]\nnumber = 2\ncommit = \"d513e202825a496e538c61232a07a4fae1193389\"\n\
+             stack = \"prod\"\nbuild_id = \"{BUILD_ID}\"\ncreated_at = \"2023-11-14T22:15:00Z\"\n\
+             modules = [\"kstack_fix-cmdline\"]\n"
+        ),
+    )
+    .unwrap();
+    let (code, json) = env.json(&["generations"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "current": 2,
+      "generations": [
+        {
+          "number": 1,
+          "commit": "",
+          "stack": "",
+          "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
+          "created_at": "2023-11-14T22:13:20Z",
+          "modules": []
+        },
+        {
+          "number": 2,
+          "commit": "d513e202825a496e538c61232a07a4fae1193389",
+          "stack": "prod",
+          "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
+          "created_at": "2023-11-14T22:15:00Z",
+          "modules": [
+            "kstack_fix-cmdline"
+          ]
+        }
+      ]
+    }
+    "#);
+}
+
+#[test]
+fn kernel_list() {
+    let env = Env::new();
+    let (code, json) = env.json(&["kernel", "list"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(json, @"[]");
+    env.fake_cache(true, &[]);
+    let (code, json) = env.json(&["kernel", "list"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(json, @r#"
+    [
+      {
+        "release": "6.1.0-99-kstack-test",
+        "version": "6.1.999-1",
+        "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
+        "default": true,
+        "headers": false,
+        "source": "[TMP]/cache/src/6.1.0-99-kstack-test/linux"
+      }
+    ]
+    "#);
+}
+
+/// Errors are one document too, with the kind, the chain of causes and the exit code.
+#[test]
+fn errors() {
+    let env = Env::new();
+    // A store that is not there (status reads the store before the kernel).
+    let (code, json) = env.json(&["--store", "nowhere", "status"]);
+    assert_eq!(code, 1);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "error": {
+        "kind": "user",
+        "message": "nowhere is not a kstack store (no bare Git repository there); run `kstack init`: \"nowhere\" does not appear to be a git repository: Could not retrieve metadata of \"nowhere\": No such file or directory (os error 2)",
+        "chain": [
+          "nowhere is not a kstack store (no bare Git repository there); run `kstack init`",
+          "\"nowhere\" does not appear to be a git repository",
+          "Could not retrieve metadata of \"nowhere\"",
+          "No such file or directory (os error 2)"
+        ],
+        "hint": "create it with `kstack init --store nowhere`, or point --store at it",
+        "exit_code": 1
+      }
+    }
+    "#);
+    // A config that does not parse.
+    std::fs::write(env.path("bad.toml"), "[stack\nname = 1\n").unwrap();
+    let (code, json) = env.json(&["--config", "bad.toml", "plan"]);
+    assert_eq!(code, 65);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "error": {
+        "kind": "data",
+        "message": "invalid config bad.toml:\nTOML parse error at line 1, column 7\n  |\n1 | [stack\n  |       ^\nunclosed table, expected `]`\n",
+        "chain": [
+          "invalid config bad.toml:\nTOML parse error at line 1, column 7\n  |\n1 | [stack\n  |       ^\nunclosed table, expected `]`\n"
+        ],
+        "hint": null,
+        "exit_code": 65
+      }
+    }
+    "#);
+    // A revision that names nothing.
+    let (code, json) = env.json(&["show", "nope"]);
+    assert_eq!(code, 1);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "error": {
+        "kind": "user",
+        "message": "revision \"nope\" names no stack and no commit in the store",
+        "chain": [
+          "revision \"nope\" names no stack and no commit in the store"
+        ],
+        "hint": "see `kstack stacks` and `kstack log`",
+        "exit_code": 1
+      }
+    }
+    "#);
+    // Usage errors of kstack's own (clap's are text on stderr, exit 64).
+    let (code, json) = env.json(&["revert", "Bad Name", "-m", "m"]);
+    assert_eq!(code, 64);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "error": {
+        "kind": "usage",
+        "message": "bad patch name \"Bad Name\": use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        "chain": [
+          "bad patch name \"Bad Name\": use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        ],
+        "hint": "name a patch of the stack (see `kstack show`)",
+        "exit_code": 64
+      }
+    }
+    "#);
+}

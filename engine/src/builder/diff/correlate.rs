@@ -1,0 +1,337 @@
+//! The differ proper: pairs pre and post entities by name (and, among same-named
+//! ones, by content and by who refers to them), compares each pair, and says what a
+//! live patch cannot do.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use kstack_kfacts::symbols::FENTRY;
+
+use super::compare::compare;
+use super::entities::{Entity, Kind, entities};
+use super::model::{Class, Elf};
+use super::shape::{Namer, fnv1a};
+use super::{DataReport, DiffOptions, DiffReport, FunctionReport, Refusal, RefusalKind, Status};
+
+pub(super) struct Differ<'a, 'd> {
+    pre: &'a Elf<'d>,
+    post: &'a Elf<'d>,
+    pre_entities: Vec<Entity>,
+    post_entities: Vec<Entity>,
+}
+
+/// A correlated pair (or a lone entity) by indices into the entity lists.
+type Pair = (Option<usize>, Option<usize>);
+
+impl<'a, 'd> Differ<'a, 'd> {
+    pub(super) fn new(pre: &'a Elf<'d>, post: &'a Elf<'d>) -> Self {
+        Differ {
+            pre,
+            post,
+            pre_entities: entities(pre),
+            post_entities: entities(post),
+        }
+    }
+
+    pub(super) fn report(&self, opts: &DiffOptions) -> DiffReport {
+        let pairs = self.correlate();
+
+        // Correlated names: what references to either side of a pair compare as.
+        let mut pre_names = HashMap::new();
+        let mut post_names = HashMap::new();
+        for &(a, b) in &pairs {
+            match (a, b) {
+                (Some(a), Some(b)) => {
+                    let (a, b) = (&self.pre_entities[a], &self.post_entities[b]);
+                    let name = self.post.sym(b.sym).name.clone();
+                    pre_names.insert(a.sym, name.clone());
+                    post_names.insert(b.sym, name);
+                    for (i, &part) in b.parts.iter().enumerate() {
+                        let name = self.post.sym(part).name.clone();
+                        if let Some(&pre_part) = a.parts.get(i) {
+                            pre_names.insert(pre_part, name.clone());
+                        }
+                        post_names.insert(part, name);
+                    }
+                    for &pre_part in a.parts.iter().skip(b.parts.len()) {
+                        let name = format!("{} (removed)", self.pre.sym(pre_part).name);
+                        pre_names.insert(pre_part, name);
+                    }
+                }
+                (Some(a), None) => {
+                    let a = &self.pre_entities[a];
+                    for &sym in std::iter::once(&a.sym).chain(&a.parts) {
+                        let name = format!("{} (removed)", self.pre.sym(sym).name);
+                        pre_names.insert(sym, name);
+                    }
+                }
+                (None, Some(b)) => {
+                    let b = &self.post_entities[b];
+                    for &sym in std::iter::once(&b.sym).chain(&b.parts) {
+                        let name = format!("{} (new)", self.post.sym(sym).name);
+                        post_names.insert(sym, name);
+                    }
+                }
+                (None, None) => {}
+            }
+        }
+        let pre_namer = Namer {
+            names: &pre_names,
+            digest_anonymous: true,
+        };
+        let post_namer = Namer {
+            names: &post_names,
+            digest_anonymous: true,
+        };
+
+        let mut functions = Vec::new();
+        let mut data = Vec::new();
+        let mut refusals = Vec::new();
+        for (a, b) in pairs {
+            let a = a.map(|i| &self.pre_entities[i]);
+            let b = b.map(|i| &self.post_entities[i]);
+            let Some(kind) = a.or(b).map(|e| e.kind) else {
+                continue;
+            };
+            let (status, reasons) = match (a, b) {
+                (Some(a), Some(b)) => {
+                    let reasons = compare(
+                        kind,
+                        &self.pre.fingerprint(a, &pre_namer),
+                        &self.post.fingerprint(b, &post_namer),
+                        self.pre.sym(a.sym).is_local() != self.post.sym(b.sym).is_local(),
+                    );
+                    if reasons.is_empty() {
+                        (Status::Unchanged, reasons)
+                    } else {
+                        (Status::Changed, reasons)
+                    }
+                }
+                (Some(_), None) => (Status::Removed, Vec::new()),
+                (None, _) => (Status::New, Vec::new()),
+            };
+            let pre = a.map(|e| self.pre.info(e.sym));
+            let post = b.map(|e| self.post.info(e.sym));
+            let name = match (&post, &pre) {
+                (Some(info), _) | (None, Some(info)) => info.name.clone(),
+                (None, None) => continue,
+            };
+            let key = |what: &str| format!("{what}:{}:{name}", status.as_str());
+            match kind {
+                Kind::Function => {
+                    refusals.extend(self.function_refusal(a, b, status, &name));
+                    functions.push(FunctionReport {
+                        key: key("function"),
+                        status,
+                        name: name.clone(),
+                        reasons,
+                        pre,
+                        post,
+                        post_parts: b
+                            .map(|e| e.parts.iter().map(|&p| self.post.info(p)).collect())
+                            .unwrap_or_default(),
+                    });
+                }
+                Kind::Data => {
+                    let allowed = status == Status::Changed && {
+                        let names = [a, b]
+                            .into_iter()
+                            .flatten()
+                            .map(|e| e.norm.clone())
+                            .chain(pre.iter().map(|i| i.name.clone()))
+                            .chain(post.iter().map(|i| i.name.clone()));
+                        names.into_iter().any(|n| opts.allowed_data.contains(&n))
+                    };
+                    if status == Status::Changed && !allowed {
+                        refusals.push(self.data_refusal(a, &name, &reasons));
+                    }
+                    data.push(DataReport {
+                        key: key("data"),
+                        status,
+                        name: name.clone(),
+                        reasons,
+                        pre,
+                        post,
+                        allowed,
+                    });
+                }
+            }
+        }
+        functions.sort_by(|x, y| x.key.cmp(&y.key));
+        data.sort_by(|x, y| x.key.cmp(&y.key));
+        refusals.sort_by(|x, y| x.key.cmp(&y.key));
+        DiffReport {
+            functions,
+            data,
+            refusals,
+        }
+    }
+
+    fn function_refusal(
+        &self,
+        pre: Option<&Entity>,
+        post: Option<&Entity>,
+        status: Status,
+        name: &str,
+    ) -> Option<Refusal> {
+        if !matches!(status, Status::Changed | Status::New) {
+            return None;
+        }
+        let in_init = |elf: &Elf<'_>, e: Option<&Entity>| {
+            e.and_then(|e| elf.sym(e.sym).section)
+                .is_some_and(|s| elf.class(s) == Class::InitText)
+        };
+        if in_init(self.pre, pre) || in_init(self.post, post) {
+            return Some(refusal(
+                RefusalKind::Init,
+                name,
+                format!("__init function {}", status.as_str()),
+                "__init code has already run at boot and was freed; patch the runtime \
+                 path that uses its results instead",
+            ));
+        }
+        // Livepatch redirects the old function (pre, as in vmlinux) through its
+        // fentry call; a new function is only called, never redirected.
+        let pre = pre?;
+        (!self.pre.has_fentry(pre.sym)).then(|| {
+            refusal(
+                RefusalKind::Notrace,
+                name,
+                format!("changed, and has no call to {FENTRY} (notrace or noinstr)"),
+                "it cannot be live-patched: not traceable; patch its traceable callers \
+                 instead",
+            )
+        })
+    }
+
+    fn data_refusal(&self, pre: Option<&Entity>, name: &str, reasons: &[String]) -> Refusal {
+        let init = pre
+            .and_then(|e| self.pre.sym(e.sym).section)
+            .is_some_and(|s| self.pre.class(s) == Class::InitData);
+        if init {
+            return refusal(
+                RefusalKind::Init,
+                name,
+                format!("__initdata object changed ({})", reasons.join(", ")),
+                "__init data was used at boot and freed; patch the runtime path instead",
+            );
+        }
+        refusal(
+            RefusalKind::Data,
+            name,
+            format!("data object changed ({})", reasons.join(", ")),
+            "the running kernel keeps its old contents: leave the object as it is and \
+             use a shadow variable or a hook (see kmod/include), then allow it with \
+             DiffOptions::allowed_data",
+        )
+    }
+
+    /// Pairs pre and post entities: by normalised name; among several candidates,
+    /// first by identical contents and referrers, then referrers, then contents,
+    /// then order of appearance.
+    fn correlate(&self) -> Vec<Pair> {
+        // (kind, normalised name) → (pre candidates, post candidates).
+        type Candidates = (Vec<usize>, Vec<usize>);
+        let mut groups: BTreeMap<(Kind, &str), Candidates> = BTreeMap::new();
+        for (i, e) in self.pre_entities.iter().enumerate() {
+            groups.entry((e.kind, &e.norm)).or_default().0.push(i);
+        }
+        for (i, e) in self.post_entities.iter().enumerate() {
+            groups.entry((e.kind, &e.norm)).or_default().1.push(i);
+        }
+        let ambiguous = groups.values().any(|(a, b)| a.len() > 1 || b.len() > 1);
+        let (pre_keys, post_keys) = if ambiguous {
+            (self.pairing_keys(true), self.pairing_keys(false))
+        } else {
+            (Vec::new(), Vec::new())
+        };
+
+        let mut pairs = Vec::new();
+        for (pre, post) in groups.into_values() {
+            if pre.len() <= 1 && post.len() <= 1 {
+                pairs.push((pre.first().copied(), post.first().copied()));
+                continue;
+            }
+            let mut pre_left: Vec<Option<usize>> = pre.into_iter().map(Some).collect();
+            let mut post_left: Vec<Option<usize>> = post.into_iter().map(Some).collect();
+            type Stage = fn(&PairingKey, &PairingKey) -> bool;
+            let stages: [Stage; 4] = [
+                |x, y| x == y,
+                |x, y| x.referrers == y.referrers,
+                |x, y| x.content == y.content,
+                |_, _| true,
+            ];
+            for same in stages {
+                for slot in pre_left.iter_mut() {
+                    let Some(a) = *slot else { continue };
+                    let found = post_left
+                        .iter_mut()
+                        .find(|b| b.is_some_and(|b| same(&pre_keys[a], &post_keys[b])));
+                    if let Some(b) = found {
+                        pairs.push((Some(a), b.take()));
+                        *slot = None;
+                    }
+                }
+            }
+            pairs.extend(pre_left.into_iter().flatten().map(|a| (Some(a), None)));
+            pairs.extend(post_left.into_iter().flatten().map(|b| (None, Some(b))));
+        }
+        pairs
+    }
+
+    /// Per entity of one side: its contents with references by normalised names,
+    /// and the normalised names of the functions and objects that refer to it.
+    fn pairing_keys(&self, pre: bool) -> Vec<PairingKey> {
+        let (elf, list) = if pre {
+            (self.pre, &self.pre_entities)
+        } else {
+            (self.post, &self.post_entities)
+        };
+        let mut names = HashMap::new();
+        let mut owner = HashMap::new();
+        for (i, e) in list.iter().enumerate() {
+            for &sym in std::iter::once(&e.sym).chain(&e.parts) {
+                names.insert(sym, e.norm.clone());
+                owner.insert(sym, i);
+            }
+        }
+        let namer = Namer {
+            names: &names,
+            digest_anonymous: false,
+        };
+        let mut referrers: Vec<BTreeSet<String>> = vec![BTreeSet::new(); list.len()];
+        for e in list {
+            for &sym in std::iter::once(&e.sym).chain(&e.parts) {
+                let piece = elf.piece(sym);
+                let code = e.kind == Kind::Function;
+                for rel in elf.relocs_in(piece.section, piece.offset, piece.offset + piece.size) {
+                    if let Some(&target) = elf.referent(rel, code).and_then(|t| owner.get(&t)) {
+                        referrers[target].insert(e.norm.clone());
+                    }
+                }
+            }
+        }
+        list.iter()
+            .zip(referrers)
+            .map(|(e, referrers)| PairingKey {
+                content: fnv1a(format!("{:?}", elf.fingerprint(e, &namer)).as_bytes()),
+                referrers,
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct PairingKey {
+    content: u32,
+    referrers: BTreeSet<String>,
+}
+
+fn refusal(kind: RefusalKind, name: &str, reason: String, remedy: &str) -> Refusal {
+    Refusal {
+        key: format!("refuse:{}:{name}", kind.as_str()),
+        kind,
+        symbol: name.to_owned(),
+        reason,
+        remedy: remedy.to_owned(),
+    }
+}

@@ -1,0 +1,439 @@
+//! Writing what the extractor chose: a layout of output sections, every carried
+//! relocation translated (to an output section, or to an undefined symbol the module
+//! loader or the livepatch core resolves), the kept special-section entries, and the
+//! table of functions with their old positions.
+
+use std::collections::BTreeMap;
+
+use kstack_kfacts::livepatch::{VMLINUX, klp_symbol_name};
+use kstack_kfacts::reloc::RelocKind;
+use kstack_kfacts::sections::{
+    self, ALTINSTR_AUX, ALTINSTR_REPLACEMENT, CODE_AND_DATA_PREFIXES, EntryKind, SPECIAL_SECTIONS,
+    alt_instr, has_prefix, orc, paravirt_patch_site,
+};
+use object::elf;
+
+use super::extract::{Carried, Extractor, Target};
+use super::write::{OutReloc, OutSection, OutSymbol, OutTarget, RelocContext, write_object};
+use super::{
+    ExternalReference, Extracted, ExtractedFunction, KlpError, Resolution, Result, malformed,
+    new_symbol_name,
+};
+
+/// Sections whose references to a function say nothing the patch must carry: other
+/// code, data (function pointers keep pointing at the old function, which livepatch
+/// redirects), exports and other registration tables, debug information, objtool's
+/// annotations.
+fn is_unrelated_section(name: &str) -> bool {
+    has_prefix(name, CODE_AND_DATA_PREFIXES)
+        || name.starts_with(sections::DEBUG_PREFIX)
+        || has_prefix(name, sections::ANNOTATION_PREFIXES)
+        || has_prefix(name, sections::REGISTRATION_TABLE_PREFIXES)
+        || has_prefix(name, sections::SUBSYSTEM_TABLE_PREFIXES)
+}
+
+impl Extractor<'_, '_> {
+    pub(super) fn emit(mut self) -> Result<Extracted> {
+        let layout = self.layout()?;
+        let mut outs: Vec<OutSection> = layout.sections.clone();
+        // (output section, offset, input section, relocation) of every carried relocation.
+        let mut work: Vec<(usize, u64, usize, kstack_kfacts::elf::Reloc, RelocContext)> =
+            Vec::new();
+        for &sec in self.carried.keys() {
+            let name = self.input.sections[sec].name.as_str();
+            let context = if name == ALTINSTR_REPLACEMENT || name == ALTINSTR_AUX {
+                RelocContext::Replacement
+            } else {
+                RelocContext::Code
+            };
+            for rel in self.carried_relocs(sec) {
+                let (out_index, shift) = layout
+                    .locate(sec, rel.offset as i64)
+                    .expect("carried relocations lie in carried bytes");
+                work.push((
+                    out_index,
+                    (rel.offset as i64 + shift) as u64,
+                    sec,
+                    rel,
+                    context,
+                ));
+            }
+        }
+
+        // Special sections: the kept entries, concatenated.
+        let mut guarded = Vec::new();
+        let mut special_names = Vec::new();
+        for special in SPECIAL_SECTIONS {
+            let Some(sec) = self.section_named(special.name) else {
+                continue;
+            };
+            let groups = self.kept_groups(sec, special)?;
+            if groups.is_empty() {
+                continue;
+            }
+            let section = &self.input.sections[sec];
+            let mut data = Vec::new();
+            let out_index = outs.len();
+            for &(start, len) in &groups {
+                let new_start = data.len() as u64;
+                data.extend_from_slice(&section.data[start as usize..(start + len) as usize]);
+                // Pad a short last entry to a full one, so that entries can be appended.
+                data.resize((new_start + special.entry_size) as usize, 0);
+                for rel in self.group_relocs(sec, start, special.entry_size) {
+                    work.push((
+                        out_index,
+                        new_start + rel.offset - start,
+                        sec,
+                        rel,
+                        RelocContext::Special,
+                    ));
+                }
+                let owner = section.relocs.iter().find(|r| r.offset == start).copied();
+                match (special.kind, owner) {
+                    (EntryKind::Alternatives, Some(o)) => {
+                        let len = section.data[(start + alt_instr::INSTRLEN) as usize];
+                        guarded.push((o, u64::from(len)));
+                    }
+                    (EntryKind::Paravirt, Some(o)) => {
+                        let len = section.data[(start + paravirt_patch_site::LEN) as usize];
+                        guarded.push((o, u64::from(len)));
+                    }
+                    _ => {}
+                }
+            }
+            special_names.push(section.name.clone());
+            outs.push(OutSection::copy_of(section, data));
+            if special.kind == EntryKind::OrcIp {
+                outs.push(self.orc_entries(sec, &groups)?);
+                special_names.push(orc::ENTRY_SECTION.to_owned());
+            }
+        }
+        self.check_unknown_special_sections(&layout)?;
+
+        // Ranges of carried code that alternatives and paravirt patching rewrite.
+        let guarded: Vec<(usize, i64, i64)> = guarded
+            .into_iter()
+            .filter_map(|(owner, len)| {
+                let sym = &self.input.symbols[owner.sym];
+                let t = sym.section?;
+                let start = sym.value as i64 + owner.addend;
+                let (out, shift) = layout.locate(t, start)?;
+                Some((out, start + shift, start + shift + len as i64))
+            })
+            .collect();
+
+        // Translate.
+        let mut externals: BTreeMap<String, ExternalReference> = BTreeMap::new();
+        for (out_index, offset, sec, rel, context) in work {
+            if rel.r_type == elf::R_X86_64_NONE {
+                continue;
+            }
+            let place = self.input.place(sec, rel.offset);
+            if !RelocKind::from_elf(rel.r_type).is_some_and(RelocKind::module_loader_applies) {
+                return Err(KlpError::UnsupportedRelocation {
+                    tu: self.tu(),
+                    place,
+                    r_type: rel.r_type.0,
+                });
+            }
+            let target = match self.target(sec, rel, &layout)? {
+                Target::Internal(out, addend) => OutTarget::Section(out, addend),
+                Target::Named(s, addend) => {
+                    let sym = self.input.symbols[s].clone();
+                    if let Some(t) = sym.section {
+                        let tname = &self.input.sections[t].name;
+                        if sections::is_freed_after_boot(tname) {
+                            return Err(KlpError::InitReference {
+                                tu: self.tu(),
+                                place,
+                                symbol: sym.name,
+                                section: tname.clone(),
+                            });
+                        }
+                    } else if sym.shndx != elf::SHN_UNDEF.0 {
+                        return Err(malformed(
+                            &self.unit,
+                            format!("{place}: reference to {} (absolute or common)", sym.name),
+                        ));
+                    }
+                    if sym.name.is_empty() {
+                        return Err(KlpError::NoSymbol {
+                            tu: self.tu(),
+                            place,
+                            section: String::new(),
+                            offset: addend,
+                        });
+                    }
+                    let local = sym.is_local();
+                    let resolution = self.resolve(&sym.name, local, &place)?;
+                    let symbol = match resolution {
+                        Resolution::Exported => sym.name.clone(),
+                        Resolution::Livepatch { ref object, sympos } => {
+                            let klp = klp_symbol_name(object, &sym.name, sympos)?;
+                            self.check_module_klp(
+                                object, &klp, &place, context, out_index, offset, &guarded,
+                            )?;
+                            klp
+                        }
+                    };
+                    externals
+                        .entry(symbol.clone())
+                        .or_insert_with(|| ExternalReference {
+                            symbol: symbol.clone(),
+                            name: sym.name.clone(),
+                            resolution,
+                        });
+                    OutTarget::External(symbol, addend)
+                }
+            };
+            outs[out_index].relocs.push(OutReloc {
+                offset,
+                r_type: rel.r_type,
+                target,
+            });
+        }
+
+        // Functions and their old positions.
+        let mut functions = Vec::new();
+        for f in self.request.functions {
+            let (symbol, old_sympos) = if f.new {
+                (f.post_name.clone(), None)
+            } else {
+                let sym = self
+                    .input
+                    .function(&f.post_name)
+                    .expect("seed() found every function");
+                let local = self.input.symbols[sym].is_local();
+                let place = format!("the old version of {}", f.post_name);
+                let sympos = match self.resolve(&f.old_name, local, &place)? {
+                    Resolution::Exported => 0,
+                    Resolution::Livepatch { object, sympos } if object == self.request.objname => {
+                        sympos
+                    }
+                    Resolution::Livepatch { object, .. } => {
+                        return Err(KlpError::WrongObject {
+                            tu: self.tu(),
+                            function: f.old_name.clone(),
+                            objname: self.request.objname.to_owned(),
+                            found: object,
+                        });
+                    }
+                };
+                (new_symbol_name(&f.old_name)?, Some(sympos))
+            };
+            functions.push(ExtractedFunction {
+                post_name: f.post_name.clone(),
+                old_name: f.old_name.clone(),
+                symbol,
+                new: f.new,
+                old_sympos,
+            });
+        }
+
+        let object = write_object(outs, &externals)?;
+        let mut sections: Vec<String> = self
+            .carried
+            .keys()
+            .map(|&s| self.input.sections[s].name.clone())
+            .chain(special_names)
+            .collect();
+        sections.sort();
+        Ok(Extracted {
+            object,
+            functions,
+            references: externals.into_values().collect(),
+            sections,
+        })
+    }
+
+    /// Refuses livepatch relocations against a module's symbols where they would be
+    /// applied too late: a module object's relocations are applied when the module
+    /// loads, after the patch module's own alternatives, jump labels and static calls
+    /// were set up (kernel/livepatch/core.c, `klp_apply_object_relocs`).
+    #[allow(clippy::too_many_arguments)] // the place of one relocation, in full
+    fn check_module_klp(
+        &self,
+        object: &str,
+        klp: &str,
+        place: &str,
+        context: RelocContext,
+        out_index: usize,
+        offset: u64,
+        guarded: &[(usize, i64, i64)],
+    ) -> Result<()> {
+        if object == VMLINUX {
+            // vmlinux relocations are applied while the patch module loads, before its
+            // alternatives, jump labels and static calls (kernel/module/main.c,
+            // apply_relocations() → klp_apply_section_relocs()), whatever the target.
+            return Ok(());
+        }
+        let what = match context {
+            RelocContext::Special => Some("special sections"),
+            RelocContext::Replacement => Some("alternative replacement code"),
+            RelocContext::Code => guarded
+                .iter()
+                .any(|&(o, a, b)| o == out_index && a <= offset as i64 && (offset as i64) < b)
+                .then_some("code that alternatives or paravirt patching rewrite"),
+        };
+        match what {
+            Some(what) => Err(KlpError::ModuleSpecialRelocation {
+                tu: self.tu(),
+                place: place.to_owned(),
+                symbol: klp.to_owned(),
+                objname: object.to_owned(),
+                what,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The `.orc_unwind` entries parallel to the kept `.orc_unwind_ip` entries.
+    fn orc_entries(&self, ip_sec: usize, groups: &[(u64, u64)]) -> Result<OutSection> {
+        let what = format!("{}: {}", self.unit, orc::ENTRY_SECTION);
+        let sec = self
+            .section_named(orc::ENTRY_SECTION)
+            .ok_or_else(|| malformed(&what, "missing, but .orc_unwind_ip is there"))?;
+        let orc = &self.input.sections[sec];
+        let entries = self.input.sections[ip_sec].size / orc::IP_SIZE;
+        if orc.size != entries * orc::ENTRY_SIZE {
+            return Err(malformed(
+                &what,
+                format!("{} bytes for {entries} .orc_unwind_ip entries", orc.size),
+            ));
+        }
+        let mut data = Vec::new();
+        for &(start, _) in groups {
+            let i = (start / orc::IP_SIZE * orc::ENTRY_SIZE) as usize;
+            data.extend_from_slice(&orc.data[i..i + orc::ENTRY_SIZE as usize]);
+        }
+        Ok(OutSection::copy_of(orc, data))
+    }
+
+    /// Refuses sections the builder does not know that describe carried functions.
+    fn check_unknown_special_sections(&self, layout: &Layout) -> Result<()> {
+        for (src, section) in self.input.sections.iter().enumerate() {
+            if section.relocs.is_empty()
+                || is_unrelated_section(&section.name)
+                || self.carried.contains_key(&src)
+                || section.name == orc::ENTRY_SECTION
+                || SPECIAL_SECTIONS.iter().any(|s| s.name == section.name)
+            {
+                continue;
+            }
+            for rel in &section.relocs {
+                let sym = &self.input.symbols[rel.sym];
+                let Some(t) = sym.section else { continue };
+                if !self.function_sections.contains_key(&t) {
+                    continue;
+                }
+                if layout.locate(t, sym.value as i64 + rel.addend).is_some() {
+                    let f = self.function_sections[&t];
+                    return Err(KlpError::UnknownSpecialSection {
+                        tu: self.tu(),
+                        section: section.name.clone(),
+                        function: self.request.functions[f].post_name.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Assigns an output section to every carried input section.
+    fn layout(&self) -> Result<Layout> {
+        let mut sections = Vec::new();
+        let mut placement = BTreeMap::new();
+        let mut slices = BTreeMap::new();
+        for (&sec, carried) in &self.carried {
+            let section = &self.input.sections[sec];
+            let out_index = sections.len();
+            let mut out = match carried {
+                Carried::Whole => OutSection::copy_of(section, section.data.to_vec()),
+                Carried::Slices(ranges) => {
+                    let mut data = Vec::new();
+                    let mut placed = Vec::new();
+                    for &(a, b) in ranges {
+                        placed.push((a, b, data.len() as i64 - a as i64));
+                        data.extend_from_slice(&section.data[a as usize..b as usize]);
+                    }
+                    slices.insert(sec, placed);
+                    OutSection::copy_of(section, data)
+                }
+            };
+            if let Some(&f) = self.function_sections.get(&sec) {
+                let spec = &self.request.functions[f];
+                let sym = self
+                    .input
+                    .function(&spec.post_name)
+                    .expect("seed() found every function");
+                let size = self.input.symbols[sym].size;
+                if spec.new {
+                    // A new global function keeps its binding, so that the objects of
+                    // other files of the patch, linked into the same module, reach it.
+                    let local = self.input.symbols[sym].is_local();
+                    out.symbols
+                        .push(OutSymbol::function(&spec.post_name, size, local));
+                } else {
+                    let name = new_symbol_name(&spec.old_name)?;
+                    out.name = format!(".text.{name}");
+                    out.symbols.push(OutSymbol::function(&name, size, false));
+                }
+            } else if matches!(carried, Carried::Whole) {
+                // Keep the local names of `.cold` parts and copied data, for kallsyms
+                // and for whoever reads the module.
+                for &s in &section.symbols {
+                    let sym = &self.input.symbols[s];
+                    if sym.is_local() && !sym.name.is_empty() {
+                        out.symbols.push(OutSymbol {
+                            name: sym.name.clone(),
+                            value: sym.value,
+                            size: sym.size,
+                            kind: sym.kind,
+                            global: false,
+                        });
+                    }
+                }
+            }
+            placement.insert(sec, (out_index, 0));
+            sections.push(out);
+        }
+        Ok(Layout {
+            sections,
+            placement,
+            slices,
+        })
+    }
+}
+
+/// Where every carried input section went.
+#[derive(Debug)]
+pub(super) struct Layout {
+    pub(super) sections: Vec<OutSection>,
+    /// Input section → (output section, shift for whole sections).
+    pub(super) placement: BTreeMap<usize, (usize, i64)>,
+    /// Input section → its carried slices: (start, end, shift).
+    pub(super) slices: BTreeMap<usize, Vec<(u64, u64, i64)>>,
+}
+
+impl Layout {
+    /// The output section and offset shift for `offset` of input section `sec`, if
+    /// that byte is carried (or it is the end of a carried range).
+    pub(super) fn locate(&self, sec: usize, offset: i64) -> Option<(usize, i64)> {
+        let &(out_index, shift) = self.placement.get(&sec)?;
+        match self.slices.get(&sec) {
+            None => {
+                let size = self.sections[out_index].size as i64;
+                (0 <= offset && offset <= size).then_some((out_index, shift))
+            }
+            Some(slices) => slices
+                .iter()
+                .find(|&&(a, _, _)| a as i64 == offset)
+                .or_else(|| {
+                    slices
+                        .iter()
+                        .find(|&&(a, b, _)| a as i64 <= offset && offset <= b as i64)
+                })
+                .map(|&(_, _, shift)| (out_index, shift)),
+        }
+    }
+}

@@ -1,0 +1,127 @@
+use object::read::elf::ElfFile64;
+use object::{Object, ObjectSection};
+
+use super::super::*;
+use super::*;
+
+fn special_resolver() -> FakeResolver {
+    FakeResolver::new(&[
+        ("__fentry__", None),
+        ("printk", None),
+        ("orig_insn", None),
+        ("repl_insn", None),
+        ("boot_cpu_data", None),
+        ("__x86_indirect_thunk_rax", None),
+        ("__SCK__my_call", Some(0)),
+        ("my_key", Some(0)),
+        ("patched", Some(0)),
+    ])
+}
+
+fn extract_special(extra: &[&str], objname: &str) -> Result<Extracted> {
+    let object = compile("special.c", extra);
+    let request = ExtractRequest {
+        object: &object,
+        tu: "test/special.o",
+        objname,
+        functions: &[changed("patched")],
+    };
+    extract(&request, &special_resolver())
+}
+
+#[test]
+fn special_section_entries_of_the_function_come_along() {
+    let ex = extract_special(&[], VMLINUX).unwrap();
+    let elf = ElfFile64::<Endianness>::parse(&*ex.object).unwrap();
+    let size = |name: &str| elf.section_by_name(name).map(|s| s.size());
+    let new = ".text.__kstack_new_patched";
+    // One entry each: `other`'s are left behind.
+    for (section, bytes) in [
+        ("__bug_table", 12),
+        ("__ex_table", 12),
+        ("__jump_table", 16),
+        (".altinstructions", 24),
+        (".static_call_sites", 8),
+        (".retpoline_sites", 4),
+        (".return_sites", 4),
+        (".smp_locks", 4),
+        (".parainstructions", 16),
+        (".orc_unwind_ip", 8),
+        (".orc_unwind", 12),
+        ("__mcount_loc", 8),
+        // `jmp %l[t_no]` and `call repl_insn`, not `other`'s replacements.
+        (".altinstr_replacement", 10),
+    ] {
+        assert_eq!(size(section), Some(bytes), "{section}");
+    }
+    let r = relocs(&elf, "__bug_table");
+    assert_eq!(r[0], (0, new.into(), 0x14));
+    // bug_entry::file: the file name, in whichever string section gcc put it.
+    let strings = elf.section_by_name(&r[1].1).unwrap().data().unwrap();
+    let file = &strings[r[1].2 as usize..];
+    assert!(file.starts_with(fixture("special.c").to_str().unwrap().as_bytes()));
+    assert_eq!(
+        relocs(&elf, "__jump_table"),
+        [
+            (0, new.into(), 0x1f),
+            (4, new.into(), 0x50),
+            (8, ".klp.sym.vmlinux.my_key,0".into(), 1)
+        ]
+    );
+    assert_eq!(
+        relocs(&elf, ".altinstructions"),
+        [
+            (0, new.into(), 0x24),
+            (4, ".altinstr_replacement".into(), 0),
+            (12, new.into(), 0x2c),
+            (16, ".altinstr_replacement".into(), 5)
+        ]
+    );
+    assert_eq!(
+        relocs(&elf, ".altinstr_replacement"),
+        [(1, new.into(), 0x28), (6, "repl_insn".into(), -4)]
+    );
+    // The static_cpu_has() snippet: test, jnz back, jmp back.
+    let aux = relocs(&elf, ".altinstr_aux");
+    assert_eq!(
+        aux,
+        [
+            (2, "boot_cpu_data".into(), 7),
+            (9, new.into(), 0x25),
+            (14, new.into(), 0x28)
+        ]
+    );
+    let jmp = relocs(&elf, new);
+    assert!(jmp.contains(&(0x25, ".altinstr_aux".into(), -4)), "{jmp:?}");
+    assert_eq!(
+        relocs(&elf, ".static_call_sites"),
+        [
+            (0, new.into(), 0x31),
+            (4, ".klp.sym.vmlinux.__SCK__my_call,0".into(), 0)
+        ]
+    );
+    assert_eq!(
+        relocs(&elf, ".orc_unwind_ip"),
+        [(0, new.into(), 0x31), (4, new.into(), 0x3f)]
+    );
+    assert_eq!(relocs(&elf, ".parainstructions"), [(0, new.into(), 0x3f)]);
+    assert_eq!(relocs(&elf, ".return_sites"), [(0, new.into(), 0x41)]);
+}
+
+#[test]
+fn unknown_special_sections_are_refused() {
+    let err = extract_special(&["-DWEIRD"], VMLINUX).unwrap_err();
+    assert!(
+        matches!(&err, KlpError::UnknownSpecialSection { section, .. } if section == ".weird_table"),
+        "{err}"
+    );
+}
+
+#[test]
+fn module_targets_refuse_livepatch_relocations_in_special_sections() {
+    let err = extract_special(&[], "ext4").unwrap_err();
+    assert!(
+        matches!(&err, KlpError::ModuleSpecialRelocation { symbol, .. } if symbol == ".klp.sym.ext4.my_key,0"),
+        "{err}"
+    );
+}
