@@ -4,7 +4,7 @@
 mod common;
 
 use common::{BUILD_ID, Env, stderr, stdout};
-use kstack_store::fixtures::FakeModule;
+use kstack_fixtures::FakeModule;
 
 #[test]
 fn init_is_idempotent() {

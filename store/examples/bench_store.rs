@@ -2,24 +2,31 @@
 //!
 //! ```text
 //! cargo run --release -p kstack-store --example bench_store [-- --commits N --patches N --runs N]
+//! BENCH_STORE_DIR=DIR cargo run --release -p kstack-store --example bench_store -- --setup-only
 //! ```
 //!
-//! Builds, in a temporary directory, a stack of N commits (default 10,000) and a
-//! stack of N patches (default 100, 64 KiB modules), then measures each operation in
-//! a fresh child process (so its peak RSS, VmHWM, is its own), median of `--runs`:
-//! `log` of the long stack (and `git log --oneline` of the same ref), `verify` of the
-//! 100-patch stack, and committing a 1 MiB module. Each is measured twice: on the
-//! store as kstack wrote it (loose objects, auto-packed past a threshold) and after
-//! `git repack -adq`. With
-//! `KSTACK_BIN` set to a built `kstack`, `kstack log --oneline` is timed too.
+//! Builds, through the library, a stack of N commits (default 10,000) and a stack of
+//! N patches (default 100, 64 KiB modules) in `written/` (under `BENCH_STORE_DIR`,
+//! else a temporary directory), then three copies of that store: `loose/` (every
+//! object a file, by `git unpack-objects`), `kstack-packed/` (one pack written by
+//! kstack's own packing, `Store::pack`) and `git-packed/` (after `git repack -adf`,
+//! so about half the commits are deltas of others). `--setup-only` stops there, for
+//! timing the commands with other tools.
+//!
+//! On each layout it then measures, median of `--runs`, each operation in a fresh
+//! child process (so its peak RSS, VmHWM, is its own): `log` of the long stack,
+//! `verify` of the 100-patch stack, and committing a 1 MiB module. `git log` of the
+//! long stack's ref is timed as a whole process; with `KSTACK_BIN` set to a built
+//! `kstack`, so is `kstack log` of the same stack, like for like: process start
+//! included, both writing to a file, run in turn with `git log`.
 #![allow(clippy::unwrap_used)] // a benchmark: any failure should stop it loudly
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kstack_fixtures::FakeModule;
 use kstack_store::commit::NewPatch;
-use kstack_store::fixtures::FakeModule;
 use kstack_store::keys::{SecretKey, TrustPolicy};
 use kstack_store::model::PatchSource;
 use kstack_store::store::{Author, StackId, Store};
@@ -152,36 +159,64 @@ fn child(what: &str, store: &Path, runs: usize) -> Sample {
     samples.swap_remove(runs / 2)
 }
 
-/// Median wall time and peak RSS (from `/usr/bin/time`, when there) of a command.
-fn external(program: &str, args: &[&str], runs: usize) -> (Duration, Option<u64>) {
-    let time = Path::new("/usr/bin/time").exists();
-    let mut samples: Vec<(Duration, Option<u64>)> = (0..runs)
-        .map(|_| {
-            let mut cmd = if time {
-                let mut c = Command::new("/usr/bin/time");
-                c.args(["-f", "%M", program]);
-                c
-            } else {
-                Command::new(program)
-            };
-            cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
-            let start = Instant::now();
-            let out = cmd.output().unwrap();
-            let elapsed = start.elapsed();
-            assert!(
-                out.status.success(),
-                "{program} {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let rss = String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .and_then(|l| l.trim().parse().ok());
-            (elapsed, rss)
-        })
+/// One run of a command, its standard output written to the file `out`: wall time
+/// of the whole process and its peak RSS (from `/usr/bin/time`, when there).
+fn run_once(program: &str, args: &[&str], out: &Path) -> (Duration, Option<u64>) {
+    let mut cmd = if Path::new("/usr/bin/time").exists() {
+        let mut c = Command::new("/usr/bin/time");
+        c.args(["-f", "%M", program]);
+        c
+    } else {
+        Command::new(program)
+    };
+    cmd.args(args)
+        .stdout(std::fs::File::create(out).unwrap())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let output = cmd.output().unwrap();
+    let elapsed = start.elapsed();
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rss = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok());
+    (elapsed, rss)
+}
+
+fn median<T: Clone>(mut samples: Vec<T>, key: impl Fn(&T) -> f64) -> T {
+    samples.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    samples[samples.len() / 2].clone()
+}
+
+/// Median wall time and peak RSS of a command (see [`run_once`]).
+fn external(program: &str, args: &[&str], runs: usize, out: &Path) -> (Duration, Option<u64>) {
+    let samples = (0..runs).map(|_| run_once(program, args, out)).collect();
+    median(samples, |s| s.0.as_secs_f64())
+}
+
+/// Wall time and peak RSS of one run.
+type Timed = (Duration, Option<u64>);
+
+/// Two commands run in turn, A B A B ..., so that both see the same machine: each
+/// one's median wall time and peak RSS, and the median of the ratios A/B pair by pair.
+fn paired(a: (&str, &[&str]), b: (&str, &[&str]), runs: usize, out: &Path) -> (Timed, Timed, f64) {
+    let pairs: Vec<(Timed, Timed)> = (0..runs)
+        .map(|_| (run_once(a.0, a.1, out), run_once(b.0, b.1, out)))
         .collect();
-    samples.sort_by_key(|s| s.0);
-    samples.swap_remove(runs / 2)
+    let ratio = median(
+        pairs
+            .iter()
+            .map(|(a, b)| a.0.as_secs_f64() / b.0.as_secs_f64())
+            .collect(),
+        |r| *r,
+    );
+    let a = median(pairs.iter().map(|p| p.0).collect(), |s| s.0.as_secs_f64());
+    let b = median(pairs.iter().map(|p| p.1).collect(), |s| s.0.as_secs_f64());
+    (a, b, ratio)
 }
 
 fn ms(d: Duration) -> String {
@@ -199,22 +234,18 @@ fn arg(args: &[String], name: &str, default: usize) -> usize {
         .map_or(default, |v| v.parse().unwrap())
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--measure") {
-        measure(&args[2], Path::new(&args[3]));
-        return;
-    }
-    let commits = arg(&args, "--commits", 10_000);
-    let patches = arg(&args, "--patches", 100);
-    let runs = arg(&args, "--runs", 5);
-    let dir = tempfile::tempdir().unwrap();
-    let path: PathBuf = match std::env::var_os("BENCH_STORE_DIR") {
-        Some(p) => PathBuf::from(p),
-        None => dir.path().join("store"),
-    };
-    let store = Store::init(&path).unwrap();
+/// The layouts every operation is measured on: a directory under the benchmark's
+/// root, and how the table names it.
+const LAYOUTS: [(&str, &str); 4] = [
+    ("loose", "every object loose"),
+    ("written", "as kstack wrote it"),
+    ("kstack-packed", "one pack by kstack"),
+    ("git-packed", "after `git repack -adf`"),
+];
 
+/// Builds the two stacks in a new store at `path`; returns how long each took.
+fn build(path: &Path, commits: usize, patches: usize) -> (Duration, Duration) {
+    let store = Store::init(path).unwrap();
     // A long history: add and revert one small patch, over and over.
     let setup = Instant::now();
     let long = stack("long");
@@ -255,17 +286,91 @@ fn main() {
             )
             .unwrap();
     }
-    let wide_setup = setup.elapsed();
-    let objects = Command::new("git")
-        .args([
-            &format!("--git-dir={}", path.display()),
-            "count-objects",
-            "-v",
-        ])
+    (long_setup, setup.elapsed())
+}
+
+/// A copy of the store at `from`, made with `cp -a`.
+fn copy(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "cp -a {} {}", from.display(), to.display());
+}
+
+/// Turns every pack of the store at `path` into loose objects, with `git
+/// unpack-objects` (which only writes objects the store does not have, so each pack
+/// is moved out first).
+fn explode(path: &Path) -> bool {
+    let pack_dir = path.join("objects/pack");
+    let packs: Vec<PathBuf> = std::fs::read_dir(&pack_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .collect();
+    packs.iter().all(|pack| {
+        let moved = path.join(pack.file_name().unwrap());
+        std::fs::rename(pack, &moved).unwrap();
+        std::fs::remove_file(pack.with_extension("idx")).unwrap();
+        let ok = Command::new("git")
+            .arg(format!("--git-dir={}", path.display()))
+            .args(["unpack-objects", "-q"])
+            .stdin(std::fs::File::open(&moved).unwrap())
+            .status()
+            .is_ok_and(|s| s.success());
+        std::fs::remove_file(&moved).unwrap();
+        ok
+    })
+}
+
+/// `git count-objects -v` on one line, or nothing without git.
+fn count_objects(path: &Path) -> String {
+    Command::new("git")
+        .arg(format!("--git-dir={}", path.display()))
+        .args(["count-objects", "-v"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).replace('\n', " "))
-        .unwrap_or_default();
-    drop(store);
+        .unwrap_or_default()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--measure") {
+        measure(&args[2], Path::new(&args[3]));
+        return;
+    }
+    let commits = arg(&args, "--commits", 10_000);
+    let patches = arg(&args, "--patches", 100);
+    let runs = arg(&args, "--runs", 5);
+    let dir = tempfile::tempdir().unwrap();
+    let root: PathBuf = match std::env::var_os("BENCH_STORE_DIR") {
+        Some(p) => PathBuf::from(p),
+        None => dir.path().to_owned(),
+    };
+    std::fs::create_dir_all(&root).unwrap();
+
+    let written = root.join("written");
+    let _ = std::fs::remove_dir_all(&written);
+    let (long_setup, wide_setup) = build(&written, commits, patches);
+    let objects = count_objects(&written);
+    let kstack_packed = root.join("kstack-packed");
+    copy(&written, &kstack_packed);
+    let report = Store::open(&kstack_packed).unwrap().pack(true).unwrap();
+    // The other layouts are git's work: without git there are only these two.
+    let loose = root.join("loose");
+    copy(&written, &loose);
+    let git = explode(&loose);
+    let git_packed = root.join("git-packed");
+    copy(&written, &git_packed);
+    let git = git
+        && Command::new("git")
+            .arg(format!("--git-dir={}", git_packed.display()))
+            .args(["repack", "-adfq"])
+            .status()
+            .is_ok_and(|s| s.success());
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -285,52 +390,77 @@ fn main() {
         long_setup.as_secs_f64() * 1000.0 / commits as f64,
         wide_setup.as_secs_f64()
     );
-    println!("objects after setup: {objects}");
+    println!("objects as written: {objects}");
+    println!("kstack's packing: {report:?}");
+    let long = stack("long");
+    if args.iter().any(|a| a == "--setup-only") {
+        println!(
+            "stores in {}: {}",
+            root.display(),
+            LAYOUTS.map(|l| l.0).join(", ")
+        );
+        println!(
+            "the long stack: `long` (kstack), ref {} (git)",
+            long.ref_name()
+        );
+        let _kept = dir.keep(); // the stores are what was asked for
+        return;
+    }
     println!();
     println!("| operation | store | time | peak RSS | detail |");
     println!("|---|---|---|---|---|");
     let refname = long.ref_name();
-    let git_dir = format!("--git-dir={}", path.display());
     let kstack_bin = std::env::var("KSTACK_BIN").ok();
-    for layout in ["as kstack wrote it", "after `git repack -adq`"] {
-        if layout != "as kstack wrote it" {
-            let ok = Command::new("git")
-                .args([&git_dir, "repack", "-adq"])
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                println!("(git is missing: no packed measurements)");
-                break;
-            }
+    let out = root.join("log-output");
+    for (name, layout) in LAYOUTS {
+        let path = root.join(name);
+        if matches!(name, "loose" | "git-packed") && !git {
+            println!("(git is missing: no measurements {layout})");
+            continue;
         }
         let s = child("log", &path, runs);
         println!(
-            "| `log` of {commits} commits | {layout} | {} | {} | {} |",
+            "| `log` of {commits} commits (library, incl. open) | {layout} | {} | {} | {} |",
             ms(s.elapsed),
             mib(s.peak_kib),
             s.detail
         );
-        if let Some(bin) = &kstack_bin {
-            let store_arg = format!("--store={}", path.display());
-            let (t, rss) = external(
-                bin,
-                &[&store_arg, "log", "--oneline", &format!("{BUILD_ID}/long")],
-                runs,
+        let git_dir = format!("--git-dir={}", path.display());
+        let store_arg = format!("--store={}", path.display());
+        for format in [None, Some("--oneline")] {
+            let shown = format.map_or(String::new(), |f| format!(" {f}"));
+            let git_args: Vec<&str> = [git_dir.as_str(), "log"]
+                .into_iter()
+                .chain(format)
+                .chain([refname.as_str()])
+                .collect();
+            let Some(bin) = &kstack_bin else {
+                let (t, rss) = external("git", &git_args, runs, &out);
+                println!(
+                    "| `git log{shown}`, same ref (whole process) | {layout} | {} | {} | |",
+                    ms(t),
+                    rss.map_or("?".into(), mib),
+                );
+                continue;
+            };
+            let kstack_args: Vec<&str> = [store_arg.as_str(), "log"]
+                .into_iter()
+                .chain(format)
+                .chain(["long"])
+                .collect();
+            let ((kt, krss), (gt, grss), ratio) =
+                paired((bin, &kstack_args), ("git", &git_args), runs, &out);
+            println!(
+                "| `git log{shown}`, same ref (whole process) | {layout} | {} | {} | |",
+                ms(gt),
+                grss.map_or("?".into(), mib),
             );
             println!(
-                "| `kstack log --oneline` (CLI, whole process) | {layout} | {} | {} | vs library log: {:.2}x |",
-                ms(t),
-                rss.map_or("?".into(), mib),
-                t.as_secs_f64() / s.elapsed.as_secs_f64()
+                "| `kstack log{shown}` (whole process) | {layout} | {} | {} | kstack/git: {ratio:.2}x (median of pairs) |",
+                ms(kt),
+                krss.map_or("?".into(), mib),
             );
         }
-        let (t, rss) = external("git", &[&git_dir, "log", "--oneline", &refname], runs);
-        println!(
-            "| `git log --oneline`, same ref (whole process) | {layout} | {} | {} | kstack/git: {:.2}x |",
-            ms(t),
-            rss.map_or("?".into(), mib),
-            s.elapsed.as_secs_f64() / t.as_secs_f64()
-        );
         let s = child("verify", &path, runs);
         println!(
             "| `verify` of a {patches}-patch stack (64 KiB modules) | {layout} | {} | {} | {} |",

@@ -111,7 +111,11 @@ impl FromStr for PublicKey {
 
 impl fmt::Display for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{PUBLIC_PREFIX}{}", hex::encode(self.to_bytes()))
+        // On the stack: `log` shows one key per commit.
+        let mut digits = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut digits).expect("32 bytes are 64 hex digits");
+        f.write_str(PUBLIC_PREFIX)?;
+        f.write_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"))
     }
 }
 

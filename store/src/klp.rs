@@ -176,34 +176,6 @@ pub fn replaced_functions(bytes: &[u8], what: &str) -> Result<Vec<FunctionRef>, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::FakeModule;
-
-    #[test]
-    fn finds_functions_in_vmlinux_and_modules() {
-        let mut module = FakeModule::livepatch("kstack_0123456789ab", &["cmdline_proc_show"]);
-        module.functions.push("ext4:ext4_statfs,2".parse().unwrap());
-        module.functions.push("meminfo_proc_show".parse().unwrap());
-        let found = replaced_functions(&module.build(), "m.ko").unwrap();
-        let names: Vec<String> = found.iter().map(ToString::to_string).collect();
-        assert_eq!(
-            names,
-            [
-                "vmlinux:cmdline_proc_show",
-                "vmlinux:meminfo_proc_show",
-                "ext4:ext4_statfs,2"
-            ]
-        );
-    }
-
-    #[test]
-    fn a_module_without_tables_has_none() {
-        let module = FakeModule::livepatch("plain", &[]);
-        assert!(
-            replaced_functions(&module.build(), "m.ko")
-                .unwrap()
-                .is_empty()
-        );
-    }
 
     #[test]
     fn garbage_is_an_error() {

@@ -6,7 +6,7 @@
 
 pub mod commit;
 pub mod digest;
-pub mod fixtures;
+mod history;
 pub mod ident;
 pub mod keys;
 pub mod klp;

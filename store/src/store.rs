@@ -451,45 +451,57 @@ impl Store {
 
     // ---- reading objects -------------------------------------------------------
 
-    /// Reads an object of the `expected` kind. A miss (or a read error) is looked up
-    /// again in a freshly opened repository before it is reported: another kstack may
-    /// have packed objects or merged packs since this handle last looked.
-    fn find(
+    /// Reads an object of the `expected` kind into `buf` (replacing what it held). A
+    /// miss (or a read error) is looked up again in a freshly opened repository
+    /// before it is reported: another kstack may have packed objects or merged packs
+    /// since this handle last looked.
+    pub(crate) fn read_into(
         &self,
         id: ObjectId,
-        what: &str,
+        what: &dyn fmt::Display,
         expected: gix::objs::Kind,
-    ) -> Result<gix::ObjectDetached, StoreError> {
-        let first = self.repo.try_find_object(id).map(|o| o.map(|o| o.detach()));
-        let object = match first {
-            Ok(Some(object)) => object,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
+        use gix::objs::Find;
+        // Git reads the empty tree even where it is not stored (and so does `gix`).
+        let first = if id == ObjectId::empty_tree(self.repo.object_hash()) {
+            buf.clear();
+            Ok(Some(gix::objs::Kind::Tree))
+        } else {
+            self.repo
+                .objects
+                .try_find(&id, buf)
+                .map(|o| o.map(|o| o.kind))
+        };
+        let kind = match first {
+            Ok(Some(kind)) => kind,
             first => {
                 let second = self
                     .reopened()
-                    .map(|repo| repo.try_find_object(id).map(|o| o.map(|o| o.detach())));
+                    .map(|repo| repo.objects.try_find(&id, buf).map(|o| o.map(|o| o.kind)));
                 match (second, first) {
-                    (Some(Ok(Some(object))), _) => object,
+                    (Some(Ok(Some(kind))), _) => kind,
                     (_, Err(e)) => {
                         return Err(StoreError::ReadObject {
-                            what: what.to_owned(),
+                            what: what.to_string(),
                             id,
                             source: e.into(),
                         });
                     }
                     _ => {
                         return Err(StoreError::MissingObject {
-                            what: what.to_owned(),
+                            what: what.to_string(),
                             id,
                         });
                     }
                 }
             }
         };
-        if object.kind != expected {
+        if kind != expected {
             return Err(StoreError::WrongKind {
-                what: what.to_owned(),
+                what: what.to_string(),
                 id,
-                found: object.kind.to_string(),
+                found: kind.to_string(),
                 expected: match expected {
                     gix::objs::Kind::Blob => "blob",
                     gix::objs::Kind::Tree => "tree",
@@ -498,7 +510,7 @@ impl Store {
                 },
             });
         }
-        Ok(object)
+        Ok(())
     }
 
     /// The same repository, opened anew (a current view of its packs).
@@ -508,62 +520,80 @@ impl Store {
 
     /// Reads a commit's header and message (not its tree).
     pub fn commit_info(&self, id: ObjectId) -> Result<CommitInfo, StoreError> {
-        let what = format!("commit {}", id.to_hex_with_len(12));
-        let object = self.find(id, &what, gix::objs::Kind::Commit)?;
+        self.read_commit(id, &mut Vec::new())
+    }
+
+    /// [`Store::commit_info`] with a buffer for the object's bytes, so that a walk
+    /// over many commits reuses one allocation.
+    pub(crate) fn read_commit(
+        &self,
+        id: ObjectId,
+        buf: &mut Vec<u8>,
+    ) -> Result<CommitInfo, StoreError> {
+        self.read_into(id, &CommitName(id), gix::objs::Kind::Commit, buf)?;
+        self.parse_commit(id, buf)
+    }
+
+    /// The header fields and message of the commit `id`, whose object is `data`.
+    pub(crate) fn parse_commit(&self, id: ObjectId, data: &[u8]) -> Result<CommitInfo, StoreError> {
+        use gix::objs::commit::ref_iter::Token;
         let malformed = |message: String| StoreError::Malformed {
-            what: what.clone(),
+            what: CommitName(id).to_string(),
             id,
             message,
         };
-        let commit = gix::objs::CommitRef::from_bytes(&object.data, self.repo.object_hash())
-            .map_err(|e| malformed(e.to_string()))?;
-        let author = commit.author().map_err(|e| malformed(e.to_string()))?;
+        // Token by token: the fields `log` shows, each parsed once, and no error
+        // values built for the optional headers a commit does not have.
+        let (mut tree, mut parents, mut author, mut message) = (None, Vec::new(), None, None);
+        for token in gix::objs::CommitRefIter::from_bytes(data, self.repo.object_hash()) {
+            match token.map_err(|e| malformed(e.to_string()))? {
+                Token::Tree { id } => tree = Some(id),
+                Token::Parent { id } => parents.push(id),
+                Token::Author { signature } => author = Some(signature),
+                Token::Message(text) => message = Some(text),
+                Token::Committer { .. } | Token::Encoding(_) | Token::ExtraHeader(_) => {}
+            }
+        }
+        let (Some(tree), Some(author), Some(message)) = (tree, author, message) else {
+            return Err(malformed("incomplete commit".to_owned()));
+        };
         let time = author.time().map(|t| t.seconds).unwrap_or(0);
-        let raw = commit.message.to_str_lossy();
+        let raw = message.to_str_lossy();
         let (message, signer) = split_signer_trailer(&raw);
         Ok(CommitInfo {
             id,
-            tree: commit.tree(),
-            parents: commit.parents().collect(),
+            tree,
+            parents,
             author: author.name.to_str_lossy().into_owned(),
             email: author.email.to_str_lossy().into_owned(),
             time,
-            message,
+            message: message.to_owned(),
             signer,
         })
     }
 
     /// The first-parent history from `start`, newest first, at most `limit` commits.
-    /// Reads commit headers only, so it stays fast on long histories.
+    /// Reads commit headers only, so it stays fast on long histories (see
+    /// [`crate::history`]).
     pub fn log(
         &self,
         start: ObjectId,
         limit: Option<usize>,
     ) -> Result<Vec<CommitInfo>, StoreError> {
-        let mut out = Vec::new();
-        let mut next = Some(start);
-        while let Some(id) = next {
-            if limit.is_some_and(|l| out.len() >= l) {
-                break;
-            }
-            let info = self.commit_info(id)?;
-            next = info.parents.first().copied();
-            out.push(info);
-        }
-        Ok(out)
+        crate::history::FirstParents::new(self, start, limit).collect()
     }
 
     /// The entries of a tree.
     pub fn tree_items(&self, id: ObjectId, what: &str) -> Result<Vec<TreeItem>, StoreError> {
-        let object = self.find(id, what, gix::objs::Kind::Tree)?;
-        let tree =
-            gix::objs::TreeRef::from_bytes(&object.data, self.repo.object_hash()).map_err(|e| {
-                StoreError::Malformed {
-                    what: what.to_owned(),
-                    id,
-                    message: e.to_string(),
-                }
-            })?;
+        let mut buf = Vec::new();
+        self.read_into(id, &what, gix::objs::Kind::Tree, &mut buf)?;
+        let tree = gix::objs::TreeRef::from_bytes(&buf, self.repo.object_hash()).map_err(|e| {
+            StoreError::Malformed {
+                what: what.to_owned(),
+                id,
+                message: e.to_string(),
+            }
+        })?;
         Ok(tree
             .entries
             .iter()
@@ -583,8 +613,9 @@ impl Store {
 
     /// The bytes of a blob.
     pub fn blob(&self, id: ObjectId, what: &str) -> Result<Vec<u8>, StoreError> {
-        let mut object = self.find(id, what, gix::objs::Kind::Blob)?;
-        Ok(std::mem::take(&mut object.data))
+        let mut buf = Vec::new();
+        self.read_into(id, &what, gix::objs::Kind::Blob, &mut buf)?;
+        Ok(buf)
     }
 
     /// Whether an object is in the store.
@@ -689,17 +720,29 @@ impl Store {
     }
 }
 
+/// How errors name a commit (formatted only when there is an error to report).
+struct CommitName(ObjectId);
+
+impl fmt::Display for CommitName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "commit {}", self.0.to_hex_with_len(12))
+    }
+}
+
 /// Splits the `Kstack-Signer:` trailer off a commit message.
-fn split_signer_trailer(raw: &str) -> (String, Option<PublicKey>) {
+fn split_signer_trailer(raw: &str) -> (&str, Option<PublicKey>) {
+    fn key_of(line: &str) -> Option<&str> {
+        line.strip_prefix(SIGNER_TRAILER)?.strip_prefix(": ")
+    }
     let trimmed = raw.trim_end();
     if let Some((body, last)) = trimmed.rsplit_once('\n') {
-        if let Some(key) = last.strip_prefix(&format!("{SIGNER_TRAILER}: ")) {
-            return (body.trim_end().to_owned(), PublicKey::parse_unchecked(key));
+        if let Some(key) = key_of(last) {
+            return (body.trim_end(), PublicKey::parse_unchecked(key));
         }
-    } else if let Some(key) = trimmed.strip_prefix(&format!("{SIGNER_TRAILER}: ")) {
-        return (String::new(), PublicKey::parse_unchecked(key));
+    } else if let Some(key) = key_of(trimmed) {
+        return ("", PublicKey::parse_unchecked(key));
     }
-    (trimmed.to_owned(), None)
+    (trimmed, None)
 }
 
 #[cfg(test)]
@@ -729,7 +772,7 @@ mod tests {
         let (message, signer) = split_signer_trailer(&raw);
         assert_eq!(message, "fix it\n\nbody");
         assert_eq!(signer, Some(key));
-        assert_eq!(split_signer_trailer("plain\n"), ("plain".to_owned(), None));
+        assert_eq!(split_signer_trailer("plain\n"), ("plain", None));
     }
 
     #[test]

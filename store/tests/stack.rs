@@ -145,7 +145,7 @@ fn commit_refuses_bad_modules() {
     let env = Env::new();
     env.add("a", &["f"]);
     // Another kernel release.
-    let mut m = kstack_store::fixtures::FakeModule::livepatch("other", &["g"]);
+    let mut m = kstack_fixtures::FakeModule::livepatch("other", &["g"]);
     m.vermagic = "6.1.0-99-cloud-amd64 SMP mod_unload modversions ".into();
     let mut p = patch("other", &[]);
     p.module = m.build();
@@ -160,7 +160,7 @@ fn commit_refuses_bad_modules() {
         )
     );
     // Not a livepatch module.
-    let mut m = kstack_store::fixtures::FakeModule::livepatch("plain", &[]);
+    let mut m = kstack_fixtures::FakeModule::livepatch("plain", &[]);
     m.livepatch = false;
     let mut p = patch("plain", &[]);
     p.module = m.build();

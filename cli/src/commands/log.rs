@@ -2,12 +2,13 @@
 //! home to what the reading commands share: resolving a revision and saying whether
 //! a signer is trusted.
 
+use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use clap::Args;
 use kstack_store::keys::{PublicKey, TrustPolicy};
 use kstack_store::rev::Resolved;
-use kstack_store::store::{Store, format_time};
+use kstack_store::store::{CommitInfo, ObjectId, Store, format_time};
 
 use super::GlobalArgs;
 use crate::context::Context;
@@ -61,38 +62,46 @@ pub fn cmd_log(ui: &Ui, global: &GlobalArgs, args: LogArgs) -> Result<ExitCode, 
         Some(stack) => store.stack_head(stack)?.map(|h| (h, stack.name.clone())),
         None => None,
     };
+    let text = render(&log, head.as_ref(), args.oneline, &trust)
+        .expect("formatting into a String cannot fail");
+    ui.line(text.trim_end());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The log as text: with `write!` into one `String`, not a `format!` per line, as a
+/// long history is many lines.
+fn render(
+    log: &[CommitInfo],
+    head: Option<&(ObjectId, String)>,
+    oneline: bool,
+    trust: &Trust,
+) -> Result<String, std::fmt::Error> {
     let mut out = String::new();
     for (i, c) in log.iter().enumerate() {
-        let decoration = match &head {
+        let decoration = match head {
             Some((h, name)) if *h == c.id => format!(" ({name})"),
             _ => String::new(),
         };
-        if args.oneline {
-            out.push_str(&format!(
-                "{}{decoration} {}\n",
-                c.id.to_hex_with_len(12),
-                c.summary()
-            ));
+        if oneline {
+            let short = c.id.to_hex_with_len(12);
+            writeln!(out, "{short}{decoration} {}", c.summary())?;
             continue;
         }
         if i > 0 {
             out.push('\n');
         }
-        out.push_str(&format!("commit {}{decoration}\n", c.id));
-        out.push_str(&format!("Author: {} <{}>\n", c.author, c.email));
-        out.push_str(&format!("Date:   {}\n", format_time(c.time)));
-        out.push_str(&format!(
-            "Signer: {} ({})\n\n",
-            c.signer
-                .map_or_else(|| "none".to_owned(), |k| k.to_string()),
-            trust.label(c.signer.as_ref())
-        ));
+        writeln!(out, "commit {}{decoration}", c.id)?;
+        writeln!(out, "Author: {} <{}>", c.author, c.email)?;
+        writeln!(out, "Date:   {}", format_time(c.time))?;
+        match &c.signer {
+            Some(key) => writeln!(out, "Signer: {key} ({})\n", trust.label(Some(key)))?,
+            None => writeln!(out, "Signer: none ({})\n", trust.label(None))?,
+        }
         for line in c.message.lines() {
-            out.push_str(&format!("    {line}\n"));
+            writeln!(out, "    {line}")?;
         }
     }
-    ui.line(out.trim_end());
-    Ok(ExitCode::SUCCESS)
+    Ok(out)
 }
 
 /// The trust policy, and whether there was a config to take it from.

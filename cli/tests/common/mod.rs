@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use kstack_store::fixtures::{FakeCompression, FakeModule, fake_bzimage, fake_vmlinux};
+use kstack_fixtures::{FakeCompression, FakeModule, fake_bzimage, fake_vmlinux};
 
 pub const BUILD_ID: &str = "3b43fad5034874490492495d552c0af6a5fab235";
 /// `ed25519-secret:` of a fixed seed, so signatures (and commit ids) are stable.

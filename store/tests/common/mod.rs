@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use kstack_fixtures::FakeModule;
 use kstack_store::commit::{NewPatch, Prepared};
-use kstack_store::fixtures::FakeModule;
 use kstack_store::keys::{SecretKey, TrustPolicy};
 use kstack_store::model::PatchSource;
 use kstack_store::store::{Author, ObjectId, StackId, Store};
