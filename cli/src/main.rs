@@ -18,6 +18,15 @@ fn main() -> ExitCode {
     if std::process::id() == 1 {
         return commands::guest_init::run_as_init();
     }
+    // Like other command-line tools, end quietly when the reader of our output goes
+    // away (`kstack log | head`), instead of failing on the write.
+    // SAFETY: restoring the default action of a signal kstack installs no handler for.
+    let _ = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    };
     let cli = match commands::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
