@@ -17,6 +17,8 @@
 //!   livepatch core counts it.
 //! - [`x86`]: instruction decoding, through `iced-x86` only.
 //! - [`elf`]: one in-memory model of a relocatable x86-64 object.
+//! - [`symtab`]: the local symbols of a vmlinux by source file, from its full
+//!   symbol table (the exact answer to "which of these same-named statics").
 //!
 //! Not here: policy (what the builder refuses, what the matcher accepts). This crate
 //! describes; its users decide.
@@ -27,4 +29,5 @@ pub mod livepatch;
 pub mod reloc;
 pub mod sections;
 pub mod symbols;
+pub mod symtab;
 pub mod x86;

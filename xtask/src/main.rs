@@ -93,6 +93,7 @@ fn setup(root: &Path) -> Result<assets::Kernel> {
             headers: true,
             source: true,
             make_current: true,
+            symbols: true,
         },
         &mut |line| eprintln!("    {line}"),
     )

@@ -75,6 +75,7 @@ pub fn cmd_kernel(ui: &Ui, _global: &GlobalArgs, args: KernelArgs) -> Result<Exi
                     headers: true,
                     source: !args.no_source,
                     make_current: args.default,
+                    symbols: !args.no_source,
                 },
                 &mut |line| spinner.set_message(line.to_owned()),
             );

@@ -296,6 +296,14 @@ pub fn build(
     for (unit, pre) in &pre_objects {
         symbols.add_translation_unit(unit, defined_names(pre));
     }
+    // vmlinux's full symbol table, when set-up fetched it, resolves same-named
+    // statics exactly.
+    let symtab = req.kernel.symtab();
+    if let Ok(text) = std::fs::read_to_string(&symtab) {
+        let locals = kstack_kfacts::symtab::LocalsByFile::parse(&text)
+            .map_err(|e| io(&symtab)(std::io::Error::other(e.to_string())))?;
+        symbols.set_locals(locals);
+    }
     // The symbol tables of the modules the patch changes, from the image's `.ko`s:
     // what their code's references resolve against, and what `sympos` counts in.
     let modules: std::collections::BTreeSet<&String> =
