@@ -23,6 +23,7 @@
 //! Not here: policy (what the builder refuses, what the matcher accepts). This crate
 //! describes; its users decide.
 
+pub mod dwarf;
 pub mod elf;
 pub mod kallsyms;
 pub mod livepatch;

@@ -431,7 +431,8 @@ impl Classify for BuildKlpError {
             | BuildKlpError::BadNewName { .. }
             | BuildKlpError::DuplicateRelocation { .. }
             | BuildKlpError::NonAllocTarget { .. }
-            | BuildKlpError::WrongObject { .. } => (Kind::Data, None),
+            | BuildKlpError::WrongObject { .. }
+            | BuildKlpError::ShortReference { .. } => (Kind::Data, None),
             BuildKlpError::Read { .. }
             | BuildKlpError::Object { .. }
             | BuildKlpError::Malformed { .. }

@@ -244,10 +244,14 @@ pub fn build(
     let mut pre_objects = BTreeMap::new();
     let mut post_objects = BTreeMap::new();
     let mut refusals = Vec::new();
-    let options = DiffOptions::default();
     for ((unit, pre), post) in units.iter().zip(&pre_paths).zip(&post_paths) {
         let pre = std::fs::read(pre).map_err(io(pre))?;
         let post = std::fs::read(post).map_err(io(post))?;
+        let options = DiffOptions {
+            // vmlinux's __init code ran at boot and is gone; a module's runs at load.
+            init_code_ran: objects[unit] == VMLINUX_OBJECT,
+            ..DiffOptions::default()
+        };
         let report =
             diff::diff_objects(&pre, &post, &options).map_err(|source| BuildError::Diff {
                 unit: unit.clone(),
@@ -272,7 +276,7 @@ pub fn build(
     // that it can be proven, before loading, to be the code the kernel runs.
     let mut before = BeforeFile::default();
     for (unit, report) in &reports {
-        for f in report.patched_functions() {
+        for f in report.patched_functions().filter(|f| f.is_redirected()) {
             if let Some(pre) = &f.pre {
                 let mut image =
                     crate::runpre::before_image_named(&pre_objects[unit], &pre.name, unit)
@@ -363,7 +367,9 @@ pub fn build(
                         .as_ref()
                         .map_or_else(|| post_name.clone(), |p| p.name.clone()),
                     post_name,
-                    new: f.status == Status::New,
+                    // Functions reached through their callers are carried, not
+                    // redirected: to the module they are new code.
+                    new: !f.is_redirected(),
                 }
             })
             .collect();
