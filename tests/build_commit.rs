@@ -1,7 +1,10 @@
 //! The builder through `kstack commit`, with no VM: a commit of a kernel Git tree,
-//! and two builds at once. Building, applying and checking the example patches in
+//! two builds at once, and changes refused for what they are (a file the
+//! configuration does not build, a struct layout change, a header too broad). Building, applying and checking the example patches in
 //! the VM is `vm_build`. (The first build for a kernel boots it once, to capture its
 //! kallsyms; later builds read them from the cache.)
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns: a failure is a test failure
 
 use kstack_tests::{CliStore, example_patch, kernel};
 
@@ -188,4 +191,93 @@ fn a_module_fix_builds_and_is_proven_against_the_image_packages_ko() {
             .arg(kernel().vmlinuz()),
     );
     assert!(out.contains("xfs_stats_format: matches"), "{out}");
+}
+
+/// A unified diff of `file` of the kernel source, with `from` replaced by `to`.
+fn source_diff(message: &str, file: &str, from: &str, to: &str) -> tempfile::NamedTempFile {
+    let tree = kernel().source().expect("run `cargo xtask setup`");
+    let before = std::fs::read_to_string(tree.join(file)).unwrap();
+    assert!(before.contains(from), "{file} has no {from:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::write(&a, &before).unwrap();
+    std::fs::write(&b, before.replacen(from, to, 1)).unwrap();
+    let out = std::process::Command::new("diff")
+        .args([
+            "-u",
+            "--label",
+            &format!("a/{file}"),
+            "--label",
+            &format!("b/{file}"),
+        ])
+        .args([&a, &b])
+        .output()
+        .unwrap();
+    let diff = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        diff.path(),
+        format!("{message}\n\n{}", String::from_utf8_lossy(&out.stdout)),
+    )
+    .unwrap();
+    diff
+}
+
+/// `kstack commit` of a diff that must be refused: its exit status and stderr.
+fn commit_refused(diff: &std::path::Path) -> (Option<i32>, String) {
+    let store = CliStore::new();
+    let out = kstack_tests::kstack_cli()
+        .arg("--store")
+        .arg(&store.store)
+        .args(["commit", "--stack", "refused", "--key"])
+        .arg(&store.key)
+        .arg(diff)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A new member of a struct the running kernel already has objects of is refused
+/// (exit 65), naming the type and pointing to shadow variables: the DWARF of the
+/// compiled units says the layout changed.
+#[test]
+fn a_struct_layout_change_is_refused_with_the_type_named() {
+    let diff = source_diff(
+        "proc: remember close-on-exec with each fd entry",
+        "fs/proc/fd.c",
+        "struct fd_data {\n\tfmode_t mode;\n\tunsigned fd;\n};",
+        "struct fd_data {\n\tfmode_t mode;\n\tunsigned fd;\n\tbool cloexec;\n};",
+    );
+    let (code, stderr) = commit_refused(diff.path());
+    assert_eq!(code, Some(65), "{stderr}");
+    assert!(
+        stderr.contains("struct fd_data: its layout changes"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("added cloexec@8: bool=_Bool(1)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("shadow variable"), "{stderr}");
+}
+
+/// A header that more units include than a live patch should rebuild is refused
+/// (exit 65) with the count kbuild's preprocessing confirmed, not compiled.
+#[test]
+fn a_header_too_many_units_include_is_refused() {
+    let diff = source_diff(
+        "utsname: a change every user of utsname() would see",
+        "include/linux/utsname.h",
+        "static inline struct new_utsname *utsname(void)\n{",
+        "static inline struct new_utsname *utsname(void)\n{\n\tbarrier();",
+    );
+    let (code, stderr) = commit_refused(diff.path());
+    assert_eq!(code, Some(65), "{stderr}");
+    assert!(
+        stderr.contains("the diff changes header include/linux/utsname.h, which at least 33"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("may reach 32"), "{stderr}");
 }

@@ -7,6 +7,7 @@
 //!   and the stack's earlier patches it is built on.
 //! - [`tree`]: private work trees of a prepared source, and compiling the touched
 //!   translation units with the kernel's flags.
+//! - [`deps`]: which translation units a header change reaches.
 //! - [`kbuild`]: linking a module with the kernel's own kbuild.
 //! - [`symbols`]: the target kernel's symbols, as the livepatch writer resolves them.
 //! - [`pipeline`]: the whole build of one patch.
@@ -17,6 +18,7 @@
 //!   post-link step that turns them into `.klp.rela` sections in the final module.
 
 pub mod assets;
+pub mod deps;
 pub mod diff;
 pub mod kbuild;
 pub mod klp;

@@ -222,7 +222,7 @@ pub fn build(
     for (name, diff) in &req.earlier {
         tree.apply(diff, &format!("earlier patch {name}"))?;
     }
-    let units = tree.units_for(&req.diff)?;
+    let units = tree.units_for(&req.diff, &source, &req.kernel.dir().join("deps"))?;
     for unit in &units {
         tree::check_built(tree.path(), release, unit)?;
     }

@@ -17,9 +17,6 @@ use kstack_kfacts::livepatch::VMLINUX;
 /// by one (DESIGN.md, "Builder").
 pub const EXTRA_CFLAGS: &str = "-ffunction-sections -fdata-sections";
 
-/// How many translation units a header change may pull in before it is refused.
-pub const MAX_HEADER_UNITS: usize = 16;
-
 /// The tools a build runs: `cp` (work trees), `patch`, `make`, and the compiler
 /// that the kernel's Makefile calls (`CC = $(CROSS_COMPILE)gcc`).
 pub const BUILD_TOOLS: [&str; 4] = ["cp", "patch", "make", "gcc"];
@@ -48,12 +45,17 @@ pub enum TreeError {
     #[error("the diff touches no file the kernel builds (it changes: {0})")]
     NothingToBuild(String),
     #[error(
-        "the diff changes header {header}, which {units} translation units include; \
-         rebuilding them all is too broad for a live patch: change the .c files instead"
+        "the diff changes header {header}, which at least {units} translation units built \
+         for this kernel include; a header change may reach {limit} (each is compiled twice \
+         and compared): change the .c files that need the fix instead"
     )]
-    HeaderTooBroad { header: String, units: usize },
+    HeaderTooBroad {
+        header: String,
+        units: usize,
+        limit: usize,
+    },
     #[error(
-        "the diff changes header {header}, which no translation unit of its directory includes: {why}"
+        "the diff changes header {header}, which no translation unit built for this kernel includes: {why}"
     )]
     HeaderUnknown { header: String, why: String },
     #[error("cannot compile {units}:\n{output}")]
@@ -155,9 +157,17 @@ impl WorkTree {
     }
 
     /// The translation units (object paths, `fs/proc/cmdline.o`) a diff needs
-    /// rebuilt: its `.c` files, and for a header the `.c` files of the header's own
-    /// directory that include it by name (a wider header change is refused).
-    pub fn units_for(&self, diff: &[u8]) -> Result<Vec<String>, TreeError> {
+    /// rebuilt: its `.c` files, and for a header every built unit whose compile
+    /// includes it ([`super::deps`]; `source` is the cached prepared tree, `cache`
+    /// where the include index and dependency lists are kept). A header the diff
+    /// creates is reached only through the files that include it, which the diff
+    /// changes too.
+    pub fn units_for(
+        &self,
+        diff: &[u8],
+        source: &Path,
+        cache: &Path,
+    ) -> Result<Vec<String>, TreeError> {
         let changes = parse_diff(diff)?;
         let files = buildable_files(&changes)?;
         let mut units = Vec::new();
@@ -165,55 +175,28 @@ impl WorkTree {
             if let Some(stem) = file.strip_suffix(".c") {
                 units.push(format!("{stem}.o"));
             } else if file.ends_with(".h") {
-                for unit in self.units_including(file)? {
-                    if !units.contains(&unit) {
-                        units.push(unit);
-                    }
+                let created = changes
+                    .iter()
+                    .any(|c| c.path == file && c.kind == ChangeKind::Created);
+                if created {
+                    continue;
                 }
+                units.extend(super::deps::units_including(
+                    self.path(),
+                    source,
+                    &self.release,
+                    file,
+                    cache,
+                )?);
             }
         }
         units.sort();
         units.dedup();
+        if units.is_empty() {
+            let all: Vec<&str> = changes.iter().map(|c| c.path.as_str()).collect();
+            return Err(TreeError::NothingToBuild(all.join(", ")));
+        }
         Ok(units)
-    }
-
-    fn units_including(&self, header: &str) -> Result<Vec<String>, TreeError> {
-        let path = Path::new(header);
-        let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
-        else {
-            return Err(TreeError::HeaderUnknown {
-                header: header.to_owned(),
-                why: "not a path".into(),
-            });
-        };
-        if header.starts_with("include/") || header.starts_with("arch/x86/include/") {
-            return Err(TreeError::HeaderTooBroad {
-                header: header.to_owned(),
-                units: usize::MAX,
-            });
-        }
-        let needle = format!("#include \"{name}\"");
-        let abs = self.path().join(dir);
-        let mut units = Vec::new();
-        for entry in std::fs::read_dir(&abs).map_err(io(&abs))?.flatten() {
-            let file = entry.file_name().to_string_lossy().into_owned();
-            if let Some(stem) = file.strip_suffix(".c")
-                && std::fs::read_to_string(entry.path()).is_ok_and(|t| t.contains(&needle))
-            {
-                units.push(format!("{}/{stem}.o", dir.display()));
-            }
-        }
-        match units.len() {
-            0 => Err(TreeError::HeaderUnknown {
-                header: header.to_owned(),
-                why: format!("no .c file in {} has {needle}", dir.display()),
-            }),
-            n if n > MAX_HEADER_UNITS => Err(TreeError::HeaderTooBroad {
-                header: header.to_owned(),
-                units: n,
-            }),
-            _ => Ok(units),
-        }
     }
 
     /// Compiles translation units with the kernel's flags plus [`EXTRA_CFLAGS`] and
@@ -596,6 +579,14 @@ pub fn check_built(tree: &Path, release: &str, unit: &str) -> Result<(), TreeErr
         .parent()
         .ok_or_else(not_built)?
         .to_path_buf();
+    // A directory without a Makefile of its own (arch/x86/kvm/mmu) is built by its
+    // parent's (`kvm-y += mmu/mmu.o`).
+    while !tree.join(&dir).join("Makefile").is_file() && !tree.join(&dir).join("Kbuild").is_file() {
+        dir = dir.parent().ok_or_else(not_built)?.to_path_buf();
+        if dir.as_os_str().is_empty() {
+            return Err(not_built());
+        }
+    }
     let here = kbuild_dir(tree, &dir.to_string_lossy())?;
     if !here.objects.iter().any(|o| o == unit) {
         return Err(not_built());
