@@ -273,3 +273,33 @@ pub fn example_patches() -> Vec<PathBuf> {
 pub fn example_patch(name: &str) -> PathBuf {
     workspace_root().join("examples/patches").join(name)
 }
+
+/// A module signing key and its self-signed X.509 certificate, made with `openssl`
+/// in `dir` (`<name>.key.pem`, mode 0600, and `<name>.cert.pem`); with `key_id`, the
+/// certificate has a subjectKeyIdentifier (openssl's default), else none.
+pub fn module_signing_cert(dir: &Path, name: &str, key_id: bool) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.key.pem"));
+    let cert = dir.join(format!("{name}.cert.pem"));
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.args([
+        "req", "-new", "-x509", "-newkey", "rsa:2048", "-sha256", "-nodes",
+    ])
+    .args([
+        "-days",
+        "3650",
+        "-subj",
+        &format!("/CN=kstack test {name}/"),
+    ])
+    .arg("-keyout")
+    .arg(&key)
+    .arg("-out")
+    .arg(&cert);
+    if !key_id {
+        cmd.args(["-addext", "subjectKeyIdentifier=none"])
+            .args(["-addext", "authorityKeyIdentifier=none"]);
+    }
+    run_ok(&mut cmd);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (key, cert)
+}

@@ -9,6 +9,7 @@ use kstack_engine::builder::diff::DiffError;
 use kstack_engine::builder::kbuild::KbuildError;
 use kstack_engine::builder::klp::KlpError as BuildKlpError;
 use kstack_engine::builder::pipeline::BuildError;
+use kstack_engine::builder::sign::SignError;
 use kstack_engine::builder::source::SourceError;
 use kstack_engine::builder::symbols::SymbolsError;
 use kstack_engine::builder::tree::TreeError;
@@ -366,12 +367,35 @@ impl Classify for BuildError {
             BuildError::Before { .. } => (Kind::Internal, None),
             BuildError::Kbuild(e) => e.classify(),
             BuildError::PostLink(e) => e.classify(),
+            BuildError::Sign(e) => e.classify(),
             BuildError::Io { .. } => (Kind::Internal, None),
             // The image package of that kernel lacks the module: fetch it again.
             BuildError::NoModuleFile { .. } => (
                 Kind::Unavailable,
                 Some("the kernel's cache is incomplete: run `kstack kernel add RELEASE` again"),
             ),
+        }
+    }
+}
+
+impl Classify for SignError {
+    fn classify(&self) -> Class {
+        match self {
+            SignError::Read { .. } => (
+                Kind::User,
+                Some("check [build] module_signing_key and module_signing_cert in the config"),
+            ),
+            SignError::Certificate { .. } | SignError::KeyPermissions { .. } => (Kind::Data, None),
+            SignError::NoSignFile(_) => (
+                Kind::Unavailable,
+                Some(
+                    "install the kernel's headers (linux-headers-RELEASE), which ship scripts/sign-file",
+                ),
+            ),
+            // sign-file's own message says why (a wrong passphrase, a key that does
+            // not match the certificate).
+            SignError::SignFile { .. } => (Kind::User, None),
+            SignError::Check { .. } | SignError::Io { .. } => (Kind::Internal, None),
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct Config {
     pub trust: TrustConfig,
     #[serde(default)]
     pub sync: SyncConfig,
+    #[serde(default)]
+    pub build: BuildConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -65,6 +67,34 @@ pub struct SyncConfig {
     pub transition_timeout: Duration,
     /// Generations, the lock and the state file.
     pub state_dir: Option<PathBuf>,
+}
+
+/// How `kstack commit` builds modules (read on the build host only).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BuildConfig {
+    /// The private key that signs the modules kstack builds (PEM, mode 0600, or a
+    /// `pkcs11:` URI), for hosts that enforce module signatures.
+    pub module_signing_key: Option<PathBuf>,
+    /// Its X.509 certificate (PEM or DER): the one the hosts' kernels trust.
+    pub module_signing_cert: Option<PathBuf>,
+}
+
+impl BuildConfig {
+    /// The key and certificate, when module signing is configured; an error names
+    /// the missing half.
+    pub fn module_signing(&self) -> Result<Option<(&Path, &Path)>, String> {
+        match (&self.module_signing_key, &self.module_signing_cert) {
+            (Some(key), Some(cert)) => Ok(Some((key, cert))),
+            (None, None) => Ok(None),
+            (Some(_), None) => {
+                Err("[build] module_signing_key is set but module_signing_cert is not".into())
+            }
+            (None, Some(_)) => {
+                Err("[build] module_signing_cert is set but module_signing_key is not".into())
+            }
+        }
+    }
 }
 
 impl Default for SyncConfig {
@@ -155,6 +185,20 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.stack.unwrap().name, "production");
         assert_eq!(cfg.sync.transition_timeout, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn module_signing_needs_key_and_cert() {
+        let cfg = Config::parse(
+            "[build]\nmodule_signing_key = \"/k.pem\"\nmodule_signing_cert = \"/c.pem\"\n",
+        )
+        .unwrap();
+        let (key, cert) = cfg.build.module_signing().unwrap().unwrap();
+        assert_eq!((key, cert), (Path::new("/k.pem"), Path::new("/c.pem")));
+        let half = Config::parse("[build]\nmodule_signing_key = \"/k.pem\"\n").unwrap();
+        let err = half.build.module_signing().unwrap_err();
+        assert!(err.contains("module_signing_cert is not"), "{err}");
+        assert_eq!(Config::default().build.module_signing(), Ok(None));
     }
 
     #[test]
