@@ -15,6 +15,8 @@ use crate::ui::Ui;
 /// Reads the kernel's own view (/sys/kernel/livepatch, /proc/modules,
 /// /proc/sys/kernel/tainted) and compares it with the state file: a difference is
 /// reported as drift. Livepatches that kstack did not load are listed as foreign.
+/// Also shows whether the kernel enforces module signatures (module.sig_enforce,
+/// lockdown, UEFI Secure Boot) and the keys it trusts for them.
 #[derive(Debug, Args)]
 pub struct StatusArgs {}
 
@@ -82,6 +84,31 @@ pub fn cmd_status(ui: &Ui, global: &GlobalArgs, _args: StatusArgs) -> Result<Exi
     }
     for d in &status.drift {
         ui.line(format!("drift:      {d}"));
+    }
+    let signing = &status.module_signing;
+    let reasons = signing.enforcement.reasons();
+    ui.line(format!(
+        "signatures: {}",
+        if signing.enforced {
+            format!("enforced ({})", reasons.join(", "))
+        } else {
+            let secure_boot = match signing.enforcement.secure_boot {
+                Some(true) => ", UEFI Secure Boot on",
+                Some(false) => ", UEFI Secure Boot off",
+                None => "",
+            };
+            format!("not enforced (unsigned modules load and taint the kernel){secure_boot}")
+        }
+    ));
+    match (&signing.trusted_keys, &signing.trusted_keys_error) {
+        (Some(keys), _) if keys.is_empty() => ui.line("  trusted keys: none"),
+        (Some(keys), _) => {
+            for k in keys {
+                ui.line(format!("  trusted:  {} ({})", k.description, k.keyring));
+            }
+        }
+        (None, Some(why)) => ui.line(format!("  trusted keys unknown: {why}")),
+        (None, None) => {}
     }
     ui.line(format!(
         "taint:      {} {}",

@@ -113,6 +113,14 @@ impl Classify for SyncError {
             SyncError::Verify(e) => e.classify(),
             SyncError::RunPre(e) => e.classify(),
             SyncError::WrongKernel { .. } | SyncError::WrongRelease { .. } => (Kind::Data, None),
+            SyncError::ModuleSignature { .. } => (
+                Kind::Data,
+                Some(
+                    "sign the modules with a key the kernel trusts: [build] module_signing_key and \
+                     module_signing_cert on the build host, the certificate in the firmware's db or \
+                     MOK list (see docs/operators.md); `kstack status` lists the trusted keys",
+                ),
+            ),
             SyncError::TransitionInProgress(_) => (Kind::TempFail, None),
             SyncError::Failed(e) if e.restored() => (
                 Kind::User,
