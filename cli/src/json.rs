@@ -117,6 +117,8 @@ pub struct CommitJson {
     pub signer: Option<String>,
     /// Whether the config's `[trust] keys` lists the signer.
     pub trusted: bool,
+    /// The commit this one promoted (`kstack promote`), as its message says.
+    pub promoted_from: Option<PromotedFromJson>,
 }
 
 impl CommitJson {
@@ -127,9 +129,11 @@ impl CommitJson {
             author: c.author.clone(),
             email: c.email.clone(),
             time: format_time(c.time),
-            message: c.message.clone(),
+            message: kstack_store::promote::without_trailer(&c.message).to_owned(),
             signer: c.signer.map(|k| k.to_string()),
             trusted,
+            promoted_from: kstack_store::promote::promoted_from(&c.message)
+                .map(|(stack, commit)| PromotedFromJson { stack, commit }),
         }
     }
 }
@@ -150,6 +154,8 @@ pub struct ShowOutput {
     pub trusted: bool,
     /// Always true: a commit that fails verification is an error, not output.
     pub verified: bool,
+    /// The commit this one promoted, from the signed `stack.toml`.
+    pub promoted_from: Option<PromotedFromJson>,
     /// In load order.
     pub patches: Vec<PatchJson>,
 }
@@ -278,6 +284,30 @@ pub struct RevertOutput {
     pub reverted: String,
     /// The names of the patches left, in load order.
     pub patches: Vec<String>,
+}
+
+/// `kstack promote`.
+#[derive(Debug, Serialize)]
+pub struct PromoteOutput {
+    /// The destination stack's head after the command: the new commit, or the head
+    /// that already had these patches.
+    pub commit: Option<String>,
+    /// The head the new commit was made on, `null` for a new stack or no change.
+    pub parent: Option<String>,
+    /// The destination stack.
+    pub stack: StackJson,
+    pub promoted_from: PromotedFromJson,
+    /// False when the destination already had exactly these patches.
+    pub changed: bool,
+    /// The patches' names, in load order.
+    pub patches: Vec<String>,
+}
+
+/// The commit a promotion took its patches from.
+#[derive(Debug, Serialize)]
+pub struct PromotedFromJson {
+    pub stack: String,
+    pub commit: String,
 }
 
 /// `kstack pull`.

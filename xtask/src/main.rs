@@ -16,7 +16,10 @@ use kstack_engine::builder::assets::{self, Cache, FetchOptions};
 
 /// Debian packages: QEMU and the initramfs tools for the sandbox, the kernel build
 /// prerequisites for kbuild and the source tree (`patch` applies a stack's diffs),
-/// git for the distribution tests, systemd's verifier for the boot unit's test.
+/// git for the distribution tests, systemd's verifier for the boot unit's test;
+/// OVMF (UEFI firmware), openssl and a Python venv for the module signing tests
+/// (keys, and `virt-fw-vars` to enrol a certificate in the firmware's `db`); lintian,
+/// man-db, zsh and fish for the Debian package's test.
 const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -32,7 +35,18 @@ const PACKAGES: &[&str] = &[
     "git",
     "patch",
     "systemd",
+    "ovmf",
+    "openssl",
+    "python3-venv",
+    "lintian",
+    "man-db",
+    "zsh",
+    "fish",
 ];
+
+/// Python tools from PyPI, installed into a venv in the cache (never into the
+/// checkout or the system's Python): `virt-firmware` edits OVMF variable stores.
+const PYTHON_TOOLS: &[&str] = &["virt-firmware==26.10"];
 
 /// apt lists older than this are refreshed, so "current kernel" means current.
 const APT_LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -83,6 +97,7 @@ fn setup(root: &Path) -> Result<assets::Kernel> {
     install_packages()?;
     let cache = Cache::from_env();
     step(&format!("kernel assets in {}", cache.root().display()));
+    install_python_tools(&cache)?;
     let (release, version) = resolve_release(&cache)?;
     eprintln!("    current Debian cloud kernel: {release} ({version})");
     let kernel = assets::fetch_kernel(
@@ -128,6 +143,40 @@ fn install_packages() -> Result<()> {
     if !status.success() {
         bail!("apt-get install {} failed ({status})", missing.join(" "));
     }
+    Ok(())
+}
+
+/// The venv of [`PYTHON_TOOLS`] (`<cache>/venv`), made with Debian's Python.
+fn install_python_tools(cache: &Cache) -> Result<()> {
+    let venv = cache.root().join("venv");
+    let stamp = venv.join(".kstack-tools");
+    let wanted = PYTHON_TOOLS.join("\n");
+    if std::fs::read_to_string(&stamp).is_ok_and(|t| t == wanted) {
+        return Ok(());
+    }
+    step(&format!(
+        "Python tools in {}: {}",
+        venv.display(),
+        PYTHON_TOOLS.join(" ")
+    ));
+    std::fs::create_dir_all(cache.root())?;
+    let status = Command::new("/usr/bin/python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv)
+        .status()
+        .context("running python3 -m venv (Debian package python3-venv)")?;
+    if !status.success() {
+        bail!("python3 -m venv {} failed ({status})", venv.display());
+    }
+    let status = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(PYTHON_TOOLS)
+        .status()
+        .context("running pip")?;
+    if !status.success() {
+        bail!("pip install {} failed ({status})", PYTHON_TOOLS.join(" "));
+    }
+    std::fs::write(&stamp, wanted)?;
     Ok(())
 }
 

@@ -68,8 +68,13 @@ pub fn cmd_log(ui: &Ui, global: &GlobalArgs, args: LogArgs) -> Result<ExitCode, 
             _ => String::new(),
         };
         if args.oneline {
+            let promoted = kstack_store::promote::promoted_from(&c.message)
+                .map(|(stack, commit)| {
+                    format!(" [from {stack} {}]", &commit[..commit.len().min(12)])
+                })
+                .unwrap_or_default();
             out.push_str(&format!(
-                "{}{decoration} {}\n",
+                "{}{decoration} {}{promoted}\n",
                 c.id.to_hex_with_len(12),
                 c.summary()
             ));
@@ -87,7 +92,10 @@ pub fn cmd_log(ui: &Ui, global: &GlobalArgs, args: LogArgs) -> Result<ExitCode, 
                 .map_or_else(|| "none".to_owned(), |k| k.to_string()),
             trust.label(c.signer.as_ref())
         ));
-        for line in c.message.lines() {
+        if let Some((stack, commit)) = kstack_store::promote::promoted_from(&c.message) {
+            out.push_str(&format!("Promoted-From: {stack} {commit}\n"));
+        }
+        for line in kstack_store::promote::without_trailer(&c.message).lines() {
             out.push_str(&format!("    {line}\n"));
         }
     }

@@ -17,6 +17,7 @@ pub mod kernel;
 pub mod key;
 pub mod log;
 pub mod plan;
+pub mod promote;
 pub mod pull;
 pub mod revert;
 pub mod rollback;
@@ -80,6 +81,7 @@ pub enum Command {
     Log(log::LogArgs),
     Show(show::ShowArgs),
     Revert(revert::RevertArgs),
+    Promote(promote::PromoteArgs),
     Verify(verify::VerifyArgs),
     Stacks(stacks::StacksArgs),
     Pull(pull::PullArgs),
@@ -112,6 +114,7 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<ExitCode, CliError> {
         Command::Log(args) => log::cmd_log(ui, &cli.global, args),
         Command::Show(args) => show::cmd_show(ui, &cli.global, args),
         Command::Revert(args) => revert::cmd_revert(ui, &cli.global, args),
+        Command::Promote(args) => promote::cmd_promote(ui, &cli.global, args),
         Command::Verify(args) => verify::cmd_verify(ui, &cli.global, args),
         Command::Stacks(args) => stacks::cmd_stacks(ui, &cli.global, args),
         Command::Pull(args) => pull::cmd_pull(ui, &cli.global, args),

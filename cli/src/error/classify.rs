@@ -27,6 +27,7 @@ use kstack_store::ident::IdentError;
 use kstack_store::keys::KeyError;
 use kstack_store::klp::KlpError as StoreKlpError;
 use kstack_store::model::ModelError;
+use kstack_store::promote::PromoteError;
 use kstack_store::pull::PullError;
 use kstack_store::rev::RevError;
 use kstack_store::store::StoreError;
@@ -240,6 +241,15 @@ impl Classify for CommitError {
             | CommitError::NoSuchStack { .. }
             | CommitError::Overlap { .. }
             | CommitError::UnknownFunctions { .. } => (Kind::User, None),
+        }
+    }
+}
+
+impl Classify for PromoteError {
+    fn classify(&self) -> Class {
+        match self {
+            PromoteError::SameStack { .. } => (Kind::Usage, None),
+            PromoteError::Commit(e) => e.classify(),
         }
     }
 }
