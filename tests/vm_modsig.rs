@@ -221,7 +221,9 @@ fn with_the_certificate_in_the_firmware_db_a_signed_build_loads_under_enforcemen
         })
         .unwrap_or_else(|| panic!("our certificate is not among {keys:?}"));
     assert_eq!(ours_key["keyring"], ".platform");
-    assert_eq!(signing["secure_boot"], false, "{signing}");
+    // Secure Boot is off (the unsigned cloud kernel must boot). The guest cannot
+    // read the variable (efivarfs is a module in this kernel): unknown, never true.
+    assert_ne!(signing["secure_boot"], true, "{signing}");
 
     for refused in ["unsigned", "stranger"] {
         let out = &s[&format!("sync {refused}")];
