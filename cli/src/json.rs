@@ -380,6 +380,21 @@ pub struct StatusOutput {
     pub taint: u64,
     pub taint_flags: String,
     pub module_signing: ModuleSigningJson,
+    /// How the last sync or rollback ended; `null` before the first.
+    pub last_sync: Option<LastSyncJson>,
+}
+
+/// The last sync or rollback that held the lock.
+#[derive(Debug, Serialize)]
+pub struct LastSyncJson {
+    /// `sync` or `rollback`.
+    pub operation: String,
+    pub finished_at: String,
+    pub ok: bool,
+    /// The generation the host was on after it.
+    pub generation: Option<u64>,
+    /// Why it failed, `null` when it did not.
+    pub error: Option<String>,
 }
 
 /// The kernel's module signature enforcement (`status`).
@@ -479,6 +494,13 @@ impl From<&Status> for StatusOutput {
             taint: s.taint,
             taint_flags: s.taint_flags.clone(),
             module_signing: ModuleSigningJson::from(&s.module_signing),
+            last_sync: s.last_sync.as_ref().map(|l| LastSyncJson {
+                operation: l.operation.clone(),
+                finished_at: l.finished_at.clone(),
+                ok: l.ok,
+                generation: l.generation,
+                error: l.error.clone(),
+            }),
         }
     }
 }

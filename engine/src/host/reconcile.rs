@@ -348,8 +348,31 @@ impl Host<'_> {
         observer: &mut dyn Observer,
     ) -> Result<Synced, SyncError> {
         let _lock = self.state.lock()?;
-        let prepared = self.plan()?;
-        self.execute(prepared, timeout, observer, Record::NewGeneration)
+        let result = self
+            .plan()
+            .and_then(|prepared| self.execute(prepared, timeout, observer, Record::NewGeneration));
+        self.record_last_sync("sync", &result);
+        result
+    }
+
+    /// Writes how a sync or rollback that held the lock ended (see
+    /// [`super::state::LastSync`]); a failure to write it is not the sync's.
+    fn record_last_sync(&self, operation: &str, result: &Result<Synced, SyncError>) {
+        let now = std::time::SystemTime::now();
+        let generation = match result {
+            Ok(s) => s.generation.or(s.prepared.state.current),
+            Err(_) => self.state.load().ok().and_then(|s| s.current),
+        };
+        let _ = self.state.save_last_sync(&super::state::LastSync {
+            operation: operation.to_owned(),
+            finished_at: humantime::format_rfc3339_seconds(now).to_string(),
+            unix_time: now
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            ok: result.is_ok(),
+            generation,
+            error: result.as_ref().err().map(|e| kstack_store::error_chain(e)),
+        });
     }
 
     /// `kstack rollback`: make generation `to` (default: the one before the current)
@@ -397,8 +420,13 @@ impl Host<'_> {
                 })?;
             self.load_commit(id, &identity)?
         };
-        let prepared = self.prepare(desired, identity, started)?;
-        self.execute(prepared, timeout, observer, Record::Switch(target.number))
+        let result = self
+            .prepare(desired, identity, started)
+            .and_then(|prepared| {
+                self.execute(prepared, timeout, observer, Record::Switch(target.number))
+            });
+        self.record_last_sync("rollback", &result);
+        result
     }
 
     fn execute(
@@ -534,6 +562,8 @@ pub struct Status {
     pub taint_flags: String,
     /// What the kernel enforces for module signatures, and the keys it trusts.
     pub module_signing: ModuleSigning,
+    /// How the last sync or rollback ended.
+    pub last_sync: Option<super::state::LastSync>,
 }
 
 /// The kernel's module signature enforcement, as `status` shows it.
@@ -665,6 +695,7 @@ impl Host<'_> {
             taint,
             taint_flags,
             module_signing: ModuleSigning::read(),
+            last_sync: self.state.last_sync(),
         })
     }
 }
