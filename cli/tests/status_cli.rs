@@ -2,6 +2,9 @@
 //! the build machine's kernel, or `KSTACK_LIVEPATCH_SYSFS` pointed away): the failed
 //! sync is recorded, and the Prometheus text and `--json` report it.
 
+// Test helpers: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Env, stderr, stdout};
