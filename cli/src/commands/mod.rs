@@ -10,12 +10,14 @@ use crate::ui::Ui;
 
 pub mod commit;
 pub mod commit_diff;
+pub mod completion;
 pub mod generations;
 pub mod guest_init;
 pub mod init;
 pub mod kernel;
 pub mod key;
 pub mod log;
+pub mod man;
 pub mod plan;
 pub mod promote;
 pub mod pull;
@@ -96,6 +98,10 @@ pub enum Command {
     // Trying them, and the kernels they are for.
     Try(r#try::TryArgs),
     Kernel(kernel::KernelArgs),
+    // The command line itself.
+    Completion(completion::CompletionArgs),
+    #[command(hide = true)]
+    Man(man::ManArgs),
 }
 
 /// Runs one parsed command line.
@@ -118,5 +124,7 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<ExitCode, CliError> {
         Command::Verify(args) => verify::cmd_verify(ui, &cli.global, args),
         Command::Stacks(args) => stacks::cmd_stacks(ui, &cli.global, args),
         Command::Pull(args) => pull::cmd_pull(ui, &cli.global, args),
+        Command::Completion(args) => completion::cmd_completion(ui, &cli.global, args),
+        Command::Man(args) => man::cmd_man(ui, &cli.global, args),
     }
 }
