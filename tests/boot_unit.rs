@@ -14,7 +14,9 @@ const UNITS: [&str; 3] = [
 ];
 
 fn unit(name: &str) -> String {
-    let path = kstack_tests::workspace_root().join("examples/systemd").join(name);
+    let path = kstack_tests::workspace_root()
+        .join("examples/systemd")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

@@ -6,6 +6,7 @@
 //!   second run with nothing new takes seconds.
 //! - `cargo xtask demo`: set-up, then the demo in the sandbox VM.
 //! - `cargo xtask test`: set-up, then every check and test (what CI runs).
+//! - `cargo xtask deb`: the Debian package (see [`xtask::deb`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -66,13 +67,25 @@ fn main() -> Result<()> {
             test(&root, &args[1..])
         }
         Some("static") => build_static(&root).map(|_| ()),
+        Some("deb") => {
+            let binary = build_static(&root)?;
+            step("building the Debian package");
+            let deb = xtask::deb::build(&xtask::deb::DebInput {
+                root: root.clone(),
+                binary,
+                out_dir: target_dir(&root).join("deb"),
+            })?;
+            println!("{}", deb.display());
+            Ok(())
+        }
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  setup   install packages, fetch the Debian cloud kernel, build the static kstack\n\
                  demo    setup, then live-patch a kernel in the sandbox VM, step by step\n\
                  test    setup, then fmt, clippy and every test (what CI runs)\n\
-                 static  only build the static kstack for the sandbox\n\n\
+                 static  only build the static kstack for the sandbox\n\
+                 deb     build the Debian package (target/deb/kstack_*.deb)\n\n\
                  The cache lives in $KSTACK_CACHE (default ~/.cache/kstack)."
             );
             bail!("no command given")
