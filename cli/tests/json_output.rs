@@ -117,7 +117,8 @@ fn log() {
           "time": "2023-11-14T22:13:20Z",
           "message": "add fix-meminfo",
           "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
-          "trusted": true
+          "trusted": true,
+          "promoted_from": null
         }
       ]
     }
@@ -146,6 +147,7 @@ fn show() {
       "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
       "trusted": true,
       "verified": true,
+      "promoted_from": null,
       "patches": [
         {
           "name": "fix-cmdline",
@@ -428,4 +430,70 @@ fn errors() {
       }
     }
     "#);
+}
+
+#[test]
+fn promote_and_the_log_of_a_promotion() {
+    let env = stack_with_history();
+    let (code, json) = env.json(&["promote", "prod", "production"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "commit": "0ad86bccac792c1721876564a641d25f06cdc467",
+      "parent": null,
+      "stack": {
+        "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
+        "name": "production"
+      },
+      "promoted_from": {
+        "stack": "prod",
+        "commit": "4579399eeb9650bdc9514dcbbd577ed089abe0fc"
+      },
+      "changed": true,
+      "patches": [
+        "fix-cmdline",
+        "fix-meminfo"
+      ]
+    }
+    "#);
+    // Again: production has these patches already.
+    let (code, json) = env.json(&["promote", "prod", "production"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["changed"], false);
+    assert_eq!(v["parent"], serde_json::Value::Null);
+    let (code, json) = env.json(&["log", "production"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "stack": {
+        "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
+        "name": "production"
+      },
+      "commits": [
+        {
+          "id": "0ad86bccac792c1721876564a641d25f06cdc467",
+          "parents": [],
+          "author": "Test Author",
+          "email": "test@example.invalid",
+          "time": "2023-11-14T22:13:20Z",
+          "message": "Promote prod 4579399eeb96 to production",
+          "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+          "trusted": true,
+          "promoted_from": {
+            "stack": "prod",
+            "commit": "4579399eeb9650bdc9514dcbbd577ed089abe0fc"
+          }
+        }
+      ]
+    }
+    "#);
+    let text = env.ok(&["log", "--oneline", "production"]);
+    assert!(text.contains("[from prod 4579399eeb96]"), "{text}");
+    let (_, show) = env.json(&["show", "production"]);
+    let v: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(v["promoted_from"]["stack"], "prod");
+    // Promoting onto itself is a usage error.
+    let (code, json) = env.json(&["promote", "prod", "prod"]);
+    assert_eq!(code, 64, "{json}");
 }

@@ -11,6 +11,8 @@
 //! - [`reloc`]: x86-64 relocation kinds and their properties.
 //! - [`livepatch`]: livepatch names, ELF constants, `klp_*` structure offsets and
 //!   the sysfs and procfs paths of the livepatch ABI.
+//! - [`modsig`]: the module signature trailer, its PKCS#7 signer, and the keyrings
+//!   the kernel checks module signatures against.
 //! - [`symbols`]: names of kernel symbols with a fixed meaning (`__fentry__`, the
 //!   return thunks, static call prefixes).
 //! - [`kallsyms`]: one index of `/proc/kallsyms`, with `sympos` counted as the
@@ -27,6 +29,7 @@ pub mod dwarf;
 pub mod elf;
 pub mod kallsyms;
 pub mod livepatch;
+pub mod modsig;
 pub mod reloc;
 pub mod sections;
 pub mod symbols;

@@ -107,6 +107,14 @@ pub struct Prepared {
 }
 
 impl Store {
+    /// [`Store::current`], for the other operations of the crate.
+    pub(crate) fn verified_head(
+        &self,
+        stack: &StackId,
+    ) -> Result<Option<VerifiedStack>, CommitError> {
+        self.current(stack)
+    }
+
     /// Verifies (integrity and signature, not trust) the head of `stack` if it has
     /// one, so nothing is ever built on damaged data.
     fn current(&self, stack: &StackId) -> Result<Option<VerifiedStack>, CommitError> {
@@ -283,6 +291,7 @@ impl Store {
             entries,
             trees,
             message,
+            None,
             author,
             key,
         )
@@ -369,13 +378,14 @@ impl Store {
             entries,
             trees,
             message,
+            None,
             author,
             key,
         )
     }
 
     #[allow(clippy::too_many_arguments)] // one private call site per operation
-    fn write_stack_commit(
+    pub(crate) fn write_stack_commit(
         &self,
         stack: &StackId,
         parent: Option<&VerifiedStack>,
@@ -383,9 +393,20 @@ impl Store {
         patches: Vec<PatchEntry>,
         trees: Vec<(String, ObjectId)>,
         message: &str,
+        promoted_from: Option<crate::model::Promotion>,
         author: &Author,
         key: &SecretKey,
     ) -> Result<Prepared, CommitError> {
+        // The Git message names the promotion in a trailer too, so that `log` shows
+        // it from commit headers alone (verification checks it against stack.toml).
+        let git_message = match &promoted_from {
+            Some(p) => format!(
+                "{}\n\n{}",
+                message.trim_end(),
+                crate::promote::trailer(&p.stack, &p.commit)
+            ),
+            None => message.to_owned(),
+        };
         let stack_file = StackFile {
             format: FORMAT,
             name: stack.name.clone(),
@@ -393,6 +414,7 @@ impl Store {
             kernel_release,
             parent: parent.map(|p| p.stack_sha256),
             message: message.trim_end().to_owned(),
+            promoted_from,
             patches,
         };
         stack_file.check(STACK_FILE)?;
@@ -427,7 +449,7 @@ impl Store {
         }
         let tree = self.write_tree(&root, "the root tree")?;
         let parent_id = parent.map(|p| p.commit);
-        let commit = self.write_commit(tree, parent_id, author, message, &key.public())?;
+        let commit = self.write_commit(tree, parent_id, author, &git_message, &key.public())?;
         Ok(Prepared {
             stack: stack.clone(),
             parent: parent_id,

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod klp;
 pub mod model;
 pub mod pack;
+pub mod promote;
 pub mod pull;
 pub mod rev;
 pub mod store;

@@ -107,9 +107,25 @@ pub struct StackFile {
     pub parent: Option<Sha256Digest>,
     /// Why this snapshot was made (signed, unlike the Git commit message).
     pub message: String,
+    /// When this commit promoted another stack's commit (`kstack promote`): which
+    /// one. Its patches are then exactly that commit's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_from: Option<Promotion>,
     /// The patches, in load order.
     #[serde(default, rename = "patch")]
     pub patches: Vec<PatchEntry>,
+}
+
+/// The stack commit a promotion took its patches from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Promotion {
+    /// The source stack's name (same kernel build ID).
+    pub stack: String,
+    /// The source commit, full hex.
+    pub commit: String,
+    /// The SHA-256 of the source commit's `stack.toml`.
+    pub stack_sha256: Sha256Digest,
 }
 
 /// One patch of a stack, as `stack.toml` lists it.
@@ -369,6 +385,7 @@ mod tests {
             kernel_release: "6.1.0-56-cloud-amd64".into(),
             parent: Some(Sha256Digest::of(b"parent")),
             message: "add foo\n\nwith a body".into(),
+            promoted_from: None,
             patches: vec![PatchEntry {
                 name: "foo".into(),
                 dir: patch_dir(0, "foo"),
@@ -383,6 +400,20 @@ mod tests {
         let text = s.to_toml();
         assert!(text.contains("[[patch]]"), "{text}");
         assert!(text.contains("dir = \"0001-foo\""), "{text}");
+        assert_eq!(StackFile::parse(text.as_bytes(), "stack.toml").unwrap(), s);
+    }
+
+    #[test]
+    fn a_promotion_round_trips_and_is_absent_otherwise() {
+        let mut s = stack();
+        assert!(!s.to_toml().contains("promoted_from"));
+        s.promoted_from = Some(Promotion {
+            stack: "canary".into(),
+            commit: "4579399eeb9650bdc9514dcbbd577ed089abe0fc".into(),
+            stack_sha256: Sha256Digest::of(b"canary"),
+        });
+        let text = s.to_toml();
+        assert!(text.contains("[promoted_from]"), "{text}");
         assert_eq!(StackFile::parse(text.as_bytes(), "stack.toml").unwrap(), s);
     }
 

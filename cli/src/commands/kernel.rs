@@ -32,6 +32,9 @@ pub enum KernelCommand {
 /// in the Debian archive can be added, not only the newest: fleets run older kernels.
 /// Needs root (apt). The cache is $KSTACK_CACHE, default ~/.cache/kstack.
 #[derive(Debug, Args)]
+// `--version` is the Debian package version here, not kstack's (clap's debug
+// assertions refuse the two on one command).
+#[command(disable_version_flag = true)]
 pub struct KernelAddArgs {
     /// The kernel release, as `uname -r` prints it (6.1.0-56-cloud-amd64), or
     /// `current` for the one linux-image-cloud-amd64 depends on now

@@ -84,7 +84,12 @@ fn render(
         };
         if oneline {
             let short = c.id.to_hex_with_len(12);
-            writeln!(out, "{short}{decoration} {}", c.summary())?;
+            let promoted = kstack_store::promote::promoted_from(&c.message)
+                .map(|(stack, commit)| {
+                    format!(" [from {stack} {}]", &commit[..commit.len().min(12)])
+                })
+                .unwrap_or_default();
+            writeln!(out, "{short}{decoration} {}{promoted}", c.summary())?;
             continue;
         }
         if i > 0 {
@@ -97,7 +102,10 @@ fn render(
             Some(key) => writeln!(out, "Signer: {key} ({})\n", trust.label(Some(key)))?,
             None => writeln!(out, "Signer: none ({})\n", trust.label(None))?,
         }
-        for line in c.message.lines() {
+        if let Some((stack, commit)) = kstack_store::promote::promoted_from(&c.message) {
+            writeln!(out, "Promoted-From: {stack} {commit}")?;
+        }
+        for line in kstack_store::promote::without_trailer(&c.message).lines() {
             writeln!(out, "    {line}")?;
         }
     }

@@ -73,6 +73,14 @@ pub fn cmd_show(ui: &Ui, global: &GlobalArgs, args: ShowArgs) -> Result<ExitCode
             signer: v.signer.to_string(),
             trusted: trust.trusted(Some(&v.signer)),
             verified: true,
+            promoted_from: v
+                .stack
+                .promoted_from
+                .as_ref()
+                .map(|p| crate::json::PromotedFromJson {
+                    stack: p.stack.clone(),
+                    commit: p.commit.clone(),
+                }),
             patches,
         });
         return Ok(ExitCode::SUCCESS);
@@ -88,6 +96,12 @@ pub fn cmd_show(ui: &Ui, global: &GlobalArgs, args: ShowArgs) -> Result<ExitCode
         "Signer: {} ({label}; signature and digests verified)\n\n",
         v.signer
     ));
+    if let Some(p) = &v.stack.promoted_from {
+        out.push_str(&format!(
+            "Promoted from: stack {} commit {} (stack.toml sha256:{})\n\n",
+            p.stack, p.commit, p.stack_sha256
+        ));
+    }
     for line in v.stack.message.lines() {
         out.push_str(&format!("    {line}\n"));
     }

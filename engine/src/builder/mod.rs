@@ -11,6 +11,7 @@
 //! - [`kbuild`]: linking a module with the kernel's own kbuild.
 //! - [`symbols`]: the target kernel's symbols, as the livepatch writer resolves them.
 //! - [`pipeline`]: the whole build of one patch.
+//! - [`sign`]: signing the final module with the kernel's `sign-file`.
 //! - [`diff`]: the ELF differ: correlates the pre and post objects and decides which
 //!   functions changed, which are new, and what must be refused.
 //! - [`klp`]: the output object (the changed and new functions with what they need,
@@ -23,6 +24,7 @@ pub mod diff;
 pub mod kbuild;
 pub mod klp;
 pub mod pipeline;
+pub mod sign;
 pub mod source;
 pub mod symbols;
 pub mod tree;

@@ -14,6 +14,7 @@ use super::assets::Kernel;
 use super::diff::{self, DiffOptions, DiffReport, Status};
 use super::kbuild;
 use super::klp;
+use super::sign::{ModuleSigner, SignError};
 use super::symbols::{KernelSymbols, SymbolsError};
 use super::tree::{self, EXTRA_CFLAGS, TreeError, WorkTree};
 use crate::runpre::BeforeFile;
@@ -67,6 +68,8 @@ pub enum BuildError {
     Kbuild(#[from] kbuild::KbuildError),
     #[error("post-link rewrite of the module: {0}")]
     PostLink(Box<klp::KlpError>),
+    #[error("{0}")]
+    Sign(#[from] SignError),
     #[error(
         "the diff changes module {module}, whose .ko is not among kernel {release}'s modules \
          in the cache ({dir})"
@@ -109,6 +112,8 @@ pub struct BuildRequest<'a> {
     pub position: String,
     /// The static kstack that boots the kernel to read its kallsyms the first time.
     pub guest_binary: PathBuf,
+    /// Signs the final module (`[build] module_signing_key`), when set.
+    pub signer: Option<ModuleSigner>,
 }
 
 /// The phases, for a progress bar.
@@ -448,6 +453,11 @@ pub fn build(
     let module = klp::post_link(&linked)
         .map_err(|e| BuildError::PostLink(Box::new(e)))?
         .ko;
+    // Signed last: the signature covers the bytes the kernel loads.
+    let module = match &req.signer {
+        Some(signer) => signer.sign(&module, &req.kernel.headers(), &module_dir.join("sign"))?,
+        None => module,
+    };
     if let Some(last) = timings.last_mut() {
         last.1 = phase_start.elapsed();
     }
@@ -461,6 +471,9 @@ pub fn build(
     }
     build_info.insert("units".into(), units.join(" "));
     build_info.insert("kstack".into(), env!("CARGO_PKG_VERSION").into());
+    if let Some(signer) = &req.signer {
+        build_info.insert("module_signer".into(), signer.describe());
+    }
     Ok(Built {
         module_name,
         module,
