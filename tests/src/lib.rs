@@ -141,6 +141,7 @@ pub fn build_module_cached(name: &str, sources: &[(&str, String)]) -> PathBuf {
     ko
 }
 
+pub mod corpus;
 pub mod stack;
 
 /// The `kstack` binary the tests run as a user would: the static build (the same

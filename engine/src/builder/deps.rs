@@ -161,6 +161,11 @@ impl IncludeIndex {
         out
     }
 
+    /// What `file` includes directly, resolved (nothing for a file not indexed).
+    pub fn includes_of(&self, file: &str) -> &[String] {
+        self.includes.get(file).map_or(&[], Vec::as_slice)
+    }
+
     /// The `.c` files that may include `header`, directly or through other files.
     pub fn candidates(&self, header: &str) -> Vec<String> {
         let mut included_by: HashMap<&str, Vec<&str>> = HashMap::new();
