@@ -15,9 +15,9 @@ use crate::ident::{self, IdentError};
 use crate::keys::SecretKey;
 use crate::klp::{self, KlpError};
 use crate::model::{
-    Artifact, DIFF_FILE, FORMAT, FunctionRef, MANIFEST_FILE, MODULE_FILE, Manifest, ModelError,
-    PATCHES_DIR, PatchEntry, PatchSource, SIGNATURE_FILE, STACK_FILE, StackFile, check_name,
-    patch_dir,
+    Artifact, CUMULATIVE_DIR, CUMULATIVE_NAME, CumulativeEntry, DIFF_FILE, FORMAT, FunctionRef,
+    MANIFEST_FILE, MODULE_FILE, Manifest, ModelError, PATCHES_DIR, PatchEntry, PatchSource,
+    SIGNATURE_FILE, STACK_FILE, StackFile, check_name, patch_dir,
 };
 use crate::store::{
     Author, ItemKind, ObjectId, RefUpdate, StackId, Store, StoreError, TreeItem, format_time,
@@ -58,6 +58,10 @@ pub enum CommitError {
         "cannot revert {patch}: {unknown} records no replaced functions, so an overlap cannot be ruled out (commit it again with --function)"
     )]
     UnknownFunctions { patch: String, unknown: String },
+    #[error(
+        "the cumulative module was built from patches [{built}], but the commit holds [{holds}]"
+    )]
+    CumulativeMismatch { built: String, holds: String },
     #[error("stack {stack} does not verify; refusing to build on it")]
     DamagedParent {
         stack: String,
@@ -94,6 +98,42 @@ pub struct NewPatch {
     /// images `before.toml`): stored beside the module, each with its digest in the
     /// manifest, so the signature covers them.
     pub extra: BTreeMap<String, Vec<u8>>,
+}
+
+/// A stack's cumulative module, built for a prepared commit's patches.
+#[derive(Debug, Clone)]
+pub struct NewCumulative {
+    /// The module names of the patches it holds, in stack order: they must be the
+    /// commit's patches.
+    pub patches: Vec<String>,
+    /// The module's bytes.
+    pub module: Vec<u8>,
+    /// The functions it replaces (every patch's, once).
+    pub functions: Vec<FunctionRef>,
+    /// How it was built.
+    pub build: BTreeMap<String, String>,
+    /// More files, by file name (its run-pre images `before.toml`).
+    pub extra: BTreeMap<String, Vec<u8>>,
+}
+
+/// What a stack commit says about its cumulative module.
+#[derive(Debug, Clone)]
+pub enum Cumulative {
+    /// The module, stored in `cumulative/`.
+    Module(NewCumulative),
+    /// The stack cannot have one, for this reason (recorded in `stack.toml`).
+    Impossible(String),
+}
+
+/// The cumulative part of a commit being written: a tree already in the store and
+/// its entry, or the reason there is none.
+#[derive(Debug, Clone)]
+pub(crate) enum CumulativeTree {
+    Tree {
+        entry: CumulativeEntry,
+        id: ObjectId,
+    },
+    Impossible(String),
 }
 
 /// A commit whose objects are written but which no ref points to yet.
@@ -292,6 +332,7 @@ impl Store {
             trees,
             message,
             None,
+            None,
             author,
             key,
         )
@@ -379,9 +420,169 @@ impl Store {
             trees,
             message,
             None,
+            None,
             author,
             key,
         )
+    }
+
+    /// Writes a commit like `prepared` (same parent, patches, message), which must
+    /// not be published yet, that also carries the stack's cumulative module, or the
+    /// reason it has none. The commit `prepared` stays unreferenced.
+    pub fn prepare_cumulative(
+        &self,
+        prepared: &Prepared,
+        cumulative: Cumulative,
+        author: &Author,
+        key: &SecretKey,
+    ) -> Result<Prepared, CommitError> {
+        let current = self.current(&prepared.stack)?;
+        let head = current.as_ref().map(|c| c.commit);
+        if head != prepared.parent {
+            return Err(StoreError::StackMoved {
+                stack: prepared.stack.to_string(),
+                expected: prepared
+                    .parent
+                    .map_or_else(|| "absent".to_owned(), |id| crate::verify::short(&id)),
+                found: head.map_or_else(|| "absent".to_owned(), |id| crate::verify::short(&id)),
+            }
+            .into());
+        }
+        let made = self
+            .check(prepared.commit, Some(&prepared.stack))
+            .map_err(|source| CommitError::DamagedParent {
+                stack: prepared.stack.to_string(),
+                source: Box::new(source),
+            })?;
+        let tree = match cumulative {
+            Cumulative::Impossible(reason) => CumulativeTree::Impossible(reason),
+            Cumulative::Module(module) => {
+                let holds: Vec<&str> = made
+                    .patches
+                    .iter()
+                    .map(|p| p.manifest.module_name.as_str())
+                    .collect();
+                if module.patches != holds {
+                    return Err(CommitError::CumulativeMismatch {
+                        built: module.patches.join(", "),
+                        holds: holds.join(", "),
+                    });
+                }
+                let (manifest_sha256, id) = self.write_cumulative(&made.stack, &module, author)?;
+                CumulativeTree::Tree {
+                    entry: CumulativeEntry {
+                        manifest_sha256,
+                        patches: made
+                            .stack
+                            .patches
+                            .iter()
+                            .map(|p| p.manifest_sha256)
+                            .collect(),
+                    },
+                    id,
+                }
+            }
+        };
+        let trees = made
+            .stack
+            .patches
+            .iter()
+            .map(|p| (p.dir.clone(), made.patch_trees[&p.dir]))
+            .collect();
+        self.write_stack_commit(
+            &prepared.stack,
+            current.as_ref(),
+            made.stack.kernel_release.clone(),
+            made.stack.patches.clone(),
+            trees,
+            &made.stack.message,
+            made.stack.promoted_from.clone(),
+            Some(tree),
+            author,
+            key,
+        )
+    }
+
+    /// Writes `cumulative/`: the module, its other files and its manifest; returns
+    /// the manifest's SHA-256 and the tree.
+    fn write_cumulative(
+        &self,
+        stack: &StackFile,
+        module: &NewCumulative,
+        author: &Author,
+    ) -> Result<(Sha256Digest, ObjectId), CommitError> {
+        let module_what = format!("{CUMULATIVE_DIR}/{MODULE_FILE}");
+        let info = ident::modinfo(&module.module, &module_what)?;
+        if !info.is_livepatch() {
+            return Err(CommitError::NotLivepatch {
+                module: module_what,
+            });
+        }
+        let mut artifacts = vec![Artifact {
+            path: MODULE_FILE.to_owned(),
+            sha256: Sha256Digest::of(&module.module),
+            size: module.module.len() as u64,
+        }];
+        let mut files = vec![TreeItem {
+            name: MODULE_FILE.to_owned(),
+            id: self.write_blob(&module.module, &module_what)?,
+            kind: ItemKind::Blob,
+        }];
+        for (name, bytes) in &module.extra {
+            if name.is_empty()
+                || name.contains('/')
+                || [MODULE_FILE, DIFF_FILE, MANIFEST_FILE].contains(&name.as_str())
+            {
+                return Err(CommitError::BadExtraFile { name: name.clone() });
+            }
+            artifacts.push(Artifact {
+                path: name.clone(),
+                sha256: Sha256Digest::of(bytes),
+                size: bytes.len() as u64,
+            });
+            files.push(TreeItem {
+                name: name.clone(),
+                id: self.write_blob(bytes, &format!("{CUMULATIVE_DIR}/{name}"))?,
+                kind: ItemKind::Blob,
+            });
+        }
+        let manifest = Manifest {
+            format: FORMAT,
+            name: CUMULATIVE_NAME.to_owned(),
+            source: PatchSource::Cumulative,
+            module_file: format!("{}.ko", info.name),
+            module_name: info.name.clone(),
+            vermagic: info
+                .vermagic()
+                .expect("ident::modinfo requires a vermagic")
+                .to_owned(),
+            kernel_release: stack.kernel_release.clone(),
+            build_id: stack.build_id.clone(),
+            created_by: author.display(),
+            created_at: format_time(author.time),
+            build: module.build.clone(),
+            artifacts,
+            functions: module.functions.clone(),
+        };
+        manifest.check(MANIFEST_FILE)?;
+        crate::verify::check_module(&info, &manifest, stack).map_err(|message| {
+            ModelError::Invalid {
+                path: module_what.clone(),
+                message,
+            }
+        })?;
+        let text = manifest.to_toml();
+        files.push(TreeItem {
+            name: MANIFEST_FILE.to_owned(),
+            id: self.write_blob(
+                text.as_bytes(),
+                &format!("{CUMULATIVE_DIR}/{MANIFEST_FILE}"),
+            )?,
+            kind: ItemKind::Blob,
+        });
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        let tree = self.write_tree(&files, CUMULATIVE_DIR)?;
+        Ok((Sha256Digest::of(text.as_bytes()), tree))
     }
 
     #[allow(clippy::too_many_arguments)] // one private call site per operation
@@ -394,6 +595,7 @@ impl Store {
         trees: Vec<(String, ObjectId)>,
         message: &str,
         promoted_from: Option<crate::model::Promotion>,
+        cumulative: Option<CumulativeTree>,
         author: &Author,
         key: &SecretKey,
     ) -> Result<Prepared, CommitError> {
@@ -407,6 +609,11 @@ impl Store {
             ),
             None => message.to_owned(),
         };
+        let (cumulative_entry, cumulative_tree, no_cumulative) = match cumulative {
+            Some(CumulativeTree::Tree { entry, id }) => (Some(entry), Some(id), None),
+            Some(CumulativeTree::Impossible(reason)) => (None, None, Some(reason)),
+            None => (None, None, None),
+        };
         let stack_file = StackFile {
             format: FORMAT,
             name: stack.name.clone(),
@@ -414,7 +621,9 @@ impl Store {
             kernel_release,
             parent: parent.map(|p| p.stack_sha256),
             message: message.trim_end().to_owned(),
+            no_cumulative,
             promoted_from,
+            cumulative: cumulative_entry,
             patches,
         };
         stack_file.check(STACK_FILE)?;
@@ -444,6 +653,13 @@ impl Store {
             root.push(TreeItem {
                 name: PATCHES_DIR.to_owned(),
                 id: self.write_tree(&items, PATCHES_DIR)?,
+                kind: ItemKind::Tree,
+            });
+        }
+        if let Some(id) = cumulative_tree {
+            root.push(TreeItem {
+                name: CUMULATIVE_DIR.to_owned(),
+                id,
                 kind: ItemKind::Tree,
             });
         }

@@ -8,6 +8,9 @@
 //! patches/0001-name/manifest.toml Manifest: SHA-256 of every artifact, functions
 //! patches/0001-name/module.ko     the livepatch module
 //! patches/0001-name/patch.diff    the source change, when there is one
+//! cumulative/manifest.toml        Manifest of the stack's cumulative module, when
+//! cumulative/module.ko            it has one: every patch in one livepatch module
+//!                                 that replaces whatever runs (`replace = true`)
 //! ```
 //!
 //! These types only parse, print and check their own consistency; reading them out of
@@ -41,6 +44,10 @@ pub const HOOKS_FILE: &str = "hooks.c";
 /// The "before" images of the functions a patch replaces (run-pre matching), in
 /// its directory, for patches built from source.
 pub const BEFORE_FILE: &str = "before.toml";
+/// The directory of the stack's cumulative module, at the root of a stack commit.
+pub const CUMULATIVE_DIR: &str = "cumulative";
+/// The name the cumulative module's manifest carries.
+pub const CUMULATIVE_NAME: &str = "cumulative";
 /// Module names kstack gives the patches it builds (`kstack_<12 hex>`), so that the
 /// kernel's list of applied patches maps back to the store.
 pub const MODULE_PREFIX: &str = "kstack_";
@@ -107,10 +114,17 @@ pub struct StackFile {
     pub parent: Option<Sha256Digest>,
     /// Why this snapshot was made (signed, unlike the Git commit message).
     pub message: String,
+    /// Why the stack has no cumulative module, when it cannot have one (a prebuilt
+    /// module among its patches, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_cumulative: Option<String>,
     /// When this commit promoted another stack's commit (`kstack promote`): which
     /// one. Its patches are then exactly that commit's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_from: Option<Promotion>,
+    /// The stack's cumulative module, when it has one (in [`CUMULATIVE_DIR`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cumulative: Option<CumulativeEntry>,
     /// The patches, in load order.
     #[serde(default, rename = "patch")]
     pub patches: Vec<PatchEntry>,
@@ -126,6 +140,19 @@ pub struct Promotion {
     pub commit: String,
     /// The SHA-256 of the source commit's `stack.toml`.
     pub stack_sha256: Sha256Digest,
+}
+
+/// The stack's cumulative module, as `stack.toml` lists it: all its patches in one
+/// livepatch module with `replace = true`, which the kernel switches to from whatever
+/// runs in a single transition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CumulativeEntry {
+    /// SHA-256 of `cumulative/manifest.toml`.
+    pub manifest_sha256: Sha256Digest,
+    /// The SHA-256 of the manifest of each patch it holds, in stack order: exactly
+    /// the stack's patches, so a module built for another set can never pass for it.
+    pub patches: Vec<Sha256Digest>,
 }
 
 /// One patch of a stack, as `stack.toml` lists it.
@@ -187,6 +214,20 @@ impl StackFile {
                 )));
             }
         }
+        if let Some(cumulative) = &self.cumulative {
+            if self.no_cumulative.is_some() {
+                return Err(invalid(
+                    "has both a cumulative module and a reason for having none".to_owned(),
+                ));
+            }
+            let patches: Vec<Sha256Digest> =
+                self.patches.iter().map(|p| p.manifest_sha256).collect();
+            if patches.is_empty() || cumulative.patches != patches {
+                return Err(invalid(
+                    "the cumulative module was built for other patches than the stack's".to_owned(),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -207,6 +248,8 @@ pub enum PatchSource {
     Prebuilt,
     /// Built by kstack from a unified diff.
     Diff,
+    /// The stack's cumulative module, linked by kstack from its patches' builds.
+    Cumulative,
 }
 
 /// `manifest.toml`: everything about one patch, with the SHA-256 of every artifact.
@@ -385,7 +428,9 @@ mod tests {
             kernel_release: "6.1.0-56-cloud-amd64".into(),
             parent: Some(Sha256Digest::of(b"parent")),
             message: "add foo\n\nwith a body".into(),
+            no_cumulative: None,
             promoted_from: None,
+            cumulative: None,
             patches: vec![PatchEntry {
                 name: "foo".into(),
                 dir: patch_dir(0, "foo"),
@@ -415,6 +460,35 @@ mod tests {
         let text = s.to_toml();
         assert!(text.contains("[promoted_from]"), "{text}");
         assert_eq!(StackFile::parse(text.as_bytes(), "stack.toml").unwrap(), s);
+    }
+
+    #[test]
+    fn a_cumulative_entry_round_trips_and_must_cover_the_stack() {
+        let mut s = stack();
+        assert!(!s.to_toml().contains("cumulative"));
+        s.cumulative = Some(CumulativeEntry {
+            manifest_sha256: Sha256Digest::of(b"c"),
+            patches: vec![Sha256Digest::of(b"m")],
+        });
+        let text = s.to_toml();
+        assert!(text.contains("[cumulative]"), "{text}");
+        assert_eq!(StackFile::parse(text.as_bytes(), "stack.toml").unwrap(), s);
+
+        let mut other = s.clone();
+        other.cumulative.as_mut().unwrap().patches = vec![Sha256Digest::of(b"x")];
+        let err = StackFile::parse(other.to_toml().as_bytes(), "stack.toml").unwrap_err();
+        assert!(err.to_string().contains("other patches"), "{err}");
+        let mut both = s.clone();
+        both.no_cumulative = Some("a prebuilt module".into());
+        let err = StackFile::parse(both.to_toml().as_bytes(), "stack.toml").unwrap_err();
+        assert!(err.to_string().contains("both"), "{err}");
+        let mut reason = stack();
+        reason.no_cumulative = Some("patch foo is a prebuilt module".into());
+        let text = reason.to_toml();
+        assert_eq!(
+            StackFile::parse(text.as_bytes(), "stack.toml").unwrap(),
+            reason
+        );
     }
 
     #[test]

@@ -12,8 +12,8 @@ use crate::digest::Sha256Digest;
 use crate::ident;
 use crate::keys::{PublicKey, StackSignature, TrustPolicy};
 use crate::model::{
-    MANIFEST_FILE, MODULE_FILE, Manifest, ModelError, PATCHES_DIR, PatchEntry, SIGNATURE_FILE,
-    STACK_FILE, StackFile,
+    CUMULATIVE_DIR, CUMULATIVE_NAME, MANIFEST_FILE, MODULE_FILE, Manifest, ModelError, PATCHES_DIR,
+    PatchEntry, PatchSource, SIGNATURE_FILE, STACK_FILE, StackFile,
 };
 use crate::store::{ItemKind, ObjectId, StackId, Store, StoreError, TreeItem};
 
@@ -84,8 +84,13 @@ pub struct VerifiedStack {
     pub stack_sha256: Sha256Digest,
     pub signer: PublicKey,
     pub patches: Vec<VerifiedPatch>,
+    /// The stack's cumulative module (`cumulative/`), when it has one, verified like
+    /// a patch; its entry's name is [`CUMULATIVE_NAME`].
+    pub cumulative: Option<VerifiedPatch>,
     /// The `patches/` tree's entries, by directory name (reused by new commits).
     pub(crate) patch_trees: BTreeMap<String, ObjectId>,
+    /// The `cumulative/` tree (reused by a promotion).
+    pub(crate) cumulative_tree: Option<ObjectId>,
 }
 
 impl VerifiedStack {
@@ -207,15 +212,61 @@ impl Store {
                     commit: commit.clone(),
                     path: dir_path.clone(),
                 })?;
-            patches.push(self.check_patch(&commit, &header.stack, entry, &dir_path, tree)?);
+            let patch = self.check_patch(&commit, &header.stack, entry, &dir_path, tree)?;
+            if patch.manifest.source == PatchSource::Cumulative {
+                return Err(invalid(
+                    &format!("{dir_path}/{MANIFEST_FILE}"),
+                    "a patch's manifest says it is a cumulative module".to_owned(),
+                ));
+            }
+            patches.push(patch);
         }
+
+        // cumulative/: there exactly when stack.toml lists it.
+        let (cumulative, cumulative_tree) =
+            match (&header.stack.cumulative, root.get(CUMULATIVE_DIR)) {
+                (None, None) => (None, None),
+                (None, Some(_)) => {
+                    return Err(VerifyError::Unexpected {
+                        commit: commit.clone(),
+                        path: CUMULATIVE_DIR.to_owned(),
+                    });
+                }
+                (Some(_), None) => {
+                    return Err(VerifyError::Missing {
+                        commit: commit.clone(),
+                        path: CUMULATIVE_DIR.to_owned(),
+                    });
+                }
+                (Some(_), Some(item)) if item.kind != ItemKind::Tree => {
+                    return Err(invalid(CUMULATIVE_DIR, "is not a directory".to_owned()));
+                }
+                (Some(listed), Some(item)) => {
+                    let entry = PatchEntry {
+                        name: CUMULATIVE_NAME.to_owned(),
+                        dir: CUMULATIVE_DIR.to_owned(),
+                        manifest_sha256: listed.manifest_sha256,
+                    };
+                    let verified =
+                        self.check_patch(&commit, &header.stack, &entry, CUMULATIVE_DIR, item.id)?;
+                    if verified.manifest.source != PatchSource::Cumulative {
+                        return Err(invalid(
+                            &format!("{CUMULATIVE_DIR}/{MANIFEST_FILE}"),
+                            "does not describe a cumulative module".to_owned(),
+                        ));
+                    }
+                    (Some(verified), Some(item.id))
+                }
+            };
         Ok(VerifiedStack {
             commit: id,
             stack: header.stack,
             stack_sha256: header.stack_sha256,
             signer: header.signer,
             patches,
+            cumulative,
             patch_trees,
+            cumulative_tree,
         })
     }
 
@@ -493,7 +544,9 @@ impl Store {
     ) -> Result<BTreeMap<String, TreeItem>, VerifyError> {
         let mut root = BTreeMap::new();
         for item in self.tree_items(tree, &format!("commit {commit}: root tree"))? {
-            if ![STACK_FILE, SIGNATURE_FILE, PATCHES_DIR].contains(&item.name.as_str()) {
+            if ![STACK_FILE, SIGNATURE_FILE, PATCHES_DIR, CUMULATIVE_DIR]
+                .contains(&item.name.as_str())
+            {
                 return Err(VerifyError::Unexpected {
                     commit: commit.to_owned(),
                     path: item.name,
