@@ -14,7 +14,10 @@ use kstack_store::verify::VerifyError;
 
 /// A synthetic cumulative module for the patches of `prepared`.
 fn cumulative_for(env: &Env, prepared: &Prepared, functions: &[&str]) -> NewCumulative {
-    let made = env.store.check(prepared.commit, None).unwrap();
+    let made = env
+        .store
+        .check(prepared.commit, None)
+        .expect("a prepared commit verifies");
     NewCumulative {
         patches: made
             .patches
@@ -22,7 +25,10 @@ fn cumulative_for(env: &Env, prepared: &Prepared, functions: &[&str]) -> NewCumu
             .map(|p| p.manifest.module_name.clone())
             .collect(),
         module: module("cum_0123456789ab", functions),
-        functions: functions.iter().map(|f| f.parse().unwrap()).collect(),
+        functions: functions
+            .iter()
+            .map(|f| f.parse().expect("fixture names are valid"))
+            .collect(),
         build: BTreeMap::from([("linked_from".to_owned(), "a b".to_owned())]),
         extra: BTreeMap::from([("before.toml".to_owned(), b"# images\n".to_vec())]),
     }
