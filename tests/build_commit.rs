@@ -281,3 +281,23 @@ fn a_header_too_many_units_include_is_refused() {
     );
     assert!(stderr.contains("may reach 32"), "{stderr}");
 }
+
+/// A change that compiles to the code the kernel already runs (a zero-initialisation
+/// that `CONFIG_INIT_STACK_ALL_ZERO` already does) makes no patch: exit status 3, and
+/// a message that says so.
+#[test]
+fn a_change_that_compiles_to_identical_code_makes_no_patch() {
+    let diff = source_diff(
+        "loadavg: initialise the averages",
+        "fs/proc/loadavg.c",
+        "\tunsigned long avnrun[3];\n",
+        "\tunsigned long avnrun[3] = {};\n",
+    );
+    let (code, stderr) = commit_refused(diff.path());
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("compiles to the same code as before"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("CONFIG_INIT_STACK_ALL_ZERO"), "{stderr}");
+}

@@ -395,6 +395,14 @@ fn changed_type_layouts_are_refused() {
 }
 
 #[test]
+fn a_zero_initialisation_the_configuration_already_does_is_no_change() {
+    let report = fixture("zero_init");
+    assert_eq!(status(&report, "sum"), Status::Unchanged);
+    assert!(report.patched_functions().next().is_none());
+    assert!(report.is_patchable());
+}
+
+#[test]
 fn renumbered_static_local_is_the_same_object() {
     let report = fixture("static_local");
     assert_eq!(status(&report, "count_calls"), Status::Unchanged);

@@ -95,13 +95,15 @@ fn main() {
 
     let cache = Cache::from_env();
     let base = ensure_base_kernel(&cache);
-    let base_tree = base.source().expect("the base kernel's source was prepared");
+    let base_tree = base
+        .source()
+        .expect("the base kernel's source was prepared");
     let target_tree = ensure_target_source(&cache);
 
     eprintln!("==> the fixes between {BASE_VERSION} and {TARGET_VERSION}");
     let changed = corpus::changed_files(&base_tree, &target_tree);
-    let index = IncludeIndex::load_or_scan(&target_tree, &cache.root().join("corpus/deps"))
-        .unwrap();
+    let index =
+        IncludeIndex::load_or_scan(&target_tree, &cache.root().join("corpus/deps")).unwrap();
     let groups = corpus::group(&changed, |f| index.includes_of(f).to_vec());
     eprintln!(
         "    {} files changed, {} fixes; drawing {fixes} the configuration builds (seed {seed})",
@@ -123,7 +125,10 @@ fn main() {
             &base_tree,
             &target_tree,
             &files,
-            &format!("corpus {id}: {} ({BASE_VERSION} to {TARGET_VERSION})", files.join(", ")),
+            &format!(
+                "corpus {id}: {} ({BASE_VERSION} to {TARGET_VERSION})",
+                files.join(", ")
+            ),
         );
         std::fs::write(&diff_path, diff).unwrap();
         eprintln!("==> {id}: {}", files.join(" "));
@@ -193,7 +198,11 @@ fn run_fix(
     let build_secs = started.elapsed().as_secs_f64();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    std::fs::write(out_dir.join(format!("{id}.commit.log")), format!("{stdout}\n{stderr}")).unwrap();
+    std::fs::write(
+        out_dir.join(format!("{id}.commit.log")),
+        format!("{stdout}\n{stderr}"),
+    )
+    .unwrap();
     // With --json an error is a document on stdout; its message is what stderr says
     // without it.
     let message = serde_json::from_str::<serde_json::Value>(stdout.trim())
@@ -211,7 +220,10 @@ fn run_fix(
         return row(outcome, 0);
     }
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    let functions = report["patch"]["functions"].as_array().cloned().unwrap_or_default();
+    let functions = report["patch"]["functions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let modules: Vec<String> = functions
         .iter()
         .filter_map(|f| f["object"].as_str())
@@ -344,7 +356,10 @@ fn ensure_target_source(cache: &Cache) -> PathBuf {
             .status()
             .unwrap()
             .success();
-        assert!(ok, "apt-get download linux-source-6.1={TARGET_VERSION} failed");
+        assert!(
+            ok,
+            "apt-get download linux-source-6.1={TARGET_VERSION} failed"
+        );
     }
     let unpack = cache.root().join("corpus/unpack");
     let _ = std::fs::remove_dir_all(&unpack);
@@ -355,7 +370,11 @@ fn ensure_target_source(cache: &Cache) -> PathBuf {
         .map(|e| e.unwrap().path())
         .find(|p| p.to_string_lossy().ends_with(".tar.xz"))
         .unwrap();
-    run(Command::new("tar").arg("-xJf").arg(&tarball).arg("-C").arg(&unpack));
+    run(Command::new("tar")
+        .arg("-xJf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&unpack));
     let top = std::fs::read_dir(&unpack)
         .unwrap()
         .map(|e| e.unwrap().path())

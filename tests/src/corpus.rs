@@ -12,7 +12,14 @@ use std::path::Path;
 use std::process::Command;
 
 /// Directories of the tree that hold no kernel code for x86-64.
-const SKIPPED: [&str; 6] = ["Documentation", "tools", "samples", "scripts", "usr", "LICENSES"];
+const SKIPPED: [&str; 6] = [
+    "Documentation",
+    "tools",
+    "samples",
+    "scripts",
+    "usr",
+    "LICENSES",
+];
 
 /// The `.c` and `.h` files of the kernel proper (x86 only) that differ between
 /// `base` and `target` or exist only in `target`, sorted. Files only in `base` (a
@@ -39,7 +46,9 @@ fn walk(tree: &Path, dir: &Path, out: &mut Vec<String>) {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let rel = dir.join(&name);
-        let Ok(kind) = entry.file_type() else { continue };
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
         if kind.is_dir() {
             let top = dir.as_os_str().is_empty();
             if (top && SKIPPED.contains(&name.as_str()))
@@ -85,7 +94,10 @@ pub fn group(files: &[String], includes_of: impl Fn(&str) -> Vec<String>) -> Vec
         let root = find(&mut parent, i);
         groups.entry(root).or_default().insert(f.clone());
     }
-    let mut out: Vec<Vec<String>> = groups.into_values().map(|g| g.into_iter().collect()).collect();
+    let mut out: Vec<Vec<String>> = groups
+        .into_values()
+        .map(|g| g.into_iter().collect())
+        .collect();
     out.sort();
     out
 }
@@ -131,7 +143,13 @@ pub fn unified_diff(base: &Path, target: &Path, files: &[String], message: &str)
             Path::new("/dev/null").to_owned()
         };
         let output = Command::new("diff")
-            .args(["-u", "--label", &format!("a/{f}"), "--label", &format!("b/{f}")])
+            .args([
+                "-u",
+                "--label",
+                &format!("a/{f}"),
+                "--label",
+                &format!("b/{f}"),
+            ])
             .arg(&old_arg)
             .arg(target.join(f))
             .output()
@@ -180,10 +198,19 @@ const REFUSALS: [(&str, &str); 12] = [
     ("data object changed", "existing data changed (class 2)"),
     ("__initdata", "__init data changed"),
     ("__init function", "__init code changed"),
-    ("has no call to __fentry__", "untraceable function (class 6)"),
+    (
+        "has no call to __fentry__",
+        "untraceable function (class 6)",
+    ),
     ("short jump", "short jump out of a shared section (class 8)"),
-    ("which the kernel frees after boot", "reference to __init code or data"),
-    ("does not resolve", "symbol the kernel does not resolve (class 4)"),
+    (
+        "which the kernel frees after boot",
+        "reference to __init code or data",
+    ),
+    (
+        "does not resolve",
+        "symbol the kernel does not resolve (class 4)",
+    ),
     ("cannot tell which object is meant", "ambiguous reference"),
     ("does not know how to carry them", "unknown special section"),
 ];
@@ -192,9 +219,7 @@ const REFUSALS: [(&str, &str); 12] = [
 pub fn classify_commit(code: Option<i32>, stderr: &str) -> Option<Outcome> {
     match code {
         Some(0) => None,
-        Some(3) => Some(Outcome::Refused(
-            "identical code (class 9)".into(),
-        )),
+        Some(3) => Some(Outcome::Refused("identical code (class 9)".into())),
         Some(65) => {
             if stderr.contains("is not built for kernel")
                 || stderr.contains("no translation unit built for this kernel includes")
