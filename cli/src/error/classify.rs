@@ -241,6 +241,7 @@ impl Classify for CommitError {
             | CommitError::NoSuchStack { .. }
             | CommitError::Overlap { .. }
             | CommitError::UnknownFunctions { .. } => (Kind::User, None),
+            CommitError::CumulativeMismatch { .. } => (Kind::Internal, None),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kstack_kfacts::symbols::ONCE_STATICS;
 use kstack_store::digest::Sha256Digest;
-use kstack_store::model::{FunctionRef, MODULE_PREFIX, VMLINUX as VMLINUX_OBJECT};
+use kstack_store::model::{CUMULATIVE_NAME, FunctionRef, MODULE_PREFIX, VMLINUX as VMLINUX_OBJECT};
 
 use super::assets::Kernel;
 use super::diff::{self, DiffOptions, DiffReport, Status};
@@ -201,6 +201,189 @@ pub fn build(
     work: &Path,
     progress: &mut dyn FnMut(Phase),
 ) -> Result<Built, BuildError> {
+    let module_name = module_name(req);
+    let job = Job {
+        kernel: req.kernel,
+        earlier: &req.earlier,
+        changes: vec![(format!("patch {}", req.name), &req.diff)],
+        name: req.name.clone(),
+        description: format!("kstack patch {} ({module_name})", req.name),
+        members: vec![Member {
+            name: req.name.clone(),
+            id: module_name.clone(),
+            hooks: req.hooks.clone(),
+        }],
+        module_name,
+        replace: false,
+        guest_binary: &req.guest_binary,
+        signer: req.signer.as_ref(),
+    };
+    build_job(&job, work, progress)
+}
+
+/// One patch that a module holds: its identity and its hooks.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// The patch's name (messages).
+    pub name: String,
+    /// Its identity across modules: the name of the patch's own module
+    /// (`kstack_<12 hex>`). A cumulative module compares it with the patches of the
+    /// modules it replaces to decide whose hooks run.
+    pub id: String,
+    /// Its hook file, if any.
+    pub hooks: Option<Vec<u8>>,
+}
+
+/// One patch of a stack, as its cumulative module is built from it.
+#[derive(Debug, Clone)]
+pub struct StackPatch {
+    pub name: String,
+    /// The patch's own module's name: its identity in the cumulative module.
+    pub module_name: String,
+    pub diff: Vec<u8>,
+    pub hooks: Option<Vec<u8>>,
+}
+
+/// A stack's cumulative module to build: every patch of the stack in one livepatch
+/// module with `replace = true`, built as one change from the kernel's own source to
+/// the source with every patch applied (so a function that several patches change
+/// is carried once, in its last version, and a patch's helpers come with it).
+#[derive(Debug, Clone)]
+pub struct CumulativeRequest<'a> {
+    pub kernel: &'a Kernel,
+    /// The stack's patches, bottom first.
+    pub patches: Vec<StackPatch>,
+    /// The static kstack that boots the kernel to read its kallsyms the first time.
+    pub guest_binary: PathBuf,
+    /// Signs the final module (`[build] module_signing_key`), when set.
+    pub signer: Option<ModuleSigner>,
+}
+
+/// Why a stack cannot have a cumulative module, found without building: its hook
+/// files declare system states that the kernel would refuse in that order (a later
+/// patch lowers the version of a state an earlier one set), so the stack itself only
+/// applies patch by patch, and fails there.
+pub fn cumulative_obstacle(patches: &[StackPatch]) -> Option<String> {
+    let mut seen: BTreeMap<u64, (u64, &str)> = BTreeMap::new();
+    for patch in patches {
+        let states = patch
+            .hooks
+            .as_deref()
+            .map(|h| hook_states(&String::from_utf8_lossy(h)))
+            .unwrap_or_default();
+        for (id, version) in states {
+            if let Some((earlier, by)) = seen.get(&id)
+                && version < *earlier
+            {
+                return Some(format!(
+                    "patch {} declares system state {id} at version {version}, lower than \
+                     version {earlier} of patch {by} below it (the kernel refuses that order)",
+                    patch.name
+                ));
+            }
+            seen.insert(id, (version, &patch.name));
+        }
+    }
+    None
+}
+
+/// The system states a cumulative module declares: every state its patches declare,
+/// at the highest version.
+fn cumulative_states(members: &[Member]) -> Vec<(u64, u64)> {
+    let mut states: BTreeMap<u64, u64> = BTreeMap::new();
+    for member in members {
+        let declared = member
+            .hooks
+            .as_deref()
+            .map(|h| hook_states(&String::from_utf8_lossy(h)))
+            .unwrap_or_default();
+        for (id, version) in declared {
+            let v = states.entry(id).or_default();
+            *v = (*v).max(version);
+        }
+    }
+    states.into_iter().collect()
+}
+
+/// Builds a stack's cumulative module ([`cumulative_obstacle`] checked first).
+pub fn build_cumulative(
+    req: &CumulativeRequest<'_>,
+    work: &Path,
+    progress: &mut dyn FnMut(Phase),
+) -> Result<Built, BuildError> {
+    let module_name = cumulative_module_name(&req.patches);
+    let names: Vec<&str> = req.patches.iter().map(|p| p.name.as_str()).collect();
+    let job = Job {
+        kernel: req.kernel,
+        earlier: &[],
+        changes: req
+            .patches
+            .iter()
+            .map(|p| (format!("patch {}", p.name), &p.diff))
+            .collect(),
+        name: CUMULATIVE_NAME.to_owned(),
+        description: format!(
+            "kstack cumulative module of {} ({module_name})",
+            names.join(", ")
+        ),
+        members: req
+            .patches
+            .iter()
+            .map(|p| Member {
+                name: p.name.clone(),
+                id: p.module_name.clone(),
+                hooks: p.hooks.clone(),
+            })
+            .collect(),
+        module_name,
+        replace: true,
+        guest_binary: &req.guest_binary,
+        signer: req.signer.as_ref(),
+    };
+    let mut built = build_job(&job, work, progress)?;
+    built
+        .build_info
+        .insert("cumulative_of".into(), names.join(" "));
+    Ok(built)
+}
+
+/// `kstack_<12 hex>` for a cumulative module: from the identities of the patches it
+/// holds, so the same set of patches is the same module.
+pub fn cumulative_module_name(patches: &[StackPatch]) -> String {
+    let mut bytes = b"cumulative".to_vec();
+    for p in patches {
+        bytes.push(0);
+        bytes.extend_from_slice(p.module_name.as_bytes());
+    }
+    format!(
+        "{MODULE_PREFIX}{}",
+        &Sha256Digest::of(&bytes).to_hex()[..12]
+    )
+}
+
+/// What one build makes: a module holding `members`, from the change `changes` make
+/// (in order) to the source with `earlier` applied.
+struct Job<'a> {
+    kernel: &'a Kernel,
+    earlier: &'a [(String, Vec<u8>)],
+    /// What each change is (for errors) and its diff.
+    changes: Vec<(String, &'a Vec<u8>)>,
+    /// `KSTACK_PATCH_NAME`: the patch's name, or [`CUMULATIVE_NAME`].
+    name: String,
+    description: String,
+    members: Vec<Member>,
+    module_name: String,
+    /// A cumulative module: `replace = true`, hooks around vmlinux's transition.
+    replace: bool,
+    guest_binary: &'a Path,
+    signer: Option<&'a ModuleSigner>,
+}
+
+fn build_job(
+    req: &Job<'_>,
+    work: &Path,
+    progress: &mut dyn FnMut(Phase),
+) -> Result<Built, BuildError> {
     let mut timings = Vec::new();
     let mut phase_start = Instant::now();
     let mut enter = |phase: Phase, timings: &mut Vec<(Phase, Duration)>| {
@@ -218,16 +401,26 @@ pub fn build(
     };
 
     let release = &req.kernel.release;
-    check(req.kernel, &req.earlier, &req.diff)?;
+    // Each change is checked on what the ones before it leave.
+    let mut below: Vec<(String, Vec<u8>)> = req.earlier.to_vec();
+    for (what, diff) in &req.changes {
+        check(req.kernel, &below, diff)?;
+        below.push((what.clone(), (*diff).clone()));
+    }
     let source = req.kernel.source().ok_or_else(|| BuildError::NoSource {
         release: release.clone(),
     })?;
     enter(Phase::Tree, &mut timings);
     let tree = WorkTree::new(&source, &work.join("trees"), release)?;
-    for (name, diff) in &req.earlier {
+    for (name, diff) in req.earlier {
         tree.apply(diff, &format!("earlier patch {name}"))?;
     }
-    let units = tree.units_for(&req.diff, &source, &req.kernel.dir().join("deps"))?;
+    let mut units = Vec::new();
+    for (_, diff) in &req.changes {
+        units.extend(tree.units_for(diff, &source, &req.kernel.dir().join("deps"))?);
+    }
+    units.sort();
+    units.dedup();
     for unit in &units {
         tree::check_built(tree.path(), release, unit)?;
     }
@@ -235,7 +428,9 @@ pub fn build(
     enter(Phase::Pre, &mut timings);
     let out = tree.path().join(".kstack");
     let pre_paths = tree.compile(&units, &out.join("pre"))?;
-    tree.apply(&req.diff, &format!("patch {}", req.name))?;
+    for (what, diff) in &req.changes {
+        tree.apply(diff, what)?;
+    }
     // Which object each unit is part of, as kbuild compiled it: vmlinux or a module.
     let mut objects: BTreeMap<String, String> = BTreeMap::new();
     for unit in &units {
@@ -298,7 +493,7 @@ pub fn build(
     enter(Phase::Symbols, &mut timings);
     let kallsyms_file = req.kernel.dir().join("kallsyms");
     let kallsyms =
-        KernelSymbols::kallsyms_for(&req.kernel.vmlinuz(), &kallsyms_file, &req.guest_binary)?;
+        KernelSymbols::kallsyms_for(&req.kernel.vmlinuz(), &kallsyms_file, req.guest_binary)?;
     let symvers_path = req.kernel.headers().join("Module.symvers");
     let symvers = std::fs::read_to_string(&symvers_path).map_err(io(&symvers_path))?;
     let mut symbols = KernelSymbols::parse(&kallsyms, &symvers)?;
@@ -331,7 +526,7 @@ pub fn build(
     }
 
     enter(Phase::Extract, &mut timings);
-    let module_name = module_name(req);
+    let module_name = req.module_name.clone();
     // Everything of this build lives in the work tree's directory, so builds that
     // run at the same time (two `kstack commit`s) never share a file.
     let module_dir = tree.path().join(".kstack/module");
@@ -418,19 +613,40 @@ pub fn build(
     }
 
     enter(Phase::Module, &mut timings);
+    // A cumulative module's hooks run around vmlinux's transition, which the kernel
+    // runs whatever else the module patches: it has a vmlinux object, empty if need be.
+    if req.replace {
+        table.entry((false, VMLINUX_OBJECT.to_owned())).or_default();
+    }
     let template = module_dir.join(format!("{module_name}_main.c"));
     std::fs::write(&template, TEMPLATE_C).map_err(io(&template))?;
     let table_path = module_dir.join(TABLE_H);
-    std::fs::write(&table_path, table_header(req, &module_name, &table))
-        .map_err(io(&table_path))?;
+    std::fs::write(&table_path, table_header(req, &table)).map_err(io(&table_path))?;
     let include = module_dir.join("include/kstack");
     std::fs::create_dir_all(&include).map_err(io(&include))?;
     std::fs::write(include.join("hooks.h"), HOOKS_H).map_err(io(&include))?;
     let mut c_sources = vec![template, table_path];
-    if let Some(hooks) = &req.hooks {
-        let path = module_dir.join(format!("{module_name}_hooks.c"));
+    for (index, member) in req.members.iter().enumerate() {
+        let Some(hooks) = &member.hooks else {
+            continue;
+        };
+        // The hook file itself is not a source of its own (kbuild compiles `.c`
+        // files only): a wrapper numbers it and includes it.
+        let inner = format!("{module_name}_member{index}_hooks.inc");
+        let path = module_dir.join(&inner);
         std::fs::write(&path, hooks).map_err(io(&path))?;
         c_sources.push(path);
+        let wrapper = module_dir.join(format!("{module_name}_member{index}.c"));
+        std::fs::write(
+            &wrapper,
+            format!(
+                "/* Generated by kstack: the hook file of patch {}, member {index} of this module. */\n\
+                 #define KSTACK_MEMBER_INDEX {index}\n#include \"{inner}\"\n",
+                c_escape(&member.name)
+            ),
+        )
+        .map_err(io(&wrapper))?;
+        c_sources.push(wrapper);
     }
     c_sources.extend(sources);
     let spec = kbuild::ModuleSpec {
@@ -454,7 +670,7 @@ pub fn build(
         .map_err(|e| BuildError::PostLink(Box::new(e)))?
         .ko;
     // Signed last: the signature covers the bytes the kernel loads.
-    let module = match &req.signer {
+    let module = match req.signer {
         Some(signer) => signer.sign(&module, &req.kernel.headers(), &module_dir.join("sign"))?,
         None => module,
     };
@@ -471,7 +687,7 @@ pub fn build(
     }
     build_info.insert("units".into(), units.join(" "));
     build_info.insert("kstack".into(), env!("CARGO_PKG_VERSION").into());
-    if let Some(signer) = &req.signer {
+    if let Some(signer) = req.signer {
         build_info.insert("module_signer".into(), signer.describe());
     }
     Ok(Built {
@@ -502,22 +718,31 @@ pub fn module_name(req: &BuildRequest<'_>) -> String {
     )
 }
 
-/// The header the template includes: the patch's name, and per object (vmlinux or a
-/// module) the functions it replaces, as X-macros (see `kmod/template`).
-fn table_header(
-    req: &BuildRequest<'_>,
-    module_name: &str,
-    table: &BTreeMap<(bool, String), Vec<String>>,
-) -> String {
+/// The header the template includes: the patch's name, per object (vmlinux or a
+/// module) the functions it replaces, and the patches it holds, as X-macros (see
+/// `kmod/template`).
+fn table_header(req: &Job<'_>, table: &BTreeMap<(bool, String), Vec<String>>) -> String {
     let mut text = String::from("/* Generated by kstack: the patch's function table. */\n");
     text.push_str(&format!(
         "#define KSTACK_PATCH_NAME \"{}\"\n",
         c_escape(&req.name)
     ));
     text.push_str(&format!(
-        "#define KSTACK_PATCH_DESCRIPTION \"kstack patch {} ({module_name})\"\n",
-        c_escape(&req.name)
+        "#define KSTACK_PATCH_DESCRIPTION \"{}\"\n",
+        c_escape(&req.description)
     ));
+    text.push_str(&format!(
+        "#define KSTACK_REPLACE {}\n",
+        if req.replace { "true" } else { "false" }
+    ));
+    text.push_str("#define KSTACK_MEMBERS \\\n");
+    for (index, member) in req.members.iter().enumerate() {
+        text.push_str(&format!(
+            "\tKSTACK_MEMBER({index}, \"{}\") \\\n",
+            c_escape(&member.id)
+        ));
+    }
+    text.push('\n');
     text.push_str("#define KSTACK_OBJECTS \\\n");
     let c_name = |object: &str| {
         if object == VMLINUX_OBJECT {
@@ -554,11 +779,7 @@ fn table_header(
         }
         text.push('\n');
     }
-    let states = req
-        .hooks
-        .as_deref()
-        .map(|h| hook_states(&String::from_utf8_lossy(h)))
-        .unwrap_or_default();
+    let states = cumulative_states(&req.members);
     if !states.is_empty() {
         let entries: Vec<String> = states
             .iter()

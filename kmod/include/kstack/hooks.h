@@ -32,6 +32,25 @@
  * so whatever PRE_APPLY set up is torn down by POST_REVERT in both cases.
  * A refused PRE_APPLY runs nothing else.
  *
+ * CUMULATIVE MODULES. In replace mode ([sync] mode = "replace", the default) a
+ * generation is one module holding every patch of the stack, loaded over whatever
+ * runs in a single transition; the kernel runs none of the replaced modules'
+ * callbacks. kstack keeps each patch's hooks meaning what they mean above,
+ * patch by patch (docs/replace-mode.md):
+ *
+ *   - a patch new in the generation runs PRE_APPLY before the transition and
+ *     POST_APPLY after it;
+ *   - a patch the generation drops runs PRE_REVERT before the transition and
+ *     POST_REVERT after it (its code runs from its old module, which kstack
+ *     unloads only afterwards);
+ *   - a patch in both runs nothing: its shadow variables and whatever else its
+ *     PRE_APPLY set up carry over to the new module untouched.
+ *
+ * Leaving patches run their hooks first (newest first), then new ones (in stack
+ * order). A refusing PRE_APPLY takes back what ran before it (POST_REVERT of the
+ * new patches, POST_APPLY of the leaving ones) and the host stays on its
+ * generation; a reversed transition does the same.
+ *
  * Hooks run in process context with no livepatch locks held that matter to
  * them; they may sleep and allocate. Hook code is compiled into a normal module:
  * it may use exported kernel symbols only (the new functions of the patch may
@@ -45,7 +64,14 @@
  * state `id` in a way of `version`. The kernel refuses to load a patch whose
  * version of a state is lower than an already applied patch's
  * (Documentation/livepatch/system-state.rst): an incompatible later patch is
- * refused by the kernel, and kstack reports it as a failed step.
+ * refused by the kernel, and kstack reports it as a failed step. A cumulative
+ * module declares every state its patches declare (the highest version); the
+ * kernel refuses one that drops a patch whose state no other patch declares (a
+ * cumulative patch must handle every state already modified), so such a patch
+ * is reverted in stack mode.
+ *
+ * Reserved: shadow variable id 0x6b73746b00000001 (kstack's registry of loaded
+ * patch modules).
  */
 #ifndef KSTACK_HOOKS_H
 #define KSTACK_HOOKS_H
@@ -54,15 +80,27 @@
 #include <linux/livepatch.h>
 #include <linux/printk.h>
 
-/* The callback the template wires for each hook (weak: absent means none). */
+/*
+ * The callback the template wires for each hook (weak: absent means none). A
+ * module holds one or more patches; kstack compiles each one's hook file with
+ * KSTACK_MEMBER_INDEX set to its place in the module, which names its hooks apart.
+ */
+#ifdef KSTACK_MEMBER_INDEX
+#define __KSTACK_HOOK_NAME2(kind, index) __kstack_hook_##kind##_##index
+#define __KSTACK_HOOK_NAME1(kind, index) __KSTACK_HOOK_NAME2(kind, index)
+#define __KSTACK_HOOK_NAME(kind) __KSTACK_HOOK_NAME1(kind, KSTACK_MEMBER_INDEX)
+#else
+#define __KSTACK_HOOK_NAME(kind) __kstack_hook_##kind
+#endif
+
 #define KSTACK_PRE_APPLY(fn)						\
-	int __kstack_hook_pre_apply(struct klp_object *obj) { return fn(); }
+	int __KSTACK_HOOK_NAME(pre_apply)(struct klp_object *obj) { return fn(); }
 #define KSTACK_POST_APPLY(fn)						\
-	void __kstack_hook_post_apply(struct klp_object *obj) { fn(); }
+	void __KSTACK_HOOK_NAME(post_apply)(struct klp_object *obj) { fn(); }
 #define KSTACK_PRE_REVERT(fn)						\
-	void __kstack_hook_pre_revert(struct klp_object *obj) { fn(); }
+	void __KSTACK_HOOK_NAME(pre_revert)(struct klp_object *obj) { fn(); }
 #define KSTACK_POST_REVERT(fn)						\
-	void __kstack_hook_post_revert(struct klp_object *obj) { fn(); }
+	void __KSTACK_HOOK_NAME(post_revert)(struct klp_object *obj) { fn(); }
 
 /*
  * Declares a system state this patch modifies. kstack reads these lines from the
