@@ -83,6 +83,47 @@ pub struct CommitOutput {
     pub patch: CommittedPatch,
     /// The public key that signed the commit.
     pub signer: String,
+    /// The new commit's cumulative module.
+    pub cumulative: CumulativeJson,
+}
+
+/// A stack commit's cumulative module: every patch in one livepatch module that
+/// replaces whatever the kernel runs (docs/replace-mode.md).
+#[derive(Debug, Serialize)]
+pub struct CumulativeJson {
+    /// Its module's name, `null` when the stack has none.
+    pub module_name: Option<String>,
+    /// The patches it holds, by name, in load order (empty when there is none).
+    pub patches: Vec<String>,
+    /// `object:function[,sympos]`.
+    pub functions: Vec<String>,
+    /// Why the stack has none, `null` when it has one (and for commits made before
+    /// cumulative modules).
+    pub none_reason: Option<String>,
+}
+
+impl From<&kstack_store::verify::VerifiedStack> for CumulativeJson {
+    fn from(v: &kstack_store::verify::VerifiedStack) -> Self {
+        match &v.cumulative {
+            Some(c) => CumulativeJson {
+                module_name: Some(c.manifest.module_name.clone()),
+                patches: v.patches.iter().map(|p| p.entry.name.clone()).collect(),
+                functions: c
+                    .manifest
+                    .functions
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                none_reason: None,
+            },
+            None => CumulativeJson {
+                module_name: None,
+                patches: Vec::new(),
+                functions: Vec::new(),
+                none_reason: v.stack.no_cumulative.clone(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -158,6 +199,8 @@ pub struct ShowOutput {
     pub promoted_from: Option<PromotedFromJson>,
     /// In load order.
     pub patches: Vec<PatchJson>,
+    /// The stack's cumulative module.
+    pub cumulative: CumulativeJson,
 }
 
 #[derive(Debug, Serialize)]
@@ -284,6 +327,8 @@ pub struct RevertOutput {
     pub reverted: String,
     /// The names of the patches left, in load order.
     pub patches: Vec<String>,
+    /// The new commit's cumulative module.
+    pub cumulative: CumulativeJson,
 }
 
 /// `kstack promote`.
@@ -369,6 +414,8 @@ pub struct StatusOutput {
     pub build_id: String,
     /// Whether the kernel supports livepatch (`/sys/kernel/livepatch`).
     pub livepatch: bool,
+    /// The config's `[sync] mode`: `replace` or `stack`.
+    pub mode: &'static str,
     pub generation: Option<GenerationJson>,
     /// kstack's livepatch modules, in load order.
     pub applied: Vec<AppliedJson>,
@@ -446,9 +493,12 @@ pub struct AppliedJson {
     pub enabled: bool,
     /// Whether its livepatch transition is still running.
     pub transition: bool,
-    /// The patch's name, when the current generation's stack has the module.
+    /// The patch's name, when the current generation's stack has the module
+    /// (`cumulative` for its cumulative module).
     pub patch: Option<String>,
     pub functions: Vec<String>,
+    /// For the cumulative module: the patches it holds, in load order.
+    pub holds: Vec<String>,
     /// The objects the patch changes (`vmlinux`, module names), each with whether
     /// it is patched now (`false`: a module that is not loaded; the kernel patches
     /// it when it loads).
@@ -469,6 +519,7 @@ impl From<&AppliedPatch> for AppliedJson {
             transition: p.transition,
             patch: p.patch.clone(),
             functions: p.functions.clone(),
+            holds: p.holds.clone(),
             objects: p
                 .objects
                 .iter()
@@ -487,6 +538,7 @@ impl From<&Status> for StatusOutput {
             release: s.release.clone(),
             build_id: s.build_id.clone(),
             livepatch: s.livepatch,
+            mode: s.mode.as_str(),
             generation: s.generation.as_ref().map(GenerationJson::from),
             applied: s.applied.iter().map(AppliedJson::from).collect(),
             foreign: s.foreign.clone(),
@@ -515,8 +567,15 @@ pub struct PlanOutput {
     pub commit: Option<String>,
     /// Applied modules that stay, bottom first.
     pub keep: Vec<String>,
-    /// In order: reverts (newest first), then applies.
+    /// In order: reverts (newest first), then applies; in replace mode, unloads of
+    /// leftovers, then the cumulative module's apply.
     pub steps: Vec<StepJson>,
+    /// `replace` or `stack`: how the steps reach the declared stack.
+    pub mode: &'static str,
+    /// Why replace mode (the config's) is done the stack way, `null` otherwise.
+    pub fallback: Option<String>,
+    /// The declared stack's cumulative module, `null` when it has none.
+    pub cumulative: Option<PlanCumulative>,
     pub foreign: Vec<String>,
     /// Whether `steps` is not empty (exit code 2 for `plan`).
     pub changes: bool,
@@ -599,28 +658,45 @@ pub struct PlanRunPre {
     pub ms: f64,
 }
 
+/// The declared stack's cumulative module, in a plan.
+#[derive(Debug, Serialize)]
+pub struct PlanCumulative {
+    pub module: String,
+    /// The patches it holds, by name, in load order.
+    pub patches: Vec<String>,
+}
+
 /// One step of a plan.
 #[derive(Debug, Serialize)]
 pub struct StepJson {
     /// `apply`, `revert` or `unload` (a module whose patch is already disabled).
     pub action: &'static str,
     pub module: String,
-    /// For `apply`: the patch's position in the stack, from 0.
+    /// For `apply`: the patch's position in the stack, from 0 (0 for a cumulative
+    /// module, the generation's only one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub index: Option<usize>,
+    /// Whether the module is a stack's cumulative module (`apply` in replace mode):
+    /// its one transition replaces the modules in `replaces`, which are then unloaded.
+    pub cumulative: bool,
+    /// The modules a cumulative module replaces, bottom first; empty otherwise.
+    pub replaces: Vec<String>,
 }
 
 impl From<&Step> for StepJson {
     fn from(step: &Step) -> Self {
-        let (action, index) = match step {
-            Step::Apply { index, .. } => ("apply", Some(*index)),
-            Step::Revert { .. } => ("revert", None),
-            Step::Unload { .. } => ("unload", None),
+        let (action, index, cumulative, replaces) = match step {
+            Step::Apply { index, .. } => ("apply", Some(*index), false, Vec::new()),
+            Step::Revert { .. } => ("revert", None, false, Vec::new()),
+            Step::Unload { .. } => ("unload", None, false, Vec::new()),
+            Step::Replace { replaces, .. } => ("apply", Some(0), true, replaces.clone()),
         };
         StepJson {
             action,
             module: step.module().to_owned(),
             index,
+            cumulative,
+            replaces,
         }
     }
 }
@@ -636,6 +712,14 @@ impl From<&Prepared> for PlanOutput {
             commit: p.desired.commit().map(|c| c.to_string()),
             keep: p.plan.keep.clone(),
             steps: p.plan.steps.iter().map(StepJson::from).collect(),
+            mode: p.plan.mode.as_str(),
+            fallback: p.plan.fallback.clone(),
+            cumulative: p.desired.stack.as_ref().and_then(|s| {
+                s.cumulative.as_ref().map(|c| PlanCumulative {
+                    module: c.manifest.module_name.clone(),
+                    patches: s.patches.iter().map(|p| p.entry.name.clone()).collect(),
+                })
+            }),
             foreign: p.foreign.clone(),
             changes: !p.plan.is_empty(),
             run_pre: PlanRunPre {
@@ -666,6 +750,9 @@ pub struct SyncOutput {
 pub struct TimingJson {
     pub step: StepJson,
     pub ms: f64,
+    /// For a cumulative module's apply: replaced modules that could not be unloaded
+    /// (the next sync unloads them), with why; empty otherwise.
+    pub left_loaded: Vec<String>,
 }
 
 impl From<&StepTiming> for TimingJson {
@@ -673,6 +760,7 @@ impl From<&StepTiming> for TimingJson {
         TimingJson {
             step: StepJson::from(&t.step),
             ms: t.elapsed.as_secs_f64() * 1e3,
+            left_loaded: t.left_loaded.clone(),
         }
     }
 }

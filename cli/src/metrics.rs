@@ -137,6 +137,7 @@ mod tests {
             release: "6.1.0-56-cloud-amd64".into(),
             build_id: "3b43fad5".into(),
             livepatch: true,
+            mode: kstack_engine::host::plan::Mode::Replace,
             generation: Some(Generation {
                 number: 4,
                 commit: "4579399eeb96".into(),
@@ -151,6 +152,7 @@ mod tests {
                 transition: false,
                 patch: Some("a".into()),
                 functions: vec![],
+                holds: vec![],
                 objects: vec![PatchedObject {
                     name: "xfs".into(),
                     patched: false,

@@ -66,7 +66,7 @@ fn commit_of_a_module() {
     assert_eq!(code, 0);
     insta::assert_snapshot!(json, @r#"
     {
-      "commit": "ee29263291fce97470cc5bf1d0b7dccbd05b9dcb",
+      "commit": "fb8c5515c91f9be85824c4708e51697abba99ff3",
       "parent": null,
       "stack": {
         "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
@@ -82,7 +82,13 @@ fn commit_of_a_module() {
           "vmlinux:cmdline_proc_show"
         ]
       },
-      "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61"
+      "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+      "cumulative": {
+        "module_name": null,
+        "patches": [],
+        "functions": [],
+        "none_reason": "patch fix-cmdline is a prebuilt module (commit --module), which kstack cannot build into a cumulative module"
+      }
     }
     "#);
 }
@@ -108,9 +114,9 @@ fn log() {
       },
       "commits": [
         {
-          "id": "4579399eeb9650bdc9514dcbbd577ed089abe0fc",
+          "id": "e644a5d99adcd2851ba589b47da727a14e9a5a46",
           "parents": [
-            "d513e202825a496e538c61232a07a4fae1193389"
+            "5338b62a3c810a265ae8d94ec160dbc37d2e26ef"
           ],
           "author": "Test Author",
           "email": "test@example.invalid",
@@ -132,14 +138,14 @@ fn show() {
     assert_eq!(code, 0);
     insta::assert_snapshot!(json, @r#"
     {
-      "commit": "d513e202825a496e538c61232a07a4fae1193389",
+      "commit": "5338b62a3c810a265ae8d94ec160dbc37d2e26ef",
       "parents": [],
       "stack": {
         "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
         "name": "prod",
         "kernel_release": "6.1.0-56-cloud-amd64"
       },
-      "stack_sha256": "880adb524d6b107e010430817d250a25d7db82f6ba2e2a3cb51b722e2786a9ac",
+      "stack_sha256": "e4dda17d10b002cc3ab74dec583c36cf72c92433c042e9742704888c3d1a8e7b",
       "author": "Test Author",
       "email": "test@example.invalid",
       "time": "2023-11-14T22:13:20Z",
@@ -185,7 +191,7 @@ fn verify() {
       "results": [
         {
           "rev": "3b43fad5034874490492495d552c0af6a5fab235/prod",
-          "commit": "4579399eeb9650bdc9514dcbbd577ed089abe0fc",
+          "commit": "e644a5d99adcd2851ba589b47da727a14e9a5a46",
           "ok": true,
           "patches": 2,
           "history": 2,
@@ -205,9 +211,9 @@ fn verify() {
       "results": [
         {
           "rev": "3b43fad5034874490492495d552c0af6a5fab235/prod",
-          "commit": "4579399eeb9650bdc9514dcbbd577ed089abe0fc",
+          "commit": "e644a5d99adcd2851ba589b47da727a14e9a5a46",
           "ok": false,
-          "error": "commit 4579399eeb96: signed by ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61, which is not a trusted key"
+          "error": "commit e644a5d99adc: signed by ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61, which is not a trusted key"
         }
       ],
       "failed": 1
@@ -226,7 +232,7 @@ fn stacks() {
         {
           "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
           "name": "prod",
-          "head": "4579399eeb9650bdc9514dcbbd577ed089abe0fc",
+          "head": "e644a5d99adcd2851ba589b47da727a14e9a5a46",
           "time": "2023-11-14T22:13:20Z",
           "summary": "add fix-meminfo",
           "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
@@ -245,8 +251,8 @@ fn revert() {
     assert_eq!(code, 0);
     insta::assert_snapshot!(json, @r#"
     {
-      "commit": "3dbccbdd52e70e99c717a823f12fe074c17b80ff",
-      "parent": "4579399eeb9650bdc9514dcbbd577ed089abe0fc",
+      "commit": "122b30acba4269186346a0c4a226f11d6df6632a",
+      "parent": "e644a5d99adcd2851ba589b47da727a14e9a5a46",
       "stack": {
         "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
         "name": "prod"
@@ -254,7 +260,13 @@ fn revert() {
       "reverted": "fix-cmdline",
       "patches": [
         "fix-meminfo"
-      ]
+      ],
+      "cumulative": {
+        "module_name": null,
+        "patches": [],
+        "functions": [],
+        "none_reason": "patch fix-meminfo is a prebuilt module (commit --module), which kstack cannot build into a cumulative module"
+      }
     }
     "#);
 }
@@ -274,7 +286,7 @@ fn pull() {
           "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
           "name": "prod",
           "old": null,
-          "new": "4579399eeb9650bdc9514dcbbd577ed089abe0fc",
+          "new": "e644a5d99adcd2851ba589b47da727a14e9a5a46",
           "outcome": "updated"
         }
       ]
@@ -439,7 +451,7 @@ fn promote_and_the_log_of_a_promotion() {
     assert_eq!(code, 0);
     insta::assert_snapshot!(json, @r#"
     {
-      "commit": "0ad86bccac792c1721876564a641d25f06cdc467",
+      "commit": "d6e13d37b6fbaf7dbb181515419cf90f61669944",
       "parent": null,
       "stack": {
         "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
@@ -447,7 +459,7 @@ fn promote_and_the_log_of_a_promotion() {
       },
       "promoted_from": {
         "stack": "prod",
-        "commit": "4579399eeb9650bdc9514dcbbd577ed089abe0fc"
+        "commit": "e644a5d99adcd2851ba589b47da727a14e9a5a46"
       },
       "changed": true,
       "patches": [
@@ -472,17 +484,17 @@ fn promote_and_the_log_of_a_promotion() {
       },
       "commits": [
         {
-          "id": "0ad86bccac792c1721876564a641d25f06cdc467",
+          "id": "d6e13d37b6fbaf7dbb181515419cf90f61669944",
           "parents": [],
           "author": "Test Author",
           "email": "test@example.invalid",
           "time": "2023-11-14T22:13:20Z",
-          "message": "Promote prod 4579399eeb96 to production",
+          "message": "Promote prod e644a5d99adc to production",
           "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
           "trusted": true,
           "promoted_from": {
             "stack": "prod",
-            "commit": "4579399eeb9650bdc9514dcbbd577ed089abe0fc"
+            "commit": "e644a5d99adcd2851ba589b47da727a14e9a5a46"
           }
         }
       ]

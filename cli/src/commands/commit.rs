@@ -5,21 +5,20 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Args;
 use kstack_engine::builder::source::Change;
 use kstack_engine::builder::tree;
-use kstack_store::commit::{CommitError, NewPatch, Prepared};
+use kstack_store::commit::NewPatch;
 use kstack_store::ident::{self, BuildId, KernelIdentity};
 use kstack_store::keys::SecretKey;
 use kstack_store::model::{FunctionRef, PatchSource, check_name};
-use kstack_store::store::{Author, StackId, Store, StoreError};
+use kstack_store::store::{Author, StackId, Store};
 
 use super::GlobalArgs;
 use crate::context::Context;
 use crate::error::{CliError, Kind, check_readable_file};
-use crate::json::{CommitOutput, CommittedPatch, StackJson};
+use crate::json::{CommitOutput, CommittedPatch, CumulativeJson, StackJson};
 use crate::ui::Ui;
 
 /// Turn a source fix into a live patch on top of a stack, signed
@@ -139,16 +138,31 @@ pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<Exit
         Input::Module(patch) => patch,
     };
     let author = author();
-    let prepared = with_retry(ui, &stack, || {
-        store.add_patch(
-            &stack,
-            release.as_deref(),
-            patch.clone(),
-            &message,
-            &author,
-            &key,
-        )
-    })?;
+    // A prebuilt module's stack has no cumulative module; for a built one the signer
+    // is read again (it was moved into the build).
+    let cumulative_signer = if prebuilt {
+        None
+    } else {
+        super::commit_diff::module_signer(&ctx)?
+    };
+    let prepared = super::cumulative::publish_with_cumulative(
+        ui,
+        &store,
+        &stack,
+        cumulative_signer.as_ref(),
+        &author,
+        &key,
+        || {
+            store.prepare_add_patch(
+                &stack,
+                release.as_deref(),
+                patch.clone(),
+                &message,
+                &author,
+                &key,
+            )
+        },
+    )?;
     if let (Some(note), true) = (&new_stack, prebuilt) {
         ui.status(note);
     }
@@ -177,6 +191,7 @@ pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<Exit
                 functions,
             },
             signer: key.public().to_string(),
+            cumulative: CumulativeJson::from(&verified),
         });
     } else {
         ui.line(format!(
@@ -196,6 +211,7 @@ pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<Exit
         } else {
             ui.line(format!("  replaces {}", functions.join(", ")));
         }
+        ui.line(super::cumulative::describe(&verified));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -281,36 +297,6 @@ fn read_input(path: &Path, what: &str) -> Result<Vec<u8>, CliError> {
             e,
         )
     })
-}
-
-/// Runs a store write, and again (up to three times in all) when another kstack moved
-/// the stack first: the write is rebuilt on the new head each time.
-pub(crate) fn with_retry(
-    ui: &Ui,
-    stack: &StackId,
-    mut write: impl FnMut() -> Result<Prepared, CommitError>,
-) -> Result<Prepared, CliError> {
-    const ATTEMPTS: u32 = 3;
-    let mut attempt = 1;
-    loop {
-        match write() {
-            Err(CommitError::Store(
-                e @ (StoreError::StackMoved { .. } | StoreError::Locked { .. }),
-            )) if attempt < ATTEMPTS => {
-                let why = match e {
-                    StoreError::Locked { .. } => "is being updated by another kstack",
-                    _ => "was moved by another kstack",
-                };
-                ui.status(format!(
-                    "stack {} {why}; retrying on its new head",
-                    stack.name
-                ));
-                std::thread::sleep(Duration::from_millis(50 * u64::from(attempt)));
-                attempt += 1;
-            }
-            other => return other.map_err(CliError::from),
-        }
-    }
 }
 
 /// The key that signs new commits: `--key`, else the config's `[trust] signing_key`.

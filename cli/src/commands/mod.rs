@@ -11,6 +11,7 @@ use crate::ui::Ui;
 pub mod commit;
 pub mod commit_diff;
 pub mod completion;
+pub mod cumulative;
 pub mod generations;
 pub mod guest_init;
 pub mod init;

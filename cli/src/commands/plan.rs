@@ -15,8 +15,11 @@ use crate::ui::Ui;
 /// Show what `kstack sync` would change, without changing anything
 ///
 /// Identifies the running kernel, verifies the stack the config declares (signatures,
-/// digests, build ID, vermagic), reads the applied livepatches and prints the plan:
-/// the patches kept, reverted (newest first) and applied (in stack order).
+/// digests, build ID, vermagic), reads the applied livepatches and prints the plan.
+/// In replace mode ([sync] mode, the default): the stack's cumulative module, which
+/// replaces whatever runs in one transition. In stack mode (or for a stack without a
+/// cumulative module, which the plan says): the patches kept, reverted (newest first)
+/// and applied (in stack order).
 ///
 /// Exit status: 0 when the kernel already runs the declared stack, 2 when there are
 /// changes, 1 (or another error code) when the plan cannot be made.
@@ -56,7 +59,26 @@ pub fn render_plan(ui: &Ui, p: &Prepared) {
         p.identity.release,
         p.identity.build_id.short()
     ));
+    match &p.plan.fallback {
+        None => ui.line(format!("mode {}", p.plan.mode.as_str())),
+        Some(why) => ui.line(format!("mode stack (replace mode, but {why})")),
+    }
+    let holds = p
+        .desired
+        .stack
+        .as_ref()
+        .map(|s| {
+            s.patches
+                .iter()
+                .map(|x| x.entry.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
     let name_of = |module: &str| {
+        if p.desired.cumulative.as_deref() == Some(module) {
+            return format!(" (cumulative: {holds})");
+        }
         p.desired
             .stack
             .as_ref()
@@ -81,6 +103,17 @@ pub fn render_plan(ui: &Ui, p: &Prepared) {
             Step::Apply { module, .. } => {
                 apply += 1;
                 ui.line(format!("  + {module}  apply{}", name_of(module)));
+            }
+            Step::Replace { module, replaces } => {
+                apply += 1;
+                revert += replaces.len();
+                ui.line(format!(
+                    "  ~ {module}  replace{}, one transition",
+                    name_of(module)
+                ));
+                for old in replaces {
+                    ui.line(format!("  - {old}  replaced, then unloaded"));
+                }
             }
         }
     }

@@ -7,10 +7,10 @@ use clap::Args;
 use kstack_store::model::check_name;
 
 use super::GlobalArgs;
-use super::commit::{author, kernel_hint, signing_key, stack_name, with_retry};
+use super::commit::{author, kernel_hint, signing_key, stack_name};
 use crate::context::Context;
 use crate::error::CliError;
-use crate::json::{RevertOutput, StackJson};
+use crate::json::{CumulativeJson, RevertOutput, StackJson};
 use crate::ui::Ui;
 
 /// Remove a patch from a stack with a new signed commit
@@ -18,7 +18,8 @@ use crate::ui::Ui;
 /// Patches above the reverted one keep their order when none of them replaces a
 /// function that it replaces (as the manifests record them); otherwise the revert is
 /// refused and the shared functions are named. History keeps the patch: `kstack log`
-/// shows both commits.
+/// shows both commits. The new commit gets the stack's cumulative module, built anew
+/// without the patch (the patches above it are not rebuilt).
 #[derive(Debug, Args)]
 pub struct RevertArgs {
     /// The patch's name
@@ -50,10 +51,18 @@ pub fn cmd_revert(ui: &Ui, global: &GlobalArgs, args: RevertArgs) -> Result<Exit
     let stack = store
         .find_stack(&name, hint.as_ref())?
         .ok_or_else(|| CliError::user(format!("stack {name} does not exist")))?;
+    let signer = super::commit_diff::module_signer(&ctx)?;
     let author = author();
-    let prepared = with_retry(ui, &stack, || {
-        store.revert_patch(&stack, &args.patch, &args.message, &author, &key)
-    })?;
+    let prepared = super::cumulative::publish_with_cumulative(
+        ui,
+        &store,
+        &stack,
+        signer.as_ref(),
+        &author,
+        &key,
+        || store.prepare_revert(&stack, &args.patch, &args.message, &author, &key),
+    )?;
+    let verified = store.check(prepared.commit, Some(&stack))?;
     if ui.json() {
         ui.emit_json(&RevertOutput {
             commit: prepared.commit.to_string(),
@@ -66,6 +75,7 @@ pub fn cmd_revert(ui: &Ui, global: &GlobalArgs, args: RevertArgs) -> Result<Exit
                 .iter()
                 .map(|p| p.name.clone())
                 .collect(),
+            cumulative: CumulativeJson::from(&verified),
         });
     } else {
         ui.line(format!(
@@ -76,6 +86,7 @@ pub fn cmd_revert(ui: &Ui, global: &GlobalArgs, args: RevertArgs) -> Result<Exit
             prepared.stack_file.patches.len()
         ));
         ui.line(format!("  commit   {}", prepared.commit));
+        ui.line(super::cumulative::describe(&verified));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -82,6 +82,7 @@ pub fn cmd_show(ui: &Ui, global: &GlobalArgs, args: ShowArgs) -> Result<ExitCode
                     commit: p.commit.clone(),
                 }),
             patches,
+            cumulative: crate::json::CumulativeJson::from(&v),
         });
         return Ok(ExitCode::SUCCESS);
     }
@@ -129,6 +130,27 @@ pub fn cmd_show(ui: &Ui, global: &GlobalArgs, args: ShowArgs) -> Result<ExitCode
                 a.path, a.size, a.sha256
             ));
         }
+    }
+    match (&v.cumulative, &v.stack.no_cumulative) {
+        (Some(c), _) => {
+            let m = &c.manifest;
+            out.push_str(&format!(
+                "Cumulative module (every patch, replace = true):\n  {}  module {}\n",
+                c.entry.dir, m.module_name
+            ));
+            let functions: Vec<String> = m.functions.iter().map(ToString::to_string).collect();
+            out.push_str(&format!("      replaces {}\n", functions.join(", ")));
+            for a in &m.artifacts {
+                out.push_str(&format!(
+                    "      {:<12} {} bytes  sha256:{}\n",
+                    a.path, a.size, a.sha256
+                ));
+            }
+        }
+        (None, Some(reason)) => {
+            out.push_str(&format!("No cumulative module: {reason}\n"));
+        }
+        (None, None) => {}
     }
     ui.line(out.trim_end());
     Ok(ExitCode::SUCCESS)

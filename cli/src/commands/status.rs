@@ -103,6 +103,7 @@ pub fn cmd_status(ui: &Ui, global: &GlobalArgs, args: StatusArgs) -> Result<Exit
         )),
         None => ui.line("generation: none"),
     }
+    ui.line(format!("mode:       {}", status.mode.as_str()));
     ui.line(format!("applied:    {}", status.applied.len()));
     for p in &status.applied {
         let state = match (p.enabled, p.transition) {
@@ -111,8 +112,16 @@ pub fn cmd_status(ui: &Ui, global: &GlobalArgs, args: StatusArgs) -> Result<Exit
             (false, true) => "disabling (transition)",
             (false, false) => "disabled",
         };
-        let name = p.patch.as_deref().unwrap_or("?");
-        ui.line(format!("  {} [{state}] patch {name}", p.module));
+        if p.holds.is_empty() {
+            let name = p.patch.as_deref().unwrap_or("?");
+            ui.line(format!("  {} [{state}] patch {name}", p.module));
+        } else {
+            ui.line(format!(
+                "  {} [{state}] cumulative: {}",
+                p.module,
+                p.holds.join(", ")
+            ));
+        }
         let waiting: Vec<&str> = p
             .objects
             .iter()

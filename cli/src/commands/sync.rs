@@ -20,8 +20,11 @@ use crate::ui::Ui;
 ///
 /// Verifies the declared stack completely before anything reaches the kernel
 /// (signatures against the trusted keys, every SHA-256, the kernel build ID, each
-/// module's vermagic). Then keeps the longest common prefix of the applied and the
-/// declared patches, reverts the rest of the applied ones newest first and applies
+/// module's vermagic). In replace mode ([sync] mode, the default) it then loads the
+/// stack's cumulative module, which replaces whatever kstack patches run in one
+/// transition, and unloads the replaced modules. In stack mode (and for a stack
+/// without a cumulative module) it keeps the longest common prefix of the applied and
+/// the declared patches, reverts the rest of the applied ones newest first and applies
 /// the rest of the declared ones in order, waiting for each livepatch transition. If a
 /// step fails or its transition does not finish within the configured timeout, the
 /// transition is reversed, the completed steps are undone and the host stays on its
@@ -88,16 +91,32 @@ pub fn report(ui: &Ui, synced: &Synced, verb: &str) {
             Step::Apply { .. } => ("+", "applied"),
             Step::Revert { .. } => ("-", "reverted"),
             Step::Unload { .. } => ("-", "unloaded"),
+            Step::Replace { .. } => ("~", "replaced the applied patches"),
         };
         ui.line(format!(
             "  {sign} {}  {what} in {:.0} ms",
             t.step.module(),
             t.elapsed.as_secs_f64() * 1e3
         ));
+        if let Step::Replace { replaces, .. } = &t.step {
+            for old in replaces {
+                ui.line(format!("  - {old}  replaced and unloaded"));
+            }
+        }
+        for left in &t.left_loaded {
+            ui.status(format!(
+                "warning: replaced module {left} stays loaded (disabled); the next sync unloads it"
+            ));
+        }
     }
+    let plan = &synced.prepared.plan;
+    let mode = match &plan.fallback {
+        None => plan.mode.as_str().to_owned(),
+        Some(why) => format!("stack mode: {why}"),
+    };
     match synced.generation {
         Some(n) => ui.line(format!(
-            "{verb}: now on generation {n} ({} patches; kernel {:.0} ms, kstack {:.0} ms)",
+            "{verb}: now on generation {n} ({} patches, {mode}; kernel {:.0} ms, kstack {:.0} ms)",
             synced.prepared.desired.modules.len(),
             kernel_time.as_secs_f64() * 1e3,
             synced.overhead.as_secs_f64() * 1e3
@@ -149,6 +168,7 @@ impl Observer for Progress {
             Step::Apply { .. } => "applying",
             Step::Revert { .. } => "reverting",
             Step::Unload { .. } => "unloading",
+            Step::Replace { .. } => "replacing with",
         };
         self.bar.set_message(format!("{verb} {}", step.module()));
     }
@@ -170,5 +190,6 @@ fn describe(step: &Step) -> &'static str {
         Step::Apply { .. } => "apply of",
         Step::Revert { .. } => "revert of",
         Step::Unload { .. } => "unload of",
+        Step::Replace { .. } => "replace with",
     }
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use super::plan::Mode;
+
 /// Where the config lives when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/kstack/kstack.toml";
 
@@ -67,6 +69,10 @@ pub struct SyncConfig {
     pub transition_timeout: Duration,
     /// Generations, the lock and the state file.
     pub state_dir: Option<PathBuf>,
+    /// How a generation reaches the kernel: its stack's cumulative module in one
+    /// transition (`replace`, the default), or one module per patch (`stack`).
+    #[serde(default)]
+    pub mode: Mode,
 }
 
 /// How `kstack commit` builds modules (read on the build host only).
@@ -102,6 +108,7 @@ impl Default for SyncConfig {
         SyncConfig {
             transition_timeout: default_transition_timeout(),
             state_dir: None,
+            mode: Mode::default(),
         }
     }
 }
@@ -200,6 +207,18 @@ pub const KEYS: &[KeyDoc] = &[
         default: "/var/lib/kstack for root, else $XDG_STATE_HOME/kstack",
         meaning: "Generations, the lock, the state file and the last sync's outcome. \
                   KSTACK_STATE_DIR overrides it.",
+    },
+    KeyDoc {
+        section: "sync",
+        key: "mode",
+        example: "\"replace\"",
+        default: "replace",
+        meaning: "How a generation reaches the kernel. replace: the stack's cumulative module \
+                  (every patch in one livepatch module, replace = true) is loaded over whatever \
+                  runs, in one transition, as kpatch and klp-build do by default. stack: one \
+                  module per patch, stacked; changing a patch reverts and reapplies the ones \
+                  above it. A stack without a cumulative module (prebuilt modules) is synced \
+                  patch by patch in either mode. See docs/replace-mode.md.",
     },
     KeyDoc {
         section: "build",
@@ -319,6 +338,7 @@ mod tests {
                 SyncConfig {
                     transition_timeout,
                     state_dir,
+                    mode,
                 },
             build:
                 BuildConfig {
@@ -330,6 +350,7 @@ mod tests {
         assert!(path.is_some() && remote.is_some() && commit.is_some());
         assert!(!keys.is_empty() && signing_key.is_some() && state_dir.is_some());
         assert_eq!(transition_timeout, Duration::from_secs(60));
+        assert_eq!(mode, Mode::Replace);
         assert!(module_signing_key.is_some() && module_signing_cert.is_some());
     }
 
@@ -352,6 +373,15 @@ mod tests {
         let err = Config::parse("[stack]\nname = \"a\"\nnmae = \"b\"\n").unwrap_err();
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("nmae"), "{err}");
+    }
+
+    #[test]
+    fn the_sync_mode_defaults_to_replace() {
+        assert_eq!(Config::parse("").unwrap().sync.mode, Mode::Replace);
+        let stack = Config::parse("[sync]\nmode = \"stack\"\n").unwrap();
+        assert_eq!(stack.sync.mode, Mode::Stack);
+        let err = Config::parse("[sync]\nmode = \"atomic\"\n").unwrap_err();
+        assert!(err.contains("replace") && err.contains("stack"), "{err}");
     }
 
     #[test]

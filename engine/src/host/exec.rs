@@ -7,6 +7,13 @@
 //! enabling again. When a step fails, the completed steps are undone newest first, so
 //! the host ends where it started. A disabled livepatch cannot be enabled again, so
 //! undoing a revert means loading the module anew, from the verified bytes.
+//!
+//! A replace (a cumulative module) is one load and one transition: a stall is
+//! reversed like any load's, and the kernel keeps running the replaced patches. Once
+//! it completes, the replaced patches are disabled; their modules are unloaded, and
+//! one that will not go is left for the next sync (an `Unload` step), not a failure:
+//! the host runs its new generation either way. The planner makes a replace the
+//! last step, so it is never undone.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -47,6 +54,9 @@ impl Observer for Quiet {}
 pub struct StepTiming {
     pub step: Step,
     pub elapsed: Duration,
+    /// Modules a replace disabled but could not unload, with why: the next sync
+    /// unloads them.
+    pub left_loaded: Vec<String>,
 }
 
 /// A plan that did not complete.
@@ -124,6 +134,7 @@ fn describe(step: &Step) -> String {
         Step::Revert { module } => format!("reverting {module}"),
         Step::Unload { module } => format!("unloading {module}"),
         Step::Apply { module, .. } => format!("applying {module}"),
+        Step::Replace { module, .. } => format!("replacing the applied patches with {module}"),
     }
 }
 
@@ -154,12 +165,13 @@ pub fn execute(
         observer.step_started(index, total, step);
         let started = Instant::now();
         match run_step(kernel, step, modules, timeout) {
-            Ok(()) => {
+            Ok(left_loaded) => {
                 let elapsed = started.elapsed();
                 observer.step_finished(index, step, elapsed);
                 done.push(StepTiming {
                     step: step.clone(),
                     elapsed,
+                    left_loaded,
                 });
             }
             Err(StepFailure { cause, residue }) => {
@@ -185,20 +197,47 @@ pub fn execute(
     Ok(done)
 }
 
+/// Runs one step; returns the modules a replace left loaded.
 fn run_step(
     kernel: &dyn Livepatch,
     step: &Step,
     modules: &Modules,
     timeout: Duration,
-) -> Result<(), StepFailure> {
+) -> Result<Vec<String>, StepFailure> {
     match step {
         Step::Apply { module, .. } => {
             let bytes = modules.get(module).ok_or_else(|| missing(module))?;
-            apply(kernel, module, bytes, timeout)
+            apply(kernel, module, bytes, timeout).map(|()| Vec::new())
         }
-        Step::Revert { module } => revert(kernel, module, timeout),
-        Step::Unload { module } => Ok(unload(kernel, module, timeout)?),
+        Step::Revert { module } => revert(kernel, module, timeout).map(|()| Vec::new()),
+        Step::Unload { module } => Ok(unload(kernel, module, timeout).map(|()| Vec::new())?),
+        Step::Replace { module, replaces } => {
+            let bytes = modules.get(module).ok_or_else(|| missing(module))?;
+            replace(kernel, module, bytes, replaces, timeout)
+        }
     }
+}
+
+/// Loads a cumulative module and waits for its one transition, which replaces
+/// `replaces`; then unloads their modules (newest first). A load that does not go
+/// through is taken back as [`apply`] does, and the kernel still runs `replaces`.
+pub fn replace(
+    kernel: &dyn Livepatch,
+    module: &str,
+    bytes: &[u8],
+    replaces: &[String],
+    timeout: Duration,
+) -> Result<Vec<String>, StepFailure> {
+    apply(kernel, module, bytes, timeout)?;
+    let mut left = Vec::new();
+    for old in replaces.iter().rev() {
+        // The livepatch core frees replaced patches from a work item; until it has,
+        // their modules are busy.
+        if let Err(e) = unload(kernel, old, timeout) {
+            left.push(format!("{old} ({e})"));
+        }
+    }
+    Ok(left)
 }
 
 fn undo_step(
@@ -215,6 +254,11 @@ fn undo_step(
         }
         // The module's patch was already disabled: nothing to give back.
         Step::Unload { .. } => Ok(()),
+        // The planner makes a replace the last step: nothing after it can fail.
+        Step::Replace { module, .. } => Err(StepFailure::clean(KernelError::Io {
+            path: format!("<plan: replace with {module}>").into(),
+            source: std::io::Error::other("a completed replace is not undone"),
+        })),
     }
 }
 

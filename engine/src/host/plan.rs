@@ -1,11 +1,20 @@
-//! The planner: how `kstack sync` decides what to do. One pure function.
+//! The planner: how `kstack sync` decides what to do. One pure function, [`plan_sync`],
+//! with the two ways a generation can reach the kernel ([`Mode`]).
 //!
-//! The kernel keeps livepatches on a stack: a function patched by several patches
-//! runs the newest one's version, and patches come off the top. So the host can keep
-//! the longest common prefix of what is applied and what is desired; everything
-//! applied above it is reverted, newest first; everything desired above it is then
-//! applied, in order. Nothing shorter reaches the desired stack, since a patch below
-//! the first difference can only be reached by reverting everything above it.
+//! Replace mode (the default, docs/replace-mode.md): a generation is one module, the
+//! stack's cumulative module, loaded with `replace = true`. From whatever kstack's
+//! patches the kernel runs, one load and one transition reach it; the kernel disables
+//! the replaced patches and kstack unloads their modules. A stack without a
+//! cumulative module, or a kernel running livepatches kstack did not load (a
+//! replace would disable them too), is synced in stack mode, and the plan says why.
+//!
+//! Stack mode ([`plan`]): the kernel keeps livepatches on a stack: a function patched
+//! by several patches runs the newest one's version, and patches come off the top.
+//! So the host can keep the longest common prefix of what is applied and what is
+//! desired; everything applied above it is reverted, newest first; everything desired
+//! above it is then applied, in order. Nothing shorter reaches the desired stack,
+//! since a patch below the first difference can only be reached by reverting
+//! everything above it.
 
 use std::collections::BTreeSet;
 
@@ -29,14 +38,42 @@ pub enum Step {
     /// Load the module (its init enables the patch) and wait for the transition.
     /// `index` is the patch's position in the desired stack.
     Apply { module: String, index: usize },
+    /// Load a cumulative module (`replace = true`) and wait for its one transition,
+    /// which replaces every patch in `replaces` (the whole applied stack); then unload
+    /// their modules, which the kernel has disabled.
+    Replace {
+        module: String,
+        replaces: Vec<String>,
+    },
 }
 
 impl Step {
     pub fn module(&self) -> &str {
         match self {
-            Step::Revert { module } | Step::Unload { module } | Step::Apply { module, .. } => {
-                module
-            }
+            Step::Revert { module }
+            | Step::Unload { module }
+            | Step::Apply { module, .. }
+            | Step::Replace { module, .. } => module,
+        }
+    }
+}
+
+/// How a generation reaches the kernel (`[sync] mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// One module per generation (the stack's cumulative module), one transition.
+    #[default]
+    Replace,
+    /// One module per patch, stacked in the kernel.
+    Stack,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Replace => "replace",
+            Mode::Stack => "stack",
         }
     }
 }
@@ -47,6 +84,111 @@ pub struct Plan {
     /// Applied patches that stay, bottom first.
     pub keep: Vec<String>,
     pub steps: Vec<Step>,
+    /// The way the plan reaches the desired stack: the configured mode, or stack
+    /// mode when replace mode cannot be used (`fallback` says why).
+    pub mode: Mode,
+    /// Why a plan for replace mode is made the stack way.
+    pub fallback: Option<String>,
+}
+
+/// The desired generation, as the planner needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DesiredModules {
+    /// The patches' own modules, in stack order.
+    pub modules: Vec<String>,
+    /// The stack's cumulative module, when it has one.
+    pub cumulative: Option<String>,
+    /// Why it has none (from the stack commit), for the plan to say.
+    pub no_cumulative: Option<String>,
+}
+
+impl DesiredModules {
+    /// The modules the kernel runs once `plan` is done.
+    pub fn end_state(&self, plan: &Plan) -> Vec<String> {
+        match (plan.mode, &self.cumulative) {
+            (Mode::Replace, Some(c)) if !self.modules.is_empty() => vec![c.clone()],
+            _ => self.modules.clone(),
+        }
+    }
+}
+
+/// Plans the way from `applied` (kstack's patches as loaded, oldest first) to
+/// `desired` in `mode`. `foreign` names the enabled livepatches kstack did not load:
+/// never touched, so they rule out a replace.
+pub fn plan_sync(
+    applied: &[Applied],
+    desired: &DesiredModules,
+    mode: Mode,
+    foreign: &[String],
+) -> Plan {
+    let stack_way = |fallback: Option<String>| Plan {
+        mode: if fallback.is_some() {
+            Mode::Stack
+        } else {
+            mode
+        },
+        fallback,
+        ..plan(applied, &desired.modules)
+    };
+    if mode == Mode::Stack || desired.modules.is_empty() {
+        // To no patches at all, both modes revert what runs.
+        return stack_way(None);
+    }
+    let Some(cumulative) = &desired.cumulative else {
+        return stack_way(Some(format!(
+            "the stack has no cumulative module: {}",
+            desired
+                .no_cumulative
+                .as_deref()
+                .unwrap_or("its commit was made before kstack built them")
+        )));
+    };
+    if !foreign.is_empty() {
+        return stack_way(Some(format!(
+            "livepatches kstack did not load are enabled ({}); a replace would disable them",
+            foreign.join(", ")
+        )));
+    }
+    let enabled: Vec<&Applied> = applied.iter().filter(|a| a.enabled).collect();
+    let unloads = applied.iter().filter(|a| !a.enabled).map(|a| Step::Unload {
+        module: a.module.clone(),
+    });
+    if enabled.len() == 1 && enabled[0].module == *cumulative {
+        return Plan {
+            keep: vec![cumulative.clone()],
+            steps: unloads.collect(),
+            mode,
+            fallback: None,
+        };
+    }
+    let mut steps: Vec<Step> = unloads.collect();
+    if enabled.iter().any(|a| a.module == *cumulative) {
+        // The cumulative module runs with other patches (loaded by hand): it cannot be
+        // loaded again while it is, so everything comes off first, newest first.
+        steps.extend(enabled.iter().rev().map(|a| Step::Revert {
+            module: a.module.clone(),
+        }));
+        steps.push(Step::Replace {
+            module: cumulative.clone(),
+            replaces: Vec::new(),
+        });
+        return Plan {
+            keep: Vec::new(),
+            steps,
+            mode,
+            fallback: None,
+        };
+    }
+    steps.push(Step::Replace {
+        module: cumulative.clone(),
+        replaces: enabled.iter().map(|a| a.module.clone()).collect(),
+    });
+    Plan {
+        keep: Vec::new(),
+        steps,
+        mode,
+        fallback: None,
+    }
 }
 
 impl Plan {
@@ -57,7 +199,7 @@ impl Plan {
 
 /// Plans the way from `applied` (kstack's patches as loaded, oldest first; foreign
 /// livepatches are not passed in and so never touched) to `desired` (module names in
-/// stack order).
+/// stack order), patch by patch: stack mode.
 pub fn plan(applied: &[Applied], desired: &[String]) -> Plan {
     // Disabled leftovers are not part of the kernel's patch stack.
     let enabled: Vec<&str> = applied
@@ -93,6 +235,8 @@ pub fn plan(applied: &[Applied], desired: &[String]) -> Plan {
     Plan {
         keep: enabled[..common].iter().map(|m| (*m).to_owned()).collect(),
         steps,
+        mode: Mode::Stack,
+        fallback: None,
     }
 }
 
@@ -137,6 +281,19 @@ pub fn simulate(
                     return Err(format!("apply {module}: at position {index} of {stack:?}"));
                 }
                 stack.push(module.clone());
+            }
+            Step::Replace { module, replaces } => {
+                if stack.contains(module) || disabled.contains(module) {
+                    return Err(format!(
+                        "replace with {module}: a module of that name is loaded"
+                    ));
+                }
+                if *replaces != stack {
+                    return Err(format!(
+                        "replace with {module}: replaces {replaces:?}, the kernel runs {stack:?}"
+                    ));
+                }
+                stack = vec![module.clone()];
             }
         }
     }
@@ -220,6 +377,115 @@ mod tests {
                     index: 1
                 }
             ]
+        );
+    }
+
+    fn desired(modules: &[&str], cumulative: Option<&str>) -> DesiredModules {
+        DesiredModules {
+            modules: names(modules),
+            cumulative: cumulative.map(str::to_owned),
+            no_cumulative: None,
+        }
+    }
+
+    #[test]
+    fn replace_mode_is_one_step_from_any_applied_state() {
+        let want = desired(&["a", "b", "c"], Some("cum"));
+        // From nothing, from a stacked generation, from an older cumulative module.
+        for applied in [vec![], on(&["a", "b"]), on(&["old"])] {
+            let p = plan_sync(&applied, &want, Mode::Replace, &[]);
+            assert_eq!(p.mode, Mode::Replace);
+            assert_eq!(p.fallback, None);
+            assert_eq!(
+                p.steps,
+                [Step::Replace {
+                    module: "cum".into(),
+                    replaces: applied.iter().map(|a| a.module.clone()).collect(),
+                }]
+            );
+            let end = simulate(&applied, &p, &want.end_state(&p)).unwrap();
+            assert_eq!(end, ["cum"]);
+            let after = on(&["cum"]);
+            let again = plan_sync(&after, &want, Mode::Replace, &[]);
+            assert!(again.is_empty(), "{again:?}");
+            assert_eq!(again.keep, ["cum"]);
+        }
+    }
+
+    #[test]
+    fn replace_mode_unloads_leftovers_first() {
+        let mut applied = on(&["old"]);
+        applied.push(Applied {
+            module: "stale".into(),
+            enabled: false,
+        });
+        let p = plan_sync(&applied, &desired(&["a"], Some("cum")), Mode::Replace, &[]);
+        assert_eq!(
+            p.steps,
+            [
+                Step::Unload {
+                    module: "stale".into()
+                },
+                Step::Replace {
+                    module: "cum".into(),
+                    replaces: vec!["old".into()]
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn replace_mode_falls_back_to_stack_mode_and_says_why() {
+        let mut none = desired(&["a", "b"], None);
+        none.no_cumulative = Some("patch a is a prebuilt module".into());
+        let p = plan_sync(&on(&["a"]), &none, Mode::Replace, &[]);
+        assert_eq!(p.mode, Mode::Stack);
+        assert!(p.fallback.as_deref().unwrap().contains("prebuilt"), "{p:?}");
+        assert_eq!(p.steps, plan(&on(&["a"]), &names(&["a", "b"])).steps);
+
+        let p = plan_sync(
+            &[],
+            &desired(&["a"], Some("cum")),
+            Mode::Replace,
+            &["vendor_fix".into()],
+        );
+        assert_eq!(p.mode, Mode::Stack);
+        assert!(
+            p.fallback.as_deref().unwrap().contains("vendor_fix"),
+            "{p:?}"
+        );
+
+        // Stack mode is asked for: no fallback to explain.
+        let p = plan_sync(
+            &on(&["cum"]),
+            &desired(&["a"], Some("cum")),
+            Mode::Stack,
+            &[],
+        );
+        assert_eq!((p.mode, p.fallback.as_deref()), (Mode::Stack, None));
+        assert_eq!(
+            p.steps,
+            [
+                Step::Revert {
+                    module: "cum".into()
+                },
+                Step::Apply {
+                    module: "a".into(),
+                    index: 0
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn to_no_patches_both_modes_revert() {
+        let p = plan_sync(&on(&["cum"]), &desired(&[], None), Mode::Replace, &[]);
+        assert_eq!(p.mode, Mode::Replace);
+        assert_eq!(
+            p.steps,
+            [Step::Revert {
+                module: "cum".into()
+            }]
         );
     }
 
@@ -329,6 +595,33 @@ mod tests {
             // And a second plan from the result has nothing to do.
             let after: Vec<Applied> = end.iter().map(|m| Applied { module: m.clone(), enabled: true }).collect();
             prop_assert!(plan(&after, &desired).is_empty());
+        }
+
+        #[test]
+        fn a_replace_plan_is_one_transition(applied in stack(), leftovers in proptest::collection::vec(any::<bool>(), 5), has_patches in any::<bool>()) {
+            let applied: Vec<Applied> = applied
+                .iter()
+                .enumerate()
+                .map(|(i, m)| Applied { module: m.clone(), enabled: !leftovers[i] })
+                .collect();
+            let want = DesiredModules {
+                modules: if has_patches { names(&["p1", "p2"]) } else { Vec::new() },
+                cumulative: Some("m0".into()),
+                no_cumulative: None,
+            };
+            let p = plan_sync(&applied, &want, Mode::Replace, &[]);
+            let end = simulate(&applied, &p, &want.end_state(&p)).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(&end, &want.end_state(&p));
+            let transitions = p.steps.iter().filter(|s| !matches!(s, Step::Unload { .. })).count();
+            // One transition, unless the cumulative module was loaded among others.
+            let loaded_among_others = applied.iter().any(|a| a.enabled && a.module == "m0")
+                && applied.iter().filter(|a| a.enabled).count() > 1;
+            if has_patches && !loaded_among_others {
+                prop_assert_eq!(p.fallback.as_deref(), None);
+                prop_assert!(transitions <= 1, "{:?}", p.steps);
+            }
+            let after: Vec<Applied> = end.iter().map(|m| Applied { module: m.clone(), enabled: true }).collect();
+            prop_assert!(plan_sync(&after, &want, Mode::Replace, &[]).is_empty());
         }
     }
 }

@@ -101,7 +101,9 @@ pub struct Desired {
     pub stack: Option<VerifiedStack>,
     /// Module names in stack order.
     pub modules: Vec<String>,
-    /// Their verified bytes.
+    /// The stack's cumulative module, when it has one.
+    pub cumulative: Option<String>,
+    /// Their verified bytes (the cumulative module's too).
     pub bytes: Modules,
 }
 
@@ -110,7 +112,20 @@ impl Desired {
         Desired {
             stack: None,
             modules: Vec::new(),
+            cumulative: None,
             bytes: Modules::default(),
+        }
+    }
+
+    /// What the planner needs to know of it.
+    pub fn planned(&self) -> plan::DesiredModules {
+        plan::DesiredModules {
+            modules: self.modules.clone(),
+            cumulative: self.cumulative.clone(),
+            no_cumulative: self
+                .stack
+                .as_ref()
+                .and_then(|s| s.stack.no_cumulative.clone()),
         }
     }
 
@@ -226,6 +241,20 @@ impl Host<'_> {
                 .bytes
                 .insert(manifest.module_name.clone(), patch.module.clone());
         }
+        if let Some(cumulative) = &verified.cumulative {
+            let manifest = &cumulative.manifest;
+            if manifest.kernel_release != identity.release {
+                return Err(SyncError::WrongRelease {
+                    patch: manifest.name.clone(),
+                    module_release: manifest.kernel_release.clone(),
+                    running: identity.release.clone(),
+                });
+            }
+            desired.cumulative = Some(manifest.module_name.clone());
+            desired
+                .bytes
+                .insert(manifest.module_name.clone(), cumulative.module.clone());
+        }
         desired.stack = Some(verified);
         Ok(desired)
     }
@@ -245,6 +274,7 @@ impl Host<'_> {
         let ours = ours(&state, &desired);
         let mut applied = Vec::new();
         let mut foreign = Vec::new();
+        let mut foreign_enabled = Vec::new();
         for patch in &loaded {
             if is_ours(&ours, &patch.module) {
                 applied.push(Applied {
@@ -253,6 +283,9 @@ impl Host<'_> {
                 });
             } else {
                 foreign.push(patch.module.clone());
+                if patch.enabled {
+                    foreign_enabled.push(patch.module.clone());
+                }
             }
         }
         // Livepatch modules of ours that are loaded but no longer registered (their
@@ -265,17 +298,36 @@ impl Host<'_> {
                 });
             }
         }
-        let plan = plan::plan(&applied, &desired.modules);
+        let plan = plan::plan_sync(
+            &applied,
+            &desired.planned(),
+            self.config.sync.mode,
+            &foreign_enabled,
+        );
         // Prove, before anything is loaded, that each patch to apply was built for the
-        // code the kernel runs.
+        // code the kernel runs: the patches, or the cumulative module that holds them
+        // (built on the kernel's own code, whatever generation runs).
+        let replaces = plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, plan::Step::Replace { .. }));
         let stack: Vec<&kstack_store::verify::VerifiedPatch> = desired
             .stack
             .iter()
-            .flat_map(|s| s.patches.iter())
+            .flat_map(|s| {
+                if replaces {
+                    s.cumulative.iter().collect::<Vec<_>>()
+                } else {
+                    s.patches.iter().collect()
+                }
+            })
             .collect();
         let applies = |p: &kstack_store::verify::VerifiedPatch| {
-            plan.steps.iter().any(|step| {
-                matches!(step, plan::Step::Apply { module, .. } if *module == p.manifest.module_name)
+            plan.steps.iter().any(|step| match step {
+                plan::Step::Apply { module, .. } | plan::Step::Replace { module, .. } => {
+                    *module == p.manifest.module_name
+                }
+                _ => false,
             })
         };
         // Before run-pre and before loading: a module the kernel will refuse for its
@@ -451,7 +503,7 @@ impl Host<'_> {
             && let Ok(id) = ObjectId::from_hex(current.commit.as_bytes())
             && let Ok(previous) = self.load_commit(id, &prepared.identity)
         {
-            for module in &previous.modules {
+            for module in previous.modules.iter().chain(&previous.cumulative) {
                 if let Some(bytes) = previous.bytes.get(module) {
                     modules.insert(module.clone(), bytes.to_vec());
                 }
@@ -493,7 +545,7 @@ impl Host<'_> {
                         stack: stack.map(|s| s.stack.name.clone()).unwrap_or_default(),
                         build_id: prepared.identity.build_id.to_hex(),
                         created_at: now_rfc3339(),
-                        modules: prepared.desired.modules.clone(),
+                        modules: prepared.desired.planned().end_state(&prepared.plan),
                     });
                     self.state.save(&state)?;
                     Some(n)
@@ -526,6 +578,7 @@ fn ours(state: &State, desired: &Desired) -> BTreeSet<String> {
         .iter()
         .flat_map(|g| g.modules.iter().cloned())
         .chain(desired.modules.iter().cloned())
+        .chain(desired.cumulative.iter().cloned())
         .collect()
 }
 
@@ -539,9 +592,12 @@ pub struct AppliedPatch {
     pub module: String,
     pub enabled: bool,
     pub transition: bool,
-    /// The patch's name and functions, when the current generation's stack has it.
+    /// The patch's name and functions, when the current generation's stack has it
+    /// (`cumulative` for the stack's cumulative module).
     pub patch: Option<String>,
     pub functions: Vec<String>,
+    /// For a cumulative module, the patches it holds, in load order.
+    pub holds: Vec<String>,
     /// The objects it changes and whether each is patched: a module's object waits
     /// until that module loads.
     pub objects: Vec<super::kernel::PatchedObject>,
@@ -553,6 +609,8 @@ pub struct Status {
     pub release: String,
     pub build_id: String,
     pub livepatch: bool,
+    /// The configured `[sync] mode`.
+    pub mode: plan::Mode,
     pub generation: Option<Generation>,
     pub applied: Vec<AppliedPatch>,
     pub foreign: Vec<String>,
@@ -608,18 +666,22 @@ impl Host<'_> {
             Vec::new()
         };
         let current = state.current().cloned();
-        let functions_by_module: Vec<(String, String, Vec<FunctionRef>)> = current
+        let functions_by_module: Vec<(String, String, Vec<FunctionRef>, Vec<String>)> = current
             .as_ref()
             .and_then(|g| ObjectId::from_hex(g.commit.as_bytes()).ok())
             .and_then(|id| self.store.check(id, None).ok())
             .map(|v| {
+                let names: Vec<String> = v.patches.iter().map(|p| p.entry.name.clone()).collect();
                 v.patches
                     .iter()
-                    .map(|p| {
+                    .map(|p| (p, Vec::new()))
+                    .chain(v.cumulative.iter().map(|c| (c, names.clone())))
+                    .map(|(p, holds)| {
                         (
                             p.manifest.module_name.clone(),
                             p.manifest.name.clone(),
                             p.manifest.functions.clone(),
+                            holds,
                         )
                     })
                     .collect()
@@ -637,13 +699,16 @@ impl Host<'_> {
                 foreign.push(p.module);
                 continue;
             }
-            let known = functions_by_module.iter().find(|(m, _, _)| *m == p.module);
+            let known = functions_by_module
+                .iter()
+                .find(|(m, _, _, _)| *m == p.module);
             applied.push(AppliedPatch {
                 objects: self.livepatch.objects(&p.module).unwrap_or_default(),
-                patch: known.map(|(_, name, _)| name.clone()),
+                patch: known.map(|(_, name, _, _)| name.clone()),
                 functions: known
-                    .map(|(_, _, f)| f.iter().map(ToString::to_string).collect())
+                    .map(|(_, _, f, _)| f.iter().map(ToString::to_string).collect())
                     .unwrap_or_default(),
+                holds: known.map(|(_, _, _, h)| h.clone()).unwrap_or_default(),
                 module: p.module,
                 enabled: p.enabled,
                 transition: p.transition,
@@ -688,6 +753,7 @@ impl Host<'_> {
             release: identity.release,
             build_id: identity.build_id.to_hex(),
             livepatch,
+            mode: self.config.sync.mode,
             generation: current,
             applied,
             foreign,

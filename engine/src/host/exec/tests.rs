@@ -465,3 +465,69 @@ proptest! {
         }
     }
 }
+
+fn replace_plan(applied: &[&str], module: &str) -> Plan {
+    let applied: Vec<Applied> = applied
+        .iter()
+        .map(|m| Applied {
+            module: (*m).to_owned(),
+            enabled: true,
+        })
+        .collect();
+    let desired = plan::DesiredModules {
+        modules: names(&["p1", "p2"]),
+        cumulative: Some(module.to_owned()),
+        no_cumulative: None,
+    };
+    plan::plan_sync(&applied, &desired, plan::Mode::Replace, &[])
+}
+
+#[test]
+fn a_replace_is_one_load_and_one_transition_then_the_replaced_modules_go() {
+    let kernel = FakeLivepatch::with_patches(&["a", "b", "old"]).replacing("cum");
+    let plan = replace_plan(&["a", "b", "old"], "cum");
+    let (result, _) = run(&kernel, &plan, &verified(&["cum"]));
+    let timings = result.expect("the replace goes through");
+    assert_eq!(timings.len(), 1);
+    assert!(timings[0].left_loaded.is_empty());
+    let expected: Vec<Call> = [
+        applied("cum"),
+        vec![
+            Call::Unload("old".into()),
+            Call::Unload("b".into()),
+            Call::Unload("a".into()),
+        ],
+    ]
+    .concat();
+    assert_eq!(kernel.calls(), expected);
+    assert_eq!(kernel.stack(), ["cum"]);
+}
+
+#[test]
+fn a_stalled_replace_is_reversed_and_the_kernel_keeps_its_patches() {
+    let kernel = FakeLivepatch::with_patches(&["a", "b"]).replacing("cum");
+    kernel.at(Call::Wait("cum".into(), Goal::Patched), Outcome::Stall);
+    let plan = replace_plan(&["a", "b"], "cum");
+    let (result, _) = run(&kernel, &plan, &verified(&["cum"]));
+    let err = result.expect_err("the transition stalls");
+    assert!(err.restored(), "{err}");
+    assert!(err.to_string().contains(PARKED), "{err}");
+    assert_eq!(kernel.stack(), ["a", "b"]);
+}
+
+#[test]
+fn a_replaced_module_that_stays_busy_is_left_for_the_next_sync() {
+    let kernel = FakeLivepatch::with_patches(&["a"]).replacing("cum");
+    kernel.at(Call::Unload("a".into()), Outcome::Fail(nix::Error::EPERM));
+    let plan = replace_plan(&["a"], "cum");
+    let (result, _) = run(&kernel, &plan, &verified(&["cum"]));
+    let timings = result.expect("the host runs its new generation");
+    assert_eq!(
+        timings[0].left_loaded.len(),
+        1,
+        "{:?}",
+        timings[0].left_loaded
+    );
+    let (stack, leftovers) = kernel.settled().unwrap();
+    assert_eq!((stack, leftovers), (names(&["cum"]), names(&["a"])));
+}

@@ -7,7 +7,8 @@
 //! time (a load or a disable during one fails with `EBUSY`); writing to `enabled`
 //! during a transition reverses it; a patch whose disable has finished is gone and
 //! cannot be enabled again; a module whose patch is still registered cannot be
-//! unloaded (`EBUSY`).
+//! unloaded (`EBUSY`); a patch with `replace` set disables every other patch when its
+//! enable transition completes (`klp_unpatch_replaced_patches`), not when reversed.
 
 #![allow(clippy::unwrap_used)] // test support: a poisoned lock is a failed test
 
@@ -49,6 +50,7 @@ struct Module {
 struct Patch {
     enabled: bool,
     transition: bool,
+    replace: bool,
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +62,8 @@ struct Inner {
     loaded_bytes: Vec<(String, Vec<u8>)>,
     /// Each rule applies once, to the first call equal to it.
     rules: Vec<(Call, Outcome)>,
+    /// Modules whose patch has `replace` set (cumulative modules).
+    replacing: Vec<String>,
 }
 
 /// The fake kernel.
@@ -82,10 +86,17 @@ impl FakeLivepatch {
                 patch: Some(Patch {
                     enabled: true,
                     transition: false,
+                    replace: false,
                 }),
             })
             .collect();
         fake
+    }
+
+    /// Makes `module`, when loaded, a patch with `replace` set.
+    pub fn replacing(self, module: &str) -> FakeLivepatch {
+        self.inner.lock().unwrap().replacing.push(module.to_owned());
+        self
     }
 
     /// Adds a loaded module whose patch was disabled (a leftover).
@@ -126,6 +137,7 @@ impl FakeLivepatch {
                 Some(Patch {
                     enabled: true,
                     transition: false,
+                    ..
                 }) => stack.push(m.name.clone()),
                 None => leftovers.push(m.name.clone()),
                 Some(other) => return Err(format!("{} is left as {other:?}", m.name)),
@@ -241,11 +253,13 @@ impl Livepatch for FakeLivepatch {
                 return Err(load_error(nix::Error::EBUSY));
             }
             inner.loaded_bytes.push((module.to_owned(), bytes.to_vec()));
+            let replace = inner.replacing.iter().any(|r| r == module);
             inner.modules.push(Module {
                 name: module.to_owned(),
                 patch: Some(Patch {
                     enabled: true,
                     transition: true,
+                    replace,
                 }),
             });
             Ok(())
@@ -324,6 +338,7 @@ impl Livepatch for FakeLivepatch {
             None => {}
         }
         self.with(|inner| {
+            let mut replaced = false;
             if let Some(m) = inner.module(module)
                 && let Some(patch) = m.patch.as_mut()
                 && patch.transition
@@ -331,6 +346,14 @@ impl Livepatch for FakeLivepatch {
                 patch.transition = false;
                 if !patch.enabled {
                     // A finished disable frees the patch: its sysfs directory goes.
+                    m.patch = None;
+                } else {
+                    replaced = patch.replace;
+                }
+            }
+            if replaced {
+                // The replaced patches are disabled and freed, without a transition.
+                for m in inner.modules.iter_mut().filter(|m| m.name != module) {
                     m.patch = None;
                 }
             }
