@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use kstack_engine::sandbox::Sandbox;
-use kstack_store::commit::NewPatch;
+use kstack_store::commit::{Cumulative, NewCumulative, NewPatch};
 use kstack_store::ident::{self, BuildId};
 use kstack_store::keys::SecretKey;
 use kstack_store::model::PatchSource;
@@ -81,6 +81,64 @@ impl StackFixture {
             )
             .unwrap_or_else(|e| panic!("commit {name}: {}", kstack_store::error_chain(&e)))
             .commit
+    }
+
+    /// Commits the built module `ko` as patch `name` on top of `stack`, with `cumulative`
+    /// (a module built with `replace = true`) as the new commit's cumulative module.
+    pub fn commit_with_cumulative(
+        &self,
+        stack: &str,
+        name: &str,
+        ko: &Path,
+        cumulative: &Path,
+    ) -> ObjectId {
+        let stack = self.stack(stack);
+        let patch = NewPatch {
+            name: name.into(),
+            module: std::fs::read(ko).unwrap(),
+            module_file: ko.file_name().unwrap().to_string_lossy().into_owned(),
+            diff: None,
+            functions: Vec::new(),
+            build: BTreeMap::new(),
+            source: PatchSource::Prebuilt,
+            extra: Default::default(),
+        };
+        let prepared = self
+            .store
+            .prepare_add_patch(
+                &stack,
+                Some(&self.release),
+                patch,
+                &format!("add {name}"),
+                &author(),
+                &self.key,
+            )
+            .unwrap();
+        let patches = self
+            .store
+            .check(prepared.commit, None)
+            .unwrap()
+            .patches
+            .iter()
+            .map(|p| p.manifest.module_name.clone())
+            .collect();
+        let amended = self
+            .store
+            .prepare_cumulative(
+                &prepared,
+                Cumulative::Module(NewCumulative {
+                    patches,
+                    module: std::fs::read(cumulative).unwrap(),
+                    functions: Vec::new(),
+                    build: BTreeMap::new(),
+                    extra: BTreeMap::new(),
+                }),
+                &author(),
+                &self.key,
+            )
+            .unwrap_or_else(|e| panic!("cumulative: {}", kstack_store::error_chain(&e)));
+        self.store.publish(&amended).unwrap();
+        amended.commit
     }
 
     /// A commit of `stack` without patch `name`.
