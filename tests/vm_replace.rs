@@ -13,7 +13,7 @@ view() {
   echo "== $1"
   grep -q '^live-patched: proc-version-banner$' /proc/version && echo "on banner"
   dmesg -c >/dev/null; renice -n 5 -p 1 >/dev/null; dmesg | grep -q 'setpriority: .*\[1\] nice -\{0,1\}[0-9]* -> 5' && echo "on setpriority"
-  renice -n 0 -p 1 >/dev/null
+  renice -n -5 -p 1 >/dev/null  # busybox: -n adds to the nice value
   grep -q '^LivePatched: ' /proc/meminfo && echo "on meminfo"
   grep -q '^running: [0-9]*%$' /proc/loadavg && echo "on loadavg"
   echo "lp: $(ls /sys/kernel/livepatch | wc -w)"
@@ -408,7 +408,7 @@ export KSTACK_STATE_DIR=/var/lib/kstack
 insmod /root/kstack_parker.ko
 echo "== ab"; kstack --config /etc/kstack/ab.toml sync 2>&1; echo "rc=$?"
 echo "== stall"; kstack --config /etc/kstack/stall.toml sync 2>&1; echo "rc=$?"
-echo "== after"; cat /proc/cmdline /proc/version; ls /sys/kernel/livepatch; cat /sys/kernel/livepatch/*/transition
+echo "== after"; cat /proc/cmdline /proc/version; ls -1 /sys/kernel/livepatch; cat /sys/kernel/livepatch/*/transition
 grep -c kstack_test_replace_stall /proc/modules
 echo "== generations"; kstack --config /etc/kstack/stall.toml generations
 insmod /root/vendor_fix.ko

@@ -744,6 +744,14 @@ pub struct SyncOutput {
     /// Time spent in the kernel's transitions, and in kstack's own work.
     pub kernel_ms: f64,
     pub kstack_ms: f64,
+    /// How `kstack_ms` divides: `{phase, ms}` in order.
+    pub kstack_phases: Vec<PhaseJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PhaseJson {
+    pub phase: &'static str,
+    pub ms: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -774,6 +782,14 @@ impl From<&Synced> for SyncOutput {
             timings: s.timings.iter().map(TimingJson::from).collect(),
             kernel_ms: kernel.as_secs_f64() * 1e3,
             kstack_ms: s.overhead.as_secs_f64() * 1e3,
+            kstack_phases: s
+                .phases
+                .iter()
+                .map(|(phase, d)| PhaseJson {
+                    phase,
+                    ms: d.as_secs_f64() * 1e3,
+                })
+                .collect(),
         }
     }
 }

@@ -3,7 +3,8 @@
  * A test livepatch that replaces one seq_file "show" function of /proc with one
  * that prints a marker line, so a test can see from userspace which patches the
  * kernel is running. Each kstack_test_<x>.c defines KSTACK_TEST_TARGET (the
- * function to replace) and KSTACK_TEST_MARKER, then includes this file.
+ * function to replace) and KSTACK_TEST_MARKER, then includes this file; with
+ * KSTACK_TEST_REPLACE defined, the patch is cumulative (replace = true).
  */
 #include <linux/kernel.h>
 #include <linux/livepatch.h>
@@ -35,6 +36,9 @@ static struct klp_object kstack_test_objs[] = {
 static struct klp_patch kstack_test_patch = {
 	.mod = THIS_MODULE,
 	.objs = kstack_test_objs,
+#ifdef KSTACK_TEST_REPLACE
+	.replace = true,
+#endif
 };
 
 static int __init kstack_test_init(void)

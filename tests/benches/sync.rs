@@ -12,7 +12,7 @@
 #![allow(clippy::unwrap_used)]
 
 use kstack_tests::stack::StackFixture;
-use kstack_tests::{build_module_cached, sections, workspace_root};
+use kstack_tests::{build_module_cached, clock_helper, sections, workspace_root};
 
 const PATCHES: usize = 10;
 const ROUNDS: usize = 3;
@@ -144,33 +144,6 @@ echo "== done"
          transitions; start = the rest of the wall time (process start, config, output); \
          ratio = kstack wall / kpatch-style wall"
     );
-}
-
-/// Busybox's `date` has no nanoseconds: a static helper that prints
-/// CLOCK_MONOTONIC in nanoseconds.
-fn clock_helper() -> std::path::PathBuf {
-    let dir = workspace_root().join("target/bench");
-    std::fs::create_dir_all(&dir).unwrap();
-    let src = dir.join("now.c");
-    std::fs::write(
-        &src,
-        "#include <stdio.h>\n#include <time.h>\nint main(void) { struct timespec t; \
-         clock_gettime(CLOCK_MONOTONIC, &t); printf(\"%lld\\n\", \
-         (long long)t.tv_sec * 1000000000LL + t.tv_nsec); return 0; }\n",
-    )
-    .unwrap();
-    let bin = dir.join("now");
-    let status = std::process::Command::new("cc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "cc -static failed: run `cargo xtask setup`"
-    );
-    bin
 }
 
 fn wall_ms(section: &str) -> f64 {

@@ -144,6 +144,33 @@ pub fn build_module_cached(name: &str, sources: &[(&str, String)]) -> PathBuf {
 pub mod corpus;
 pub mod stack;
 
+/// Busybox's `date` has no nanoseconds: a static helper for the benchmarks' guests
+/// that prints CLOCK_MONOTONIC in nanoseconds (`/bin/now`).
+pub fn clock_helper() -> PathBuf {
+    let dir = workspace_root().join("target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("now.c");
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\n#include <time.h>\nint main(void) { struct timespec t; \
+         clock_gettime(CLOCK_MONOTONIC, &t); printf(\"%lld\\n\", \
+         (long long)t.tv_sec * 1000000000LL + t.tv_nsec); return 0; }\n",
+    )
+    .unwrap();
+    let bin = dir.join("now");
+    let status = std::process::Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "cc -static failed: run `cargo xtask setup`"
+    );
+    bin
+}
+
 /// The `kstack` binary the tests run as a user would: the static build (the same
 /// binary the VM runs), with no config from the environment.
 pub fn kstack_cli() -> std::process::Command {

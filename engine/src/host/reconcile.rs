@@ -149,6 +149,8 @@ pub struct Prepared {
     pub signatures: super::signatures::SignatureReport,
     /// Time spent by kstack itself: identification, verification, planning.
     pub overhead: Duration,
+    /// How that time divides, phase by phase.
+    pub phases: Vec<(&'static str, Duration)>,
 }
 
 /// The result of a sync.
@@ -160,6 +162,8 @@ pub struct Synced {
     pub generation: Option<u64>,
     /// kstack's own time (verification, planning, state), as opposed to the kernel's.
     pub overhead: Duration,
+    /// How that time divides, phase by phase.
+    pub phases: Vec<(&'static str, Duration)>,
 }
 
 /// A host: its config, store and state directory, and its kernel's livepatch
@@ -266,6 +270,12 @@ impl Host<'_> {
         identity: KernelIdentity,
         started: Instant,
     ) -> Result<Prepared, SyncError> {
+        let mut phases = vec![("identify and verify", started.elapsed())];
+        let mut lap = Instant::now();
+        let mut phase = |name: &'static str, phases: &mut Vec<(&'static str, Duration)>| {
+            phases.push((name, lap.elapsed()));
+            lap = Instant::now();
+        };
         let state = self.state.load()?;
         let loaded = self.livepatch.loaded_patches()?;
         if let Some(busy) = loaded.iter().find(|p| p.transition) {
@@ -298,12 +308,14 @@ impl Host<'_> {
                 });
             }
         }
+        phase("read the kernel and the state", &mut phases);
         let plan = plan::plan_sync(
             &applied,
             &desired.planned(),
             self.config.sync.mode,
             &foreign_enabled,
         );
+        phase("plan", &mut phases);
         // Prove, before anything is loaded, that each patch to apply was built for the
         // code the kernel runs: the patches, or the cumulative module that holds them
         // (built on the kernel's own code, whatever generation runs).
@@ -352,6 +364,7 @@ impl Host<'_> {
                 &to_apply,
             )
         };
+        phase("check module signatures", &mut phases);
         let refused = signatures.refused();
         if !refused.is_empty() {
             return Err(SyncError::ModuleSignature {
@@ -370,6 +383,7 @@ impl Host<'_> {
             });
         }
         let proof = super::prove::prove_running(&stack, &applies)?;
+        phase("run-pre", &mut phases);
         Ok(Prepared {
             identity,
             desired,
@@ -379,6 +393,7 @@ impl Host<'_> {
             proof,
             signatures,
             overhead: started.elapsed(),
+            phases,
         })
     }
 
@@ -555,11 +570,14 @@ impl Host<'_> {
             }
         };
         overhead += bookkeeping.elapsed();
+        let mut phases = prepared.phases.clone();
+        phases.push(("record the generation", bookkeeping.elapsed()));
         Ok(Synced {
             prepared,
             timings,
             generation,
             overhead,
+            phases,
         })
     }
 }
