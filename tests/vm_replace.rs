@@ -33,7 +33,7 @@ fn count(view: &str, what: &str) -> usize {
         .unwrap_or_else(|| panic!("no {what}: line in\n{view}"))
         .trim()
         .parse()
-        .unwrap()
+        .expect("a count")
 }
 
 /// The lines of a sync's report that name a module (`+`, `-`, `~`).
@@ -57,7 +57,7 @@ fn revert(store: &CliStore, stack: &str, patch: &str) -> serde_json::Value {
             ])
             .arg(&store.key),
     );
-    serde_json::from_str(out.trim()).unwrap()
+    serde_json::from_str(out.trim()).expect("revert --json prints a document")
 }
 
 fn stack_mode(config: String) -> String {

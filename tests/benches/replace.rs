@@ -166,8 +166,18 @@ echo "== done"
             (f64::NAN, f64::NAN)
         } else {
             (
-                median(rounds.iter().map(|t| json(t)["kernel_ms"].as_f64().unwrap()).collect()),
-                median(rounds.iter().map(|t| json(t)["kstack_ms"].as_f64().unwrap()).collect()),
+                median(
+                    rounds
+                        .iter()
+                        .map(|t| json(t)["kernel_ms"].as_f64().unwrap())
+                        .collect(),
+                ),
+                median(
+                    rounds
+                        .iter()
+                        .map(|t| json(t)["kstack_ms"].as_f64().unwrap())
+                        .collect(),
+                ),
             )
         };
         medians.insert(key, wall);
@@ -181,8 +191,14 @@ echo "== done"
         medians["stack-second"] / medians["replace-second"],
     );
     for (label, section) in [
-        ("first kstack process of the guest", "replace-nothing-1".to_owned()),
-        ("a later one (same sync)", format!("replace-nothing-{ROUNDS}")),
+        (
+            "first kstack process of the guest",
+            "replace-nothing-1".to_owned(),
+        ),
+        (
+            "a later one (same sync)",
+            format!("replace-nothing-{ROUNDS}"),
+        ),
     ] {
         let text = &s[&section];
         let v = json(text);
@@ -190,7 +206,13 @@ echo "== done"
             .as_array()
             .unwrap()
             .iter()
-            .map(|p| format!("{} {:.1}", p["phase"].as_str().unwrap(), p["ms"].as_f64().unwrap()))
+            .map(|p| {
+                format!(
+                    "{} {:.1}",
+                    p["phase"].as_str().unwrap(),
+                    p["ms"].as_f64().unwrap()
+                )
+            })
             .collect();
         let wall = wall_ms(text);
         let kernel = v["kernel_ms"].as_f64().unwrap();
