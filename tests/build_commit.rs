@@ -79,7 +79,8 @@ fn a_commit_of_a_kernel_git_tree_builds() {
             "stack",
             "kernel_release",
             "patch",
-            "signer"
+            "signer",
+            "cumulative"
         ]),
         "{report}"
     );
@@ -88,6 +89,17 @@ fn a_commit_of_a_kernel_git_tree_builds() {
         expected(&["name", "dir", "module_name", "manifest_sha256", "functions"]),
         "{report}"
     );
+    // The stack's cumulative module: built from the one patch, the same function.
+    assert_eq!(
+        keys(&report["cumulative"]),
+        expected(&["module_name", "patches", "functions", "none_reason"]),
+        "{report}"
+    );
+    assert_eq!(
+        report["cumulative"]["functions"], report["patch"]["functions"],
+        "{report}"
+    );
+    assert!(report["cumulative"]["none_reason"].is_null(), "{report}");
     assert_eq!(report["parent"], serde_json::Value::Null, "a new stack");
     assert_eq!(report["kernel_release"], kernel().release, "{report}");
     assert!(

@@ -176,7 +176,13 @@ fn show() {
             }
           ]
         }
-      ]
+      ],
+      "cumulative": {
+        "module_name": null,
+        "patches": [],
+        "functions": [],
+        "none_reason": "patch fix-cmdline is a prebuilt module (commit --module), which kstack cannot build into a cumulative module"
+      }
     }
     "#);
 }

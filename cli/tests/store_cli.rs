@@ -89,6 +89,7 @@ fn commit_log_show_verify_stacks() {
       0002-fix-meminfo  module kstack_fix-meminfo
           replaces vmlinux:meminfo_proc_show
           module.ko    2152 bytes  sha256:dc24d092e20282c41a8d55dd564d03f245bc647251de8be636cbea0c2a46299b
+    No cumulative module: patch fix-cmdline is a prebuilt module (commit --module), which kstack cannot build into a cumulative module
     ");
     let verify = env.ok(&["verify"]);
     insta::assert_snapshot!(verify, @"ok    3b43fad5034874490492495d552c0af6a5fab235/prod e644a5d99adc: 2 patch(es), 2 commit(s), signed by ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61");
