@@ -87,6 +87,10 @@ pub struct VerifiedStack {
     /// The stack's cumulative module (`cumulative/`), when it has one, verified like
     /// a patch; its entry's name is [`CUMULATIVE_NAME`].
     pub cumulative: Option<VerifiedPatch>,
+    /// Whether the patches' artifacts were read and checked. Only
+    /// [`Store::verify_for_replace`] leaves them out (each patch then has its manifest,
+    /// checked, but no module bytes and no files).
+    pub patch_artifacts: bool,
     /// The `patches/` tree's entries, by directory name (reused by new commits).
     pub(crate) patch_trees: BTreeMap<String, ObjectId>,
     /// The `cumulative/` tree (reused by a promotion).
@@ -152,6 +156,27 @@ impl Store {
         Ok(verified)
     }
 
+    /// What a replace-mode sync loads, verified: the signature, every manifest (each
+    /// bound to the signed `stack.toml` by its digest) and the cumulative module with
+    /// its artifacts, but not the patches' own artifacts, which a replace never loads
+    /// (their [`VerifiedPatch`] have no bytes; [`VerifiedStack::patch_artifacts`] is
+    /// false). A commit without a cumulative module is verified completely.
+    pub fn verify_for_replace(
+        &self,
+        id: ObjectId,
+        stack: Option<&StackId>,
+        policy: &TrustPolicy,
+    ) -> Result<VerifiedStack, VerifyError> {
+        let verified = self.check_with(id, stack, true)?;
+        if !policy.trusts(&verified.signer) {
+            return Err(VerifyError::Untrusted {
+                commit: short(&id),
+                key: verified.signer,
+            });
+        }
+        Ok(verified)
+    }
+
     /// Verifies a stack commit completely, signature included, without a trust
     /// decision: the caller looks at [`VerifiedStack::signer`].
     pub fn check(
@@ -159,8 +184,20 @@ impl Store {
         id: ObjectId,
         stack: Option<&StackId>,
     ) -> Result<VerifiedStack, VerifyError> {
+        self.check_with(id, stack, false)
+    }
+
+    /// [`Store::check`]; with `for_replace`, the patches' artifacts are left out when
+    /// the commit has a cumulative module.
+    fn check_with(
+        &self,
+        id: ObjectId,
+        stack: Option<&StackId>,
+        for_replace: bool,
+    ) -> Result<VerifiedStack, VerifyError> {
         let commit = short(&id);
         let (header, root) = self.read_signed_header(id)?;
+        let patch_artifacts = !for_replace || header.stack.cumulative.is_none();
         let invalid = |path: &str, message: String| VerifyError::Invalid {
             commit: commit.clone(),
             path: path.to_owned(),
@@ -212,7 +249,14 @@ impl Store {
                     commit: commit.clone(),
                     path: dir_path.clone(),
                 })?;
-            let patch = self.check_patch(&commit, &header.stack, entry, &dir_path, tree)?;
+            let patch = self.check_patch(
+                &commit,
+                &header.stack,
+                entry,
+                &dir_path,
+                tree,
+                patch_artifacts,
+            )?;
             if patch.manifest.source == PatchSource::Cumulative {
                 return Err(invalid(
                     &format!("{dir_path}/{MANIFEST_FILE}"),
@@ -247,8 +291,14 @@ impl Store {
                         dir: CUMULATIVE_DIR.to_owned(),
                         manifest_sha256: listed.manifest_sha256,
                     };
-                    let verified =
-                        self.check_patch(&commit, &header.stack, &entry, CUMULATIVE_DIR, item.id)?;
+                    let verified = self.check_patch(
+                        &commit,
+                        &header.stack,
+                        &entry,
+                        CUMULATIVE_DIR,
+                        item.id,
+                        true,
+                    )?;
                     if verified.manifest.source != PatchSource::Cumulative {
                         return Err(invalid(
                             &format!("{CUMULATIVE_DIR}/{MANIFEST_FILE}"),
@@ -265,6 +315,7 @@ impl Store {
             signer: header.signer,
             patches,
             cumulative,
+            patch_artifacts,
             patch_trees,
             cumulative_tree,
         })
@@ -277,6 +328,7 @@ impl Store {
         entry: &PatchEntry,
         dir_path: &str,
         tree: ObjectId,
+        artifacts: bool,
     ) -> Result<VerifiedPatch, VerifyError> {
         let invalid = |path: &str, message: String| VerifyError::Invalid {
             commit: commit.to_owned(),
@@ -339,6 +391,19 @@ impl Store {
                     path: format!("{dir_path}/{name}"),
                 });
             }
+        }
+        if !artifacts {
+            let module_blob = *files.get(MODULE_FILE).ok_or_else(|| VerifyError::Missing {
+                commit: commit.to_owned(),
+                path: format!("{dir_path}/{MODULE_FILE}"),
+            })?;
+            return Ok(VerifiedPatch {
+                entry: entry.clone(),
+                manifest,
+                module_blob,
+                module: Vec::new(),
+                files: BTreeMap::new(),
+            });
         }
         let mut module_blob = None;
         let mut module = Vec::new();

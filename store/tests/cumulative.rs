@@ -203,3 +203,52 @@ fn a_promotion_carries_the_cumulative_module() {
     assert_eq!(a.module_blob, b.module_blob);
     assert_eq!(verified.stack.cumulative, canary.stack.cumulative);
 }
+
+#[test]
+fn a_replace_reads_only_the_cumulative_module() {
+    let env = Env::new();
+    env.add("fix-a", &["cmdline_proc_show"]);
+    let prepared = env.prepare(&env.store, "fix-b", &["meminfo_proc_show"]);
+    let new = cumulative_for(&env, &prepared, &["cmdline_proc_show", "meminfo_proc_show"]);
+    let amended = env
+        .store
+        .prepare_cumulative(&prepared, Cumulative::Module(new), &author(), &env.key)
+        .unwrap();
+    env.store.publish(&amended).unwrap();
+
+    let light = env
+        .store
+        .verify_for_replace(env.head(), None, &env.policy)
+        .unwrap();
+    assert!(!light.patch_artifacts);
+    assert!(light.patches.iter().all(|p| p.module.is_empty()));
+    assert_eq!(light.patches[1].manifest.name, "fix-b");
+    assert!(!light.cumulative.as_ref().unwrap().module.is_empty());
+    assert!(
+        env.store
+            .verify(env.head(), None, &env.policy)
+            .unwrap()
+            .patch_artifacts
+    );
+
+    // The cumulative module is checked as always.
+    let module_path = format!("{CUMULATIVE_DIR}/module.ko");
+    let mut bytes = read_blob(&env.store, env.head(), &module_path);
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let bad = rewrite_blob(&env.store, env.head(), &module_path, &bytes);
+    let err = env
+        .store
+        .verify_for_replace(bad, None, &env.policy)
+        .unwrap_err();
+    assert!(matches!(err, VerifyError::DigestMismatch { .. }), "{err}");
+
+    // A commit without one is verified completely.
+    let head = env.add("fix-c", &["loadavg_proc_show"]);
+    let full = env
+        .store
+        .verify_for_replace(head, None, &env.policy)
+        .unwrap();
+    assert!(full.patch_artifacts);
+    assert!(full.patches.iter().all(|p| !p.module.is_empty()));
+}

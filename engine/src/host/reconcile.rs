@@ -212,7 +212,24 @@ impl Host<'_> {
                 }
             },
         };
-        self.load_commit(commit, identity)
+        self.load_for_sync(commit, identity)
+    }
+
+    /// Verifies the stack commit a sync or rollback goes to. In replace mode only
+    /// what a replace loads is read ([`Store::verify_for_replace`]): the patches'
+    /// own modules are read and checked when a plan needs them ([`Host::prepare`]).
+    fn load_for_sync(
+        &self,
+        commit: ObjectId,
+        identity: &KernelIdentity,
+    ) -> Result<Desired, SyncError> {
+        match self.config.sync.mode {
+            plan::Mode::Replace => self.load_verified(
+                self.store.verify_for_replace(commit, None, &self.trust)?,
+                identity,
+            ),
+            plan::Mode::Stack => self.load_commit(commit, identity),
+        }
     }
 
     /// Verifies one stack commit for the running kernel and reads its modules.
@@ -221,7 +238,15 @@ impl Host<'_> {
         commit: ObjectId,
         identity: &KernelIdentity,
     ) -> Result<Desired, SyncError> {
-        let verified = self.store.verify(commit, None, &self.trust)?;
+        self.load_verified(self.store.verify(commit, None, &self.trust)?, identity)
+    }
+
+    fn load_verified(
+        &self,
+        verified: VerifiedStack,
+        identity: &KernelIdentity,
+    ) -> Result<Desired, SyncError> {
+        let commit = verified.commit;
         if verified.stack.build_id != identity.build_id {
             return Err(SyncError::WrongKernel {
                 commit: commit.to_hex_with_len(12).to_string(),
@@ -240,10 +265,13 @@ impl Host<'_> {
                 });
             }
             desired.modules.push(manifest.module_name.clone());
-            // The very bytes whose SHA-256 verification checked.
-            desired
-                .bytes
-                .insert(manifest.module_name.clone(), patch.module.clone());
+            // The very bytes whose SHA-256 verification checked (none when only the
+            // cumulative module was read).
+            if verified.patch_artifacts {
+                desired
+                    .bytes
+                    .insert(manifest.module_name.clone(), patch.module.clone());
+            }
         }
         if let Some(cumulative) = &verified.cumulative {
             let manifest = &cumulative.manifest;
@@ -266,7 +294,7 @@ impl Host<'_> {
     /// Reads the kernel and plans the way to `desired`.
     pub fn prepare(
         &self,
-        desired: Desired,
+        mut desired: Desired,
         identity: KernelIdentity,
         started: Instant,
     ) -> Result<Prepared, SyncError> {
@@ -309,12 +337,30 @@ impl Host<'_> {
             }
         }
         phase("read the kernel and the state", &mut phases);
-        let plan = plan::plan_sync(
+        let mut plan = plan::plan_sync(
             &applied,
             &desired.planned(),
             self.config.sync.mode,
             &foreign_enabled,
         );
+        // A plan that loads the patches' own modules (stack mode after all) needs them
+        // read and checked.
+        let applies_patches = plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, plan::Step::Apply { .. }));
+        if applies_patches
+            && let Some(stack) = &desired.stack
+            && !stack.patch_artifacts
+        {
+            desired = self.load_commit(stack.commit, &identity)?;
+            plan = plan::plan_sync(
+                &applied,
+                &desired.planned(),
+                self.config.sync.mode,
+                &foreign_enabled,
+            );
+        }
         phase("plan", &mut phases);
         // Prove, before anything is loaded, that each patch to apply was built for the
         // code the kernel runs: the patches, or the cumulative module that holds them
@@ -485,7 +531,7 @@ impl Host<'_> {
                         target.number, target.commit
                     ),
                 })?;
-            self.load_commit(id, &identity)?
+            self.load_for_sync(id, &identity)?
         };
         let result = self
             .prepare(desired, identity, started)
