@@ -66,7 +66,7 @@ fn commit_of_a_module() {
     assert_eq!(code, 0);
     insta::assert_snapshot!(json, @r#"
     {
-      "commit": "ee29263291fce97470cc5bf1d0b7dccbd05b9dcb",
+      "commit": "dfd990ae9802e14047669e3ce80fa987d86ff966",
       "parent": null,
       "stack": {
         "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
@@ -82,7 +82,12 @@ fn commit_of_a_module() {
           "vmlinux:cmdline_proc_show"
         ]
       },
-      "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61"
+      "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+      "validity": {
+        "signed_at": "2023-11-14T22:13:20Z",
+        "expires": "2023-12-14T22:13:20Z",
+        "expired": true
+      }
     }
     "#);
 }
@@ -108,15 +113,21 @@ fn log() {
       },
       "commits": [
         {
-          "id": "4579399eeb9650bdc9514dcbbd577ed089abe0fc",
+          "id": "3fc00d9703d38137eb6801eb3ea01725106f153d",
           "parents": [
-            "d513e202825a496e538c61232a07a4fae1193389"
+            "1652c283fea791871617c006d5b58ef19b763ba5"
           ],
           "author": "Test Author",
           "email": "test@example.invalid",
           "time": "2023-11-14T22:13:20Z",
           "message": "add fix-meminfo",
           "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+          "signers": [
+            {
+              "key": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+              "standing": "trusted"
+            }
+          ],
           "trusted": true
         }
       ]
@@ -131,20 +142,31 @@ fn show() {
     assert_eq!(code, 0);
     insta::assert_snapshot!(json, @r#"
     {
-      "commit": "d513e202825a496e538c61232a07a4fae1193389",
+      "commit": "1652c283fea791871617c006d5b58ef19b763ba5",
       "parents": [],
       "stack": {
         "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
         "name": "prod",
         "kernel_release": "6.1.0-56-cloud-amd64"
       },
-      "stack_sha256": "880adb524d6b107e010430817d250a25d7db82f6ba2e2a3cb51b722e2786a9ac",
+      "stack_sha256": "9a740bb21063d91669ca69f1cbc03c032febd3be416a8143503c9b5bead7e95c",
       "author": "Test Author",
       "email": "test@example.invalid",
       "time": "2023-11-14T22:13:20Z",
       "message": "add fix-cmdline",
       "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+      "signers": [
+        {
+          "key": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+          "standing": "trusted"
+        }
+      ],
       "trusted": true,
+      "validity": {
+        "signed_at": "2023-11-14T22:13:20Z",
+        "expires": "2023-12-14T22:13:20Z",
+        "expired": true
+      },
       "verified": true,
       "patches": [
         {
@@ -183,11 +205,20 @@ fn verify() {
       "results": [
         {
           "rev": "3b43fad5034874490492495d552c0af6a5fab235/prod",
-          "commit": "4579399eeb9650bdc9514dcbbd577ed089abe0fc",
+          "commit": "3fc00d9703d38137eb6801eb3ea01725106f153d",
           "ok": true,
           "patches": 2,
           "history": 2,
+          "history_vouched": 0,
           "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+          "signers": [
+            "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61"
+          ],
+          "validity": {
+            "signed_at": "2023-11-14T22:13:20Z",
+            "expires": "2023-12-14T22:13:20Z",
+            "expired": true
+          },
           "run_pre": null
         }
       ],
@@ -203,9 +234,9 @@ fn verify() {
       "results": [
         {
           "rev": "3b43fad5034874490492495d552c0af6a5fab235/prod",
-          "commit": "4579399eeb9650bdc9514dcbbd577ed089abe0fc",
+          "commit": "3fc00d9703d38137eb6801eb3ea01725106f153d",
           "ok": false,
-          "error": "commit 4579399eeb96: signed by ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61, which is not a trusted key"
+          "error": "commit 3fc00d9703d3: signed by ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61, which is not a trusted key"
         }
       ],
       "failed": 1
@@ -224,7 +255,7 @@ fn stacks() {
         {
           "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
           "name": "prod",
-          "head": "4579399eeb9650bdc9514dcbbd577ed089abe0fc",
+          "head": "3fc00d9703d38137eb6801eb3ea01725106f153d",
           "time": "2023-11-14T22:13:20Z",
           "summary": "add fix-meminfo",
           "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
@@ -243,8 +274,8 @@ fn revert() {
     assert_eq!(code, 0);
     insta::assert_snapshot!(json, @r#"
     {
-      "commit": "3dbccbdd52e70e99c717a823f12fe074c17b80ff",
-      "parent": "4579399eeb9650bdc9514dcbbd577ed089abe0fc",
+      "commit": "102a00177d00c93b350c199d6338f6da0df95b6d",
+      "parent": "3fc00d9703d38137eb6801eb3ea01725106f153d",
       "stack": {
         "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
         "name": "prod"
@@ -253,6 +284,78 @@ fn revert() {
       "patches": [
         "fix-meminfo"
       ]
+    }
+    "#);
+}
+
+/// A second key, the approver's (fixed seed, so ids stay stable).
+const SECOND_SECRET: &str =
+    "ed25519-secret:2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b";
+
+#[test]
+fn approve_and_renew() {
+    let env = stack_with_history();
+    let second = env.path("second.key");
+    std::fs::write(&second, format!("{SECOND_SECRET}\n")).unwrap();
+    common::set_mode(&second, 0o600);
+    let first_public = env.ok(&["key", "show", "signing.key"]);
+    let second_public = env.ok(&["key", "show", "second.key"]);
+    // Two of two: the head alone is not trusted, approved it is.
+    env.write_config(&[first_public.trim(), second_public.trim()]);
+    let config = std::fs::read_to_string(env.path("kstack.toml")).unwrap();
+    std::fs::write(
+        env.path("kstack.toml"),
+        config.replace("[trust]\n", "[trust]\nthreshold = 2\n"),
+    )
+    .unwrap();
+    let (code, _) = env.json(&["verify", "prod"]);
+    assert_eq!(code, 65);
+    let (code, json) = env.json(&["approve", "prod", "--key", "second.key"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "commit": "e05729d357c125e6003d89245b41254ebeb7d64b",
+      "replaces": "3fc00d9703d38137eb6801eb3ea01725106f153d",
+      "stack": {
+        "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
+        "name": "prod"
+      },
+      "stack_sha256": "aff424b0417814257176f1aea9ff81c8b4ebd2f3e656113d872948f0448424c9",
+      "signers": [
+        {
+          "key": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+          "standing": "trusted"
+        },
+        {
+          "key": "ed25519:4508a07aa941707f3eb2db94c8897a80b2c1197476b6de213ac273df7d86c4ff",
+          "standing": "trusted"
+        }
+      ],
+      "trusted": true
+    }
+    "#);
+    let (code, _) = env.json(&["verify", "prod"]);
+    assert_eq!(code, 0);
+    let (code, json) = env.json(&["approve", "prod", "--key", "second.key"]);
+    assert_eq!(code, 1, "{json}");
+    assert!(json.contains("already signed"), "{json}");
+
+    let (code, json) = env.json(&["renew", "prod", "--valid-for", "7d"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "commit": "96dad87b5a751a15557fd9468460e499c15dfa94",
+      "parent": "e05729d357c125e6003d89245b41254ebeb7d64b",
+      "stack": {
+        "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
+        "name": "prod"
+      },
+      "validity": {
+        "signed_at": "2023-11-14T22:13:20Z",
+        "expires": "2023-11-21T22:13:20Z",
+        "expired": true
+      },
+      "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61"
     }
     "#);
 }
@@ -272,7 +375,7 @@ fn pull() {
           "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
           "name": "prod",
           "old": null,
-          "new": "4579399eeb9650bdc9514dcbbd577ed089abe0fc",
+          "new": "3fc00d9703d38137eb6801eb3ea01725106f153d",
           "outcome": "updated"
         }
       ]

@@ -45,24 +45,24 @@ fn key_generate_and_show() {
 fn commit_log_show_verify_stacks() {
     let env = Env::new();
     let out = env.commit("fix-cmdline", &["cmdline_proc_show"]);
-    insta::assert_snapshot!(out, @r"
+    insta::assert_snapshot!(out, @"
     Committed fix-cmdline to stack prod (3b43fad50348) as patch 0001-fix-cmdline
-      commit   d513e202825a496e538c61232a07a4fae1193389
+      commit   1652c283fea791871617c006d5b58ef19b763ba5
       module   kstack_fix-cmdline for 6.1.0-56-cloud-amd64
       replaces vmlinux:cmdline_proc_show
     ");
     env.commit("fix-meminfo", &["meminfo_proc_show"]);
 
     let log = env.ok(&["log"]);
-    insta::assert_snapshot!(log, @r"
-    commit 4579399eeb9650bdc9514dcbbd577ed089abe0fc (prod)
+    insta::assert_snapshot!(log, @"
+    commit 3fc00d9703d38137eb6801eb3ea01725106f153d (prod)
     Author: Test Author <test@example.invalid>
     Date:   2023-11-14T22:13:20Z
     Signer: ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61 (trusted)
 
         add fix-meminfo
 
-    commit d513e202825a496e538c61232a07a4fae1193389
+    commit 1652c283fea791871617c006d5b58ef19b763ba5
     Author: Test Author <test@example.invalid>
     Date:   2023-11-14T22:13:20Z
     Signer: ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61 (trusted)
@@ -70,14 +70,15 @@ fn commit_log_show_verify_stacks() {
         add fix-cmdline
     ");
     let oneline = env.ok(&["log", "--oneline", "prod~1"]);
-    insta::assert_snapshot!(oneline, @"d513e202825a add fix-cmdline");
-    let show = env.ok(&["show"]);
-    insta::assert_snapshot!(show, @r"
-    commit 4579399eeb9650bdc9514dcbbd577ed089abe0fc
+    insta::assert_snapshot!(oneline, @"1652c283fea7 add fix-cmdline");
+    let show = common::stable_windows(&env.ok(&["show"]));
+    insta::assert_snapshot!(show, @"
+    commit 3fc00d9703d38137eb6801eb3ea01725106f153d
     Stack:  prod for kernel 3b43fad5034874490492495d552c0af6a5fab235 (6.1.0-56-cloud-amd64)
     Author: Test Author <test@example.invalid>
     Date:   2023-11-14T22:13:20Z
     Signer: ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61 (trusted; signature and digests verified)
+    Valid:  signed 2023-11-14T22:13:20Z, expires 2023-12-14T22:13:20Z (EXPIRED N days ago)
 
         add fix-meminfo
 
@@ -89,8 +90,8 @@ fn commit_log_show_verify_stacks() {
           replaces vmlinux:meminfo_proc_show
           module.ko    2152 bytes  sha256:dc24d092e20282c41a8d55dd564d03f245bc647251de8be636cbea0c2a46299b
     ");
-    let verify = env.ok(&["verify"]);
-    insta::assert_snapshot!(verify, @"ok    3b43fad5034874490492495d552c0af6a5fab235/prod 4579399eeb96: 2 patch(es), 2 commit(s), signed by ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61");
+    let verify = common::stable_windows(&env.ok(&["verify"]));
+    insta::assert_snapshot!(verify, @"ok    3b43fad5034874490492495d552c0af6a5fab235/prod 3fc00d9703d3: 2 patch(es), 2 commit(s) of history, signed by ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61; signed 2023-11-14T22:13:20Z, expires 2023-12-14T22:13:20Z (EXPIRED N days ago)");
     let stacks = env.ok(&["stacks"]);
     assert!(stacks.starts_with(BUILD_ID), "{stacks}");
     assert!(stacks.contains("prod"), "{stacks}");

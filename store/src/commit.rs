@@ -16,12 +16,13 @@ use crate::keys::SecretKey;
 use crate::klp::{self, KlpError};
 use crate::model::{
     Artifact, DIFF_FILE, FORMAT, FunctionRef, MANIFEST_FILE, MODULE_FILE, Manifest, ModelError,
-    PATCHES_DIR, PatchEntry, PatchSource, SIGNATURE_FILE, STACK_FILE, StackFile, check_name,
-    patch_dir,
+    PATCHES_DIR, PatchEntry, PatchSource, SIGNATURE_FILE, STACK_FILE, STACK_FORMAT, StackFile,
+    check_name, patch_dir,
 };
 use crate::store::{
     Author, ItemKind, ObjectId, RefUpdate, StackId, Store, StoreError, TreeItem, format_time,
 };
+use crate::validity::{Timestamp, Validity};
 use crate::verify::{VerifiedStack, VerifyError};
 
 /// A request that cannot be committed, or a store that cannot take it.
@@ -50,6 +51,11 @@ pub enum CommitError {
     },
     #[error("stack {stack} does not exist")]
     NoSuchStack { stack: String },
+    #[error("commit {commit} is already signed by {key}")]
+    AlreadySigned {
+        commit: String,
+        key: crate::keys::PublicKey,
+    },
     #[error(
         "cannot revert {patch}: patches above it replace the same functions ({conflicts}); rebuild them without it first"
     )]
@@ -107,6 +113,14 @@ pub struct Prepared {
 }
 
 impl Store {
+    /// [`Store::current`], for the other operations of the crate.
+    pub(crate) fn verified_head(
+        &self,
+        stack: &StackId,
+    ) -> Result<Option<VerifiedStack>, CommitError> {
+        self.current(stack)
+    }
+
     /// Verifies (integrity and signature, not trust) the head of `stack` if it has
     /// one, so nothing is ever built on damaged data.
     fn current(&self, stack: &StackId) -> Result<Option<VerifiedStack>, CommitError> {
@@ -375,7 +389,7 @@ impl Store {
     }
 
     #[allow(clippy::too_many_arguments)] // one private call site per operation
-    fn write_stack_commit(
+    pub(crate) fn write_stack_commit(
         &self,
         stack: &StackId,
         parent: Option<&VerifiedStack>,
@@ -387,12 +401,16 @@ impl Store {
         key: &SecretKey,
     ) -> Result<Prepared, CommitError> {
         let stack_file = StackFile {
-            format: FORMAT,
+            format: STACK_FORMAT,
             name: stack.name.clone(),
             build_id: stack.build_id.clone(),
             kernel_release,
             parent: parent.map(|p| p.stack_sha256),
             message: message.trim_end().to_owned(),
+            validity: Some(Validity::starting(
+                Timestamp::from_secs(author.time),
+                author.valid_for,
+            )),
             patches,
         };
         stack_file.check(STACK_FILE)?;
@@ -427,7 +445,7 @@ impl Store {
         }
         let tree = self.write_tree(&root, "the root tree")?;
         let parent_id = parent.map(|p| p.commit);
-        let commit = self.write_commit(tree, parent_id, author, message, &key.public())?;
+        let commit = self.write_commit(tree, parent_id, author, message, &[key.public()])?;
         Ok(Prepared {
             stack: stack.clone(),
             parent: parent_id,

@@ -21,9 +21,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Sha256Digest;
 use crate::ident::BuildId;
+use crate::validity::Validity;
 
-/// Version of the `stack.toml`, `manifest.toml` and `stack.sig` formats.
+/// Version of the `manifest.toml` format, and the first version of `stack.toml` and
+/// `stack.sig` (one signature, no validity window), which kstack still reads.
 pub const FORMAT: u32 = 1;
+/// Version of the `stack.toml` and `stack.sig` that kstack writes: `stack.toml` has a
+/// `[validity]` window, `stack.sig` any number of signatures (approvals).
+pub const STACK_FORMAT: u32 = 2;
 /// The stack description at the root of a stack commit.
 pub const STACK_FILE: &str = "stack.toml";
 /// The signature at the root of a stack commit.
@@ -107,6 +112,10 @@ pub struct StackFile {
     pub parent: Option<Sha256Digest>,
     /// Why this snapshot was made (signed, unlike the Git commit message).
     pub message: String,
+    /// When it was signed and until when hosts accept it as the stack's head; every
+    /// commit of format 2 has one, format 1 (older kstack) none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validity: Option<Validity>,
     /// The patches, in load order.
     #[serde(default, rename = "patch")]
     pub patches: Vec<PatchEntry>,
@@ -136,9 +145,9 @@ impl StackFile {
         Ok(stack)
     }
 
-    /// Checks names, directories and order.
+    /// Checks the format, names, directories and order, and the window.
     pub fn check(&self, path: &str) -> Result<(), ModelError> {
-        if self.format != FORMAT {
+        if self.format != FORMAT && self.format != STACK_FORMAT {
             return Err(ModelError::Format {
                 path: path.to_owned(),
                 found: self.format,
@@ -149,6 +158,16 @@ impl StackFile {
             path: path.to_owned(),
             message,
         };
+        match (self.format, &self.validity) {
+            (FORMAT, Some(_)) => {
+                return Err(invalid(format!(
+                    "format {FORMAT} has no [validity] (it came with format {STACK_FORMAT})"
+                )));
+            }
+            (FORMAT, None) => {}
+            (_, None) => return Err(invalid("no [validity] window".to_owned())),
+            (_, Some(window)) => window.check().map_err(|e| invalid(e.to_string()))?,
+        }
         if self.kernel_release.is_empty() || self.kernel_release.contains(char::is_whitespace) {
             return Err(invalid(format!(
                 "bad kernel release {:?}",
@@ -361,14 +380,20 @@ fn parse_toml<T: serde::de::DeserializeOwned>(bytes: &[u8], path: &str) -> Resul
 mod tests {
     use super::*;
 
+    use crate::validity::Timestamp;
+
     fn stack() -> StackFile {
         StackFile {
-            format: FORMAT,
+            format: STACK_FORMAT,
             name: "prod".into(),
             build_id: "4a5a9b0affb66c437abcd455d2738af879985fa9".parse().unwrap(),
             kernel_release: "6.1.0-56-cloud-amd64".into(),
             parent: Some(Sha256Digest::of(b"parent")),
             message: "add foo\n\nwith a body".into(),
+            validity: Some(Validity::starting(
+                Timestamp::from_secs(1_700_000_000),
+                std::time::Duration::from_secs(86_400),
+            )),
             patches: vec![PatchEntry {
                 name: "foo".into(),
                 dir: patch_dir(0, "foo"),
@@ -413,6 +438,21 @@ mod tests {
         s.format = 9;
         let err = StackFile::parse(s.to_toml().as_bytes(), "stack.toml").unwrap_err();
         assert!(err.to_string().contains("format 9"), "{err}");
+        // Format 1 (before windows) is read; a window in it, or none in format 2, is not.
+        let mut s = stack();
+        s.validity = None;
+        assert!(StackFile::parse(s.to_toml().as_bytes(), "stack.toml").is_err());
+        s.format = FORMAT;
+        StackFile::parse(s.to_toml().as_bytes(), "stack.toml").unwrap();
+        s.validity = stack().validity;
+        assert!(StackFile::parse(s.to_toml().as_bytes(), "stack.toml").is_err());
+        let mut s = stack();
+        s.validity = Some(Validity {
+            signed_at: Timestamp::from_secs(10),
+            expires: Timestamp::from_secs(9),
+        });
+        let err = StackFile::parse(s.to_toml().as_bytes(), "stack.toml").unwrap_err();
+        assert!(err.to_string().contains("before it starts"), "{err}");
     }
 
     #[test]

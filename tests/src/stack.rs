@@ -131,6 +131,8 @@ fn author() -> Author {
         name: "kstack tests".into(),
         email: "tests@kstack.invalid".into(),
         time: 1_700_000_000,
+        // A fixed time keeps commit ids stable; a century keeps the commits valid.
+        valid_for: std::time::Duration::from_secs(100 * 365 * 86_400),
     }
 }
 

@@ -88,6 +88,10 @@ pub struct CommitArgs {
     /// The private key to sign with [default: the config's [trust] signing_key]
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// How long the new commit stays valid as the stack's head [default: the
+    /// config's [trust] validity, else 30d]
+    #[arg(long, env = "KSTACK_VALID_FOR", value_parser = kstack_engine::parse_duration, value_name = "DURATION")]
+    pub valid_for: Option<Duration>,
 }
 
 pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<ExitCode, CliError> {
@@ -132,7 +136,7 @@ pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<Exit
         }
         Input::Module(patch) => patch,
     };
-    let author = author();
+    let author = author(valid_for(&ctx, args.valid_for));
     let prepared = with_retry(ui, &stack, || {
         store.add_patch(
             &stack,
@@ -171,6 +175,11 @@ pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<Exit
                 functions,
             },
             signer: key.public().to_string(),
+            validity: verified
+                .stack
+                .validity
+                .as_ref()
+                .map(crate::json::ValidityJson::from),
         });
     } else {
         ui.line(format!(
@@ -324,10 +333,17 @@ pub(crate) fn signing_key(ctx: &Context, flag: Option<&Path>) -> Result<SecretKe
     Ok(SecretKey::read(&path)?)
 }
 
+/// How long the commits a command signs stay valid: `--valid-for` (or
+/// `KSTACK_VALID_FOR`), else the config's `[trust] validity`, else 30 days.
+pub(crate) fn valid_for(ctx: &Context, flag: Option<Duration>) -> Duration {
+    flag.or(ctx.config.trust.validity)
+        .unwrap_or(kstack_store::validity::DEFAULT_VALIDITY)
+}
+
 /// Who makes a commit: `$KSTACK_AUTHOR` (`Name <email>`), else `$USER` (else root)
 /// at this host; now, or at `$KSTACK_TIMESTAMP` (seconds since the epoch), so that
-/// commits can be reproduced.
-pub(crate) fn author() -> Author {
+/// commits can be reproduced; its validity window lasts `valid_for` from then.
+pub(crate) fn author(valid_for: Duration) -> Author {
     let time = std::env::var("KSTACK_TIMESTAMP")
         .ok()
         .and_then(|t| t.parse().ok())
@@ -344,6 +360,7 @@ pub(crate) fn author() -> Author {
             name: name.trim().to_owned(),
             email: email.trim().to_owned(),
             time,
+            valid_for,
         };
     }
     let name = std::env::var("USER")
@@ -356,6 +373,7 @@ pub(crate) fn author() -> Author {
         email: format!("{name}@{host}"),
         name,
         time,
+        valid_for,
     }
 }
 

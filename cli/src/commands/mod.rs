@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::error::CliError;
 use crate::ui::Ui;
 
+pub mod approve;
 pub mod commit;
 pub mod commit_diff;
 pub mod generations;
@@ -18,6 +19,7 @@ pub mod key;
 pub mod log;
 pub mod plan;
 pub mod pull;
+pub mod renew;
 pub mod revert;
 pub mod rollback;
 pub mod show;
@@ -81,6 +83,8 @@ pub enum Command {
     Log(log::LogArgs),
     Show(show::ShowArgs),
     Revert(revert::RevertArgs),
+    Approve(approve::ApproveArgs),
+    Renew(renew::RenewArgs),
     Verify(verify::VerifyArgs),
     Stacks(stacks::StacksArgs),
     Pull(pull::PullArgs),
@@ -113,6 +117,8 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<ExitCode, CliError> {
         Command::Log(args) => log::cmd_log(ui, &cli.global, args),
         Command::Show(args) => show::cmd_show(ui, &cli.global, args),
         Command::Revert(args) => revert::cmd_revert(ui, &cli.global, args),
+        Command::Approve(args) => approve::cmd_approve(ui, &cli.global, args),
+        Command::Renew(args) => renew::cmd_renew(ui, &cli.global, args),
         Command::Verify(args) => verify::cmd_verify(ui, &cli.global, args),
         Command::Stacks(args) => stacks::cmd_stacks(ui, &cli.global, args),
         Command::Pull(args) => pull::cmd_pull(ui, &cli.global, args),

@@ -2,12 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
 use kstack_store::model::check_name;
 
 use super::GlobalArgs;
-use super::commit::{author, kernel_hint, signing_key, stack_name, with_retry};
+use super::commit::{author, kernel_hint, signing_key, stack_name, valid_for, with_retry};
 use crate::context::Context;
 use crate::error::CliError;
 use crate::json::{RevertOutput, StackJson};
@@ -36,6 +37,10 @@ pub struct RevertArgs {
     /// The private key to sign with [default: the config's [trust] signing_key]
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// How long the new commit stays valid as the stack's head [default: the
+    /// config's [trust] validity, else 30d]
+    #[arg(long, env = "KSTACK_VALID_FOR", value_parser = kstack_engine::parse_duration, value_name = "DURATION")]
+    pub valid_for: Option<Duration>,
 }
 
 pub fn cmd_revert(ui: &Ui, global: &GlobalArgs, args: RevertArgs) -> Result<ExitCode, CliError> {
@@ -50,7 +55,7 @@ pub fn cmd_revert(ui: &Ui, global: &GlobalArgs, args: RevertArgs) -> Result<Exit
     let stack = store
         .find_stack(&name, hint.as_ref())?
         .ok_or_else(|| CliError::user(format!("stack {name} does not exist")))?;
-    let author = author();
+    let author = author(valid_for(&ctx, args.valid_for));
     let prepared = with_retry(ui, &stack, || {
         store.revert_patch(&stack, &args.patch, &args.message, &author, &key)
     })?;

@@ -14,7 +14,10 @@ use crate::ui::Ui;
 ///
 /// Reads the kernel's own view (/sys/kernel/livepatch, /proc/modules,
 /// /proc/sys/kernel/tainted) and compares it with the state file: a difference is
-/// reported as drift. Livepatches that kstack did not load are listed as foreign.
+/// reported as drift. Livepatches that kstack did not load are listed as foreign. The
+/// current generation's commit is shown with its signers and its signed validity
+/// window (EXPIRED when it has run out: the stack was not renewed, or the store
+/// stopped receiving newer commits).
 #[derive(Debug, Args)]
 pub struct StatusArgs {}
 
@@ -50,6 +53,16 @@ pub fn cmd_status(ui: &Ui, global: &GlobalArgs, _args: StatusArgs) -> Result<Exi
             g.created_at
         )),
         None => ui.line("generation: none"),
+    }
+    if let Some(window) = &status.validity {
+        ui.line(format!(
+            "validity:   {}",
+            super::plan::describe_window(window)
+        ));
+    }
+    if !status.signers.is_empty() {
+        let signers: Vec<String> = status.signers.iter().map(ToString::to_string).collect();
+        ui.line(format!("signed by:  {}", signers.join(", ")));
     }
     ui.line(format!("applied:    {}", status.applied.len()));
     for p in &status.applied {

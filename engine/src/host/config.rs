@@ -53,8 +53,39 @@ pub struct TrustConfig {
     /// Public keys whose signatures are accepted, each as `kstack key show` prints it.
     #[serde(default)]
     pub keys: Vec<String>,
-    /// The private key that `kstack commit` and `kstack revert` sign with.
+    /// How many distinct keys of `keys` must sign a commit (an approval adds a
+    /// signature); default 1.
+    pub threshold: Option<usize>,
+    /// Keys whose signatures no longer count, even where `keys` lists them.
+    #[serde(default)]
+    pub revoked: Vec<String>,
+    /// The private key that `kstack commit`, `revert`, `renew` and `approve` sign with.
     pub signing_key: Option<PathBuf>,
+    /// How long the commits signed here stay valid as a stack's head (default 30
+    /// days).
+    #[serde(default, deserialize_with = "humantime_serde_shim::option")]
+    pub validity: Option<Duration>,
+    /// What `sync` and `plan` do with a declared head whose validity has run out.
+    #[serde(default)]
+    pub expired: ExpiredPolicy,
+}
+
+/// `[trust] expired`: what a host does with an expired head.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpiredPolicy {
+    /// Refuse it (exit 65): a mirror that stopped serving new commits shows.
+    #[default]
+    Refuse,
+    /// Sync it, with a warning.
+    Warn,
+}
+
+impl TrustConfig {
+    /// `threshold`, default 1.
+    pub fn threshold(&self) -> usize {
+        self.threshold.unwrap_or(1)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -90,6 +121,11 @@ mod humantime_serde_shim {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text)
             .map_err(|e| D::Error::custom(format!("bad duration {text:?}: {e} (try \"30s\")")))
+    }
+
+    /// For an optional duration (a missing key is `None` through `#[serde(default)]`).
+    pub fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        deserialize(d).map(Some)
     }
 }
 
@@ -162,6 +198,22 @@ mod tests {
         let err = Config::parse("[stack]\nname = \"a\"\nnmae = \"b\"\n").unwrap_err();
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("nmae"), "{err}");
+    }
+
+    #[test]
+    fn trust_settings() {
+        let cfg = Config::parse(
+            "[trust]\nkeys = []\nthreshold = 2\nrevoked = [\"ed25519:00\"]\nvalidity = \"14d\"\nexpired = \"warn\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.trust.threshold(), 2);
+        assert_eq!(cfg.trust.validity, Some(Duration::from_secs(14 * 86_400)));
+        assert_eq!(cfg.trust.expired, ExpiredPolicy::Warn);
+        let cfg = Config::parse("").unwrap();
+        assert_eq!(cfg.trust.threshold(), 1);
+        assert_eq!(cfg.trust.expired, ExpiredPolicy::Refuse);
+        let err = Config::parse("[trust]\nexpired = \"ignore\"\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]

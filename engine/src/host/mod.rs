@@ -8,6 +8,7 @@
 //!   undoes it on failure.
 //! - [`prove`]: run-pre matching of the patches a plan applies, before loading.
 //! - [`state`]: generations and the lock in the state directory.
+//! - [`strict`]: refusing files that a user other than root could change.
 //! - [`reconcile`]: one host's sync, plan, rollback and status, from the config, the
 //!   store and the kernel.
 
@@ -18,5 +19,6 @@ pub mod plan;
 pub mod prove;
 pub mod reconcile;
 pub mod state;
+pub mod strict;
 
 pub use plan::{Applied, Plan, Step, plan};
