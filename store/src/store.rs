@@ -556,43 +556,55 @@ impl Store {
 
     /// The header fields and message of the commit `id`, whose object is `data`.
     pub(crate) fn parse_commit(&self, id: ObjectId, data: &[u8]) -> Result<CommitInfo, StoreError> {
-        use gix::objs::commit::ref_iter::Token;
-        let malformed = |message: String| StoreError::Malformed {
-            what: CommitName(id).to_string(),
-            id,
-            message,
-        };
-        // Token by token: the fields `log` shows, each parsed once, and no error
-        // values built for the optional headers a commit does not have.
-        let (mut tree, mut parents, mut author, mut message) = (None, Vec::new(), None, None);
-        for token in gix::objs::CommitRefIter::from_bytes(data, self.repo.object_hash()) {
-            match token.map_err(|e| malformed(e.to_string()))? {
-                Token::Tree { id } => tree = Some(id),
-                Token::Parent { id } => parents.push(id),
-                Token::Author { signature } => author = Some(signature),
-                Token::Message(text) => message = Some(text),
-                Token::Committer { .. } | Token::Encoding(_) | Token::ExtraHeader(_) => {}
-            }
-        }
-        let (Some(tree), Some(author), Some(message)) = (tree, author, message) else {
-            return Err(malformed("incomplete commit".to_owned()));
-        };
-        let time = author.time().map(|t| t.seconds).unwrap_or(0);
-        let raw = message.to_str_lossy();
-        let (message, signer, approvals) = split_signer_trailers(&raw);
-        Ok(CommitInfo {
-            id,
-            tree,
-            parents,
-            author: author.name.to_str_lossy().into_owned(),
-            email: author.email.to_str_lossy().into_owned(),
-            time,
-            message: message.to_owned(),
-            signer,
-            approvals,
-        })
+        parse_commit_object(id, data, self.repo.object_hash())
     }
+}
 
+/// The header fields and message of the commit `id`, whose object is `data` (as a
+/// store or a pull reads it; public for the fuzz targets).
+pub fn parse_commit_object(
+    id: ObjectId,
+    data: &[u8],
+    hash: gix::hash::Kind,
+) -> Result<CommitInfo, StoreError> {
+    use gix::objs::commit::ref_iter::Token;
+    let malformed = |message: String| StoreError::Malformed {
+        what: CommitName(id).to_string(),
+        id,
+        message,
+    };
+    // Token by token: the fields `log` shows, each parsed once, and no error
+    // values built for the optional headers a commit does not have.
+    let (mut tree, mut parents, mut author, mut message) = (None, Vec::new(), None, None);
+    for token in gix::objs::CommitRefIter::from_bytes(data, hash) {
+        match token.map_err(|e| malformed(e.to_string()))? {
+            Token::Tree { id } => tree = Some(id),
+            Token::Parent { id } => parents.push(id),
+            Token::Author { signature } => author = Some(signature),
+            Token::Message(text) => message = Some(text),
+            Token::Committer { .. } | Token::Encoding(_) | Token::ExtraHeader(_) => {}
+        }
+    }
+    let (Some(tree), Some(author), Some(message)) = (tree, author, message) else {
+        return Err(malformed("incomplete commit".to_owned()));
+    };
+    let time = author.time().map(|t| t.seconds).unwrap_or(0);
+    let raw = message.to_str_lossy();
+    let (message, signer, approvals) = split_signer_trailers(&raw);
+    Ok(CommitInfo {
+        id,
+        tree,
+        parents,
+        author: author.name.to_str_lossy().into_owned(),
+        email: author.email.to_str_lossy().into_owned(),
+        time,
+        message: message.to_owned(),
+        signer,
+        approvals,
+    })
+}
+
+impl Store {
     /// The first-parent history from `start`, newest first, at most `limit` commits.
     /// Reads commit headers only, so it stays fast on long histories (see
     /// [`crate::history`]).

@@ -262,8 +262,15 @@ impl Host<'_> {
         if !pinned {
             let digest = verified.stack_sha256;
             match self.check_descent(identity, &wanted.name, commit, &digest) {
-                Err(e @ SyncError::Downgrade { .. }) if self.allow_downgrade => {
-                    desired.warnings.push(format!("--allow-downgrade: {e}"));
+                Err(SyncError::Downgrade {
+                    declared,
+                    base,
+                    why,
+                    ..
+                }) if self.allow_downgrade => {
+                    desired.warnings.push(format!(
+                        "--allow-downgrade: going back from commit {base} ({why}) to commit {declared}, which does not descend from it"
+                    ));
                 }
                 other => other?,
             }

@@ -21,10 +21,14 @@ const S_ISVTX: u32 = 0o1000;
 #[derive(Debug, thiserror::Error)]
 pub enum StrictError {
     #[error(
-        "{what} {path} is writable by {who} (owner uid {uid}, mode {mode:04o}): refusing to act on files another user can change"
+        "{} is writable by {who} (owner uid {uid}, mode {mode:04o}): refusing to act on files another user can change",
+        place(what, target, path)
     )]
     Writable {
         what: String,
+        /// The path that was checked.
+        target: PathBuf,
+        /// The path that is writable: it, a directory above it, or a file below it.
         path: PathBuf,
         who: &'static str,
         uid: u32,
@@ -37,6 +41,21 @@ pub enum StrictError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// How an error names the writable path: the checked one, or where it is.
+fn place(what: &str, target: &Path, path: &Path) -> String {
+    if path == target {
+        format!("{what} {}", path.display())
+    } else if target.starts_with(path) {
+        format!(
+            "{}, a directory above {what} {},",
+            path.display(),
+            target.display()
+        )
+    } else {
+        format!("{}, in {what} {},", path.display(), target.display())
+    }
 }
 
 /// What to check.
@@ -80,17 +99,18 @@ pub fn check(what: &str, path: &Path, scope: Scope) -> Result<(), StrictError> {
     let mut ancestors: Vec<&Path> = resolved.ancestors().collect();
     ancestors.reverse();
     let last = ancestors.len() - 1;
+    let target = if found { resolved.as_path() } else { &absolute };
     for (i, dir) in ancestors.iter().enumerate() {
         let is_target = i == last && found;
-        check_one(what, dir, !is_target)?;
+        check_one(what, target, dir, !is_target)?;
     }
     if scope == Scope::Tree && found && resolved.is_dir() {
-        check_below(what, &resolved, &resolved.join("objects"))?;
+        check_below(what, &resolved, &resolved, &resolved.join("objects"))?;
     }
     Ok(())
 }
 
-fn check_below(what: &str, dir: &Path, objects: &Path) -> Result<(), StrictError> {
+fn check_below(what: &str, target: &Path, dir: &Path, objects: &Path) -> Result<(), StrictError> {
     let io = |path: &Path, source| StrictError::Io {
         what: what.to_owned(),
         path: path.to_owned(),
@@ -101,10 +121,10 @@ fn check_below(what: &str, dir: &Path, objects: &Path) -> Result<(), StrictError
         let path = entry.path();
         let kind = entry.file_type().map_err(|e| io(&path, e))?;
         if kind.is_dir() {
-            check_one(what, &path, false)?;
-            check_below(what, &path, objects)?;
+            check_one(what, target, &path, false)?;
+            check_below(what, target, &path, objects)?;
         } else if !path.starts_with(objects) {
-            check_one(what, &path, false)?;
+            check_one(what, target, &path, false)?;
         }
     }
     Ok(())
@@ -112,7 +132,7 @@ fn check_below(what: &str, dir: &Path, objects: &Path) -> Result<(), StrictError
 
 /// Checks one path's owner and mode; `above` says it is a directory above the
 /// checked path (where a root-owned sticky directory is fine).
-fn check_one(what: &str, path: &Path, above: bool) -> Result<(), StrictError> {
+fn check_one(what: &str, target: &Path, path: &Path, above: bool) -> Result<(), StrictError> {
     let meta = std::fs::symlink_metadata(path).map_err(|source| StrictError::Io {
         what: what.to_owned(),
         path: path.to_owned(),
@@ -127,6 +147,7 @@ fn check_one(what: &str, path: &Path, above: bool) -> Result<(), StrictError> {
     let me = nix::unistd::geteuid().as_raw();
     let writable = |who| StrictError::Writable {
         what: what.to_owned(),
+        target: target.to_owned(),
         path: path.to_owned(),
         who,
         uid,
@@ -169,7 +190,7 @@ mod tests {
         check("store", &store, Scope::Tree).unwrap();
         set_mode(&store.join("refs/kstack/x"), 0o666);
         let err = check("store", &store, Scope::Tree).unwrap_err();
-        assert!(err.to_string().contains("refs/kstack/x"), "{err}");
+        assert!(err.to_string().contains("refs/kstack/x, in store"), "{err}");
         assert!(err.to_string().contains("every user"), "{err}");
         set_mode(&store.join("refs/kstack/x"), 0o644);
         set_mode(&store.join("objects/ab"), 0o777);
@@ -180,7 +201,11 @@ mod tests {
         set_mode(dir.path(), 0o777);
         let err = check("config", &store, Scope::Path).unwrap_err();
         assert!(
-            err.to_string().contains(&dir.path().display().to_string()),
+            err.to_string().contains(&format!(
+                "{}, a directory above config {}",
+                dir.path().display(),
+                store.display()
+            )),
             "{err}"
         );
         set_mode(dir.path(), 0o1777);
