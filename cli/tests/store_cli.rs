@@ -294,3 +294,36 @@ fn errors_in_json() {
         "{v}"
     );
 }
+
+/// `verify --image` with the image of another kernel build: refused as sync would
+/// refuse the stack on that kernel, before any code is compared, and worded as an
+/// image check.
+#[test]
+fn verify_image_of_another_build_is_refused() {
+    use kstack_fixtures::{FakeCompression, fake_bzimage, fake_vmlinux};
+    let env = Env::new();
+    env.commit("fix-cmdline", &["cmdline_proc_show"]);
+    let other = fake_bzimage(&fake_vmlinux(&[0x54; 20], 4096), FakeCompression::Gzip);
+    std::fs::write(env.path("vmlinuz-other"), other).unwrap();
+    std::fs::write(env.path("kallsyms"), "ffffffff81000000 T _stext\n").unwrap();
+    let out = env.run(&[
+        "verify",
+        "prod",
+        "--image",
+        "vmlinuz-other",
+        "--kallsyms",
+        "kallsyms",
+    ]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(65), "{text}\n{}", stderr(&out));
+    assert!(
+        text.starts_with("FAIL  prod: image check: vmlinuz-other is kernel build ID 5454"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("the stack is pinned to {BUILD_ID}")),
+        "{text}"
+    );
+    assert!(!text.contains("ok "), "{text}");
+    assert!(!text.contains("running code"), "{text}");
+}

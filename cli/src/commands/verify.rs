@@ -74,18 +74,48 @@ pub fn cmd_verify(ui: &Ui, global: &GlobalArgs, args: VerifyArgs) -> Result<Exit
             .map(|(stack, head)| (stack.to_string(), head, Some(stack)))
             .collect(),
     };
-    let matcher = Matcher::new(&args)?;
+    // An image is for one kernel build: its code proves nothing for a stack pinned to
+    // another, however alike their functions are (sync would refuse that stack on
+    // that kernel). Its identity is read first; its text and symbols only when a
+    // stack is for it.
+    let image_identity = match &args.image {
+        Some(path) => Some(
+            kstack_store::ident::image_identity(path)
+                .map_err(|e| CliError::from(e).with_kind(Kind::Data))?,
+        ),
+        None => None,
+    };
+    let mut matcher: Option<Matcher> = None;
     let mut results = Vec::new();
     let mut failed = 0;
     for (name, commit, stack) in &targets {
-        let outcome = store
+        let checked = store
             .verify(*commit, stack.as_ref(), &policy)
             .and_then(|v| store.history_headers(*commit, None).map(|h| (v, h)))
             .map_err(|e| error_chain(&e))
-            .and_then(|(v, headers)| {
-                let proof = matcher.prove(&v)?;
-                Ok((v, headers, proof))
+            .and_then(|(v, headers)| match (&image_identity, &args.image) {
+                (Some(image), Some(path)) if image.build_id != v.stack.build_id => Err(format!(
+                    "image check: {} is kernel build ID {} ({}), but the stack is pinned to {} ({}): \
+                     its code says nothing about the kernel the stack is for, where sync would refuse it",
+                    path.display(),
+                    image.build_id,
+                    image.release.as_deref().unwrap_or("release unknown"),
+                    v.stack.build_id,
+                    v.stack.kernel_release
+                )),
+                _ => Ok((v, headers)),
             });
+        let outcome = match checked {
+            Ok((v, headers)) => {
+                let matcher = match &matcher {
+                    Some(m) => m,
+                    None => matcher.insert(Matcher::new(&args, image_identity.as_ref())?),
+                };
+                matcher.prove(&v).map(|proof| (v, headers, proof))
+            }
+            Err(e) => Err(e),
+        };
+        let against = matcher.as_ref().map_or(Against::Running, Matcher::against);
         match outcome {
             Ok((v, headers, proof)) => {
                 let history = headers.len();
@@ -98,7 +128,7 @@ pub fn cmd_verify(ui: &Ui, global: &GlobalArgs, args: VerifyArgs) -> Result<Exit
                     .filter(|h| policy.judge(&h.signers).is_err())
                     .count();
                 for line in proof.iter().flat_map(|p| &p.lines) {
-                    ui.line(format!("      {} {line}", matcher.against().key()));
+                    ui.line(format!("      {} {line}", against.key()));
                 }
                 let signers: Vec<String> = v.signers.iter().map(ToString::to_string).collect();
                 let window = v.stack.validity.as_ref().map_or_else(
@@ -119,7 +149,7 @@ pub fn cmd_verify(ui: &Ui, global: &GlobalArgs, args: VerifyArgs) -> Result<Exit
                     signers.join(", ")
                 ));
                 if let Some(p) = &proof
-                    && matcher.against() == Against::Image
+                    && against == Against::Image
                 {
                     ui.line(format!(
                         "      image check only: {} function(s) match the image's code; the running kernel was not read",
@@ -136,9 +166,7 @@ pub fn cmd_verify(ui: &Ui, global: &GlobalArgs, args: VerifyArgs) -> Result<Exit
                     signer: v.signer.to_string(),
                     signers,
                     validity: v.stack.validity.as_ref().map(ValidityJson::from),
-                    run_pre: proof
-                        .as_ref()
-                        .map(|p| RunPreJson::new(p, matcher.against().key())),
+                    run_pre: proof.as_ref().map(|p| RunPreJson::new(p, against.key())),
                 });
             }
             Err(message) => {
@@ -182,15 +210,14 @@ enum Matcher {
         /// The image's modules (the image package's, from the cache), for patches
         /// of modules.
         modules: Option<kstack_engine::runpre::ModulesDir>,
-        /// The image's own identity: its code proves nothing for a stack pinned to
-        /// another build, however alike the functions are.
-        identity: kstack_store::ident::KernelIdentity,
-        path: std::path::PathBuf,
     },
 }
 
 impl Matcher {
-    fn new(args: &VerifyArgs) -> Result<Matcher, CliError> {
+    fn new(
+        args: &VerifyArgs,
+        identity: Option<&kstack_store::ident::KernelIdentity>,
+    ) -> Result<Matcher, CliError> {
         // Whatever stops reading the image or its symbols, the image is not usable.
         let data = |e: CliError| e.with_kind(Kind::Data);
         if args.running {
@@ -200,8 +227,10 @@ impl Matcher {
             return Ok(Matcher::None);
         };
         let text = kstack_engine::runpre::ImageText::open(image).map_err(|e| data(e.into()))?;
-        let identity = kstack_store::ident::image_identity(image).map_err(|e| data(e.into()))?;
-        let build_id = identity.build_id.clone();
+        let build_id = match identity {
+            Some(identity) => identity.build_id.clone(),
+            None => kstack_store::ident::image_build_id(image).map_err(|e| data(e.into()))?,
+        };
         let cached =
             kstack_engine::builder::assets::Cache::from_env().kernel_with_build_id(&build_id);
         let modules = cached
@@ -229,8 +258,6 @@ impl Matcher {
             text,
             symbols,
             modules,
-            identity,
-            path: image.clone(),
         })
     }
 
@@ -255,30 +282,14 @@ impl Matcher {
                 text,
                 symbols,
                 modules,
-                identity,
-                path,
-            } => {
-                // As sync refuses a stack for another kernel, before comparing code.
-                if identity.build_id != stack.stack.build_id {
-                    return Err(format!(
-                        "image check: {} is kernel build ID {} ({}), but the stack is pinned to {} ({}): \
-                         its code says nothing about the kernel the stack is for (sync would refuse it there)",
-                        path.display(),
-                        identity.build_id,
-                        identity.release.as_deref().unwrap_or("release unknown"),
-                        stack.stack.build_id,
-                        stack.stack.kernel_release
-                    ));
-                }
-                prove::prove(
-                    &patches,
-                    &|_| true,
-                    text,
-                    symbols,
-                    modules.as_ref(),
-                    Against::Image,
-                )
-            }
+            } => prove::prove(
+                &patches,
+                &|_| true,
+                text,
+                symbols,
+                modules.as_ref(),
+                Against::Image,
+            ),
         };
         let what = match self.against() {
             Against::Image => "image check",
