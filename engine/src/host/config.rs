@@ -201,6 +201,26 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_parses() {
+        let text = include_str!("../../../examples/kstack.toml");
+        let cfg = Config::parse(text).unwrap();
+        assert_eq!(cfg.trust.threshold(), 1);
+        // Every commented-out setting parses too.
+        let all: String = text
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|l| l.contains(" = "))
+                    .unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg = Config::parse(&all).unwrap_or_else(|e| panic!("{e}\n{all}"));
+        assert_eq!(cfg.trust.threshold(), 2);
+        assert_eq!(cfg.trust.expired, ExpiredPolicy::Refuse);
+    }
+
+    #[test]
     fn trust_settings() {
         let cfg = Config::parse(
             "[trust]\nkeys = []\nthreshold = 2\nrevoked = [\"ed25519:00\"]\nvalidity = \"14d\"\nexpired = \"warn\"\n",
