@@ -76,7 +76,8 @@ fn a_commit_of_a_kernel_git_tree_builds() {
             "stack",
             "kernel_release",
             "patch",
-            "signer"
+            "signer",
+            "validity"
         ]),
         "{report}"
     );

@@ -788,3 +788,6 @@ impl Host<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -453,7 +453,10 @@ mod tests {
             without_line_numbers(b"field \"dentry->d_iname\" at fs/dcache.c:2930"),
             b"field \"dentry->d_iname\" at fs/dcache.c:#"
         );
-        assert_eq!(without_line_numbers(b"a.h:12 and x:3 c:4"), b"a.h:# and x:3 c:4");
+        assert_eq!(
+            without_line_numbers(b"a.h:12 and x:3 c:4"),
+            b"a.h:# and x:3 c:4"
+        );
         assert_eq!(without_line_numbers(b"version 1.2"), b"version 1.2");
     }
 
