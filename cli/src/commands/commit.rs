@@ -90,6 +90,11 @@ pub struct CommitArgs {
     /// The private key to sign with [default: the config's [trust] signing_key]
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// Compile every unit with kbuild in a full copy of the source tree, as the first
+    /// build for a kernel does, instead of reusing what earlier builds for the kernel
+    /// recorded (objects before the change, compile commands)
+    #[arg(long, conflicts_with = "module")]
+    pub no_cache: bool,
 }
 
 pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<ExitCode, CliError> {
@@ -132,7 +137,8 @@ pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<Exit
             if let Some(note) = &new_stack {
                 ui.status(note);
             }
-            let mut patch = super::commit_diff::build(ui, checked, &name, module_signer)?;
+            let mut patch =
+                super::commit_diff::build(ui, checked, &name, module_signer, !args.no_cache)?;
             patch.functions.extend(args.functions.iter().cloned());
             patch
         }

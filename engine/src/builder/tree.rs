@@ -12,6 +12,8 @@ use std::process::Command;
 
 use kstack_kfacts::livepatch::VMLINUX;
 
+use super::units::UnitCommand;
+
 /// What every pre and post object is compiled with, on top of the kernel's flags:
 /// one section per function and per data object, so the differ can compare them one
 /// by one (DESIGN.md, "Builder").
@@ -102,6 +104,60 @@ impl WorkTree {
         let generated = std::fs::read_to_string(&list).map_err(io(&list))?;
         for rel in generated.lines().filter(|l| !l.is_empty()) {
             unshare(&dir.path().join(rel))?;
+        }
+        Ok(WorkTree {
+            dir,
+            release: release.to_owned(),
+        })
+    }
+
+    /// A work tree that shares `prepared` through symbolic links: only the
+    /// directories on the way to `paths` (the files the diffs change, relative to
+    /// the top) are real directories, holding links to their other entries, and the
+    /// files of `paths` are copies. Cheap to make, whatever the size of the tree,
+    /// but only for compiling with recorded commands ([`WorkTree::compile_recorded`]),
+    /// which write nothing outside those directories: kbuild itself writes all over
+    /// a tree and needs [`WorkTree::new`].
+    pub fn sparse(
+        prepared: &Path,
+        parent: &Path,
+        release: &str,
+        paths: &[String],
+    ) -> Result<WorkTree, TreeError> {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+        let dir = tempfile::Builder::new()
+            .prefix("build-")
+            .tempdir_in(parent)
+            .map_err(io(parent))?;
+        // Every directory on the way to a changed file, the top included.
+        let mut real: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
+        let mut copies: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
+        for path in paths {
+            let path = Path::new(path);
+            copies.insert(path.to_owned());
+            real.extend(path.ancestors().skip(1).map(Path::to_owned));
+        }
+        // Parents sort before their children.
+        for rel in &real {
+            let at = dir.path().join(rel);
+            std::fs::create_dir_all(&at).map_err(io(&at))?;
+            let from = prepared.join(rel);
+            let Ok(entries) = std::fs::read_dir(&from) else {
+                continue; // a directory a diff creates
+            };
+            for entry in entries {
+                let entry = entry.map_err(io(&from))?;
+                let name = rel.join(entry.file_name());
+                let target = dir.path().join(&name);
+                if real.contains(&name) {
+                    continue;
+                }
+                if copies.contains(&name) {
+                    std::fs::copy(entry.path(), &target).map_err(io(&target))?;
+                } else {
+                    std::os::unix::fs::symlink(entry.path(), &target).map_err(io(&target))?;
+                }
+            }
         }
         Ok(WorkTree {
             dir,
@@ -237,6 +293,64 @@ impl WorkTree {
                 output: stderr,
             });
         }
+        self.collect(units, out)
+    }
+
+    /// Compiles translation units with the commands kbuild ran for them before
+    /// ([`super::units`]), from the top of the tree, as many at once as there are
+    /// CPUs; copies each object to `out` as [`WorkTree::compile`] does.
+    pub fn compile_recorded(
+        &self,
+        commands: &[UnitCommand],
+        out: &Path,
+    ) -> Result<Vec<PathBuf>, TreeError> {
+        std::fs::create_dir_all(out).map_err(io(out))?;
+        let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+        for batch in commands.chunks(jobs) {
+            let mut children = Vec::new();
+            for c in batch {
+                // The outputs are new files: never a write through a link into the
+                // shared tree, never a stale object taken for a fresh one.
+                let object = self.path().join(&c.unit);
+                let _ = std::fs::remove_file(&object);
+                let _ = std::fs::remove_file(object.with_file_name(format!(
+                    ".{}.d",
+                    object.file_name().and_then(|n| n.to_str()).unwrap_or_default()
+                )));
+                let child = Command::new("sh")
+                    .arg("-c")
+                    .arg(&c.command)
+                    .current_dir(self.path())
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .map_err(|e| spawn_error("sh", e))?;
+                children.push((c, child));
+            }
+            for (c, child) in children {
+                let output = child.wait_with_output().map_err(|e| TreeError::Command {
+                    command: c.command.clone(),
+                    output: e.to_string(),
+                })?;
+                if !output.status.success() {
+                    return Err(TreeError::Compile {
+                        units: c.unit.clone(),
+                        output: format!(
+                            "{}{}",
+                            String::from_utf8_lossy(&output.stdout),
+                            String::from_utf8_lossy(&output.stderr)
+                        ),
+                    });
+                }
+            }
+        }
+        let units: Vec<String> = commands.iter().map(|c| c.unit.clone()).collect();
+        self.collect(&units, out)
+    }
+
+    /// Copies each unit's object to `out/<unit path with / as __>`.
+    fn collect(&self, units: &[String], out: &Path) -> Result<Vec<PathBuf>, TreeError> {
         let mut objects = Vec::new();
         for unit in units {
             let src = self.path().join(unit);
@@ -254,14 +368,7 @@ impl WorkTree {
     /// its `KBUILD_MODNAME`, else `vmlinux`. Read from kbuild's record of the compile
     /// (`dir/.unit.o.cmd`).
     pub fn unit_object(&self, unit: &str) -> Result<String, TreeError> {
-        let path = Path::new(unit);
-        let cmd = self
-            .path()
-            .join(path.parent().unwrap_or(Path::new("")))
-            .join(format!(
-                ".{}.cmd",
-                path.file_name().and_then(|n| n.to_str()).unwrap_or(unit)
-            ));
+        let cmd = super::units::cmd_file(self.path(), unit);
         let missing = || TreeError::NoCompileRecord {
             unit: unit.to_owned(),
             cmd: cmd.clone(),
@@ -269,7 +376,7 @@ impl WorkTree {
         let text = std::fs::read_to_string(&cmd).map_err(|_| missing())?;
         let line = text
             .lines()
-            .find(|l| l.starts_with("cmd_"))
+            .find(|l| l.starts_with("cmd_") || l.starts_with("savedcmd_"))
             .ok_or_else(missing)?;
         Ok(object_of_compile(line).unwrap_or_else(|| VMLINUX.to_owned()))
     }
@@ -277,7 +384,7 @@ impl WorkTree {
 
 /// The module a compile command builds for (`-DMODULE` and
 /// `-DKBUILD_MODNAME='"xfs"'`, scripts/Makefile.lib `modname_flags`), if any.
-fn object_of_compile(command: &str) -> Option<String> {
+pub(crate) fn object_of_compile(command: &str) -> Option<String> {
     let words: Vec<&str> = command.split_whitespace().collect();
     if !words.contains(&"-DMODULE") {
         return None;
