@@ -139,6 +139,12 @@ fn main() {
             continue;
         }
         rows.push(row);
+        // The table so far, so that a run cut short still says what it found.
+        std::fs::write(
+            out_dir.join("report.md"),
+            report(&rows, &[], not_built, seed),
+        )
+        .unwrap();
     }
 
     eprintln!("==> the class cases on the set-up kernel");
