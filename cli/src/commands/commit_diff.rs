@@ -122,5 +122,8 @@ pub fn build(
         ));
     }
     ui.status(format!("  {}", built.reused.describe()));
+    for note in &built.notes {
+        ui.status(format!("note: {note}"));
+    }
     Ok(change.into_patch(name, built))
 }

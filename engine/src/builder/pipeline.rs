@@ -172,6 +172,8 @@ pub struct Built {
     pub timings: Vec<(Phase, Duration)>,
     /// What the build took from earlier builds for the kernel.
     pub reused: Reused,
+    /// What the patch leaves out on purpose and its user should know.
+    pub notes: Vec<String>,
 }
 
 /// What a build took from the records of earlier builds ([`super::units`]).
@@ -479,6 +481,7 @@ pub fn build(
     // Per object (vmlinux first, then modules by name): its klp_func lines.
     let mut table: BTreeMap<(bool, String), Vec<String>> = BTreeMap::new();
     let mut functions = Vec::new();
+    let mut notes = Vec::new();
     for (index, (unit, report)) in reports.iter().enumerate() {
         let specs: Vec<klp::FunctionSpec> = report
             .patched_functions()
@@ -513,6 +516,7 @@ pub fn build(
             unit: unit.clone(),
             source: Box::new(source),
         })?;
+        notes.extend(extracted.notes.iter().cloned());
         let object = module_dir.join(format!("kstack_unit{index}.o_shipped"));
         std::fs::write(&object, &extracted.object).map_err(io(&object))?;
         sources.push(object);
@@ -602,6 +606,7 @@ pub fn build(
         before,
         timings,
         reused,
+        notes,
     })
 }
 
