@@ -1,7 +1,10 @@
 //! The builder through `kstack commit`, with no VM: a commit of a kernel Git tree,
-//! and two builds at once. Building, applying and checking the example patches in
+//! two builds at once, and changes refused for what they are (a file the
+//! configuration does not build, a struct layout change, a header too broad). Building, applying and checking the example patches in
 //! the VM is `vm_build`. (The first build for a kernel boots it once, to capture its
 //! kallsyms; later builds read them from the cache.)
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns: a failure is a test failure
 
 use kstack_tests::{CliStore, example_patch, kernel};
 
@@ -189,4 +192,215 @@ fn a_module_fix_builds_and_is_proven_against_the_image_packages_ko() {
             .arg(kernel().vmlinuz()),
     );
     assert!(out.contains("xfs_stats_format: matches"), "{out}");
+}
+
+/// A unified diff of `file` of the kernel source, with `from` replaced by `to`.
+fn source_diff(message: &str, file: &str, from: &str, to: &str) -> tempfile::NamedTempFile {
+    let tree = kernel().source().expect("run `cargo xtask setup`");
+    let before = std::fs::read_to_string(tree.join(file)).unwrap();
+    assert!(before.contains(from), "{file} has no {from:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::write(&a, &before).unwrap();
+    std::fs::write(&b, before.replacen(from, to, 1)).unwrap();
+    let out = std::process::Command::new("diff")
+        .args([
+            "-u",
+            "--label",
+            &format!("a/{file}"),
+            "--label",
+            &format!("b/{file}"),
+        ])
+        .args([&a, &b])
+        .output()
+        .unwrap();
+    let diff = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        diff.path(),
+        format!("{message}\n\n{}", String::from_utf8_lossy(&out.stdout)),
+    )
+    .unwrap();
+    diff
+}
+
+/// `kstack commit` of a diff that must be refused: its exit status and stderr.
+fn commit_refused(diff: &std::path::Path) -> (Option<i32>, String) {
+    let store = CliStore::new();
+    let out = kstack_tests::kstack_cli()
+        .arg("--store")
+        .arg(&store.store)
+        .args(["commit", "--stack", "refused", "--key"])
+        .arg(&store.key)
+        .arg(diff)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A new member of a struct the running kernel already has objects of is refused
+/// (exit 65), naming the type and pointing to shadow variables: the DWARF of the
+/// compiled units says the layout changed.
+#[test]
+fn a_struct_layout_change_is_refused_with_the_type_named() {
+    let diff = source_diff(
+        "proc: remember close-on-exec with each fd entry",
+        "fs/proc/fd.c",
+        "struct fd_data {\n\tfmode_t mode;\n\tunsigned fd;\n};",
+        "struct fd_data {\n\tfmode_t mode;\n\tunsigned fd;\n\tbool cloexec;\n};",
+    );
+    let (code, stderr) = commit_refused(diff.path());
+    assert_eq!(code, Some(65), "{stderr}");
+    assert!(
+        stderr.contains("struct fd_data: its layout changes"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("added cloexec@8: bool=_Bool(1)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("shadow variable"), "{stderr}");
+}
+
+/// A header that more units include than a live patch should rebuild is refused
+/// (exit 65) with the count kbuild's preprocessing confirmed, not compiled.
+#[test]
+fn a_header_too_many_units_include_is_refused() {
+    let diff = source_diff(
+        "utsname: a change every user of utsname() would see",
+        "include/linux/utsname.h",
+        "static inline struct new_utsname *utsname(void)\n{",
+        "static inline struct new_utsname *utsname(void)\n{\n\tbarrier();",
+    );
+    let (code, stderr) = commit_refused(diff.path());
+    assert_eq!(code, Some(65), "{stderr}");
+    assert!(
+        stderr.contains("the diff changes header include/linux/utsname.h, which at least 33"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("may reach 32"), "{stderr}");
+}
+
+/// A change that compiles to the code the kernel already runs (a zero-initialisation
+/// that `CONFIG_INIT_STACK_ALL_ZERO` already does) makes no patch: exit status 3, and
+/// a message that says so.
+#[test]
+fn a_change_that_compiles_to_identical_code_makes_no_patch() {
+    let diff = source_diff(
+        "loadavg: initialise the averages",
+        "fs/proc/loadavg.c",
+        "\tunsigned long avnrun[3];\n",
+        "\tunsigned long avnrun[3] = {};\n",
+    );
+    let (code, stderr) = commit_refused(diff.path());
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("compiles to the same code as before"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("CONFIG_INIT_STACK_ALL_ZERO"), "{stderr}");
+}
+
+/// A unit built once for a kernel is built again from what that build recorded: its
+/// pre object (the same for every patch on the same base) and kbuild's compile
+/// command, run in a tree of links instead of a full copy. The module is the same
+/// code as kbuild's, and neither build writes into the kernel's prepared tree.
+#[test]
+fn a_second_build_of_a_unit_reuses_its_records_and_builds_the_same_code() {
+    let source = kernel().source().expect("run `cargo xtask setup`");
+    let started = std::time::SystemTime::now();
+    let patch = example_patch("0004-loadavg-running-percent.diff");
+    let build = |extra: &[&str]| {
+        let store = CliStore::new();
+        let out = kstack_tests::kstack_cli()
+            .arg("--store")
+            .arg(&store.store)
+            .args(["commit", "--stack", "reuse", "--key"])
+            .arg(&store.key)
+            .args(extra)
+            .arg(&patch)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        let module = stored_module(&store.store);
+        (stderr, module)
+    };
+    let (first, kbuild_module) = build(&["--no-cache"]);
+    assert!(
+        first.contains("0 of 1 unit(s) before the change kept")
+            && first.contains("compiled by kbuild in a copy of the tree"),
+        "{first}"
+    );
+    let (second, recorded_module) = build(&[]);
+    assert!(
+        second.contains("1 of 1 unit(s) before the change kept")
+            && second.contains("compiled with the commands kbuild ran before"),
+        "{second}"
+    );
+    assert_eq!(
+        without_build_id(&kbuild_module),
+        without_build_id(&recorded_module),
+        "the recorded compile built other code than kbuild"
+    );
+    let written = newer_files(&source, started);
+    assert!(
+        written.is_empty(),
+        "builds wrote into the prepared tree: {written:?}"
+    );
+}
+
+/// The module of the only patch of the only stack of `store`.
+fn stored_module(store: &std::path::Path) -> Vec<u8> {
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(store)
+            .args(args)
+            .output()
+            .expect("git (run `cargo xtask setup`)");
+        assert!(out.status.success(), "git {args:?}");
+        out.stdout
+    };
+    let refs =
+        String::from_utf8(git(&["for-each-ref", "--format=%(refname)", "refs/kstack"])).unwrap();
+    let head = refs.lines().next().unwrap().to_owned();
+    let files = String::from_utf8(git(&["ls-tree", "-r", "--name-only", &head])).unwrap();
+    let module = files.lines().find(|f| f.ends_with("/module.ko")).unwrap();
+    git(&["show", &format!("{head}:{module}")])
+}
+
+/// A module's bytes with its build ID zeroed: the linker's hash of every byte,
+/// paths of the temporary build directory included.
+fn without_build_id(module: &[u8]) -> Vec<u8> {
+    use object::{Object, ObjectSection};
+    let file = object::File::parse(module).unwrap();
+    let mut bytes = module.to_vec();
+    if let Some((start, len)) = file
+        .section_by_name(".note.gnu.build-id")
+        .and_then(|s| s.file_range())
+    {
+        bytes[start as usize..(start + len) as usize].fill(0);
+    }
+    bytes
+}
+
+/// Files under `dir` modified since `since`.
+fn newer_files(dir: &std::path::Path, since: std::time::SystemTime) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.path().symlink_metadata().unwrap();
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if meta.modified().unwrap() >= since {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
 }

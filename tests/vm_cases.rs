@@ -6,7 +6,10 @@
 //! - `new-static-counter`: new static data the patch module allocates (class 2);
 //! - `print-once`: a once-only flag, carried as a fresh copy (class 3);
 //! - `shared-globals`: a new global variable and function of one file used from
-//!   another file of the same diff (class 5).
+//!   another file of the same diff (class 5);
+//! - `syscall-newuname`: a `SYSCALL_DEFINE` body without fentry, reached through
+//!   its patched callers (class 6);
+//! - `sched-text-nanosleep`: a function of `.sched.text`, carried alone (class 8).
 
 #![allow(clippy::unwrap_used)] // a test: any failure should stop it loudly
 
@@ -28,7 +31,7 @@ fn cases() -> Vec<PathBuf> {
 #[test]
 fn each_class_of_change_builds_applies_checks_and_reverts() {
     let cases = cases();
-    assert!(cases.len() >= 4, "{cases:?}");
+    assert!(cases.len() >= 6, "{cases:?}");
     let store = CliStore::new();
     let mut checks = Vec::new();
     for case in &cases {

@@ -10,7 +10,8 @@
 use kstack_engine::host::Step;
 use kstack_engine::host::exec::StepTiming;
 use kstack_engine::host::prove::Proof;
-use kstack_engine::host::reconcile::{AppliedPatch, Prepared, Status, Synced};
+use kstack_engine::host::reconcile::{AppliedPatch, ModuleSigning, Prepared, Status, Synced};
+use kstack_engine::host::signatures::{ModuleCheck, SignatureReport, Trust, Verdict};
 use kstack_engine::host::state::Generation;
 use kstack_store::model::{Artifact, PatchSource};
 use kstack_store::store::{CommitInfo, StackId, format_time};
@@ -150,6 +151,8 @@ pub struct CommitJson {
     /// Whether those signers satisfy the config's trust policy (`[trust] keys`,
     /// `threshold`, `revoked`).
     pub trusted: bool,
+    /// The commit this one promoted (`kstack promote`), as its message says.
+    pub promoted_from: Option<PromotedFromJson>,
 }
 
 impl CommitJson {
@@ -160,10 +163,12 @@ impl CommitJson {
             author: c.author.clone(),
             email: c.email.clone(),
             time: format_time(c.time),
-            message: c.message.clone(),
+            message: kstack_store::promote::without_trailer(&c.message).to_owned(),
             signer: c.signer.map(|k| k.to_string()),
             signers,
             trusted,
+            promoted_from: kstack_store::promote::promoted_from(&c.message)
+                .map(|(stack, commit)| PromotedFromJson { stack, commit }),
         }
     }
 }
@@ -191,6 +196,8 @@ pub struct ShowOutput {
     pub validity: Option<ValidityJson>,
     /// Always true: a commit that fails verification is an error, not output.
     pub verified: bool,
+    /// The commit this one promoted, from the signed `stack.toml`.
+    pub promoted_from: Option<PromotedFromJson>,
     /// In load order.
     pub patches: Vec<PatchJson>,
 }
@@ -359,6 +366,32 @@ pub struct RenewOutput {
     pub signer: String,
 }
 
+/// `kstack promote`.
+#[derive(Debug, Serialize)]
+pub struct PromoteOutput {
+    /// The destination stack's head after the command: the new commit, or the head
+    /// that already had these patches.
+    pub commit: Option<String>,
+    /// The head the new commit was made on, `null` for a new stack or no change.
+    pub parent: Option<String>,
+    /// The destination stack.
+    pub stack: StackJson,
+    pub promoted_from: PromotedFromJson,
+    /// False when the destination already had exactly these patches.
+    pub changed: bool,
+    /// The new commit's signed validity window; `null` when nothing was committed.
+    pub validity: Option<ValidityJson>,
+    /// The patches' names, in load order.
+    pub patches: Vec<String>,
+}
+
+/// The commit a promotion took its patches from.
+#[derive(Debug, Serialize)]
+pub struct PromotedFromJson {
+    pub stack: String,
+    pub commit: String,
+}
+
 /// `kstack pull`.
 #[derive(Debug, Serialize)]
 pub struct PullOutput {
@@ -433,6 +466,65 @@ pub struct StatusOutput {
     pub validity: Option<ValidityJson>,
     /// Who signed the current generation's commit.
     pub signers: Vec<String>,
+    pub module_signing: ModuleSigningJson,
+    /// How the last sync or rollback ended; `null` before the first.
+    pub last_sync: Option<LastSyncJson>,
+}
+
+/// The last sync or rollback that held the lock.
+#[derive(Debug, Serialize)]
+pub struct LastSyncJson {
+    /// `sync` or `rollback`.
+    pub operation: String,
+    pub finished_at: String,
+    pub ok: bool,
+    /// The generation the host was on after it.
+    pub generation: Option<u64>,
+    /// Why it failed, `null` when it did not.
+    pub error: Option<String>,
+}
+
+/// The kernel's module signature enforcement (`status`).
+#[derive(Debug, Serialize)]
+pub struct ModuleSigningJson {
+    /// Whether the kernel refuses modules without a valid signature by a trusted key.
+    pub enforced: bool,
+    /// `module.sig_enforce`, `null` when unknown.
+    pub sig_enforce: Option<bool>,
+    /// `none`, `integrity` or `confidentiality`; `null` when unknown.
+    pub lockdown: Option<String>,
+    pub secure_boot: Option<bool>,
+    /// The keys module signatures are checked against, `null` when they cannot be
+    /// listed.
+    pub trusted_keys: Option<Vec<TrustedKeyJson>>,
+    /// Why they cannot be listed.
+    pub trusted_keys_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TrustedKeyJson {
+    pub keyring: String,
+    pub description: String,
+}
+
+impl From<&ModuleSigning> for ModuleSigningJson {
+    fn from(m: &ModuleSigning) -> Self {
+        ModuleSigningJson {
+            enforced: m.enforced,
+            sig_enforce: m.enforcement.sig_enforce,
+            lockdown: m.enforcement.lockdown.clone(),
+            secure_boot: m.enforcement.secure_boot,
+            trusted_keys: m.trusted_keys.as_ref().map(|keys| {
+                keys.iter()
+                    .map(|k| TrustedKeyJson {
+                        keyring: k.keyring.clone(),
+                        description: k.description.clone(),
+                    })
+                    .collect()
+            }),
+            trusted_keys_error: m.trusted_keys_error.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -490,6 +582,14 @@ impl From<&Status> for StatusOutput {
             taint_flags: s.taint_flags.clone(),
             validity: s.validity.as_ref().map(ValidityJson::from),
             signers: s.signers.iter().map(ToString::to_string).collect(),
+            module_signing: ModuleSigningJson::from(&s.module_signing),
+            last_sync: s.last_sync.as_ref().map(|l| LastSyncJson {
+                operation: l.operation.clone(),
+                finished_at: l.finished_at.clone(),
+                ok: l.ok,
+                generation: l.generation,
+                error: l.error.clone(),
+            }),
         }
     }
 }
@@ -516,6 +616,68 @@ pub struct PlanOutput {
     /// "warn"`, a pin, a rollback), a downgrade allowed by `--allow-downgrade`, a
     /// commit without a window.
     pub warnings: Vec<String>,
+    pub signatures: PlanSignatures,
+}
+
+/// The signatures of the modules a plan applies, as the kernel will judge them.
+#[derive(Debug, Serialize)]
+pub struct PlanSignatures {
+    /// Whether the kernel enforces module signatures.
+    pub enforced: bool,
+    /// Why (`module.sig_enforce=1`, `lockdown=integrity`), empty when it does not.
+    pub reasons: Vec<String>,
+    /// One per module to apply.
+    pub modules: Vec<ModuleSignatureJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModuleSignatureJson {
+    pub module: String,
+    pub patch: String,
+    /// `unsigned`, `malformed` or `signed`.
+    pub signature: &'static str,
+    /// The key the signature names (`key id <hex>` or `issuer "...", serial <hex>`).
+    pub signer: Option<String>,
+    /// `trusted`, `untrusted` or `unknown`; `null` when not signed.
+    pub trust: Option<&'static str>,
+    /// The verdict in words.
+    pub detail: String,
+}
+
+impl From<&ModuleCheck> for ModuleSignatureJson {
+    fn from(m: &ModuleCheck) -> Self {
+        let (signature, signer, trust) = match &m.verdict {
+            Verdict::Unsigned => ("unsigned", None, None),
+            Verdict::Malformed(_) => ("malformed", None, None),
+            Verdict::Signed { signer, trust } => (
+                "signed",
+                Some(signer.to_string()),
+                Some(match trust {
+                    Trust::Trusted { .. } => "trusted",
+                    Trust::NotTrusted => "untrusted",
+                    Trust::Unknown(_) => "unknown",
+                }),
+            ),
+        };
+        ModuleSignatureJson {
+            module: m.module.clone(),
+            patch: m.patch.clone(),
+            signature,
+            signer,
+            trust,
+            detail: m.describe(),
+        }
+    }
+}
+
+impl From<&SignatureReport> for PlanSignatures {
+    fn from(r: &SignatureReport) -> Self {
+        PlanSignatures {
+            enforced: r.enforcement.enforced(),
+            reasons: r.enforcement.reasons(),
+            modules: r.modules.iter().map(ModuleSignatureJson::from).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -584,6 +746,7 @@ impl From<&Prepared> for PlanOutput {
                 .and_then(|s| s.stack.validity.as_ref())
                 .map(ValidityJson::from),
             warnings: p.desired.warnings.clone(),
+            signatures: PlanSignatures::from(&p.signatures),
         }
     }
 }

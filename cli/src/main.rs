@@ -7,6 +7,7 @@ mod commands;
 mod context;
 mod error;
 mod json;
+mod metrics;
 mod ui;
 
 use std::process::ExitCode;

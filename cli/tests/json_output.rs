@@ -128,7 +128,8 @@ fn log() {
               "standing": "trusted"
             }
           ],
-          "trusted": true
+          "trusted": true,
+          "promoted_from": null
         }
       ]
     }
@@ -168,6 +169,7 @@ fn show() {
         "expired": true
       },
       "verified": true,
+      "promoted_from": null,
       "patches": [
         {
           "name": "fix-cmdline",
@@ -531,4 +533,81 @@ fn errors() {
       }
     }
     "#);
+}
+
+#[test]
+fn promote_and_the_log_of_a_promotion() {
+    let env = stack_with_history();
+    let (code, json) = env.json(&["promote", "prod", "production"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "commit": "2dc5a5fc87733772c301b4a1ada1e98de8b4e78e",
+      "parent": null,
+      "stack": {
+        "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
+        "name": "production"
+      },
+      "promoted_from": {
+        "stack": "prod",
+        "commit": "3fc00d9703d38137eb6801eb3ea01725106f153d"
+      },
+      "changed": true,
+      "validity": {
+        "signed_at": "2023-11-14T22:13:20Z",
+        "expires": "2023-12-14T22:13:20Z",
+        "expired": true
+      },
+      "patches": [
+        "fix-cmdline",
+        "fix-meminfo"
+      ]
+    }
+    "#);
+    // Again: production has these patches already.
+    let (code, json) = env.json(&["promote", "prod", "production"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["changed"], false);
+    assert_eq!(v["parent"], serde_json::Value::Null);
+    let (code, json) = env.json(&["log", "production"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "stack": {
+        "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
+        "name": "production"
+      },
+      "commits": [
+        {
+          "id": "2dc5a5fc87733772c301b4a1ada1e98de8b4e78e",
+          "parents": [],
+          "author": "Test Author",
+          "email": "test@example.invalid",
+          "time": "2023-11-14T22:13:20Z",
+          "message": "Promote prod 3fc00d9703d3 to production",
+          "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+          "signers": [
+            {
+              "key": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+              "standing": "trusted"
+            }
+          ],
+          "trusted": true,
+          "promoted_from": {
+            "stack": "prod",
+            "commit": "3fc00d9703d38137eb6801eb3ea01725106f153d"
+          }
+        }
+      ]
+    }
+    "#);
+    let text = env.ok(&["log", "--oneline", "production"]);
+    assert!(text.contains("[from prod 3fc00d9703d3]"), "{text}");
+    let (_, show) = env.json(&["show", "production"]);
+    let v: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(v["promoted_from"]["stack"], "prod");
+    // Promoting onto itself is a usage error.
+    let (code, json) = env.json(&["promote", "prod", "prod"]);
+    assert_eq!(code, 64, "{json}");
 }

@@ -232,6 +232,7 @@ fn changed_data_is_refused() {
 fn changed_data_allowed_by_a_hook() {
     let opts = DiffOptions {
         allowed_data: ["limits".to_owned()].into(),
+        ..DiffOptions::default()
     };
     let report = fixture_with("changed_data", &opts);
     assert!(report.has("data:changed:limits"));
@@ -277,6 +278,128 @@ fn changed_notrace_is_refused() {
     assert!(report.has("function:changed:traced_path"));
     assert!(!report.has("refuse:notrace:traced_path"));
     snapshot("notrace", &report);
+}
+
+/// The report's function of that name (the post one, or the removed pre one).
+fn function<'r>(
+    report: &'r DiffReport,
+    name: &str,
+) -> &'r kstack_engine::builder::diff::FunctionReport {
+    report
+        .functions
+        .iter()
+        .find(|f| f.name == name || f.name.split('.').next() == Some(name))
+        .unwrap_or_else(|| panic!("no function {name} in {:#?}", report.functions))
+}
+
+#[test]
+fn untraceable_bodies_are_reached_through_their_callers() {
+    let opts = DiffOptions {
+        init_code_ran: true,
+        ..DiffOptions::default()
+    };
+    let report = fixture_with("untraceable", &opts);
+    assert!(report.is_patchable(), "{:#?}", report.refusals);
+    let body = function(&report, "body");
+    assert_eq!(body.status, Status::Changed);
+    assert!(!body.is_redirected());
+    // `relay` is unchanged but calls `body` and has no fentry either: it is carried
+    // too, and `outer`, which calls it, is patched in its place.
+    assert_eq!(
+        body.reached_through,
+        ["__ia32_sys_thing", "__x64_sys_thing", "relay"]
+    );
+    let relay = function(&report, "relay");
+    assert_eq!(relay.status, Status::Changed);
+    assert_eq!(relay.reached_through, ["outer"]);
+    for caller in ["__x64_sys_thing", "__ia32_sys_thing", "outer"] {
+        let f = function(&report, caller);
+        assert!(f.is_redirected(), "{caller}: {f:#?}");
+        assert!(
+            f.reasons.iter().any(|r| r.contains("no fentry call")),
+            "{f:#?}"
+        );
+    }
+    assert_eq!(status(&report, "unrelated"), Status::Unchanged);
+    snapshot("untraceable", &report);
+
+    // In a module, __init code runs when the module loads: a call from it would
+    // reach the old body.
+    let report = fixture("untraceable");
+    let refusal = report
+        .refusals
+        .iter()
+        .find(|r| r.symbol.starts_with("body"))
+        .unwrap_or_else(|| panic!("{:#?}", report.refusals));
+    assert!(
+        refusal
+            .reason
+            .contains("boot_setup calls it from __init code"),
+        "{refusal}"
+    );
+}
+
+#[test]
+fn an_untraceable_body_whose_address_is_taken_is_refused() {
+    let report = fixture("address_taken");
+    let refusal = report
+        .refusals
+        .iter()
+        .find(|r| r.symbol.starts_with("body"))
+        .unwrap_or_else(|| panic!("{:#?}", report.refusals));
+    assert!(refusal.reason.contains("address is taken"), "{refusal}");
+    assert!(
+        refusal.reason.contains("no call to __fentry__"),
+        "{refusal}"
+    );
+}
+
+#[test]
+fn calls_the_assembler_resolved_in_a_shared_section_are_no_change() {
+    let report = fixture("shared_section");
+    assert!(report.is_patchable(), "{:#?}", report.refusals);
+    // `first` grew, so `middle`'s call to it has another offset; that is layout.
+    assert_eq!(status(&report, "first"), Status::Changed);
+    assert_eq!(status(&report, "middle"), Status::Unchanged);
+    assert_eq!(status(&report, "last"), Status::Unchanged);
+}
+
+#[test]
+fn changed_type_layouts_are_refused() {
+    let report = fixture("layout");
+    let layout: Vec<(&str, &str)> = report
+        .refusals
+        .iter()
+        .filter(|r| r.key.starts_with("refuse:layout:"))
+        .map(|r| (r.symbol.as_str(), r.reason.as_str()))
+        .collect();
+    assert_eq!(
+        layout,
+        [
+            (
+                "enum state",
+                "its layout changes (enumerator values change: BUSY 1 → 2, DONE 2 → 3)"
+            ),
+            (
+                "struct session",
+                "its layout changes (added extra@4: int(4))"
+            ),
+        ]
+    );
+    assert!(
+        report
+            .refusals
+            .iter()
+            .all(|r| r.remedy.contains("shadow variable"))
+    );
+}
+
+#[test]
+fn a_zero_initialisation_the_configuration_already_does_is_no_change() {
+    let report = fixture("zero_init");
+    assert_eq!(status(&report, "sum"), Status::Unchanged);
+    assert!(report.patched_functions().next().is_none());
+    assert!(report.is_patchable());
 }
 
 #[test]

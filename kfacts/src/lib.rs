@@ -11,20 +11,27 @@
 //! - [`reloc`]: x86-64 relocation kinds and their properties.
 //! - [`livepatch`]: livepatch names, ELF constants, `klp_*` structure offsets and
 //!   the sysfs and procfs paths of the livepatch ABI.
+//! - [`modsig`]: the module signature trailer, its PKCS#7 signer, and the keyrings
+//!   the kernel checks module signatures against.
 //! - [`symbols`]: names of kernel symbols with a fixed meaning (`__fentry__`, the
 //!   return thunks, static call prefixes).
 //! - [`kallsyms`]: one index of `/proc/kallsyms`, with `sympos` counted as the
 //!   livepatch core counts it.
 //! - [`x86`]: instruction decoding, through `iced-x86` only.
 //! - [`elf`]: one in-memory model of a relocatable x86-64 object.
+//! - [`symtab`]: the local symbols of a vmlinux by source file, from its full
+//!   symbol table (the exact answer to "which of these same-named statics").
 //!
 //! Not here: policy (what the builder refuses, what the matcher accepts). This crate
 //! describes; its users decide.
 
+pub mod dwarf;
 pub mod elf;
 pub mod kallsyms;
 pub mod livepatch;
+pub mod modsig;
 pub mod reloc;
 pub mod sections;
 pub mod symbols;
+pub mod symtab;
 pub mod x86;

@@ -133,6 +133,56 @@ pub fn is_branch_operand(bytes: &[u8], field_offset: usize) -> bool {
     c.has_immediate() && c.immediate_offset() == field_offset
 }
 
+/// A PC-relative field of an instruction: a `%rip`-relative displacement or the
+/// offset of a direct branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PcField {
+    /// Where the field is, from the start of the bytes decoded.
+    pub offset: u64,
+    /// Its width: 4, or 1 for a short jump.
+    pub size: u8,
+    /// The end of its instruction, which the field is relative to.
+    pub insn_end: u64,
+    /// The place it refers to, from the start of the bytes decoded.
+    pub target: i64,
+    /// A direct `call`, `jmp` or `jcc`.
+    pub branch: bool,
+}
+
+/// Every PC-relative field of the code in `bytes`, decoded linearly; `Err` with the
+/// offset where decoding failed.
+pub fn pc_relative_fields(bytes: &[u8]) -> Result<Vec<PcField>, u64> {
+    let mut out = Vec::new();
+    let mut d = Decoder::with_ip(64, bytes, 0, DecoderOptions::NONE);
+    while d.can_decode() {
+        let at = d.position() as u64;
+        let ins = d.decode();
+        if ins.is_invalid() {
+            return Err(at);
+        }
+        let c = d.get_constant_offsets(&ins);
+        let end = at + ins.len() as u64;
+        if is_direct_branch(&ins) && c.has_immediate() {
+            out.push(PcField {
+                offset: at + c.immediate_offset() as u64,
+                size: c.immediate_size() as u8,
+                insn_end: end,
+                target: ins.near_branch_target() as i64,
+                branch: true,
+            });
+        } else if ins.is_ip_rel_memory_operand() && c.has_displacement() {
+            out.push(PcField {
+                offset: at + c.displacement_offset() as u64,
+                size: c.displacement_size() as u8,
+                insn_end: end,
+                target: ins.ip_rel_memory_address() as i64,
+                branch: false,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Whether execution never falls through to the next instruction: a `jmp` (direct
 /// or indirect), a return, `int3`, or an undefined-instruction trap (`ud0`, `ud1`,
 /// `ud2`, which `BUG()` emits).
@@ -235,6 +285,30 @@ pub fn hex(bytes: &[u8], sep: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pc_relative_fields_are_found_with_their_targets() {
+        // call .+0x10; jmp short .-2; mov 0x20(%rip),%eax; cmpb $0,0x8(%rip); ret
+        let code = [
+            0xe8, 0x0b, 0x00, 0x00, 0x00, // call: ends at 5, target 0x10
+            0xeb, 0xfc, // jmp: ends at 7, target 3
+            0x8b, 0x05, 0x20, 0x00, 0x00, 0x00, // mov: ends at 13, target 0x2d
+            0x80, 0x3d, 0x08, 0x00, 0x00, 0x00, 0x00, // cmpb: ends at 20, target 0x1c
+            0xc3,
+        ];
+        let fields = pc_relative_fields(&code).unwrap();
+        let short = |f: &PcField| (f.offset, f.size, f.insn_end, f.target, f.branch);
+        assert_eq!(
+            fields.iter().map(short).collect::<Vec<_>>(),
+            [
+                (1, 4, 5, 0x10, true),
+                (6, 1, 7, 3, true),
+                (9, 4, 13, 0x2d, false),
+                (15, 4, 20, 0x1c, false),
+            ]
+        );
+        assert_eq!(pc_relative_fields(&[0x90, 0x0f, 0x0b, 0x06]), Err(3));
+    }
 
     #[test]
     fn nops_of_every_length_are_nops() {

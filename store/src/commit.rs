@@ -297,6 +297,7 @@ impl Store {
             entries,
             trees,
             message,
+            None,
             author,
             key,
         )
@@ -383,6 +384,7 @@ impl Store {
             entries,
             trees,
             message,
+            None,
             author,
             key,
         )
@@ -397,9 +399,20 @@ impl Store {
         patches: Vec<PatchEntry>,
         trees: Vec<(String, ObjectId)>,
         message: &str,
+        promoted_from: Option<crate::model::Promotion>,
         author: &Author,
         key: &SecretKey,
     ) -> Result<Prepared, CommitError> {
+        // The Git message names the promotion in a trailer too, so that `log` shows
+        // it from commit headers alone (verification checks it against stack.toml).
+        let git_message = match &promoted_from {
+            Some(p) => format!(
+                "{}\n\n{}",
+                message.trim_end(),
+                crate::promote::trailer(&p.stack, &p.commit)
+            ),
+            None => message.to_owned(),
+        };
         let stack_file = StackFile {
             format: STACK_FORMAT,
             name: stack.name.clone(),
@@ -411,6 +424,7 @@ impl Store {
                 Timestamp::from_secs(author.time),
                 author.valid_for,
             )),
+            promoted_from,
             patches,
         };
         stack_file.check(STACK_FILE)?;
@@ -445,7 +459,7 @@ impl Store {
         }
         let tree = self.write_tree(&root, "the root tree")?;
         let parent_id = parent.map(|p| p.commit);
-        let commit = self.write_commit(tree, parent_id, author, message, &[key.public()])?;
+        let commit = self.write_commit(tree, parent_id, author, &git_message, &[key.public()])?;
         Ok(Prepared {
             stack: stack.clone(),
             parent: parent_id,

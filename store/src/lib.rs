@@ -13,6 +13,7 @@ pub mod klp;
 pub mod lineage;
 pub mod model;
 pub mod pack;
+pub mod promote;
 pub mod pull;
 pub mod rev;
 pub mod sign;

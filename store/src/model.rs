@@ -116,9 +116,25 @@ pub struct StackFile {
     /// commit of format 2 has one, format 1 (older kstack) none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validity: Option<Validity>,
+    /// When this commit promoted another stack's commit (`kstack promote`): which
+    /// one. Its patches are then exactly that commit's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_from: Option<Promotion>,
     /// The patches, in load order.
     #[serde(default, rename = "patch")]
     pub patches: Vec<PatchEntry>,
+}
+
+/// The stack commit a promotion took its patches from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Promotion {
+    /// The source stack's name (same kernel build ID).
+    pub stack: String,
+    /// The source commit, full hex.
+    pub commit: String,
+    /// The SHA-256 of the source commit's `stack.toml`.
+    pub stack_sha256: Sha256Digest,
 }
 
 /// One patch of a stack, as `stack.toml` lists it.
@@ -394,6 +410,7 @@ mod tests {
                 Timestamp::from_secs(1_700_000_000),
                 std::time::Duration::from_secs(86_400),
             )),
+            promoted_from: None,
             patches: vec![PatchEntry {
                 name: "foo".into(),
                 dir: patch_dir(0, "foo"),
@@ -408,6 +425,20 @@ mod tests {
         let text = s.to_toml();
         assert!(text.contains("[[patch]]"), "{text}");
         assert!(text.contains("dir = \"0001-foo\""), "{text}");
+        assert_eq!(StackFile::parse(text.as_bytes(), "stack.toml").unwrap(), s);
+    }
+
+    #[test]
+    fn a_promotion_round_trips_and_is_absent_otherwise() {
+        let mut s = stack();
+        assert!(!s.to_toml().contains("promoted_from"));
+        s.promoted_from = Some(Promotion {
+            stack: "canary".into(),
+            commit: "4579399eeb9650bdc9514dcbbd577ed089abe0fc".into(),
+            stack_sha256: Sha256Digest::of(b"canary"),
+        });
+        let text = s.to_toml();
+        assert!(text.contains("[promoted_from]"), "{text}");
         assert_eq!(StackFile::parse(text.as_bytes(), "stack.toml").unwrap(), s);
     }
 

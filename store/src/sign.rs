@@ -83,6 +83,9 @@ impl Store {
             entries,
             trees,
             message,
+            // A renewal promotes nothing, even on a promoted head: its patches are
+            // the head's own.
+            None,
             author,
             key,
         )

@@ -434,6 +434,23 @@ impl Store {
                 commit: commit.clone(),
                 source,
             })?;
+        let claimed = crate::promote::promoted_from(&info.message);
+        let recorded = stack
+            .promoted_from
+            .as_ref()
+            .map(|p| (p.stack.clone(), p.commit.clone()));
+        if claimed != recorded {
+            return Err(VerifyError::Invalid {
+                commit,
+                path: STACK_FILE.to_owned(),
+                message: format!(
+                    "promoted_from says {}, the commit message's {} trailer says {}",
+                    describe_promotion(recorded.as_ref()),
+                    crate::promote::PROMOTED_FROM_TRAILER,
+                    describe_promotion(claimed.as_ref())
+                ),
+            });
+        }
         if info.parents.len() > 1 {
             return Err(VerifyError::Invalid {
                 commit,
@@ -599,6 +616,10 @@ fn judge(policy: &TrustPolicy, id: &ObjectId, signers: &[PublicKey]) -> Result<(
                 .join(", "),
         }),
     }
+}
+
+fn describe_promotion(p: Option<&(String, String)>) -> String {
+    p.map_or_else(|| "none".to_owned(), |(s, c)| format!("{s} {c}"))
 }
 
 /// Checks a module's `.modinfo` against its manifest and its stack.

@@ -368,3 +368,71 @@ fn pull_refuses_a_head_below_the_threshold() {
     local.store.pull(&url, &policy).unwrap();
     assert_eq!(local.head(), remote.head());
 }
+
+/// A promotion is a commit like any other to the trust rules: it needs its
+/// approvals under a threshold, an approval keeps its record of the source (in
+/// `stack.toml` and in the trailer that verification compares with it), it descends
+/// from the destination's previous head, and a renewal of it promotes nothing.
+#[test]
+fn a_promotion_is_approved_and_renewed_like_any_commit() {
+    let env = Env::new(); // "prod" is the canary
+    env.add("a", &["f"]);
+    let canary_head = env.head();
+    let canary = env.store.verify(canary_head, None, &env.policy).unwrap();
+    let production =
+        kstack_store::store::StackId::new(env.stack.build_id.clone(), "production").unwrap();
+    let policy = two_of_two(&env);
+    // production's first head, approved, so that the promotion has a parent.
+    env.store
+        .promote(&canary, "production", "first", &author(), &env.key)
+        .unwrap();
+    let first = env
+        .store
+        .approve(&production, &second_key(), &author())
+        .unwrap();
+    let first_digest = env.store.stack_digest(first.commit).unwrap();
+
+    env.add("b", &["g"]);
+    let canary = env.store.verify(env.head(), None, &env.policy).unwrap();
+    let promoted = env
+        .store
+        .promote(&canary, "production", "Roll out", &author(), &env.key)
+        .unwrap()
+        .unwrap();
+    let err = env
+        .store
+        .verify(promoted.commit, Some(&production), &policy)
+        .unwrap_err();
+    assert!(matches!(err, VerifyError::BelowThreshold { .. }), "{err}");
+
+    let approved = env
+        .store
+        .approve(&production, &second_key(), &author())
+        .unwrap();
+    let v = env
+        .store
+        .verify(approved.commit, Some(&production), &policy)
+        .unwrap();
+    let from = v.stack.promoted_from.as_ref().unwrap();
+    assert_eq!(from.commit, canary.commit.to_string());
+    let info = env.store.commit_info(approved.commit).unwrap();
+    assert_eq!(
+        kstack_store::promote::promoted_from(&info.message),
+        Some(("prod".to_owned(), canary.commit.to_string()))
+    );
+    assert!(v.stack.validity.is_some());
+    assert!(
+        env.store
+            .lineage(&first_digest, approved.commit)
+            .unwrap()
+            .contains_base()
+    );
+
+    let renewed = env
+        .store
+        .renew(&production, "renew", &author(), &env.key)
+        .unwrap();
+    let r = env.store.check(renewed.commit, Some(&production)).unwrap();
+    assert_eq!(r.stack.promoted_from, None);
+    assert_eq!(r.stack.patches, v.stack.patches);
+}

@@ -141,6 +141,7 @@ pub fn build_module_cached(name: &str, sources: &[(&str, String)]) -> PathBuf {
     ko
 }
 
+pub mod corpus;
 pub mod stack;
 
 /// The `kstack` binary the tests run as a user would: the static build (the same
@@ -274,4 +275,67 @@ pub fn example_patches() -> Vec<PathBuf> {
 /// One example patch, by file name.
 pub fn example_patch(name: &str) -> PathBuf {
     workspace_root().join("examples/patches").join(name)
+}
+
+/// A module signing key and its self-signed X.509 certificate, made with `openssl`
+/// in `dir` (`<name>.key.pem`, mode 0600, and `<name>.cert.pem`); with `key_id`, the
+/// certificate has a subjectKeyIdentifier (openssl's default), else none.
+pub fn module_signing_cert(dir: &Path, name: &str, key_id: bool) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.key.pem"));
+    let cert = dir.join(format!("{name}.cert.pem"));
+    let mut cmd = std::process::Command::new("openssl");
+    cmd.args([
+        "req", "-new", "-x509", "-newkey", "rsa:2048", "-sha256", "-nodes",
+    ])
+    .args([
+        "-days",
+        "3650",
+        "-subj",
+        &format!("/CN=kstack test {name}/"),
+    ])
+    .arg("-keyout")
+    .arg(&key)
+    .arg("-out")
+    .arg(&cert);
+    if !key_id {
+        cmd.args(["-addext", "subjectKeyIdentifier=none"])
+            .args(["-addext", "authorityKeyIdentifier=none"]);
+    }
+    run_ok(&mut cmd);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (key, cert)
+}
+
+/// The owner GUID kstack's tests give their `db` entries (any GUID will do: the
+/// kernel does not look at it).
+pub const DB_OWNER_GUID: &str = "5e1f6b0a-7c2d-4e8b-9a61-6b7374616b21";
+
+/// An OVMF variable store whose `db` holds `cert`, made with `virt-fw-vars` from the
+/// venv that set-up installs: Secure Boot stays off (the unsigned Debian cloud kernel
+/// must boot), but a 6.1 kernel loads `db` into its `.platform` keyring, which
+/// module signature checks fall back to.
+pub fn ovmf_vars_with_db(cert: &Path, out: &Path) -> PathBuf {
+    let tool = Cache::from_env().root().join("venv/bin/virt-fw-vars");
+    assert!(
+        tool.is_file(),
+        "{} is missing\nrun `{SETUP}` first",
+        tool.display()
+    );
+    assert!(
+        Path::new(sandbox::OVMF_VARS).is_file(),
+        "{} is missing (Debian package ovmf)\nrun `{SETUP}` first",
+        sandbox::OVMF_VARS
+    );
+    run_ok(
+        std::process::Command::new(tool)
+            .arg("--input")
+            .arg(sandbox::OVMF_VARS)
+            .arg("--output")
+            .arg(out)
+            .arg("--add-db")
+            .arg(DB_OWNER_GUID)
+            .arg(cert),
+    );
+    out.to_owned()
 }

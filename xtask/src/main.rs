@@ -9,6 +9,7 @@
 //!   short bounded run of every fuzz target.
 //! - `cargo xtask fuzz [SECONDS]`: a long run of every fuzz target (default 300 s
 //!   each).
+//! - `cargo xtask deb`: the Debian package (see [`xtask::deb`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,7 +28,10 @@ const LONG_FUZZ: Duration = Duration::from_secs(300);
 
 /// Debian packages: QEMU and the initramfs tools for the sandbox, the kernel build
 /// prerequisites for kbuild and the source tree (`patch` applies a stack's diffs),
-/// git for the distribution tests, systemd's verifier for the boot unit's test.
+/// git for the distribution tests, systemd's verifier for the boot unit's test;
+/// OVMF (UEFI firmware), openssl and a Python venv for the module signing tests
+/// (keys, and `virt-fw-vars` to enrol a certificate in the firmware's `db`); lintian,
+/// man-db, zsh and fish for the Debian package's test.
 const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -43,7 +47,18 @@ const PACKAGES: &[&str] = &[
     "git",
     "patch",
     "systemd",
+    "ovmf",
+    "openssl",
+    "python3-venv",
+    "lintian",
+    "man-db",
+    "zsh",
+    "fish",
 ];
+
+/// Python tools from PyPI, installed into a venv in the cache (never into the
+/// checkout or the system's Python): `virt-firmware` edits OVMF variable stores.
+const PYTHON_TOOLS: &[&str] = &["virt-firmware==26.10"];
 
 /// apt lists older than this are refreshed, so "current kernel" means current.
 const APT_LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -70,6 +85,17 @@ fn main() -> Result<()> {
             };
             run_fuzz(&root, each)
         }
+        Some("deb") => {
+            let binary = build_static(&root)?;
+            step("building the Debian package");
+            let deb = xtask::deb::build(&xtask::deb::DebInput {
+                root: root.clone(),
+                binary,
+                out_dir: target_dir(&root).join("deb"),
+            })?;
+            println!("{}", deb.display());
+            Ok(())
+        }
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -77,6 +103,7 @@ fn main() -> Result<()> {
                  demo    setup, then live-patch a kernel in the sandbox VM, step by step\n\
                  test    setup, then fmt, clippy and every test (what CI runs)\n\
                  static  only build the static kstack for the sandbox\n\
+                 deb     build the Debian package (target/deb/kstack_*.deb)\n\
                  fuzz [SECONDS]  run every fuzz target for SECONDS (default 300) each\n\n\
                  The cache lives in $KSTACK_CACHE (default ~/.cache/kstack)."
             );
@@ -102,6 +129,7 @@ fn setup(root: &Path) -> Result<assets::Kernel> {
     install_packages()?;
     let cache = Cache::from_env();
     step(&format!("kernel assets in {}", cache.root().display()));
+    install_python_tools(&cache)?;
     let (release, version) = resolve_release(&cache)?;
     eprintln!("    current Debian cloud kernel: {release} ({version})");
     let kernel = assets::fetch_kernel(
@@ -112,6 +140,7 @@ fn setup(root: &Path) -> Result<assets::Kernel> {
             headers: true,
             source: true,
             make_current: true,
+            symbols: true,
         },
         &mut |line| eprintln!("    {line}"),
     )
@@ -147,6 +176,40 @@ fn install_packages() -> Result<()> {
     if !status.success() {
         bail!("apt-get install {} failed ({status})", missing.join(" "));
     }
+    Ok(())
+}
+
+/// The venv of [`PYTHON_TOOLS`] (`<cache>/venv`), made with Debian's Python.
+fn install_python_tools(cache: &Cache) -> Result<()> {
+    let venv = cache.root().join("venv");
+    let stamp = venv.join(".kstack-tools");
+    let wanted = PYTHON_TOOLS.join("\n");
+    if std::fs::read_to_string(&stamp).is_ok_and(|t| t == wanted) {
+        return Ok(());
+    }
+    step(&format!(
+        "Python tools in {}: {}",
+        venv.display(),
+        PYTHON_TOOLS.join(" ")
+    ));
+    std::fs::create_dir_all(cache.root())?;
+    let status = Command::new("/usr/bin/python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv)
+        .status()
+        .context("running python3 -m venv (Debian package python3-venv)")?;
+    if !status.success() {
+        bail!("python3 -m venv {} failed ({status})", venv.display());
+    }
+    let status = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(PYTHON_TOOLS)
+        .status()
+        .context("running pip")?;
+    if !status.success() {
+        bail!("pip install {} failed ({status})", PYTHON_TOOLS.join(" "));
+    }
+    std::fs::write(&stamp, wanted)?;
     Ok(())
 }
 

@@ -36,7 +36,9 @@ use crate::ui::Ui;
 /// before anything is built: that it is a unified diff and that the files it changes
 /// are in the kernel's source. A hook file
 /// (<PATCH>.hooks.c beside the diff, or --hooks) is compiled into the module; see
-/// kmod/include/kstack/hooks.h.
+/// kmod/include/kstack/hooks.h. With [build] module_signing_key and
+/// module_signing_cert in the config, the module is signed with the kernel's
+/// sign-file, for hosts that enforce module signatures.
 ///
 /// With --module, a prebuilt livepatch module built for the stack's kernel release is
 /// imported as it is; the functions it replaces are read from its klp_func tables
@@ -92,6 +94,11 @@ pub struct CommitArgs {
     /// config's [trust] validity, else 30d]
     #[arg(long, env = "KSTACK_VALID_FOR", value_parser = kstack_engine::parse_duration, value_name = "DURATION")]
     pub valid_for: Option<Duration>,
+    /// Compile every unit with kbuild in a full copy of the source tree, as the first
+    /// build for a kernel does, instead of reusing what earlier builds for the kernel
+    /// recorded (objects before the change, compile commands)
+    #[arg(long, conflicts_with = "module")]
+    pub no_cache: bool,
 }
 
 pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<ExitCode, CliError> {
@@ -102,6 +109,10 @@ pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<Exit
     let stack_name = stack_name(&ctx, args.stack.as_deref())?;
     let store = ctx.open_store()?;
     let key = signing_key(&ctx, args.key.as_deref())?;
+    let module_signer = match &patch {
+        Input::Change { .. } => super::commit_diff::module_signer(&ctx)?,
+        Input::Module(_) => None,
+    };
     let (stack, release, new_stack) = match (&patch, &args.kernel) {
         // A new stack for a source change is pinned to the cache's default kernel:
         // the build host's own kernel is rarely the target.
@@ -130,7 +141,8 @@ pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<Exit
             if let Some(note) = &new_stack {
                 ui.status(note);
             }
-            let mut patch = super::commit_diff::build(ui, checked, &name)?;
+            let mut patch =
+                super::commit_diff::build(ui, checked, &name, module_signer, !args.no_cache)?;
             patch.functions.extend(args.functions.iter().cloned());
             patch
         }

@@ -6,10 +6,12 @@ use std::path::PathBuf;
 
 use kstack_engine::builder::assets::{Cache, Kernel};
 use kstack_engine::builder::pipeline::{self, BuildRequest, Phase};
+use kstack_engine::builder::sign::ModuleSigner;
 use kstack_engine::builder::source::{self, Base, Change};
 use kstack_store::commit::NewPatch;
 use kstack_store::store::{StackId, Store};
 
+use crate::context::Context;
 use crate::error::{CliError, Kind};
 use crate::ui::Ui;
 
@@ -52,8 +54,33 @@ pub fn check(store: &Store, stack: &StackId, change: Change) -> Result<Checked, 
     })
 }
 
+/// The signer of built modules, when the config's `[build]` names a key and a
+/// certificate; both are checked before anything is built.
+pub fn module_signer(ctx: &Context) -> Result<Option<ModuleSigner>, CliError> {
+    let at = || {
+        ctx.config_path
+            .as_deref()
+            .map_or_else(String::new, |p| format!(" in {}", p.display()))
+    };
+    let signing = ctx
+        .config
+        .build
+        .module_signing()
+        .map_err(|e| CliError::new(Kind::Data, format!("{e}{}", at())))?;
+    signing
+        .map(|(key, cert)| ModuleSigner::load(key, cert))
+        .transpose()
+        .map_err(|e| CliError::from(e).context(format!("[build]{}", at())))
+}
+
 /// Builds a checked change with a progress bar and returns the patch to commit.
-pub fn build(ui: &Ui, checked: Checked, name: &str) -> Result<NewPatch, CliError> {
+pub fn build(
+    ui: &Ui,
+    checked: Checked,
+    name: &str,
+    signer: Option<ModuleSigner>,
+    reuse: bool,
+) -> Result<NewPatch, CliError> {
     let Checked {
         kernel,
         base,
@@ -74,6 +101,8 @@ pub fn build(ui: &Ui, checked: Checked, name: &str) -> Result<NewPatch, CliError
         name: name.to_owned(),
         position: base.position,
         guest_binary,
+        signer,
+        reuse,
     };
     let work = cache.root().join("build");
     let bar = ui.steps(Phase::ALL.len() as u64, "building");
@@ -91,6 +120,10 @@ pub fn build(ui: &Ui, checked: Checked, name: &str) -> Result<NewPatch, CliError
             phase.describe(),
             took.as_secs_f64()
         ));
+    }
+    ui.status(format!("  {}", built.reused.describe()));
+    for note in &built.notes {
+        ui.status(format!("note: {note}"));
     }
     Ok(change.into_patch(name, built))
 }

@@ -32,6 +32,9 @@ pub enum KernelCommand {
 /// in the Debian archive can be added, not only the newest: fleets run older kernels.
 /// Needs root (apt). The cache is $KSTACK_CACHE, default ~/.cache/kstack.
 #[derive(Debug, Args)]
+// `--version` is the Debian package version here, not kstack's (clap's debug
+// assertions refuse the two on one command).
+#[command(disable_version_flag = true)]
 pub struct KernelAddArgs {
     /// The kernel release, as `uname -r` prints it (6.1.0-56-cloud-amd64), or
     /// `current` for the one linux-image-cloud-amd64 depends on now
@@ -75,6 +78,7 @@ pub fn cmd_kernel(ui: &Ui, _global: &GlobalArgs, args: KernelArgs) -> Result<Exi
                     headers: true,
                     source: !args.no_source,
                     make_current: args.default,
+                    symbols: !args.no_source,
                 },
                 &mut |line| spinner.set_message(line.to_owned()),
             );

@@ -88,7 +88,12 @@ fn render(
         };
         if oneline {
             let short = c.id.to_hex_with_len(12);
-            writeln!(out, "{short}{decoration} {}", c.summary())?;
+            let promoted = kstack_store::promote::promoted_from(&c.message)
+                .map(|(stack, commit)| {
+                    format!(" [from {stack} {}]", &commit[..commit.len().min(12)])
+                })
+                .unwrap_or_default();
+            writeln!(out, "{short}{decoration} {}{promoted}", c.summary())?;
             continue;
         }
         if i > 0 {
@@ -104,8 +109,11 @@ fn render(
         for key in &c.approvals {
             writeln!(out, "Approved-by: {key} ({})", trust.label(Some(key)))?;
         }
+        if let Some((stack, commit)) = kstack_store::promote::promoted_from(&c.message) {
+            writeln!(out, "Promoted-From: {stack} {commit}")?;
+        }
         out.push('\n');
-        for line in c.message.lines() {
+        for line in kstack_store::promote::without_trailer(&c.message).lines() {
             writeln!(out, "    {line}")?;
         }
     }

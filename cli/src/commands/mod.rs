@@ -11,13 +11,16 @@ use crate::ui::Ui;
 pub mod approve;
 pub mod commit;
 pub mod commit_diff;
+pub mod completion;
 pub mod generations;
 pub mod guest_init;
 pub mod init;
 pub mod kernel;
 pub mod key;
 pub mod log;
+pub mod man;
 pub mod plan;
+pub mod promote;
 pub mod pull;
 pub mod renew;
 pub mod revert;
@@ -83,6 +86,7 @@ pub enum Command {
     Log(log::LogArgs),
     Show(show::ShowArgs),
     Revert(revert::RevertArgs),
+    Promote(promote::PromoteArgs),
     Approve(approve::ApproveArgs),
     Renew(renew::RenewArgs),
     Verify(verify::VerifyArgs),
@@ -99,6 +103,10 @@ pub enum Command {
     // Trying them, and the kernels they are for.
     Try(r#try::TryArgs),
     Kernel(kernel::KernelArgs),
+    // The command line itself.
+    Completion(completion::CompletionArgs),
+    #[command(hide = true)]
+    Man(man::ManArgs),
 }
 
 /// Runs one parsed command line.
@@ -117,10 +125,13 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<ExitCode, CliError> {
         Command::Log(args) => log::cmd_log(ui, &cli.global, args),
         Command::Show(args) => show::cmd_show(ui, &cli.global, args),
         Command::Revert(args) => revert::cmd_revert(ui, &cli.global, args),
+        Command::Promote(args) => promote::cmd_promote(ui, &cli.global, args),
         Command::Approve(args) => approve::cmd_approve(ui, &cli.global, args),
         Command::Renew(args) => renew::cmd_renew(ui, &cli.global, args),
         Command::Verify(args) => verify::cmd_verify(ui, &cli.global, args),
         Command::Stacks(args) => stacks::cmd_stacks(ui, &cli.global, args),
         Command::Pull(args) => pull::cmd_pull(ui, &cli.global, args),
+        Command::Completion(args) => completion::cmd_completion(ui, &cli.global, args),
+        Command::Man(args) => man::cmd_man(ui, &cli.global, args),
     }
 }

@@ -126,6 +126,23 @@ pub fn render_plan(ui: &Ui, p: &Prepared) {
     for warning in &p.desired.warnings {
         ui.line(format!("Warning: {warning}"));
     }
+    let enforced = p.signatures.enforcement.enforced();
+    for m in &p.signatures.modules {
+        ui.line(format!("Signature: {} {}", m.module, m.describe()));
+    }
+    if enforced && !p.signatures.modules.is_empty() {
+        ui.line(format!(
+            "Signature: the kernel enforces module signatures ({})",
+            p.signatures.enforcement.reasons().join(", ")
+        ));
+    } else if p
+        .signatures
+        .modules
+        .iter()
+        .any(|m| m.verdict == kstack_engine::host::signatures::Verdict::Unsigned)
+    {
+        ui.line("Signature: the kernel does not enforce signatures: unsigned modules load and taint it (E)");
+    }
     if p.plan.is_empty() {
         ui.line("Nothing to do: the kernel runs the declared stack.");
     } else {

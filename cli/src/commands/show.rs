@@ -77,6 +77,14 @@ pub fn cmd_show(ui: &Ui, global: &GlobalArgs, args: ShowArgs) -> Result<ExitCode
             trusted: accepted,
             validity: v.stack.validity.as_ref().map(ValidityJson::from),
             verified: true,
+            promoted_from: v
+                .stack
+                .promoted_from
+                .as_ref()
+                .map(|p| crate::json::PromotedFromJson {
+                    stack: p.stack.clone(),
+                    commit: p.commit.clone(),
+                }),
             patches,
         });
         return Ok(ExitCode::SUCCESS);
@@ -106,11 +114,18 @@ pub fn cmd_show(ui: &Ui, global: &GlobalArgs, args: ShowArgs) -> Result<ExitCode
     }
     match &v.stack.validity {
         Some(window) => out.push_str(&format!(
-            "Valid:  {}\n\n",
+            "Valid:  {}\n",
             super::plan::describe_window(window)
         )),
-        None => out.push_str("Valid:  no window (made by an older kstack)\n\n"),
+        None => out.push_str("Valid:  no window (made by an older kstack)\n"),
     }
+    if let Some(p) = &v.stack.promoted_from {
+        out.push_str(&format!(
+            "Promoted from: stack {} commit {} (stack.toml sha256:{})\n",
+            p.stack, p.commit, p.stack_sha256
+        ));
+    }
+    out.push('\n');
     for line in v.stack.message.lines() {
         out.push_str(&format!("    {line}\n"));
     }

@@ -1,12 +1,14 @@
 //! `kstack status`: what the kernel runs, and how it compares to kstack's record.
 
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::GlobalArgs;
 use crate::context::Context;
-use crate::error::CliError;
+use crate::error::{CliError, Kind};
 use crate::json::StatusOutput;
 use crate::ui::Ui;
 
@@ -17,15 +19,64 @@ use crate::ui::Ui;
 /// reported as drift. Livepatches that kstack did not load are listed as foreign. The
 /// current generation's commit is shown with its signers and its signed validity
 /// window (EXPIRED when it has run out: the stack was not renewed, or the store
-/// stopped receiving newer commits).
+/// stopped receiving newer commits). Also shows whether the kernel enforces module
+/// signatures (module.sig_enforce, lockdown, UEFI Secure Boot) and the keys it trusts
+/// for them, and how the last sync ended.
+///
+/// With --format prometheus, the same as metrics in Prometheus' text format; with
+/// --textfile FILE, written to FILE atomically for node-exporter's textfile
+/// collector (e.g. /var/lib/prometheus/node-exporter/kstack.prom).
 #[derive(Debug, Args)]
-pub struct StatusArgs {}
+#[command(after_help = "Examples:\n  \
+    kstack status\n  \
+    kstack status --format prometheus\n  \
+    kstack status --format prometheus --textfile /var/lib/prometheus/node-exporter/kstack.prom")]
+pub struct StatusArgs {
+    /// Output format (--json is the same as --format json)
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Write the output to FILE (atomically: a temporary file, then a rename)
+    /// instead of stdout
+    #[arg(long, value_name = "FILE")]
+    pub textfile: Option<PathBuf>,
+}
 
-pub fn cmd_status(ui: &Ui, global: &GlobalArgs, _args: StatusArgs) -> Result<ExitCode, CliError> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Prometheus,
+}
+
+pub fn cmd_status(ui: &Ui, global: &GlobalArgs, args: StatusArgs) -> Result<ExitCode, CliError> {
     let ctx = Context::load(global, false)?;
     let store = ctx.open_store()?;
     let host = ctx.host(&store)?;
     let status = host.status()?;
+    let text = match args.format {
+        Format::Prometheus => Some(crate::metrics::render(&status)),
+        Format::Json if !ui.json() => Some(
+            serde_json::to_string(&StatusOutput::from(&status))
+                .expect("the output types hold strings, numbers, lists and maps only")
+                + "\n",
+        ),
+        _ => None,
+    };
+    if let Some(text) = text {
+        match &args.textfile {
+            Some(path) => {
+                write_atomically(path, text.as_bytes())?;
+                ui.status(format!("status: wrote {}", path.display()));
+            }
+            None => print!("{text}"),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.textfile.is_some() {
+        return Err(CliError::usage(
+            "--textfile needs --format prometheus or --format json",
+        ));
+    }
     if ui.json() {
         ui.emit_json(&StatusOutput::from(&status));
         return Ok(ExitCode::SUCCESS);
@@ -96,6 +147,31 @@ pub fn cmd_status(ui: &Ui, global: &GlobalArgs, _args: StatusArgs) -> Result<Exi
     for d in &status.drift {
         ui.line(format!("drift:      {d}"));
     }
+    let signing = &status.module_signing;
+    let reasons = signing.enforcement.reasons();
+    ui.line(format!(
+        "signatures: {}",
+        if signing.enforced {
+            format!("enforced ({})", reasons.join(", "))
+        } else {
+            let secure_boot = match signing.enforcement.secure_boot {
+                Some(true) => ", UEFI Secure Boot on",
+                Some(false) => ", UEFI Secure Boot off",
+                None => "",
+            };
+            format!("not enforced (unsigned modules load and taint the kernel){secure_boot}")
+        }
+    ));
+    match (&signing.trusted_keys, &signing.trusted_keys_error) {
+        (Some(keys), _) if keys.is_empty() => ui.line("  trusted keys: none"),
+        (Some(keys), _) => {
+            for k in keys {
+                ui.line(format!("  trusted:  {} ({})", k.description, k.keyring));
+            }
+        }
+        (None, Some(why)) => ui.line(format!("  trusted keys unknown: {why}")),
+        (None, None) => {}
+    }
     ui.line(format!(
         "taint:      {} {}",
         status.taint,
@@ -106,4 +182,30 @@ pub fn cmd_status(ui: &Ui, global: &GlobalArgs, _args: StatusArgs) -> Result<Exi
         }
     ));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a
+/// rename, so that a reader (node-exporter) never sees half a file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let fail = |e: std::io::Error| {
+        CliError::with_source(Kind::User, format!("cannot write {}", path.display()), e)
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".kstack-status")
+        .tempfile_in(dir)
+        .map_err(fail)?;
+    tmp.write_all(bytes).map_err(fail)?;
+    // node-exporter runs as another user: the file must be readable.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(fail)?;
+    }
+    tmp.persist(path).map_err(|e| fail(e.error))?;
+    Ok(())
 }

@@ -9,6 +9,7 @@ use kstack_engine::builder::diff::DiffError;
 use kstack_engine::builder::kbuild::KbuildError;
 use kstack_engine::builder::klp::KlpError as BuildKlpError;
 use kstack_engine::builder::pipeline::BuildError;
+use kstack_engine::builder::sign::SignError;
 use kstack_engine::builder::source::SourceError;
 use kstack_engine::builder::symbols::SymbolsError;
 use kstack_engine::builder::tree::TreeError;
@@ -27,6 +28,7 @@ use kstack_store::ident::IdentError;
 use kstack_store::keys::KeyError;
 use kstack_store::klp::KlpError as StoreKlpError;
 use kstack_store::model::ModelError;
+use kstack_store::promote::PromoteError;
 use kstack_store::pull::PullError;
 use kstack_store::rev::RevError;
 use kstack_store::store::StoreError;
@@ -113,6 +115,14 @@ impl Classify for SyncError {
             SyncError::Verify(e) => e.classify(),
             SyncError::RunPre(e) => e.classify(),
             SyncError::WrongKernel { .. } | SyncError::WrongRelease { .. } => (Kind::Data, None),
+            SyncError::ModuleSignature { .. } => (
+                Kind::Data,
+                Some(
+                    "sign the modules with a key the kernel trusts: [build] module_signing_key and \
+                     module_signing_cert on the build host, the certificate in the firmware's db or \
+                     MOK list (see docs/operators.md); `kstack status` lists the trusted keys",
+                ),
+            ),
             SyncError::TransitionInProgress(_) => (Kind::TempFail, None),
             SyncError::Failed(e) if e.restored() => (
                 Kind::User,
@@ -274,6 +284,15 @@ impl Classify for CommitError {
     }
 }
 
+impl Classify for PromoteError {
+    fn classify(&self) -> Class {
+        match self {
+            PromoteError::SameStack { .. } => (Kind::Usage, None),
+            PromoteError::Commit(e) => e.classify(),
+        }
+    }
+}
+
 impl Classify for RevError {
     fn classify(&self) -> Class {
         match self {
@@ -408,12 +427,35 @@ impl Classify for BuildError {
             BuildError::Before { .. } => (Kind::Internal, None),
             BuildError::Kbuild(e) => e.classify(),
             BuildError::PostLink(e) => e.classify(),
+            BuildError::Sign(e) => e.classify(),
             BuildError::Io { .. } => (Kind::Internal, None),
             // The image package of that kernel lacks the module: fetch it again.
             BuildError::NoModuleFile { .. } => (
                 Kind::Unavailable,
                 Some("the kernel's cache is incomplete: run `kstack kernel add RELEASE` again"),
             ),
+        }
+    }
+}
+
+impl Classify for SignError {
+    fn classify(&self) -> Class {
+        match self {
+            SignError::Read { .. } => (
+                Kind::User,
+                Some("check [build] module_signing_key and module_signing_cert in the config"),
+            ),
+            SignError::Certificate { .. } | SignError::KeyPermissions { .. } => (Kind::Data, None),
+            SignError::NoSignFile(_) => (
+                Kind::Unavailable,
+                Some(
+                    "install the kernel's headers (linux-headers-RELEASE), which ship scripts/sign-file",
+                ),
+            ),
+            // sign-file's own message says why (a wrong passphrase, a key that does
+            // not match the certificate).
+            SignError::SignFile { .. } => (Kind::User, None),
+            SignError::Check { .. } | SignError::Io { .. } => (Kind::Internal, None),
         }
     }
 }
@@ -470,7 +512,8 @@ impl Classify for BuildKlpError {
             | BuildKlpError::BadNewName { .. }
             | BuildKlpError::DuplicateRelocation { .. }
             | BuildKlpError::NonAllocTarget { .. }
-            | BuildKlpError::WrongObject { .. } => (Kind::Data, None),
+            | BuildKlpError::WrongObject { .. }
+            | BuildKlpError::ShortReference { .. } => (Kind::Data, None),
             BuildKlpError::Read { .. }
             | BuildKlpError::Object { .. }
             | BuildKlpError::Malformed { .. }

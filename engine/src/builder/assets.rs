@@ -199,6 +199,12 @@ impl Kernel {
             .map(|path| self.modules_dir().join(path))
     }
 
+    /// vmlinux's local symbols by source file, from its full symbol table (see
+    /// `kstack_kfacts::symtab`), when set-up fetched it.
+    pub fn symtab(&self) -> PathBuf {
+        self.dir.join("vmlinux.symtab")
+    }
+
     /// The kernel's `.config`.
     pub fn config(&self) -> PathBuf {
         self.dir
@@ -297,6 +303,10 @@ pub struct FetchOptions {
     pub source: bool,
     /// Make this the default kernel (`kernels/current`).
     pub make_current: bool,
+    /// Fetch the kernel's full symbol table (from `linux-image-<release>-dbg`) and
+    /// keep its locals by source file (`vmlinux.symtab`), for exact resolution of
+    /// same-named statics.
+    pub symbols: bool,
 }
 
 /// Fetches one kernel release into the cache: image, headers and source, each only if
@@ -359,10 +369,50 @@ pub fn fetch_kernel(
         prepare_source(cache, &kernel, version, log)?;
     }
 
+    if options.symbols && !kernel.symtab().is_file() {
+        fetch_symtab(cache, &kernel, version, log)?;
+    }
+
     if options.make_current {
         write(&cache.root.join("kernels/current"), release)?;
     }
     Ok(kernel)
+}
+
+/// Downloads the kernel's debug package, reads vmlinux's symbol table out of it and
+/// keeps only its locals by source file (a few MB of the package's 280): the package
+/// and the extracted vmlinux are deleted.
+fn fetch_symtab(
+    cache: &Cache,
+    kernel: &Kernel,
+    version: &str,
+    log: &mut dyn FnMut(&str),
+) -> Result<(), AssetError> {
+    let package = format!("linux-image-{}-dbg", kernel.release);
+    let deb = download(&cache.debs(), &package, version, log)?;
+    log(&format!("reading vmlinux's symbol table out of {package}"));
+    let tmp = kernel.dir.join("symtab.partial");
+    remove_if_exists(&tmp)?;
+    mkdir(&tmp)?;
+    let member = format!("./usr/lib/debug/boot/vmlinux-{}", kernel.release);
+    let script = format!(
+        "dpkg-deb --fsys-tarfile '{deb}' | tar -x -C '{tmp}' '{member}'",
+        deb = deb.display(),
+        tmp = tmp.display(),
+    );
+    run_ok(Command::new("bash").args(["-c", &script]))?;
+    let vmlinux = tmp.join(&member);
+    let table =
+        kstack_kfacts::symtab::LocalsByFile::read_elf(&vmlinux).map_err(|e| AssetError::Io {
+            path: vmlinux.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    let partial = kernel.symtab().with_extension("partial");
+    write(&partial, &table.to_text())?;
+    rename(&partial, &kernel.symtab())?;
+    remove_if_exists(&tmp)?;
+    remove_if_exists(&deb)?;
+    Ok(())
 }
 
 fn prepare_source(

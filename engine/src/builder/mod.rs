@@ -7,9 +7,11 @@
 //!   and the stack's earlier patches it is built on.
 //! - [`tree`]: private work trees of a prepared source, and compiling the touched
 //!   translation units with the kernel's flags.
+//! - [`deps`]: which translation units a header change reaches.
 //! - [`kbuild`]: linking a module with the kernel's own kbuild.
 //! - [`symbols`]: the target kernel's symbols, as the livepatch writer resolves them.
 //! - [`pipeline`]: the whole build of one patch.
+//! - [`sign`]: signing the final module with the kernel's `sign-file`.
 //! - [`diff`]: the ELF differ: correlates the pre and post objects and decides which
 //!   functions changed, which are new, and what must be refused.
 //! - [`klp`]: the output object (the changed and new functions with what they need,
@@ -17,13 +19,16 @@
 //!   post-link step that turns them into `.klp.rela` sections in the final module.
 
 pub mod assets;
+pub mod deps;
 pub mod diff;
 pub mod kbuild;
 pub mod klp;
 pub mod pipeline;
+pub mod sign;
 pub mod source;
 pub mod symbols;
 pub mod tree;
+pub mod units;
 
 /// How the target kernel resolves a symbol that a new function refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]

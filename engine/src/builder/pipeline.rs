@@ -14,8 +14,10 @@ use super::assets::Kernel;
 use super::diff::{self, DiffOptions, DiffReport, Status};
 use super::kbuild;
 use super::klp;
+use super::sign::{ModuleSigner, SignError};
 use super::symbols::{KernelSymbols, SymbolsError};
 use super::tree::{self, EXTRA_CFLAGS, TreeError, WorkTree};
+use super::units::{PreKey, UnitCommand, UnitRecords};
 use crate::runpre::BeforeFile;
 
 /// The module template and the hook header, built into kstack so that a build needs
@@ -67,6 +69,8 @@ pub enum BuildError {
     Kbuild(#[from] kbuild::KbuildError),
     #[error("post-link rewrite of the module: {0}")]
     PostLink(Box<klp::KlpError>),
+    #[error("{0}")]
+    Sign(#[from] SignError),
     #[error(
         "the diff changes module {module}, whose .ko is not among kernel {release}'s modules \
          in the cache ({dir})"
@@ -109,6 +113,12 @@ pub struct BuildRequest<'a> {
     pub position: String,
     /// The static kstack that boots the kernel to read its kallsyms the first time.
     pub guest_binary: PathBuf,
+    /// Signs the final module (`[build] module_signing_key`), when set.
+    pub signer: Option<ModuleSigner>,
+    /// Whether to use what earlier builds for this kernel recorded
+    /// ([`super::units`]: pre objects, compile commands); without, every unit is
+    /// compiled by kbuild in a full copy of the tree, as on a first build.
+    pub reuse: bool,
 }
 
 /// The phases, for a progress bar.
@@ -160,6 +170,37 @@ pub struct Built {
     /// The replaced functions' code as built, for run-pre matching.
     pub before: BeforeFile,
     pub timings: Vec<(Phase, Duration)>,
+    /// What the build took from earlier builds for the kernel.
+    pub reused: Reused,
+    /// What the patch leaves out on purpose and its user should know.
+    pub notes: Vec<String>,
+}
+
+/// What a build took from the records of earlier builds ([`super::units`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reused {
+    /// Units whose pre object was kept from an earlier build.
+    pub pre_objects: usize,
+    /// Units the build compiled.
+    pub units: usize,
+    /// Whether the units were compiled with their recorded commands in a tree of
+    /// links, rather than by kbuild in a full copy of the tree.
+    pub recorded_commands: bool,
+}
+
+impl Reused {
+    pub fn describe(&self) -> String {
+        format!(
+            "{} of {} unit(s) before the change kept from an earlier build; {}",
+            self.pre_objects,
+            self.units,
+            if self.recorded_commands {
+                "compiled with the commands kbuild ran before, in a tree of links"
+            } else {
+                "compiled by kbuild in a copy of the tree"
+            }
+        )
+    }
 }
 
 /// Everything about a build that can be known without building, so that a bad diff,
@@ -213,49 +254,137 @@ pub fn build(
     };
 
     let release = &req.kernel.release;
-    check(req.kernel, &req.earlier, &req.diff)?;
+    let changes = check(req.kernel, &req.earlier, &req.diff)?;
     let source = req.kernel.source().ok_or_else(|| BuildError::NoSource {
         release: release.clone(),
     })?;
+    let records = UnitRecords::new(req.kernel.dir());
+    // A diff of existing .c files whose units were compiled for this kernel before
+    // is compiled with the recorded commands, in a tree of links; anything else (a
+    // header, a new file, a unit never compiled) goes through kbuild, in a full copy.
+    let recorded = if req.reuse {
+        recorded_units(&changes, &records)
+    } else {
+        None
+    };
     enter(Phase::Tree, &mut timings);
-    let tree = WorkTree::new(&source, &work.join("trees"), release)?;
+    let tree = match &recorded {
+        Some(_) => {
+            let mut paths: Vec<String> = changes.iter().map(|c| c.path.clone()).collect();
+            for (_, diff) in &req.earlier {
+                paths.extend(tree::parse_diff(diff)?.into_iter().map(|c| c.path));
+            }
+            WorkTree::sparse(&source, &work.join("trees"), release, &paths)?
+        }
+        None => WorkTree::new(&source, &work.join("trees"), release)?,
+    };
     for (name, diff) in &req.earlier {
         tree.apply(diff, &format!("earlier patch {name}"))?;
     }
-    let units = tree.units_for(&req.diff)?;
+    let units = match &recorded {
+        Some(commands) => commands.iter().map(|c| c.unit.clone()).collect(),
+        None => tree.units_for(&req.diff, &source, &req.kernel.dir().join("deps"))?,
+    };
     for unit in &units {
         tree::check_built(tree.path(), release, unit)?;
     }
 
     enter(Phase::Pre, &mut timings);
     let out = tree.path().join(".kstack");
-    let pre_paths = tree.compile(&units, &out.join("pre"))?;
+    // A unit's pre object is the same for every patch that touches it at this
+    // position of the stack: kept, and compiled only when it is not.
+    let kernel_id = format!("{release} {}", req.kernel.version().unwrap_or_default());
+    let compiler = compiler_version();
+    let earlier: Vec<&[u8]> = req.earlier.iter().map(|(_, d)| d.as_slice()).collect();
+    let mut keys = BTreeMap::new();
+    let mut pre_objects = BTreeMap::new();
+    let mut to_compile = Vec::new();
+    for unit in &units {
+        let key = unit_source(tree.path(), unit)
+            .map(|text| PreKey::new(&kernel_id, &compiler, &earlier, unit, &text));
+        match key
+            .as_ref()
+            .filter(|_| req.reuse)
+            .and_then(|k| records.pre_object(k))
+        {
+            Some(object) => {
+                pre_objects.insert(unit.clone(), object);
+            }
+            None => to_compile.push(unit.clone()),
+        }
+        if let Some(key) = key {
+            keys.insert(unit.clone(), key);
+        }
+    }
+    if !to_compile.is_empty() {
+        let pre_paths = match &recorded {
+            Some(commands) => {
+                let needed: Vec<UnitCommand> = commands
+                    .iter()
+                    .filter(|c| to_compile.contains(&c.unit))
+                    .cloned()
+                    .collect();
+                tree.compile_recorded(&needed, &out.join("pre"))?
+            }
+            None => tree.compile(&to_compile, &out.join("pre"))?,
+        };
+        for (unit, path) in to_compile.iter().zip(&pre_paths) {
+            let object = std::fs::read(path).map_err(io(path))?;
+            if let Some(key) = keys.get(unit) {
+                // A record is an optimisation: a cache that cannot be written
+                // costs the next build a compile, never this one its result.
+                let _ = records.keep_pre_object(key, &object);
+            }
+            pre_objects.insert(unit.clone(), object);
+        }
+    }
+    let reused = Reused {
+        pre_objects: units.len() - to_compile.len(),
+        units: units.len(),
+        recorded_commands: recorded.is_some(),
+    };
     tree.apply(&req.diff, &format!("patch {}", req.name))?;
+    enter(Phase::Post, &mut timings);
+    let post_paths = match &recorded {
+        Some(commands) => tree.compile_recorded(commands, &out.join("post"))?,
+        None => tree.compile(&units, &out.join("post"))?,
+    };
     // Which object each unit is part of, as kbuild compiled it: vmlinux or a module.
     let mut objects: BTreeMap<String, String> = BTreeMap::new();
     for unit in &units {
-        objects.insert(unit.clone(), tree.unit_object(unit)?);
+        let object = match &recorded {
+            Some(commands) => commands
+                .iter()
+                .find(|c| &c.unit == unit)
+                .map_or_else(|| VMLINUX_OBJECT.to_owned(), UnitCommand::object),
+            None => {
+                // Kept for the next build of this unit (see above).
+                let _ = records.record_command(tree.path(), unit);
+                tree.unit_object(unit)?
+            }
+        };
+        objects.insert(unit.clone(), object);
     }
-    enter(Phase::Post, &mut timings);
-    let post_paths = tree.compile(&units, &out.join("post"))?;
 
     enter(Phase::Diff, &mut timings);
     let mut reports = BTreeMap::new();
-    let mut pre_objects = BTreeMap::new();
     let mut post_objects = BTreeMap::new();
     let mut refusals = Vec::new();
-    let options = DiffOptions::default();
-    for ((unit, pre), post) in units.iter().zip(&pre_paths).zip(&post_paths) {
-        let pre = std::fs::read(pre).map_err(io(pre))?;
+    for (unit, post) in units.iter().zip(&post_paths) {
+        let pre = &pre_objects[unit];
         let post = std::fs::read(post).map_err(io(post))?;
+        let options = DiffOptions {
+            // vmlinux's __init code ran at boot and is gone; a module's runs at load.
+            init_code_ran: objects[unit] == VMLINUX_OBJECT,
+            ..DiffOptions::default()
+        };
         let report =
-            diff::diff_objects(&pre, &post, &options).map_err(|source| BuildError::Diff {
+            diff::diff_objects(pre, &post, &options).map_err(|source| BuildError::Diff {
                 unit: unit.clone(),
                 source,
             })?;
         refusals.extend(report.refusals.iter().map(|r| format!("  {unit}: {r}")));
         reports.insert(unit.clone(), report);
-        pre_objects.insert(unit.clone(), pre);
         post_objects.insert(unit.clone(), post);
     }
     if !refusals.is_empty() {
@@ -272,7 +401,7 @@ pub fn build(
     // that it can be proven, before loading, to be the code the kernel runs.
     let mut before = BeforeFile::default();
     for (unit, report) in &reports {
-        for f in report.patched_functions() {
+        for f in report.patched_functions().filter(|f| f.is_redirected()) {
             if let Some(pre) = &f.pre {
                 let mut image =
                     crate::runpre::before_image_named(&pre_objects[unit], &pre.name, unit)
@@ -295,6 +424,14 @@ pub fn build(
     let mut symbols = KernelSymbols::parse(&kallsyms, &symvers)?;
     for (unit, pre) in &pre_objects {
         symbols.add_translation_unit(unit, defined_names(pre));
+    }
+    // vmlinux's full symbol table, when set-up fetched it, resolves same-named
+    // statics exactly.
+    let symtab = req.kernel.symtab();
+    if let Ok(text) = std::fs::read_to_string(&symtab) {
+        let locals = kstack_kfacts::symtab::LocalsByFile::parse(&text)
+            .map_err(|e| io(&symtab)(std::io::Error::other(e.to_string())))?;
+        symbols.set_locals(locals);
     }
     // The symbol tables of the modules the patch changes, from the image's `.ko`s:
     // what their code's references resolve against, and what `sympos` counts in.
@@ -344,6 +481,7 @@ pub fn build(
     // Per object (vmlinux first, then modules by name): its klp_func lines.
     let mut table: BTreeMap<(bool, String), Vec<String>> = BTreeMap::new();
     let mut functions = Vec::new();
+    let mut notes = Vec::new();
     for (index, (unit, report)) in reports.iter().enumerate() {
         let specs: Vec<klp::FunctionSpec> = report
             .patched_functions()
@@ -355,7 +493,9 @@ pub fn build(
                         .as_ref()
                         .map_or_else(|| post_name.clone(), |p| p.name.clone()),
                     post_name,
-                    new: f.status == Status::New,
+                    // Functions reached through their callers are carried, not
+                    // redirected: to the module they are new code.
+                    new: !f.is_redirected(),
                 }
             })
             .collect();
@@ -376,6 +516,7 @@ pub fn build(
             unit: unit.clone(),
             source: Box::new(source),
         })?;
+        notes.extend(extracted.notes.iter().cloned());
         let object = module_dir.join(format!("kstack_unit{index}.o_shipped"));
         std::fs::write(&object, &extracted.object).map_err(io(&object))?;
         sources.push(object);
@@ -434,6 +575,11 @@ pub fn build(
     let module = klp::post_link(&linked)
         .map_err(|e| BuildError::PostLink(Box::new(e)))?
         .ko;
+    // Signed last: the signature covers the bytes the kernel loads.
+    let module = match &req.signer {
+        Some(signer) => signer.sign(&module, &req.kernel.headers(), &module_dir.join("sign"))?,
+        None => module,
+    };
     if let Some(last) = timings.last_mut() {
         last.1 = phase_start.elapsed();
     }
@@ -447,6 +593,9 @@ pub fn build(
     }
     build_info.insert("units".into(), units.join(" "));
     build_info.insert("kstack".into(), env!("CARGO_PKG_VERSION").into());
+    if let Some(signer) = &req.signer {
+        build_info.insert("module_signer".into(), signer.describe());
+    }
     Ok(Built {
         module_name,
         module,
@@ -456,7 +605,31 @@ pub fn build(
         pre_objects,
         before,
         timings,
+        reused,
+        notes,
     })
+}
+
+/// The recorded compiles of the units a diff changes, when it changes only
+/// existing `.c` files and every one of their units has a record.
+fn recorded_units(changes: &[tree::FileChange], records: &UnitRecords) -> Option<Vec<UnitCommand>> {
+    changes
+        .iter()
+        .map(|c| {
+            let stem = c.path.strip_suffix(".c")?;
+            (c.kind == tree::ChangeKind::Modified)
+                .then(|| records.command(&format!("{stem}.o")))
+                .flatten()
+        })
+        .collect()
+}
+
+/// The source a unit is compiled from (`dir/name.c` or `dir/name.S`), as it is now.
+fn unit_source(tree: &Path, unit: &str) -> Option<Vec<u8>> {
+    let stem = unit.strip_suffix(".o")?;
+    ["c", "S"]
+        .iter()
+        .find_map(|ext| std::fs::read(tree.join(format!("{stem}.{ext}"))).ok())
 }
 
 /// `kstack_<12 hex>`: from the patch's position and content, so the same diff on

@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 
 use kstack_kfacts::elf::RelObject;
 use kstack_kfacts::kallsyms::{ModuleSymbol, module_symbols};
+use kstack_kfacts::symtab::LocalsByFile;
 use std::path::{Path, PathBuf};
 
 use kstack_kfacts::kallsyms::{KallsymsError, KallsymsIndex, Ksym};
@@ -61,6 +62,9 @@ pub struct KernelSymbols {
     /// Per translation unit, the names its pre object defines (for disambiguation).
     tu_names: HashMap<String, Vec<String>>,
     modules: HashMap<String, ModuleTable>,
+    /// vmlinux's locals by source file, when the kernel's full symbol table is at
+    /// hand: the exact answer to which of several same-named statics a unit means.
+    locals: Option<LocalsByFile>,
 }
 
 impl KernelSymbols {
@@ -89,6 +93,7 @@ impl KernelSymbols {
             exports,
             tu_names: HashMap::new(),
             modules: HashMap::new(),
+            locals: None,
         })
     }
 
@@ -112,6 +117,12 @@ impl KernelSymbols {
     /// same-named statics it can pick the one that sits among them.
     pub fn add_translation_unit(&mut self, tu: &str, names: Vec<String>) {
         self.tu_names.insert(tu.to_owned(), names);
+    }
+
+    /// Gives the resolver vmlinux's full symbol table by source file: same-named
+    /// statics are then told apart exactly, not by their neighbours.
+    pub fn set_locals(&mut self, locals: LocalsByFile) {
+        self.locals = Some(locals);
     }
 
     /// The kallsyms index the resolver reads.
@@ -311,6 +322,9 @@ impl KernelSymbols {
             (1, [(_, i)]) => Ok((entries[*i].addr, 0)),
             (_, [(pos, i)]) => Ok((entries[*i].addr, *pos)),
             (_, many) => {
+                if let Some(found) = self.exact_local(name, tu, many) {
+                    return found;
+                }
                 let (pos, i) = pick_by_neighbours(
                     name,
                     tu,
@@ -328,6 +342,72 @@ impl KernelSymbols {
             }
         }
     }
+}
+
+impl KernelSymbols {
+    /// Among same-named vmlinux entries (`(sympos, index)`), the one translation
+    /// unit `tu` defines, from vmlinux's full symbol table: the object of `tu`'s
+    /// source file (of those with its base name, the one that defines most of the
+    /// unit's names) and the address of `name` in it. `None` when the table is not
+    /// at hand or has no object of that file (the caller falls back).
+    fn exact_local(
+        &self,
+        name: &str,
+        tu: &str,
+        many: &[(u64, usize)],
+    ) -> Option<Result<(u64, u64), ResolveError>> {
+        let locals = self.locals.as_ref()?;
+        let stem = Path::new(tu).file_stem()?.to_str()?;
+        let unit_names: HashSet<String> = self
+            .tu_names
+            .get(tu)
+            .map(|v| v.iter().map(|n| normalize(n)).collect())
+            .unwrap_or_default();
+        let groups: Vec<_> = ["c", "S"]
+            .iter()
+            .flat_map(|ext| locals.groups_of(&format!("{stem}.{ext}")))
+            .collect();
+        if groups.is_empty() {
+            return None;
+        }
+        let overlap = |g: &kstack_kfacts::symtab::FileSymbols| {
+            g.symbols
+                .iter()
+                .filter(|(n, _)| unit_names.contains(&normalize(n)))
+                .count()
+        };
+        let best = groups.iter().map(|g| overlap(g)).max().unwrap_or(0);
+        let winners: Vec<_> = groups.iter().filter(|g| overlap(g) == best).collect();
+        let ambiguous = |detail: String| ResolveError::Ambiguous {
+            name: name.to_owned(),
+            candidates: many.len(),
+            detail,
+        };
+        let [group] = winners.as_slice() else {
+            return Some(Err(ambiguous(format!(
+                "{} objects of the kernel are built from a file named {stem}, and the \
+                 unit's symbols do not tell which is {tu}",
+                winners.len()
+            ))));
+        };
+        let Some(&(_, addr)) = group.symbols.iter().find(|(n, _)| n == name) else {
+            return Some(Err(ambiguous(format!(
+                "the kernel's symbol table has no {name} among the locals of {tu}'s source"
+            ))));
+        };
+        let entries = self.index.entries();
+        Some(
+            many.iter()
+                .find(|&&(_, i)| entries[i].addr == addr)
+                .map(|&(pos, i)| (entries[i].addr, pos))
+                .ok_or_else(|| ambiguous(format!("no kallsyms entry of {name} is at {addr:#x}"))),
+        )
+    }
+}
+
+/// A name without GCC's numbering (`count.3` → `count`), as the unit's names are kept.
+fn normalize(name: &str) -> String {
+    crate::builder::diff::normalize_name(name)
 }
 
 /// Among same-named local symbols (`(sympos, index)`), the one the translation unit

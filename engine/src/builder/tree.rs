@@ -12,13 +12,12 @@ use std::process::Command;
 
 use kstack_kfacts::livepatch::VMLINUX;
 
+use super::units::UnitCommand;
+
 /// What every pre and post object is compiled with, on top of the kernel's flags:
 /// one section per function and per data object, so the differ can compare them one
 /// by one (DESIGN.md, "Builder").
 pub const EXTRA_CFLAGS: &str = "-ffunction-sections -fdata-sections";
-
-/// How many translation units a header change may pull in before it is refused.
-pub const MAX_HEADER_UNITS: usize = 16;
 
 /// The tools a build runs: `cp` (work trees), `patch`, `make`, and the compiler
 /// that the kernel's Makefile calls (`CC = $(CROSS_COMPILE)gcc`).
@@ -48,12 +47,17 @@ pub enum TreeError {
     #[error("the diff touches no file the kernel builds (it changes: {0})")]
     NothingToBuild(String),
     #[error(
-        "the diff changes header {header}, which {units} translation units include; \
-         rebuilding them all is too broad for a live patch: change the .c files instead"
+        "the diff changes header {header}, which at least {units} translation units built \
+         for this kernel include; a header change may reach {limit} (each is compiled twice \
+         and compared): change the .c files that need the fix instead"
     )]
-    HeaderTooBroad { header: String, units: usize },
+    HeaderTooBroad {
+        header: String,
+        units: usize,
+        limit: usize,
+    },
     #[error(
-        "the diff changes header {header}, which no translation unit of its directory includes: {why}"
+        "the diff changes header {header}, which no translation unit built for this kernel includes: {why}"
     )]
     HeaderUnknown { header: String, why: String },
     #[error("cannot compile {units}:\n{output}")]
@@ -100,6 +104,60 @@ impl WorkTree {
         let generated = std::fs::read_to_string(&list).map_err(io(&list))?;
         for rel in generated.lines().filter(|l| !l.is_empty()) {
             unshare(&dir.path().join(rel))?;
+        }
+        Ok(WorkTree {
+            dir,
+            release: release.to_owned(),
+        })
+    }
+
+    /// A work tree that shares `prepared` through symbolic links: only the
+    /// directories on the way to `paths` (the files the diffs change, relative to
+    /// the top) are real directories, holding links to their other entries, and the
+    /// files of `paths` are copies. Cheap to make, whatever the size of the tree,
+    /// but only for compiling with recorded commands ([`WorkTree::compile_recorded`]),
+    /// which write nothing outside those directories: kbuild itself writes all over
+    /// a tree and needs [`WorkTree::new`].
+    pub fn sparse(
+        prepared: &Path,
+        parent: &Path,
+        release: &str,
+        paths: &[String],
+    ) -> Result<WorkTree, TreeError> {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+        let dir = tempfile::Builder::new()
+            .prefix("build-")
+            .tempdir_in(parent)
+            .map_err(io(parent))?;
+        // Every directory on the way to a changed file, the top included.
+        let mut real: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
+        let mut copies: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
+        for path in paths {
+            let path = Path::new(path);
+            copies.insert(path.to_owned());
+            real.extend(path.ancestors().skip(1).map(Path::to_owned));
+        }
+        // Parents sort before their children.
+        for rel in &real {
+            let at = dir.path().join(rel);
+            std::fs::create_dir_all(&at).map_err(io(&at))?;
+            let from = prepared.join(rel);
+            let Ok(entries) = std::fs::read_dir(&from) else {
+                continue; // a directory a diff creates
+            };
+            for entry in entries {
+                let entry = entry.map_err(io(&from))?;
+                let name = rel.join(entry.file_name());
+                let target = dir.path().join(&name);
+                if real.contains(&name) {
+                    continue;
+                }
+                if copies.contains(&name) {
+                    std::fs::copy(entry.path(), &target).map_err(io(&target))?;
+                } else {
+                    std::os::unix::fs::symlink(entry.path(), &target).map_err(io(&target))?;
+                }
+            }
         }
         Ok(WorkTree {
             dir,
@@ -155,9 +213,17 @@ impl WorkTree {
     }
 
     /// The translation units (object paths, `fs/proc/cmdline.o`) a diff needs
-    /// rebuilt: its `.c` files, and for a header the `.c` files of the header's own
-    /// directory that include it by name (a wider header change is refused).
-    pub fn units_for(&self, diff: &[u8]) -> Result<Vec<String>, TreeError> {
+    /// rebuilt: its `.c` files, and for a header every built unit whose compile
+    /// includes it ([`super::deps`]; `source` is the cached prepared tree, `cache`
+    /// where the include index and dependency lists are kept). A header the diff
+    /// creates is reached only through the files that include it, which the diff
+    /// changes too.
+    pub fn units_for(
+        &self,
+        diff: &[u8],
+        source: &Path,
+        cache: &Path,
+    ) -> Result<Vec<String>, TreeError> {
         let changes = parse_diff(diff)?;
         let files = buildable_files(&changes)?;
         let mut units = Vec::new();
@@ -165,55 +231,28 @@ impl WorkTree {
             if let Some(stem) = file.strip_suffix(".c") {
                 units.push(format!("{stem}.o"));
             } else if file.ends_with(".h") {
-                for unit in self.units_including(file)? {
-                    if !units.contains(&unit) {
-                        units.push(unit);
-                    }
+                let created = changes
+                    .iter()
+                    .any(|c| c.path == file && c.kind == ChangeKind::Created);
+                if created {
+                    continue;
                 }
+                units.extend(super::deps::units_including(
+                    self.path(),
+                    source,
+                    &self.release,
+                    file,
+                    cache,
+                )?);
             }
         }
         units.sort();
         units.dedup();
+        if units.is_empty() {
+            let all: Vec<&str> = changes.iter().map(|c| c.path.as_str()).collect();
+            return Err(TreeError::NothingToBuild(all.join(", ")));
+        }
         Ok(units)
-    }
-
-    fn units_including(&self, header: &str) -> Result<Vec<String>, TreeError> {
-        let path = Path::new(header);
-        let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
-        else {
-            return Err(TreeError::HeaderUnknown {
-                header: header.to_owned(),
-                why: "not a path".into(),
-            });
-        };
-        if header.starts_with("include/") || header.starts_with("arch/x86/include/") {
-            return Err(TreeError::HeaderTooBroad {
-                header: header.to_owned(),
-                units: usize::MAX,
-            });
-        }
-        let needle = format!("#include \"{name}\"");
-        let abs = self.path().join(dir);
-        let mut units = Vec::new();
-        for entry in std::fs::read_dir(&abs).map_err(io(&abs))?.flatten() {
-            let file = entry.file_name().to_string_lossy().into_owned();
-            if let Some(stem) = file.strip_suffix(".c")
-                && std::fs::read_to_string(entry.path()).is_ok_and(|t| t.contains(&needle))
-            {
-                units.push(format!("{}/{stem}.o", dir.display()));
-            }
-        }
-        match units.len() {
-            0 => Err(TreeError::HeaderUnknown {
-                header: header.to_owned(),
-                why: format!("no .c file in {} has {needle}", dir.display()),
-            }),
-            n if n > MAX_HEADER_UNITS => Err(TreeError::HeaderTooBroad {
-                header: header.to_owned(),
-                units: n,
-            }),
-            _ => Ok(units),
-        }
     }
 
     /// Compiles translation units with the kernel's flags plus [`EXTRA_CFLAGS`] and
@@ -254,6 +293,64 @@ impl WorkTree {
                 output: stderr,
             });
         }
+        self.collect(units, out)
+    }
+
+    /// Compiles translation units with the commands kbuild ran for them before
+    /// ([`super::units`]), from the top of the tree, as many at once as there are
+    /// CPUs; copies each object to `out` as [`WorkTree::compile`] does.
+    pub fn compile_recorded(
+        &self,
+        commands: &[UnitCommand],
+        out: &Path,
+    ) -> Result<Vec<PathBuf>, TreeError> {
+        std::fs::create_dir_all(out).map_err(io(out))?;
+        let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+        for batch in commands.chunks(jobs) {
+            let mut children = Vec::new();
+            for c in batch {
+                // The outputs are new files: never a write through a link into the
+                // shared tree, never a stale object taken for a fresh one.
+                let object = self.path().join(&c.unit);
+                let _ = std::fs::remove_file(&object);
+                let _ = std::fs::remove_file(object.with_file_name(format!(
+                    ".{}.d",
+                    object.file_name().and_then(|n| n.to_str()).unwrap_or_default()
+                )));
+                let child = Command::new("sh")
+                    .arg("-c")
+                    .arg(&c.command)
+                    .current_dir(self.path())
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .map_err(|e| spawn_error("sh", e))?;
+                children.push((c, child));
+            }
+            for (c, child) in children {
+                let output = child.wait_with_output().map_err(|e| TreeError::Command {
+                    command: c.command.clone(),
+                    output: e.to_string(),
+                })?;
+                if !output.status.success() {
+                    return Err(TreeError::Compile {
+                        units: c.unit.clone(),
+                        output: format!(
+                            "{}{}",
+                            String::from_utf8_lossy(&output.stdout),
+                            String::from_utf8_lossy(&output.stderr)
+                        ),
+                    });
+                }
+            }
+        }
+        let units: Vec<String> = commands.iter().map(|c| c.unit.clone()).collect();
+        self.collect(&units, out)
+    }
+
+    /// Copies each unit's object to `out/<unit path with / as __>`.
+    fn collect(&self, units: &[String], out: &Path) -> Result<Vec<PathBuf>, TreeError> {
         let mut objects = Vec::new();
         for unit in units {
             let src = self.path().join(unit);
@@ -271,14 +368,7 @@ impl WorkTree {
     /// its `KBUILD_MODNAME`, else `vmlinux`. Read from kbuild's record of the compile
     /// (`dir/.unit.o.cmd`).
     pub fn unit_object(&self, unit: &str) -> Result<String, TreeError> {
-        let path = Path::new(unit);
-        let cmd = self
-            .path()
-            .join(path.parent().unwrap_or(Path::new("")))
-            .join(format!(
-                ".{}.cmd",
-                path.file_name().and_then(|n| n.to_str()).unwrap_or(unit)
-            ));
+        let cmd = super::units::cmd_file(self.path(), unit);
         let missing = || TreeError::NoCompileRecord {
             unit: unit.to_owned(),
             cmd: cmd.clone(),
@@ -286,7 +376,7 @@ impl WorkTree {
         let text = std::fs::read_to_string(&cmd).map_err(|_| missing())?;
         let line = text
             .lines()
-            .find(|l| l.starts_with("cmd_"))
+            .find(|l| l.starts_with("cmd_") || l.starts_with("savedcmd_"))
             .ok_or_else(missing)?;
         Ok(object_of_compile(line).unwrap_or_else(|| VMLINUX.to_owned()))
     }
@@ -294,7 +384,7 @@ impl WorkTree {
 
 /// The module a compile command builds for (`-DMODULE` and
 /// `-DKBUILD_MODNAME='"xfs"'`, scripts/Makefile.lib `modname_flags`), if any.
-fn object_of_compile(command: &str) -> Option<String> {
+pub(crate) fn object_of_compile(command: &str) -> Option<String> {
     let words: Vec<&str> = command.split_whitespace().collect();
     if !words.contains(&"-DMODULE") {
         return None;
@@ -596,6 +686,14 @@ pub fn check_built(tree: &Path, release: &str, unit: &str) -> Result<(), TreeErr
         .parent()
         .ok_or_else(not_built)?
         .to_path_buf();
+    // A directory without a Makefile of its own (arch/x86/kvm/mmu) is built by its
+    // parent's (`kvm-y += mmu/mmu.o`).
+    while !tree.join(&dir).join("Makefile").is_file() && !tree.join(&dir).join("Kbuild").is_file() {
+        dir = dir.parent().ok_or_else(not_built)?.to_path_buf();
+        if dir.as_os_str().is_empty() {
+            return Err(not_built());
+        }
+    }
     let here = kbuild_dir(tree, &dir.to_string_lossy())?;
     if !here.objects.iter().any(|o| o == unit) {
         return Err(not_built());

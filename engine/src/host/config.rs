@@ -27,6 +27,8 @@ pub struct Config {
     pub trust: TrustConfig,
     #[serde(default)]
     pub sync: SyncConfig,
+    #[serde(default)]
+    pub build: BuildConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -98,6 +100,34 @@ pub struct SyncConfig {
     pub state_dir: Option<PathBuf>,
 }
 
+/// How `kstack commit` builds modules (read on the build host only).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BuildConfig {
+    /// The private key that signs the modules kstack builds (PEM, mode 0600, or a
+    /// `pkcs11:` URI), for hosts that enforce module signatures.
+    pub module_signing_key: Option<PathBuf>,
+    /// Its X.509 certificate (PEM or DER): the one the hosts' kernels trust.
+    pub module_signing_cert: Option<PathBuf>,
+}
+
+impl BuildConfig {
+    /// The key and certificate, when module signing is configured; an error names
+    /// the missing half.
+    pub fn module_signing(&self) -> Result<Option<(&Path, &Path)>, String> {
+        match (&self.module_signing_key, &self.module_signing_cert) {
+            (Some(key), Some(cert)) => Ok(Some((key, cert))),
+            (None, None) => Ok(None),
+            (Some(_), None) => {
+                Err("[build] module_signing_key is set but module_signing_cert is not".into())
+            }
+            (None, Some(_)) => {
+                Err("[build] module_signing_cert is set but module_signing_key is not".into())
+            }
+        }
+    }
+}
+
 impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
@@ -128,6 +158,140 @@ mod humantime_serde_shim {
         deserialize(d).map(Some)
     }
 }
+
+/// One key of the config file, documented: what `kstack.toml(5)` lists (the man
+/// page is made from this table, and a test checks that it names every key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyDoc {
+    pub section: &'static str,
+    pub key: &'static str,
+    /// An example value, as TOML.
+    pub example: &'static str,
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+/// Every key of the config file, in file order.
+pub const KEYS: &[KeyDoc] = &[
+    KeyDoc {
+        section: "store",
+        key: "path",
+        example: "\"/var/lib/kstack/store\"",
+        default: "/var/lib/kstack/store for root, else $XDG_DATA_HOME/kstack/store",
+        meaning: "The store: a bare Git repository of signed stacks (kstack init creates it). \
+                  --store and KSTACK_STORE override it.",
+    },
+    KeyDoc {
+        section: "store",
+        key: "remote",
+        example: "\"git://patches.example.com/kstack.git\"",
+        default: "none",
+        meaning: "The Git URL (git://, file:// or a path) that kstack pull fetches from when \
+                  given none; the fleet timer (kstack-update.timer) pulls from it.",
+    },
+    KeyDoc {
+        section: "stack",
+        key: "name",
+        example: "\"production\"",
+        default: "none: the host declares no patches",
+        meaning: "The stack this host runs: the one of that name for the running kernel's \
+                  build ID (refs/kstack/<build-id>/<name>).",
+    },
+    KeyDoc {
+        section: "stack",
+        key: "commit",
+        example: "\"3f2a9c41d0e7\"",
+        default: "the stack's head",
+        meaning: "Pin one stack commit (full or abbreviated id) instead of following the head.",
+    },
+    KeyDoc {
+        section: "trust",
+        key: "keys",
+        example: "[\"ed25519:8d7f3c0a9e1b2d4f6a8c0e2b4d6f8a0c2e4b6d8f0a2c4e6b8d0f2a4c6e8b0d2f\"]",
+        default: "none: nothing is trusted",
+        meaning: "Public keys (as kstack key show prints them) whose stack signatures are \
+                  accepted; a stack signed by any other key, or unsigned, is refused before \
+                  anything is loaded.",
+    },
+    KeyDoc {
+        section: "trust",
+        key: "threshold",
+        example: "2",
+        default: "1",
+        meaning: "How many distinct keys of [trust] keys must have signed a stack's head for \
+                  it to be trusted: a two-person rule for production. kstack approve adds a \
+                  signature to a head without changing its content.",
+    },
+    KeyDoc {
+        section: "trust",
+        key: "revoked",
+        example: "[\"ed25519:4508e2c1d0f3a9b7c5e1d3f7a9b0c2e4d6f8a0b2c4e6d8f0a2b4c6e8d0f2c4ff\"]",
+        default: "none",
+        meaning: "Keys whose signatures count for nothing, even where [trust] keys lists them: \
+                  a head signed only by a revoked key is refused; history it signed still \
+                  verifies when a trusted head vouches for it.",
+    },
+    KeyDoc {
+        section: "trust",
+        key: "signing_key",
+        example: "\"/etc/kstack/signing.key\"",
+        default: "/etc/kstack/signing.key",
+        meaning: "The private key (mode 0600) that kstack commit, revert, promote, renew and \
+                  approve sign stacks with.",
+    },
+    KeyDoc {
+        section: "trust",
+        key: "validity",
+        example: "\"30d\"",
+        default: "30d",
+        meaning: "How long the commits signed here stay valid as a stack's head (their signed \
+                  window; --valid-for overrides it). Hosts refuse an expired head: renew each \
+                  stack well before, with kstack renew.",
+    },
+    KeyDoc {
+        section: "trust",
+        key: "expired",
+        example: "\"refuse\"",
+        default: "refuse",
+        meaning: "What sync and plan do with a declared head whose validity window has run \
+                  out: refuse (exit 65), or warn and sync it. A [stack] commit pin is only \
+                  warned about.",
+    },
+    KeyDoc {
+        section: "sync",
+        key: "transition_timeout",
+        example: "\"60s\"",
+        default: "60s",
+        meaning: "How long one livepatch transition may take before kstack reverses it and \
+                  returns the host to its previous generation.",
+    },
+    KeyDoc {
+        section: "sync",
+        key: "state_dir",
+        example: "\"/var/lib/kstack\"",
+        default: "/var/lib/kstack for root, else $XDG_STATE_HOME/kstack",
+        meaning: "Generations, the lock, the state file and the last sync's outcome. \
+                  KSTACK_STATE_DIR overrides it.",
+    },
+    KeyDoc {
+        section: "build",
+        key: "module_signing_key",
+        example: "\"/etc/kstack/module-signing.key.pem\"",
+        default: "none: modules are not signed",
+        meaning: "The private key (PEM, mode 0600, or a pkcs11: URI) that signs the modules \
+                  kstack commit builds, with the kernel's scripts/sign-file, for hosts that \
+                  enforce module signatures (module.sig_enforce=1, lockdown, UEFI Secure Boot). \
+                  Build hosts only.",
+    },
+    KeyDoc {
+        section: "build",
+        key: "module_signing_cert",
+        example: "\"/etc/kstack/module-signing.cert.pem\"",
+        default: "none",
+        meaning: "The X.509 certificate of that key (PEM or DER), as the hosts' kernels trust \
+                  it (enrolled in the firmware's db or MOK list, or built into the kernel).",
+    },
+];
 
 /// A config file that could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +355,80 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.stack.unwrap().name, "production");
         assert_eq!(cfg.sync.transition_timeout, Duration::from_secs(15));
+    }
+
+    /// The documented keys are the config's keys, all of them: each parses, and a
+    /// config with every one set fills every field (the struct literal below stops
+    /// compiling when a field is added).
+    #[test]
+    fn the_key_table_documents_every_key() {
+        let mut text = String::new();
+        let mut section = "";
+        for k in KEYS {
+            if k.section != section {
+                text.push_str(&format!("[{}]\n", k.section));
+                section = k.section;
+            }
+            text.push_str(&format!("{} = {}\n", k.key, k.example));
+            // A [stack] needs its name.
+            let name = if k.section == "stack" && k.key != "name" {
+                "name = \"a\"\n"
+            } else {
+                ""
+            };
+            Config::parse(&format!(
+                "[{}]\n{name}{} = {}\n",
+                k.section, k.key, k.example
+            ))
+            .unwrap_or_else(|e| panic!("{}.{}: {e}", k.section, k.key));
+        }
+        let cfg = Config::parse(&text).unwrap();
+        let Config {
+            store: StoreConfig { path, remote },
+            stack,
+            trust:
+                TrustConfig {
+                    keys,
+                    threshold,
+                    revoked,
+                    signing_key,
+                    validity,
+                    expired,
+                },
+            sync:
+                SyncConfig {
+                    transition_timeout,
+                    state_dir,
+                },
+            build:
+                BuildConfig {
+                    module_signing_key,
+                    module_signing_cert,
+                },
+        } = cfg;
+        let StackConfig { name: _, commit } = stack.unwrap();
+        assert!(path.is_some() && remote.is_some() && commit.is_some());
+        assert!(!keys.is_empty() && signing_key.is_some() && state_dir.is_some());
+        assert_eq!(threshold, Some(2));
+        assert!(!revoked.is_empty());
+        assert_eq!(validity, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(expired, ExpiredPolicy::Refuse);
+        assert_eq!(transition_timeout, Duration::from_secs(60));
+        assert!(module_signing_key.is_some() && module_signing_cert.is_some());
+    }
+
+    #[test]
+    fn module_signing_needs_key_and_cert() {
+        let cfg = Config::parse(
+            "[build]\nmodule_signing_key = \"/k.pem\"\nmodule_signing_cert = \"/c.pem\"\n",
+        )
+        .unwrap();
+        let (key, cert) = cfg.build.module_signing().unwrap().unwrap();
+        assert_eq!((key, cert), (Path::new("/k.pem"), Path::new("/c.pem")));
+        let half = Config::parse("[build]\nmodule_signing_key = \"/k.pem\"\n").unwrap();
+        let err = half.build.module_signing().unwrap_err();
+        assert!(err.contains("module_signing_cert is not"), "{err}");
+        assert_eq!(Config::default().build.module_signing(), Ok(None));
     }
 
     #[test]

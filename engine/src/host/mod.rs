@@ -7,6 +7,8 @@
 //! - [`exec`]: the executor, which runs a plan through a [`kernel::Livepatch`] and
 //!   undoes it on failure.
 //! - [`prove`]: run-pre matching of the patches a plan applies, before loading.
+//! - [`signatures`]: what the kernel will make of each module's signature, decided
+//!   before loading.
 //! - [`state`]: generations and the lock in the state directory.
 //! - [`strict`]: refusing files that a user other than root could change.
 //! - [`reconcile`]: one host's sync, plan, rollback and status, from the config, the
@@ -18,6 +20,7 @@ pub mod kernel;
 pub mod plan;
 pub mod prove;
 pub mod reconcile;
+pub mod signatures;
 pub mod state;
 pub mod strict;
 

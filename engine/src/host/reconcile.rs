@@ -61,6 +61,16 @@ pub enum SyncError {
     },
     #[error("refused before anything was loaded: {0}")]
     RunPre(#[from] super::prove::ProveError),
+    #[error(
+        "refused before anything was loaded: the kernel {}; {}",
+        enforcement_words(.enforcement),
+        .refused.join("; ")
+    )]
+    ModuleSignature {
+        enforcement: super::kernel::signing::Enforcement,
+        /// `module (patch NAME): verdict`, one per refused module.
+        refused: Vec<String>,
+    },
     #[error("livepatch {0} is in a transition; wait for it to finish (see `kstack status`)")]
     TransitionInProgress(String),
     #[error("{0}")]
@@ -98,6 +108,15 @@ pub enum SyncError {
         found: String,
         declared: String,
     },
+}
+
+fn enforcement_words(e: &super::kernel::signing::Enforcement) -> String {
+    let reasons = e.reasons();
+    if reasons.is_empty() {
+        "rejects malformed module signatures".to_owned()
+    } else {
+        format!("enforces module signatures ({})", reasons.join(", "))
+    }
 }
 
 fn others_suffix(others: &[String]) -> String {
@@ -149,6 +168,8 @@ pub struct Prepared {
     pub state: State,
     /// Run-pre matching of the patches the plan applies.
     pub proof: super::prove::Proof,
+    /// What the kernel will make of the signatures of the modules the plan applies.
+    pub signatures: super::signatures::SignatureReport,
     /// Time spent by kstack itself: identification, verification, planning.
     pub overhead: Duration,
 }
@@ -427,6 +448,45 @@ impl Host<'_> {
                 matches!(step, plan::Step::Apply { module, .. } if *module == p.manifest.module_name)
             })
         };
+        // Before run-pre and before loading: a module the kernel will refuse for its
+        // signature is refused here, with the reason.
+        let to_apply: Vec<(&str, &str, &[u8])> = stack
+            .iter()
+            .filter(|p| applies(p))
+            .map(|p| {
+                (
+                    p.manifest.module_name.as_str(),
+                    p.manifest.name.as_str(),
+                    p.module.as_slice(),
+                )
+            })
+            .collect();
+        let signatures = if to_apply.is_empty() {
+            super::signatures::SignatureReport::default()
+        } else {
+            super::signatures::check(
+                &kernel::signing::Enforcement::read(),
+                &kernel::signing::TrustedKeys::read(),
+                &to_apply,
+            )
+        };
+        let refused = signatures.refused();
+        if !refused.is_empty() {
+            return Err(SyncError::ModuleSignature {
+                enforcement: signatures.enforcement.clone(),
+                refused: refused
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "module {} (patch {}) is {}",
+                            m.module,
+                            m.patch,
+                            m.describe()
+                        )
+                    })
+                    .collect(),
+            });
+        }
         let proof = super::prove::prove_running(&stack, &applies)?;
         Ok(Prepared {
             identity,
@@ -435,6 +495,7 @@ impl Host<'_> {
             foreign,
             state,
             proof,
+            signatures,
             overhead: started.elapsed(),
         })
     }
@@ -457,8 +518,31 @@ impl Host<'_> {
         observer: &mut dyn Observer,
     ) -> Result<Synced, SyncError> {
         let _lock = self.state.lock()?;
-        let prepared = self.plan()?;
-        self.execute(prepared, timeout, observer, Record::NewGeneration)
+        let result = self
+            .plan()
+            .and_then(|prepared| self.execute(prepared, timeout, observer, Record::NewGeneration));
+        self.record_last_sync("sync", &result);
+        result
+    }
+
+    /// Writes how a sync or rollback that held the lock ended (see
+    /// [`super::state::LastSync`]); a failure to write it is not the sync's.
+    fn record_last_sync(&self, operation: &str, result: &Result<Synced, SyncError>) {
+        let now = std::time::SystemTime::now();
+        let generation = match result {
+            Ok(s) => s.generation.or(s.prepared.state.current),
+            Err(_) => self.state.load().ok().and_then(|s| s.current),
+        };
+        let _ = self.state.save_last_sync(&super::state::LastSync {
+            operation: operation.to_owned(),
+            finished_at: humantime::format_rfc3339_seconds(now).to_string(),
+            unix_time: now
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            ok: result.is_ok(),
+            generation,
+            error: result.as_ref().err().map(|e| kstack_store::error_chain(e)),
+        });
     }
 
     /// `kstack rollback`: make generation `to` (default: the one before the current)
@@ -523,8 +607,13 @@ impl Host<'_> {
             }
             desired
         };
-        let prepared = self.prepare(desired, identity, started)?;
-        self.execute(prepared, timeout, observer, Record::Switch(target.number))
+        let result = self
+            .prepare(desired, identity, started)
+            .and_then(|prepared| {
+                self.execute(prepared, timeout, observer, Record::Switch(target.number))
+            });
+        self.record_last_sync("rollback", &result);
+        result
     }
 
     fn execute(
@@ -675,6 +764,38 @@ pub struct Status {
     /// Who signed the current generation's commit.
     #[serde(skip)]
     pub signers: Vec<kstack_store::keys::PublicKey>,
+    /// What the kernel enforces for module signatures, and the keys it trusts.
+    pub module_signing: ModuleSigning,
+    /// How the last sync or rollback ended.
+    pub last_sync: Option<super::state::LastSync>,
+}
+
+/// The kernel's module signature enforcement, as `status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModuleSigning {
+    pub enforcement: super::kernel::signing::Enforcement,
+    pub enforced: bool,
+    /// The keys module signatures are checked against; `None` when they cannot be
+    /// listed (`trusted_keys_error` says why).
+    pub trusted_keys: Option<Vec<super::kernel::signing::TrustedKey>>,
+    pub trusted_keys_error: Option<String>,
+}
+
+impl ModuleSigning {
+    /// The running kernel's.
+    pub fn read() -> ModuleSigning {
+        let enforcement = kernel::signing::Enforcement::read();
+        let (trusted_keys, trusted_keys_error) = match kernel::signing::TrustedKeys::read() {
+            kernel::signing::TrustedKeys::Known(keys) => (Some(keys), None),
+            kernel::signing::TrustedKeys::Unknown(why) => (None, Some(why)),
+        };
+        ModuleSigning {
+            enforced: enforcement.enforced(),
+            enforcement,
+            trusted_keys,
+            trusted_keys_error,
+        }
+    }
 }
 
 impl Host<'_> {
@@ -785,6 +906,8 @@ impl Host<'_> {
             taint_flags,
             validity,
             signers,
+            module_signing: ModuleSigning::read(),
+            last_sync: self.state.last_sync(),
         })
     }
 }

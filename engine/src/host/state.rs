@@ -21,6 +21,8 @@ const LOCK_FILE: &str = "lock";
 pub const STATE_DIR_MODE: u32 = 0o700;
 /// Mode of the lock and the state file.
 pub const STATE_FILE_MODE: u32 = 0o600;
+/// The outcome of the last sync or rollback, for monitoring.
+const LAST_SYNC_FILE: &str = "last-sync.toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -201,9 +203,70 @@ impl StateDir {
     }
 }
 
+/// How the last `sync` (or `rollback`) that got the lock ended: what `status
+/// --format prometheus` reports as the last sync result and time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastSync {
+    /// `sync` or `rollback`.
+    pub operation: String,
+    /// When it ended, RFC 3339 UTC, and as seconds since the epoch.
+    pub finished_at: String,
+    pub unix_time: i64,
+    pub ok: bool,
+    /// The generation the host is on afterwards (the one recorded, or kept).
+    pub generation: Option<u64>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl StateDir {
+    /// Records how a sync ended (best effort for the caller: monitoring must not
+    /// turn a good sync into a failed one).
+    pub fn save_last_sync(&self, last: &LastSync) -> Result<(), StateError> {
+        self.create()?;
+        let path = self.path.join(LAST_SYNC_FILE);
+        let text = toml::to_string(last).expect("LastSync serializes: strings and numbers");
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.path).map_err(self.io(&path))?;
+        tmp.write_all(text.as_bytes()).map_err(self.io(&path))?;
+        tmp.persist(&path).map_err(|e| StateError::Io {
+            path: path.clone(),
+            source: e.error,
+        })?;
+        Ok(())
+    }
+
+    /// The last sync's outcome, `None` before the first (or when unreadable).
+    pub fn last_sync(&self) -> Option<LastSync> {
+        let text = std::fs::read_to_string(self.path.join(LAST_SYNC_FILE)).ok()?;
+        toml::from_str(&text).ok()
+    }
+}
+
 /// The current time as RFC 3339 UTC.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod last_sync_tests {
+    use super::*;
+
+    #[test]
+    fn the_last_sync_round_trips() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::new(dir.path().join("state"));
+        assert_eq!(state.last_sync(), None);
+        let last = LastSync {
+            operation: "sync".into(),
+            finished_at: "2023-11-14T22:13:20Z".into(),
+            unix_time: 1_700_000_000,
+            ok: false,
+            generation: Some(3),
+            error: Some("refused before anything was loaded: ...".into()),
+        };
+        state.save_last_sync(&last).expect("saved");
+        assert_eq!(state.last_sync(), Some(last));
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 
+use std::path::Path;
+
 use nix::mount::{MsFlags, mount};
 use nix::sys::termios;
 
@@ -148,6 +150,23 @@ fn mount_pseudo_filesystems() -> Result<(), GuestError> {
             None::<&str>,
         )
         .map_err(|source| GuestError::Mount { target, source })?;
+    }
+    // What a host's init mounts too, best effort: securityfs shows the lockdown
+    // mode, efivarfs the UEFI variables (Secure Boot) when the VM boots through
+    // firmware.
+    for (source, target, fstype) in [
+        ("securityfs", "/sys/kernel/security", "securityfs"),
+        ("efivarfs", "/sys/firmware/efi/efivars", "efivarfs"),
+    ] {
+        if Path::new(target).is_dir() {
+            let _ = mount(
+                Some(source),
+                target,
+                Some(fstype),
+                MsFlags::empty(),
+                None::<&str>,
+            );
+        }
     }
     Ok(())
 }

@@ -60,7 +60,35 @@ pub struct SandboxOptions {
     pub kernel_args: Vec<String>,
     /// The CPU model QEMU emulates (`-cpu`); QEMU's default when `None`.
     pub cpu: Option<String>,
+    /// Boot through UEFI firmware instead of QEMU's direct Linux boot.
+    pub firmware: Option<Firmware>,
 }
+
+/// UEFI firmware for the VM: OVMF's code and a variable store (Debian's `ovmf`
+/// package: `/usr/share/OVMF/OVMF_CODE_4M.fd` and `OVMF_VARS_4M.fd`). The kernel is
+/// still given with `-kernel`; the firmware starts it through its EFI stub, so the
+/// kernel sees EFI runtime services and the variables (`db`, `SecureBoot`, the MOK
+/// lists). Each run gets a copy of `vars`, which is never written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Firmware {
+    pub code: PathBuf,
+    pub vars: PathBuf,
+}
+
+impl Firmware {
+    /// Debian's OVMF without Secure Boot keys enrolled, with `vars` as variables.
+    pub fn ovmf(vars: impl Into<PathBuf>) -> Firmware {
+        Firmware {
+            code: OVMF_CODE.into(),
+            vars: vars.into(),
+        }
+    }
+}
+
+/// Debian's OVMF build for 4 MiB flash, without SMM (`ovmf` package).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// Its empty variable store.
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 impl SandboxOptions {
     pub fn new(kernel: impl Into<PathBuf>, guest_binary: impl Into<PathBuf>) -> Self {
@@ -74,6 +102,7 @@ impl SandboxOptions {
             timeout: DEFAULT_TIMEOUT,
             kernel_args: Vec::new(),
             cpu: None,
+            firmware: None,
         }
     }
 }
@@ -183,11 +212,20 @@ pub struct Sandbox {
 impl Sandbox {
     /// Checks that the kernel, the guest binary and busybox exist.
     pub fn new(options: SandboxOptions) -> Result<Sandbox, SandboxError> {
+        let firmware = options.firmware.iter().flat_map(|f| {
+            [
+                ("UEFI firmware code (Debian package ovmf)", &f.code),
+                ("UEFI variable store", &f.vars),
+            ]
+        });
         for (what, path) in [
             ("kernel image", &options.kernel),
             ("static kstack binary for the guest", &options.guest_binary),
             ("busybox (Debian package busybox-static)", &options.busybox),
-        ] {
+        ]
+        .into_iter()
+        .chain(firmware)
+        {
             if !path.is_file() {
                 return Err(SandboxError::MissingAsset {
                     what,
@@ -294,6 +332,21 @@ impl Sandbox {
         .arg(&initrd)
         .arg("-append")
         .arg(append.join(" "));
+        if let Some(firmware) = &opts.firmware {
+            let vars = dir.path().join("vars.fd");
+            std::fs::copy(&firmware.vars, &vars).map_err(|source| SandboxError::Io {
+                path: firmware.vars.clone(),
+                source,
+            })?;
+            cmd.arg("-drive").arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                firmware.code.display()
+            ));
+            cmd.arg("-drive").arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
+        }
         for log in LOGS {
             cmd.arg("-serial")
                 .arg(format!("file:{}", dir.path().join(log).display()));

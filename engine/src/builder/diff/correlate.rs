@@ -2,7 +2,7 @@
 //! ones, by content and by who refers to them), compares each pair, and says what a
 //! live patch cannot do.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use kstack_kfacts::symbols::FENTRY;
 
@@ -84,6 +84,10 @@ impl<'a, 'd> Differ<'a, 'd> {
         };
 
         let mut functions = Vec::new();
+        // Per function: its pre symbol.
+        let mut function_pre = Vec::new();
+        // Changed functions that ftrace cannot redirect (indices into `functions`).
+        let mut untraceable = Vec::new();
         let mut data = Vec::new();
         let mut refusals = Vec::new();
         for (a, b) in pairs {
@@ -118,7 +122,16 @@ impl<'a, 'd> Differ<'a, 'd> {
             let key = |what: &str| format!("{what}:{}:{name}", status.as_str());
             match kind {
                 Kind::Function => {
-                    refusals.extend(self.function_refusal(a, b, status, &name));
+                    match self.function_refusal(a, b, status, &name) {
+                        Some(r) => refusals.push(r),
+                        None if status == Status::Changed
+                            && a.is_some_and(|a| !self.pre.has_fentry(a.sym)) =>
+                        {
+                            untraceable.push(functions.len());
+                        }
+                        None => {}
+                    }
+                    function_pre.push(a.map(|e| e.sym));
                     functions.push(FunctionReport {
                         key: key("function"),
                         status,
@@ -129,6 +142,7 @@ impl<'a, 'd> Differ<'a, 'd> {
                         post_parts: b
                             .map(|e| e.parts.iter().map(|&p| self.post.info(p)).collect())
                             .unwrap_or_default(),
+                        reached_through: Vec::new(),
                     });
                 }
                 Kind::Data => {
@@ -156,6 +170,13 @@ impl<'a, 'd> Differ<'a, 'd> {
                 }
             }
         }
+        self.through_callers(
+            untraceable,
+            &mut functions,
+            &function_pre,
+            &mut refusals,
+            opts,
+        );
         functions.sort_by(|x, y| x.key.cmp(&y.key));
         data.sort_by(|x, y| x.key.cmp(&y.key));
         refusals.sort_by(|x, y| x.key.cmp(&y.key));
@@ -190,17 +211,198 @@ impl<'a, 'd> Differ<'a, 'd> {
             ));
         }
         // Livepatch redirects the old function (pre, as in vmlinux) through its
-        // fentry call; a new function is only called, never redirected.
-        let pre = pre?;
-        (!self.pre.has_fentry(pre.sym)).then(|| {
-            refusal(
-                RefusalKind::Notrace,
-                name,
-                format!("changed, and has no call to {FENTRY} (notrace or noinstr)"),
-                "it cannot be live-patched: not traceable; patch its traceable callers \
-                 instead",
-            )
-        })
+        // fentry call; a new function is only called, never redirected. A changed
+        // function without one may still be reached through its callers
+        // ([`Self::through_callers`]).
+        None
+    }
+
+    /// Changed functions without an fentry call (`inline` ones emitted out of line,
+    /// `SYSCALL_DEFINE` bodies) are reached through their callers: when every
+    /// reference to one is a direct call or jump from a function of this file, those
+    /// callers are patched in its place (transitively, for callers without fentry
+    /// themselves) and it is carried, not redirected. Otherwise it is refused, saying
+    /// why: a global function (callers elsewhere), its address taken, a caller in a
+    /// module's `__init` code.
+    fn through_callers(
+        &self,
+        untraceable: Vec<usize>,
+        functions: &mut [FunctionReport],
+        function_pre: &[Option<usize>],
+        refusals: &mut Vec<Refusal>,
+        opts: &DiffOptions,
+    ) {
+        let by_pre: HashMap<usize, usize> = function_pre
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.map(|s| (s, i)))
+            .collect();
+        let mut seen: BTreeSet<usize> = untraceable.iter().copied().collect();
+        let mut queue: VecDeque<usize> = untraceable.into();
+        while let Some(fi) = queue.pop_front() {
+            let Some(sym) = function_pre[fi] else {
+                continue;
+            };
+            let name = functions[fi].name.clone();
+            let refuse = |why: String| {
+                refusal(
+                    RefusalKind::Notrace,
+                    &name,
+                    format!(
+                        "changed, and has no call to {FENTRY} (notrace, noinstr or inline); {why}"
+                    ),
+                    "ftrace cannot redirect it; patch its callers by hand, or leave it as it is",
+                )
+            };
+            if !self.pre.sym(sym).is_local() {
+                refusals.push(refuse(
+                    "it is global, so callers in other files may reach it and cannot be \
+                     patched in its place"
+                        .into(),
+                ));
+                continue;
+            }
+            let callers = match self.callers_of(sym) {
+                Ok(callers) => callers,
+                Err(why) => {
+                    refusals.push(refuse(why));
+                    continue;
+                }
+            };
+            let mut reached = Vec::new();
+            let mut failed = None;
+            for caller in callers {
+                let in_init = self
+                    .pre
+                    .sym(caller)
+                    .section
+                    .is_some_and(|s| self.pre.class(s) == Class::InitText);
+                let caller_name = self.pre.sym(caller).name.clone();
+                if in_init {
+                    if opts.init_code_ran {
+                        continue;
+                    }
+                    failed = Some(format!(
+                        "{caller_name} calls it from __init code, which runs when the module \
+                         loads and cannot be patched"
+                    ));
+                    break;
+                }
+                let Some(&ci) = by_pre.get(&caller) else {
+                    failed = Some(format!("{caller_name} calls it and is not a function"));
+                    break;
+                };
+                if functions[ci].status == Status::Removed {
+                    failed = Some(format!(
+                        "{caller_name} calls it and the change removes {caller_name}"
+                    ));
+                    break;
+                }
+                let note = format!(
+                    "calls {name}, which changed and has no fentry call: patched in its place"
+                );
+                let f = &mut functions[ci];
+                reached.push(f.name.clone());
+                if f.status == Status::Unchanged {
+                    f.status = Status::Changed;
+                    f.key = format!("function:changed:{}", f.name);
+                }
+                if !f.reasons.contains(&note) {
+                    f.reasons.push(note);
+                }
+                if !self.pre.has_fentry(caller) && seen.insert(ci) {
+                    queue.push_back(ci);
+                }
+            }
+            if let Some(why) = failed {
+                refusals.push(refuse(why));
+                continue;
+            }
+            if reached.is_empty() {
+                refusals.push(refuse(
+                    "nothing calls it after boot, so its new version would never run".into(),
+                ));
+                continue;
+            }
+            reached.sort();
+            reached.dedup();
+            functions[fi].reached_through = reached;
+        }
+    }
+
+    /// The functions of the pre object that call or jump to function `target`
+    /// directly, or why it cannot be reached through callers alone.
+    fn callers_of(&self, target: usize) -> Result<BTreeSet<usize>, String> {
+        let elf = self.pre;
+        let t = elf.sym(target);
+        let Some(home) = t.section else {
+            return Err("it is not defined here".into());
+        };
+        let mut callers = BTreeSet::new();
+        for (index, section) in elf.obj.sections.iter().enumerate() {
+            let class = elf.class(index);
+            if class == Class::Ignored {
+                continue;
+            }
+            let code = section.is_text();
+            for rel in elf.relocs_in(index, 0, section.size) {
+                if elf.referent(rel, code) != Some(target) {
+                    continue;
+                }
+                let place = format!("{}+{:#x}", section.name, rel.offset);
+                if class == Class::Special {
+                    if code {
+                        return Err(format!(
+                            "alternative replacement code ({place}) refers to it"
+                        ));
+                    }
+                    // An entry that describes its code (unwind, bug, exception table).
+                    continue;
+                }
+                if !code {
+                    return Err(format!(
+                        "its address is taken in {place}, and a function pointer would \
+                         keep reaching the old code"
+                    ));
+                }
+                let caller = elf
+                    .symbol_at(index, rel.offset as i64, 0)
+                    .filter(|&c| elf.sym(c).is_func())
+                    .ok_or_else(|| format!("{place}, outside any function, refers to it"))?;
+                if caller == target {
+                    continue;
+                }
+                if !elf.is_call_to(rel, caller, t.value) {
+                    return Err(format!(
+                        "its address is taken in {} ({place}), and a function pointer would \
+                         keep reaching the old code",
+                        elf.sym(caller).name
+                    ));
+                }
+                callers.insert(caller);
+            }
+        }
+        // Calls the assembler resolved within a shared section (`.sched.text`).
+        for &other in &elf.by_section[home] {
+            if other == target || !elf.sym(other).is_func() {
+                continue;
+            }
+            let piece = elf.piece(other);
+            for field in elf.resolved_fields(piece) {
+                if piece.offset as i64 + field.target != t.value as i64 {
+                    continue;
+                }
+                if !field.branch {
+                    return Err(format!(
+                        "its address is taken in {}, and a function pointer would keep \
+                         reaching the old code",
+                        elf.sym(other).name
+                    ));
+                }
+                callers.insert(other);
+            }
+        }
+        Ok(callers)
     }
 
     fn data_refusal(&self, pre: Option<&Entity>, name: &str, reasons: &[String]) -> Refusal {

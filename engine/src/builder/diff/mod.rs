@@ -41,6 +41,7 @@ mod shape;
 use std::collections::BTreeSet;
 use std::fmt;
 
+use kstack_kfacts::dwarf::TypeLayouts;
 use serde::Serialize;
 
 pub use names::normalize_name;
@@ -93,6 +94,11 @@ pub struct DiffOptions {
     /// symbol name, or the name without compiler suffixes): reported as changed but
     /// not refused.
     pub allowed_data: BTreeSet<String>,
+    /// The object's `__init` code has run and is gone (vmlinux, after boot): a call
+    /// from it is no caller to patch. A module's `__init` code runs when the module
+    /// loads, and a call from it to a function patched through its callers would
+    /// reach the old code, so such a function is refused.
+    pub init_code_ran: bool,
 }
 
 /// How a function or data object differs between pre and post.
@@ -151,6 +157,20 @@ pub struct FunctionReport {
     /// The post `.cold` parts that GCC split off the function: they go with it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub post_parts: Vec<SymbolInfo>,
+    /// For a changed function that ftrace cannot redirect (no fentry call: an
+    /// `inline` function emitted out of line, a `SYSCALL_DEFINE` body): the callers,
+    /// patched instead, that reach its new version. The function itself is carried
+    /// in the patch module but not redirected.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reached_through: Vec<String>,
+}
+
+impl FunctionReport {
+    /// The patch module redirects the kernel's version of this function to its own
+    /// (changed, with an fentry call); otherwise it only carries the new version.
+    pub fn is_redirected(&self) -> bool {
+        self.status == Status::Changed && self.reached_through.is_empty()
+    }
 }
 
 /// One data object of the translation unit.
@@ -181,6 +201,8 @@ pub enum RefusalKind {
     Init,
     /// A changed function has no fentry call: ftrace cannot redirect it.
     Notrace,
+    /// A struct, union or enum the unit defines has another layout after the change.
+    Layout,
 }
 
 impl RefusalKind {
@@ -189,6 +211,7 @@ impl RefusalKind {
             RefusalKind::Data => "data",
             RefusalKind::Init => "init",
             RefusalKind::Notrace => "notrace",
+            RefusalKind::Layout => "layout",
         }
     }
 }
@@ -265,9 +288,32 @@ pub struct SpecialEntry {
 
 /// Compares the pre and post objects of one translation unit.
 pub fn diff_objects(pre: &[u8], post: &[u8], opts: &DiffOptions) -> Result<DiffReport, DiffError> {
-    let pre = Elf::parse(pre, Side::Pre)?;
-    let post = Elf::parse(post, Side::Post)?;
-    Ok(Differ::new(&pre, &post).report(opts))
+    let pre_elf = Elf::parse(pre, Side::Pre)?;
+    let post_elf = Elf::parse(post, Side::Post)?;
+    let mut report = Differ::new(&pre_elf, &post_elf).report(opts);
+    let layouts = |data: &[u8], side| {
+        TypeLayouts::from_object(data).map_err(|e| DiffError::Malformed {
+            side,
+            section: ".debug_info".into(),
+            detail: e.to_string(),
+        })
+    };
+    let changes = layouts(pre, Side::Pre)?.changes_to(&layouts(post, Side::Post)?);
+    for change in changes {
+        let symbol = format!("{} {}", change.kind.keyword(), change.name);
+        report.refusals.push(Refusal {
+            key: format!("refuse:{}:{symbol}", RefusalKind::Layout.as_str()),
+            kind: RefusalKind::Layout,
+            symbol,
+            reason: format!("its layout changes ({})", change.detail),
+            remedy: "objects of the type already in memory keep the old layout, and so does \
+                     the code the patch leaves in place: keep the type as it is, and keep new \
+                     fields in a shadow variable (kstack_shadow_attach, kmod/include/kstack/hooks.h)"
+                .into(),
+        });
+    }
+    report.refusals.sort_by(|x, y| x.key.cmp(&y.key));
+    Ok(report)
 }
 
 /// The special-section entries that point into section `function_section` (an ELF

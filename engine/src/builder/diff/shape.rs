@@ -84,7 +84,35 @@ impl<'d> Elf<'d> {
                 branch,
             });
         }
+        if code {
+            self.add_resolved_references(piece, &mut shape, namer);
+        }
         shape
+    }
+
+    /// References the assembler resolved itself, with no relocation: from a function
+    /// to another function of the same section (`.sched.text` holds many; a call to a
+    /// static one among them is resolved at assembly time). Their offsets depend on
+    /// the layout of the section, so they are masked and named like relocations.
+    fn add_resolved_references(&self, piece: Piece, shape: &mut Shape, namer: &Namer<'_>) {
+        for field in self.resolved_fields(piece) {
+            let at = piece.offset as i64 + field.target;
+            let target = match self.symbol_at(piece.section, at, 0) {
+                Some(sym) => {
+                    let value = self.sym(sym).value as i64;
+                    format!("{}{}", self.name_of(sym, namer), signed_hex(at - value))
+                }
+                None => format!("{}{}", self.sec(piece.section).name, signed_hex(at)),
+            };
+            mask(&mut shape.bytes, field.offset, u64::from(field.size));
+            shape.relocs.push(NormRel {
+                offset: field.offset,
+                r_type: elf::R_X86_64_NONE,
+                target,
+                branch: field.branch,
+            });
+        }
+        shape.relocs.sort();
     }
 
     /// Names the referent of a relocation: a symbol by its correlated name plus
@@ -216,6 +244,56 @@ impl<'d> Elf<'d> {
             .any(|r| {
                 is_pc_relative(r.r_type) && r.symbol().is_some_and(|i| self.sym(i).name == FENTRY)
             })
+    }
+
+    /// Whether relocation `rel`, in the code of function `caller`, is the operand of a
+    /// direct call or jump to offset `start` of its target's section.
+    pub(super) fn is_call_to(&self, rel: &Reloc, caller: usize, start: u64) -> bool {
+        let Some(sym) = rel.symbol().map(|i| self.sym(i)) else {
+            return false;
+        };
+        let base = if sym.is_section() {
+            0
+        } else {
+            sym.value as i64
+        };
+        if base + rel.addend + code_slack(rel, true) != start as i64 {
+            return false;
+        }
+        let piece = self.piece(caller);
+        let data = self.data(piece.section);
+        let Some(bytes) = data.get(piece.offset as usize..(piece.offset + piece.size) as usize)
+        else {
+            return false;
+        };
+        let (insns, _) = x86::boundaries(bytes);
+        let offset = rel.offset - piece.offset;
+        x86::containing(&insns, offset).is_some_and(|(at, len)| {
+            let insn = &bytes[at as usize..(at + u64::from(len)) as usize];
+            x86::is_branch_operand(insn, (offset - at) as usize)
+        })
+    }
+
+    /// The PC-relative fields of code `piece` that reach outside it with no
+    /// relocation: the assembler resolved them within the section. Offsets and
+    /// targets are relative to the piece.
+    pub(super) fn resolved_fields(&self, piece: Piece) -> Vec<x86::PcField> {
+        let data = self.data(piece.section);
+        let Some(bytes) = data.get(piece.offset as usize..(piece.offset + piece.size) as usize)
+        else {
+            return Vec::new();
+        };
+        let relocated: Vec<u64> = self
+            .relocs_in(piece.section, piece.offset, piece.offset + piece.size)
+            .iter()
+            .map(|r| r.offset - piece.offset)
+            .collect();
+        x86::pc_relative_fields(bytes)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| !relocated.contains(&f.offset))
+            .filter(|f| !(0..piece.size as i64).contains(&f.target))
+            .collect()
     }
 
     /// The symbol that a relocation refers to, through a section symbol if need be.

@@ -13,6 +13,8 @@ use kstack_kfacts::sections::{
 };
 use object::elf;
 
+use kstack_kfacts::elf::Reloc;
+
 use super::extract::{Carried, Extractor, Target};
 use super::write::{OutReloc, OutSection, OutSymbol, OutTarget, RelocContext, write_object};
 use super::{
@@ -101,10 +103,28 @@ impl Extractor<'_, '_> {
                     _ => {}
                 }
             }
+            // The unwind state at the start of a function carried out of a shared
+            // section, where objtool wrote no entry (the state did not change from
+            // the code before it): a copy of the entry in effect there.
+            let mut states: Vec<u64> = groups.iter().map(|&(start, _)| start).collect();
+            if special.kind == EntryKind::OrcIp {
+                for (state, reloc) in self.orc_function_starts(sec)? {
+                    work.push((
+                        out_index,
+                        data.len() as u64,
+                        sec,
+                        reloc,
+                        RelocContext::Special,
+                    ));
+                    data.resize(data.len() + special.entry_size as usize, 0);
+                    states.push(state);
+                }
+            }
             special_names.push(section.name.clone());
+            let section = &self.input.sections[sec];
             outs.push(OutSection::copy_of(section, data));
             if special.kind == EntryKind::OrcIp {
-                outs.push(self.orc_entries(sec, &groups)?);
+                outs.push(self.orc_entries(sec, &states)?);
                 special_names.push(orc::ENTRY_SECTION.to_owned());
             }
         }
@@ -247,6 +267,7 @@ impl Extractor<'_, '_> {
             functions,
             references: externals.into_values().collect(),
             sections,
+            notes: std::mem::take(&mut self.notes).into_iter().collect(),
         })
     }
 
@@ -291,8 +312,61 @@ impl Extractor<'_, '_> {
         }
     }
 
-    /// The `.orc_unwind` entries parallel to the kept `.orc_unwind_ip` entries.
-    fn orc_entries(&self, ip_sec: usize, groups: &[(u64, u64)]) -> Result<OutSection> {
+    /// For each function carried out of a shared section whose first instruction has
+    /// no `.orc_unwind_ip` entry: the offset of the entry in effect there (the last
+    /// one before it), and a relocation for a new entry that points at the start.
+    fn orc_function_starts(&self, ip_sec: usize) -> Result<Vec<(u64, Reloc)>> {
+        let ip = &self.input.sections[ip_sec];
+        // (target section, target offset) → entry offset.
+        let mut entries: BTreeMap<(usize, i64), u64> = BTreeMap::new();
+        for rel in &ip.relocs {
+            let sym = &self.input.symbols[rel.sym];
+            if rel.offset % orc::IP_SIZE == 0
+                && let Some(t) = sym.section
+            {
+                entries.insert((t, sym.value as i64 + rel.addend), rel.offset);
+            }
+        }
+        let mut out = Vec::new();
+        for (&t, carried) in &self.carried {
+            let Carried::Functions(ranges) = carried else {
+                continue;
+            };
+            for &(start, _) in ranges {
+                let start = start as i64;
+                if entries.contains_key(&(t, start)) {
+                    continue;
+                }
+                let Some((_, &state)) = entries.range((t, i64::MIN)..(t, start)).next_back() else {
+                    continue;
+                };
+                let section_symbol = (1..self.input.symbols.len())
+                    .find(|&i| {
+                        let s = &self.input.symbols[i];
+                        s.is_section() && s.section == Some(t)
+                    })
+                    .ok_or_else(|| {
+                        malformed(
+                            &self.unit,
+                            format!("no section symbol for {}", self.input.sections[t].name),
+                        )
+                    })?;
+                out.push((
+                    state,
+                    Reloc {
+                        offset: state,
+                        sym: section_symbol,
+                        r_type: elf::R_X86_64_PC32,
+                        addend: start,
+                    },
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `.orc_unwind` entries for `.orc_unwind_ip` entries at `starts`, in order.
+    fn orc_entries(&self, ip_sec: usize, starts: &[u64]) -> Result<OutSection> {
         let what = format!("{}: {}", self.unit, orc::ENTRY_SECTION);
         let sec = self
             .section_named(orc::ENTRY_SECTION)
@@ -306,7 +380,7 @@ impl Extractor<'_, '_> {
             ));
         }
         let mut data = Vec::new();
-        for &(start, _) in groups {
+        for &start in starts {
             let i = (start / orc::IP_SIZE * orc::ENTRY_SIZE) as usize;
             data.extend_from_slice(&orc.data[i..i + orc::ENTRY_SIZE as usize]);
         }
@@ -327,11 +401,15 @@ impl Extractor<'_, '_> {
             for rel in &section.relocs {
                 let sym = &self.input.symbols[rel.sym];
                 let Some(t) = sym.section else { continue };
-                if !self.function_sections.contains_key(&t) {
-                    continue;
-                }
-                if layout.locate(t, sym.value as i64 + rel.addend).is_some() {
-                    let f = self.function_sections[&t];
+                let at = sym.value as i64 + rel.addend;
+                let Ok(end) = u64::try_from(at) else { continue };
+                let owner = self
+                    .function_starts
+                    .range((t, 0)..=(t, end))
+                    .next_back()
+                    .map(|(_, &f)| f);
+                let Some(f) = owner else { continue };
+                if layout.locate(t, at).is_some() {
                     return Err(KlpError::UnknownSpecialSection {
                         tu: self.tu(),
                         section: section.name.clone(),
@@ -343,116 +421,162 @@ impl Extractor<'_, '_> {
         Ok(())
     }
 
-    /// Assigns an output section to every carried input section.
+    /// Assigns output sections to what is carried: one per whole section, one per
+    /// section's slices, one per function of a shared section.
     fn layout(&self) -> Result<Layout> {
         let mut sections = Vec::new();
-        let mut placement = BTreeMap::new();
-        let mut slices = BTreeMap::new();
+        let mut ranges: BTreeMap<usize, Vec<Placed>> = BTreeMap::new();
         for (&sec, carried) in &self.carried {
             let section = &self.input.sections[sec];
-            let out_index = sections.len();
-            let mut out = match carried {
-                Carried::Whole => OutSection::copy_of(section, section.data.to_vec()),
-                Carried::Slices(ranges) => {
+            match carried {
+                Carried::Whole => {
+                    let mut out = OutSection::copy_of(section, section.data.to_vec());
+                    if let Some(&f) = self.function_starts.get(&(sec, 0)) {
+                        self.name_function(f, &mut out)?;
+                    } else {
+                        // Keep the local names of `.cold` parts and copied data, for
+                        // kallsyms and for whoever reads the module; a new global keeps
+                        // its binding, so that the patch's other files reach it.
+                        for &s in &section.symbols {
+                            let sym = &self.input.symbols[s];
+                            let new_global =
+                                !sym.is_local() && self.request.new_data.contains(&sym.name);
+                            if (sym.is_local() || new_global) && !sym.name.is_empty() {
+                                out.symbols.push(OutSymbol {
+                                    name: sym.name.clone(),
+                                    value: sym.value,
+                                    size: sym.size,
+                                    kind: sym.kind,
+                                    global: new_global,
+                                });
+                            }
+                        }
+                    }
+                    ranges.entry(sec).or_default().push(Placed {
+                        start: 0,
+                        end: section.size,
+                        out: sections.len(),
+                        shift: 0,
+                    });
+                    sections.push(out);
+                }
+                Carried::Slices(slices) => {
+                    let out_index = sections.len();
                     let mut data = Vec::new();
-                    let mut placed = Vec::new();
                     let mut offset = 0u64;
-                    for &(a, b) in ranges {
+                    for &(a, b) in slices {
                         // Data objects keep their section's alignment; code snippets
                         // are packed as they are.
                         if !section.is_text() {
                             let align = section.align.max(1);
                             offset = offset.div_ceil(align) * align;
                         }
-                        placed.push((a, b, offset as i64 - a as i64));
+                        ranges.entry(sec).or_default().push(Placed {
+                            start: a,
+                            end: b,
+                            out: out_index,
+                            shift: offset as i64 - a as i64,
+                        });
                         if !section.is_nobits() {
                             data.resize(offset as usize, 0);
                             data.extend_from_slice(&section.data[a as usize..b as usize]);
                         }
                         offset += b - a;
                     }
-                    slices.insert(sec, placed);
                     let mut out = OutSection::copy_of(section, data);
                     out.size = offset;
-                    out
+                    sections.push(out);
                 }
-            };
-            if let Some(&f) = self.function_sections.get(&sec) {
-                let spec = &self.request.functions[f];
-                let sym = self
-                    .input
-                    .function(&spec.post_name)
-                    .expect("seed() found every function");
-                let size = self.input.symbols[sym].size;
-                if spec.new {
-                    // A new global function keeps its binding, so that the objects of
-                    // other files of the patch, linked into the same module, reach it.
-                    let local = self.input.symbols[sym].is_local();
-                    out.symbols
-                        .push(OutSymbol::function(&spec.post_name, size, local));
-                } else {
-                    let name = new_symbol_name(&spec.old_name)?;
-                    out.name = format!(".text.{name}");
-                    out.symbols.push(OutSymbol::function(&name, size, false));
-                }
-            } else if matches!(carried, Carried::Whole) {
-                // Keep the local names of `.cold` parts and copied data, for kallsyms
-                // and for whoever reads the module; a new global keeps its binding,
-                // so that the patch's other files reach it.
-                for &s in &section.symbols {
-                    let sym = &self.input.symbols[s];
-                    let new_global = !sym.is_local() && self.request.new_data.contains(&sym.name);
-                    if (sym.is_local() || new_global) && !sym.name.is_empty() {
-                        out.symbols.push(OutSymbol {
-                            name: sym.name.clone(),
-                            value: sym.value,
-                            size: sym.size,
-                            kind: sym.kind,
-                            global: new_global,
+                Carried::Functions(functions) => {
+                    for &(a, b) in functions {
+                        let mut out = OutSection::copy_of(
+                            section,
+                            section.data[a as usize..b as usize].to_vec(),
+                        );
+                        if let Some(&f) = self.function_starts.get(&(sec, a)) {
+                            self.name_function(f, &mut out)?;
+                        } else {
+                            // A `.cold` part: its own name, local.
+                            let part = self
+                                .input
+                                .symbol_at(sec, a as i64)
+                                .map(|s| self.input.symbols[s].name.clone())
+                                .unwrap_or_default();
+                            out.name = format!(".text.{part}");
+                            out.symbols.push(OutSymbol::function(&part, b - a, true));
+                        }
+                        ranges.entry(sec).or_default().push(Placed {
+                            start: a,
+                            end: b,
+                            out: sections.len(),
+                            shift: -(a as i64),
                         });
+                        sections.push(out);
                     }
                 }
             }
-            placement.insert(sec, (out_index, 0));
-            sections.push(out);
         }
-        Ok(Layout {
-            sections,
-            placement,
-            slices,
-        })
+        Ok(Layout { sections, ranges })
     }
+
+    /// Names the output section of requested function `f` and gives it its symbol:
+    /// `__kstack_new_<old name>` for a replacement, its own name for a new function.
+    fn name_function(&self, f: usize, out: &mut OutSection) -> Result<()> {
+        let spec = &self.request.functions[f];
+        let sym = self
+            .input
+            .function(&spec.post_name)
+            .expect("seed() found every function");
+        let size = self.input.symbols[sym].size;
+        if spec.new {
+            // A new global function keeps its binding, so that the objects of other
+            // files of the patch, linked into the same module, reach it.
+            let local = self.input.symbols[sym].is_local();
+            out.name = format!(".text.{}", spec.post_name);
+            out.symbols
+                .push(OutSymbol::function(&spec.post_name, size, local));
+        } else {
+            let name = new_symbol_name(&spec.old_name)?;
+            out.name = format!(".text.{name}");
+            out.symbols.push(OutSymbol::function(&name, size, false));
+        }
+        Ok(())
+    }
+}
+
+/// One carried range of an input section and where it went.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Placed {
+    pub(super) start: u64,
+    pub(super) end: u64,
+    /// The output section.
+    pub(super) out: usize,
+    /// Output offset minus input offset.
+    pub(super) shift: i64,
 }
 
 /// Where every carried input section went.
 #[derive(Debug)]
 pub(super) struct Layout {
     pub(super) sections: Vec<OutSection>,
-    /// Input section → (output section, shift for whole sections).
-    pub(super) placement: BTreeMap<usize, (usize, i64)>,
-    /// Input section → its carried slices: (start, end, shift).
-    pub(super) slices: BTreeMap<usize, Vec<(u64, u64, i64)>>,
+    /// Input section → its carried ranges, sorted (a whole section is one).
+    pub(super) ranges: BTreeMap<usize, Vec<Placed>>,
 }
 
 impl Layout {
     /// The output section and offset shift for `offset` of input section `sec`, if
-    /// that byte is carried (or it is the end of a carried range).
+    /// that byte is carried (or it is the end of a carried range); a range that
+    /// starts there wins over one that ends there.
     pub(super) fn locate(&self, sec: usize, offset: i64) -> Option<(usize, i64)> {
-        let &(out_index, shift) = self.placement.get(&sec)?;
-        match self.slices.get(&sec) {
-            None => {
-                let size = self.sections[out_index].size as i64;
-                (0 <= offset && offset <= size).then_some((out_index, shift))
-            }
-            Some(slices) => slices
-                .iter()
-                .find(|&&(a, _, _)| a as i64 == offset)
-                .or_else(|| {
-                    slices
-                        .iter()
-                        .find(|&&(a, b, _)| a as i64 <= offset && offset <= b as i64)
-                })
-                .map(|&(_, _, shift)| (out_index, shift)),
-        }
+        let ranges = self.ranges.get(&sec)?;
+        ranges
+            .iter()
+            .find(|r| r.start as i64 == offset)
+            .or_else(|| {
+                ranges
+                    .iter()
+                    .find(|r| r.start as i64 <= offset && offset <= r.end as i64)
+            })
+            .map(|r| (r.out, r.shift))
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use kstack_kfacts::elf::{RelObject, Reloc, Symbol};
-use kstack_kfacts::livepatch::check_objname;
+use kstack_kfacts::livepatch::{VMLINUX, check_objname};
 use kstack_kfacts::reloc::is_pc_relative;
 use kstack_kfacts::sections::{
     self, ALTINSTR_AUX, EntryKind, SPECIAL_SECTIONS, SpecialSection, alt_instr,
@@ -27,6 +27,10 @@ pub(super) enum Carried {
     Whole,
     /// Byte ranges of it (`.altinstr_replacement`, `.altinstr_aux`), sorted, disjoint.
     Slices(Vec<(u64, u64)>),
+    /// Functions (and their `.cold` parts) of a section they share with other code
+    /// (`.sched.text`, `.spinlock.text`): each range, sorted, becomes an output
+    /// section of its own.
+    Functions(Vec<(u64, u64)>),
 }
 
 /// The instructions of one code section, as far as they could be decoded.
@@ -55,13 +59,20 @@ pub(super) struct Extractor<'a, 'd> {
     resolver: &'a dyn SymbolResolver,
     decoded: HashMap<usize, Decoded>,
     pub(super) carried: BTreeMap<usize, Carried>,
-    /// Input section of each requested function → index into `request.functions`.
-    pub(super) function_sections: BTreeMap<usize, usize>,
+    /// Where each requested function starts, (input section, offset) → index into
+    /// `request.functions`.
+    pub(super) function_starts: BTreeMap<(usize, u64), usize>,
     /// Post names of the carried functions, for finding their `.cold` parts.
     function_names: BTreeSet<String>,
     /// Every relocation source, per target section: (source section, offset).
     referrers: HashMap<usize, Vec<(usize, u64)>>,
     resolved: BTreeMap<(String, bool), Resolution>,
+    /// Per section carried as [`Carried::Functions`]: the references of carried code
+    /// to other code of the section that the assembler resolved itself (a call to a
+    /// static function of the same section has no relocation), as relocations.
+    implicit: HashMap<usize, Vec<Reloc>>,
+    /// What the output leaves out on purpose, for the build's notes.
+    pub(super) notes: BTreeSet<String>,
 }
 
 /// Writes the output object for `request.functions` of one translation unit.
@@ -84,10 +95,12 @@ pub fn extract(request: &ExtractRequest<'_>, resolver: &dyn SymbolResolver) -> R
         resolver,
         decoded: HashMap::new(),
         carried: BTreeMap::new(),
-        function_sections: BTreeMap::new(),
+        function_starts: BTreeMap::new(),
         function_names: BTreeSet::new(),
         referrers: HashMap::new(),
         resolved: BTreeMap::new(),
+        implicit: HashMap::new(),
+        notes: BTreeSet::new(),
     };
     ex.index_referrers();
     ex.seed()?;
@@ -128,18 +141,19 @@ impl Extractor<'_, '_> {
             let s = &self.input.symbols[sym];
             let sec = s.section.expect("functions() only returns defined symbols");
             let section = &self.input.sections[sec];
-            // Aliases (SYSCALL_DEFINE's `__x64_sys_*` for `__do_sys_*`) are the same code.
-            let others = section.symbols.iter().any(|&o| {
-                let other = &self.input.symbols[o];
-                o != sym && other.is_func() && (other.value, other.size) != (s.value, s.size)
-            });
-            if s.value != 0 || others || !section.is_text() {
+            if !section.is_text() || s.size == 0 {
                 return Err(KlpError::NotBundled {
                     tu: self.tu(),
                     name: f.post_name.clone(),
                     section: section.name.clone(),
                 });
             }
+            // Aliases (SYSCALL_DEFINE's `__x64_sys_*` for `__do_sys_*`) are the same code.
+            let shared = s.value != 0
+                || section.symbols.iter().any(|&o| {
+                    let other = &self.input.symbols[o];
+                    o != sym && other.is_func() && (other.value, other.size) != (s.value, s.size)
+                });
             if !f.new {
                 let symbol = new_symbol_name(&f.old_name)?;
                 if !names.insert(symbol.clone()) {
@@ -150,9 +164,14 @@ impl Extractor<'_, '_> {
                     });
                 }
             }
-            self.function_sections.insert(sec, i);
+            self.function_starts.insert((sec, s.value), i);
             self.function_names.insert(f.post_name.clone());
-            self.carried.insert(sec, Carried::Whole);
+            if shared {
+                let (start, end) = (s.value, s.end());
+                self.add_function_range(sec, start, end)?;
+            } else {
+                self.carried.insert(sec, Carried::Whole);
+            }
         }
         // New global data: another file of the patch may be its only user.
         let globals: Vec<usize> = (1..self.input.symbols.len())
@@ -215,8 +234,9 @@ impl Extractor<'_, '_> {
         let relocs = &self.input.sections[sec].relocs;
         match self.carried.get(&sec) {
             Some(Carried::Whole) => relocs.clone(),
-            Some(Carried::Slices(slices)) => relocs
+            Some(Carried::Slices(slices) | Carried::Functions(slices)) => relocs
                 .iter()
+                .chain(self.implicit.get(&sec).into_iter().flatten())
                 .filter(|r| slices.iter().any(|&(a, b)| a <= r.offset && r.offset < b))
                 .copied()
                 .collect(),
@@ -234,11 +254,16 @@ impl Extractor<'_, '_> {
     }
 
     /// Whether `offset` of input section `sec` lies in what is carried. The end of a
-    /// whole function counts (objtool's ORC terminator sits there); the end of a
-    /// snippet does not, since what is there belongs to the next snippet.
+    /// section counts (objtool's ORC terminator sits there); the end of a snippet or
+    /// of a function in a shared section does not, since what is there belongs to
+    /// the next one.
     fn is_carried(&self, sec: usize, offset: i64) -> bool {
+        let size = self.input.sections[sec].size as i64;
         match self.carried.get(&sec) {
-            Some(Carried::Whole) => 0 <= offset && offset <= self.input.sections[sec].size as i64,
+            Some(Carried::Whole) => 0 <= offset && offset <= size,
+            Some(Carried::Functions(ranges)) => ranges
+                .iter()
+                .any(|&(a, b)| a as i64 <= offset && (offset < b as i64 || offset == size)),
             Some(Carried::Slices(slices)) => slices
                 .iter()
                 .any(|&(a, b)| a as i64 <= offset && offset < b as i64),
@@ -292,7 +317,50 @@ impl Extractor<'_, '_> {
             }
             start += special.entry_size;
         }
+        kept.retain(|&(start, _)| !self.is_module_debug_site(sec, special, start));
         Ok(kept)
+    }
+
+    /// Whether the entry at `start` is the jump label of a dynamic-debug call site
+    /// (`pr_debug`, `dev_dbg`) whose key, in the descriptor `__UNIQUE_ID_ddebugN`, is
+    /// the target module's own: a livepatch relocation cannot reach it from a jump
+    /// table (see [`KlpError::ModuleSpecialRelocation`]). Such an entry is left out,
+    /// as kpatch does: the site keeps its compiled default, a jump over the message,
+    /// so the patched function's debug messages stay off while it is patched.
+    fn is_module_debug_site(&mut self, sec: usize, special: &SpecialSection, start: u64) -> bool {
+        use kstack_kfacts::sections::jump_entry;
+        if special.name != jump_entry::SECTION || self.request.objname == VMLINUX {
+            return false;
+        }
+        let section = &self.input.sections[sec];
+        let Some(key) = section
+            .relocs
+            .iter()
+            .find(|r| r.offset == start + jump_entry::KEY)
+        else {
+            return false;
+        };
+        let (key_sym, addend) = (key.sym, key.addend);
+        let symbol = &self.input.symbols[key_sym];
+        // The key's address carries flags in its low bits; a section symbol names
+        // the descriptor through what is defined there.
+        let name = match symbol.section {
+            Some(t) if symbol.is_section() => self
+                .input
+                .symbol_at(t, (symbol.value as i64 + addend) & !3)
+                .map(|named| self.input.symbols[named].name.clone()),
+            _ => Some(symbol.name.clone()),
+        };
+        let debug = name.is_some_and(|n| n.starts_with("__UNIQUE_ID_ddebug"));
+        if debug {
+            self.notes.insert(format!(
+                "{}: the dynamic debug messages (pr_debug) of the patched functions stay off \
+                 while patched: their keys belong to module {}, which a jump label of a \
+                 livepatch cannot refer to",
+                self.unit, self.request.objname
+            ));
+        }
+        debug
     }
 
     /// Carries the replacement code of the alternative at `start` of `.altinstructions`.
@@ -323,6 +391,85 @@ impl Extractor<'_, '_> {
             ));
         }
         Ok(self.add_slice(t, begin as u64, begin as u64 + len))
+    }
+
+    /// Carries a function, or a `.cold` part, of a shared section as a range of its own.
+    fn add_function_range(&mut self, sec: usize, start: u64, end: u64) -> Result<bool> {
+        if let Some(Carried::Functions(ranges)) = self.carried.get(&sec)
+            && ranges.contains(&(start, end))
+        {
+            return Ok(false);
+        }
+        let implicit = self.implicit_relocs(sec, start, end)?;
+        let entry = self
+            .carried
+            .entry(sec)
+            .or_insert_with(|| Carried::Functions(Vec::new()));
+        let Carried::Functions(ranges) = entry else {
+            return Ok(false);
+        };
+        ranges.push((start, end));
+        ranges.sort_unstable();
+        self.implicit.entry(sec).or_default().extend(implicit);
+        Ok(true)
+    }
+
+    /// The PC-relative references from `start..end` of code section `sec` to the rest
+    /// of the section that have no relocation, as relocations against the function
+    /// they reach. A short (one-byte) one cannot be relocated: refused.
+    fn implicit_relocs(&self, sec: usize, start: u64, end: u64) -> Result<Vec<Reloc>> {
+        let section = &self.input.sections[sec];
+        let code = &section.data[start as usize..end as usize];
+        let fields = x86::pc_relative_fields(code).map_err(|at| KlpError::Ambiguous {
+            tu: self.tu(),
+            place: self.input.place(sec, start + at),
+            section: section.name.clone(),
+            detail: "not a valid instruction, so its references to the rest of the \
+                     section cannot be found"
+                .into(),
+        })?;
+        let relocated: BTreeSet<u64> = section
+            .relocs_in(start, end)
+            .iter()
+            .map(|r| r.offset)
+            .collect();
+        let mut out = Vec::new();
+        for field in fields {
+            let offset = start + field.offset;
+            let target = start as i64 + field.target;
+            if relocated.contains(&offset) || (start as i64..end as i64).contains(&target) {
+                continue;
+            }
+            let place = self.input.place(sec, offset);
+            let Some(sym) = self
+                .input
+                .symbol_at(sec, target)
+                .filter(|&s| !self.input.symbols[s].name.is_empty())
+            else {
+                return Err(KlpError::NoSymbol {
+                    tu: self.tu(),
+                    place,
+                    section: section.name.clone(),
+                    offset: target,
+                });
+            };
+            if field.size != 4 {
+                return Err(KlpError::ShortReference {
+                    tu: self.tu(),
+                    place,
+                    symbol: self.input.symbols[sym].name.clone(),
+                    section: section.name.clone(),
+                });
+            }
+            let value = self.input.symbols[sym].value as i64;
+            out.push(Reloc {
+                offset,
+                sym,
+                r_type: elf::R_X86_64_PC32,
+                addend: target - value - (field.insn_end - field.offset) as i64,
+            });
+        }
+        Ok(out)
     }
 
     fn add_slice(&mut self, sec: usize, start: u64, end: u64) -> bool {
@@ -376,6 +523,19 @@ impl Extractor<'_, '_> {
             if self.is_cold_part(t) {
                 self.carried.insert(t, Carried::Whole);
                 return Ok(true);
+            }
+            // The `.cold` part of a carried function in a shared section.
+            let at = if sym.is_section() {
+                self.exact_anchor(sec, rel, t)?
+            } else {
+                sym.value as i64
+            };
+            if let Some(part) = self.input.symbol_at(t, at)
+                && self.is_cold_of_carried(&self.input.symbols[part].name)
+            {
+                let part = &self.input.symbols[part];
+                let (start, end) = (part.value, part.end());
+                return self.add_function_range(t, start, end);
             }
             return Ok(false);
         }
@@ -446,13 +606,14 @@ impl Extractor<'_, '_> {
             .map(|&s| &self.input.symbols[s])
             .filter(|s| s.is_func())
             .collect();
-        !funcs.is_empty()
-            && funcs.iter().all(|f| {
-                f.name.split_once(".cold").is_some_and(|(parent, rest)| {
-                    (rest.is_empty() || rest.starts_with('.'))
-                        && self.function_names.contains(parent)
-                })
-            })
+        !funcs.is_empty() && funcs.iter().all(|f| self.is_cold_of_carried(&f.name))
+    }
+
+    /// Whether `name` is a `.cold` part (`foo.cold`, `foo.cold.3`) of a carried function.
+    fn is_cold_of_carried(&self, name: &str) -> bool {
+        name.split_once(".cold").is_some_and(|(parent, rest)| {
+            (rest.is_empty() || rest.starts_with('.')) && self.function_names.contains(parent)
+        })
     }
 
     /// Whether the read-only data section `t` may be copied into the patch: all its
@@ -488,7 +649,7 @@ impl Extractor<'_, '_> {
                 SPECIAL_SECTIONS.iter().any(|s| s.name == name)
                     || match self.carried.get(&src) {
                         Some(Carried::Whole) => true,
-                        Some(Carried::Slices(slices)) => {
+                        Some(Carried::Slices(slices) | Carried::Functions(slices)) => {
                             slices.iter().any(|&(a, b)| a <= offset && offset < b)
                         }
                         None => false,

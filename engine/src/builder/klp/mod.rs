@@ -112,6 +112,8 @@ pub struct Extracted {
     /// Names of the post object's sections that the output carries, whole or in part
     /// (special sections: some of their entries), sorted.
     pub sections: Vec<String>,
+    /// What the output leaves out on purpose and the patch's user should know.
+    pub notes: Vec<String>,
 }
 
 /// One livepatch relocation section that [`post_link`] created.
@@ -151,11 +153,7 @@ pub enum KlpError {
     Malformed { what: String, detail: String },
     #[error("{tu}: no function symbol {name}")]
     NoSuchFunction { tu: String, name: String },
-    #[error(
-        "{tu}: function {name} shares section {section} with other code; kstack needs one \
-         function per section (-ffunction-sections), and sections such as .sched.text or \
-         .noinstr.text are not supported yet"
-    )]
+    #[error("{tu}: function {name} is in section {section}, which is not code, or has no size")]
     NotBundled {
         tu: String,
         name: String,
@@ -188,6 +186,17 @@ pub enum KlpError {
     },
     #[error("{tu}: {place} refers to {symbol} in {section}, which the kernel frees after boot")]
     InitReference {
+        tu: String,
+        place: String,
+        symbol: String,
+        section: String,
+    },
+    #[error(
+        "{tu}: {place} reaches {symbol}, elsewhere in {section}, with a short jump the \
+         assembler resolved; a one-byte offset cannot reach the function's new place, so \
+         it cannot be carried out of its shared section"
+    )]
+    ShortReference {
         tu: String,
         place: String,
         symbol: String,

@@ -10,8 +10,10 @@
 //! code against new data, which is exactly what the consistency model exists to
 //! prevent.
 //!
-//! Besides, this module identifies the running kernel and reads its taint.
+//! Besides, this module identifies the running kernel, reads its taint, and reads
+//! what it requires of module signatures ([`signing`]).
 
+pub mod signing;
 mod sysfs;
 
 #[cfg(test)]

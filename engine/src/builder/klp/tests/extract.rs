@@ -270,3 +270,84 @@ fn new_data_and_once_flags_are_carried_and_patch_globals_stay_plain() {
         "new_global_total is not defined by the output object"
     );
 }
+
+fn extract_shared(functions: &[FunctionSpec]) -> Result<Extracted> {
+    let object = compile_plain("shared.s");
+    let resolver = FakeResolver::new(&[
+        ("__fentry__", None),
+        ("printk", None),
+        ("first", Some(0)),
+        ("helper", Some(0)),
+        ("middle", None),
+        ("last", None),
+    ]);
+    let request = ExtractRequest {
+        object: &object,
+        tu: "test/shared.o",
+        objname: VMLINUX,
+        functions,
+        new_data: &[],
+        provided: &[],
+    };
+    extract(&request, &resolver)
+}
+
+#[test]
+fn a_function_of_a_shared_section_is_carried_alone_with_its_unwind_state() {
+    let ex = extract_shared(&[changed("middle")]).unwrap();
+    let elf = ElfFile64::<Endianness>::parse(&*ex.object).unwrap();
+    let new = ".text.__kstack_new_middle";
+    let text = elf.section_by_name(new).unwrap();
+    // middle's bytes alone: 0xa..0x20 of .sched.text.
+    assert_eq!(text.size(), 0x16);
+    let sym = elf.symbol_by_name("__kstack_new_middle").unwrap();
+    assert_eq!((sym.address(), sym.size()), (0, 0x16));
+    // `call first` had no relocation (the assembler resolved it within the
+    // section); carried alone it needs one, to the kernel's `first`.
+    assert_eq!(
+        relocs(&elf, new),
+        [
+            (0x1, "__fentry__".into(), -4),
+            (0x7, ".klp.sym.vmlinux.first,0".into(), -4),
+            (0xe, "printk".into(), -4),
+        ]
+    );
+    // No unwind entry at middle's first instruction in the input: the one in effect
+    // there (first's) is copied for it, after middle's own two.
+    assert_eq!(
+        relocs(&elf, ".orc_unwind_ip"),
+        [
+            (0, new.into(), 0x6),
+            (4, new.into(), 0x15),
+            (8, new.into(), 0),
+        ]
+    );
+    let orc = elf.section_by_name(".orc_unwind").unwrap();
+    let states: Vec<u8> = orc.data().unwrap().chunks(6).map(|e| e[0]).collect();
+    assert_eq!(states, [0x22, 0x33, 0x11]);
+}
+
+#[test]
+fn functions_of_one_shared_section_reach_each_other_inside_the_patch() {
+    let ex = extract_shared(&[changed("middle"), changed("last")]).unwrap();
+    let elf = ElfFile64::<Endianness>::parse(&*ex.object).unwrap();
+    assert_eq!(
+        relocs(&elf, ".text.__kstack_new_last"),
+        [
+            (0x1, "__fentry__".into(), -4),
+            (0x6, ".text.__kstack_new_middle".into(), -4),
+            (0xb, ".klp.sym.vmlinux.first,0".into(), -4),
+        ]
+    );
+}
+
+#[test]
+fn a_short_jump_out_of_a_shared_section_function_is_refused() {
+    let err = extract_shared(&[changed("shorty")]).unwrap_err();
+    assert!(
+        matches!(&err, KlpError::ShortReference { symbol, section, .. }
+            if symbol == "helper" && section == ".sched.text"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("short jump"), "{err}");
+}

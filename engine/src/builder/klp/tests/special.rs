@@ -14,6 +14,7 @@ fn special_resolver() -> FakeResolver {
         ("__x86_indirect_thunk_rax", None),
         ("__SCK__my_call", Some(0)),
         ("my_key", Some(0)),
+        ("__UNIQUE_ID_ddebug7", Some(0)),
         ("patched", Some(0)),
     ])
 }
@@ -125,5 +126,27 @@ fn module_targets_refuse_livepatch_relocations_in_special_sections() {
     assert!(
         matches!(&err, KlpError::ModuleSpecialRelocation { symbol, .. } if symbol == ".klp.sym.ext4.my_key,0"),
         "{err}"
+    );
+}
+
+#[test]
+fn module_debug_sites_are_left_at_their_default_with_a_note() {
+    let ex = extract_special(&["-DDDEBUG"], "ext4").unwrap();
+    let elf = ElfFile64::<Endianness>::parse(&*ex.object).unwrap();
+    let jump = elf.section_by_name("__jump_table").map_or(0, |s| s.size());
+    assert_eq!(jump, 0, "the debug site's jump label was carried");
+    assert!(
+        ex.notes
+            .iter()
+            .any(|n| n.contains("pr_debug") && n.contains("module ext4")),
+        "{:?}",
+        ex.notes
+    );
+    // In vmlinux the key resolves like any other.
+    let ex = extract_special(&["-DDDEBUG"], VMLINUX);
+    assert!(
+        ex.as_ref().is_ok_and(|e| e.notes.is_empty()),
+        "{:?}",
+        ex.map(|e| e.notes)
     );
 }
