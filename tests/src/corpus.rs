@@ -208,8 +208,9 @@ const REFUSALS: [(&str, &str); 13] = [
     ("compiles to the same code", "identical code (class 9)"),
     ("its layout changes", "type layout changed (class 7)"),
     ("which at least", "header reaches too many units (class 7)"),
-    ("data object changed", "existing data changed (class 2)"),
+    // Before "data object changed", which its message contains too.
     ("__initdata", "__init data changed"),
+    ("data object changed", "existing data changed (class 2)"),
     ("__init function", "__init code changed"),
     (
         "has no call to __fentry__",

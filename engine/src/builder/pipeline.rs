@@ -482,6 +482,8 @@ pub fn build(
     let mut table: BTreeMap<(bool, String), Vec<String>> = BTreeMap::new();
     let mut functions = Vec::new();
     let mut notes = Vec::new();
+    // Which patched module each section of module code belongs to (post-link).
+    let mut applied_with: BTreeMap<String, String> = BTreeMap::new();
     for (index, (unit, report)) in reports.iter().enumerate() {
         let specs: Vec<klp::FunctionSpec> = report
             .patched_functions()
@@ -517,6 +519,13 @@ pub fn build(
             source: Box::new(source),
         })?;
         notes.extend(extracted.notes.iter().cloned());
+        if objname != VMLINUX_OBJECT {
+            applied_with.extend(
+                section_names(&extracted.object)
+                    .into_iter()
+                    .map(|name| (name, objname.clone())),
+            );
+        }
         let object = module_dir.join(format!("kstack_unit{index}.o_shipped"));
         std::fs::write(&object, &extracted.object).map_err(io(&object))?;
         sources.push(object);
@@ -572,7 +581,7 @@ pub fn build(
         },
     )?;
     let linked = std::fs::read(&ko).map_err(io(&ko))?;
-    let module = klp::post_link(&linked)
+    let module = klp::post_link_applied(&linked, &applied_with)
         .map_err(|e| BuildError::PostLink(Box::new(e)))?
         .ko;
     // Signed last: the signature covers the bytes the kernel loads.
@@ -622,6 +631,19 @@ fn recorded_units(changes: &[tree::FileChange], records: &UnitRecords) -> Option
                 .flatten()
         })
         .collect()
+}
+
+/// The names of an object's sections.
+fn section_names(object: &[u8]) -> Vec<String> {
+    use object::{Object, ObjectSection};
+    object::File::parse(object).map_or_else(
+        |_| Vec::new(),
+        |file| {
+            file.sections()
+                .filter_map(|s| s.name().ok().map(str::to_owned))
+                .collect()
+        },
+    )
 }
 
 /// The source a unit is compiled from (`dir/name.c` or `dir/name.S`), as it is now.

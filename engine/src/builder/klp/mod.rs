@@ -34,7 +34,7 @@ use kstack_kfacts::livepatch::BadName;
 
 pub use extract::extract;
 pub use kstack_kfacts::livepatch::VMLINUX;
-pub use post_link::post_link;
+pub use post_link::{post_link, post_link_applied};
 
 use super::{Resolution, ResolveError};
 
