@@ -421,6 +421,13 @@ impl Classify for BuildError {
                 Kind::NoChange,
                 Some("the kernel already runs what the change says: there is nothing to patch"),
             ),
+            BuildError::FromEarlierPatch { .. } => (
+                Kind::Data,
+                Some(
+                    "build the two changes as one patch: revert the earlier patch and commit \
+                     their combined diff in its place",
+                ),
+            ),
             BuildError::Klp { source, .. } => source.classify(),
             BuildError::Symbols(e) => e.classify(),
             // Before images are cut from kstack's own pre objects.

@@ -10,6 +10,7 @@ use kstack_kfacts::symbols::ONCE_STATICS;
 use kstack_store::digest::Sha256Digest;
 use kstack_store::model::{FunctionRef, MODULE_PREFIX, VMLINUX as VMLINUX_OBJECT};
 
+use super::ResolveError;
 use super::assets::Kernel;
 use super::diff::{self, DiffOptions, DiffReport, Status};
 use super::kbuild;
@@ -51,6 +52,17 @@ pub enum BuildError {
          compiler optimised away)"
     )]
     NoChange(String),
+    #[error(
+        "{unit}: {place} refers to {symbol}, which the running kernel does not have: earlier \
+         patch {patch} of the stack adds it, in its own module, and a patch can refer only to \
+         what the kernel or the patch itself defines"
+    )]
+    FromEarlierPatch {
+        unit: String,
+        place: String,
+        symbol: String,
+        patch: String,
+    },
     #[error("{unit}: {source}")]
     Klp {
         unit: String,
@@ -514,9 +526,11 @@ pub fn build(
             new_data: &new_data,
             provided: &provided,
         };
-        let extracted = klp::extract(&request, &symbols).map_err(|source| BuildError::Klp {
-            unit: unit.clone(),
-            source: Box::new(source),
+        let extracted = klp::extract(&request, &symbols).map_err(|source| {
+            from_earlier_patch(&source, &req.earlier).unwrap_or_else(|| BuildError::Klp {
+                unit: unit.clone(),
+                source: Box::new(source),
+            })
         })?;
         notes.extend(extracted.notes.iter().cloned());
         if objname != VMLINUX_OBJECT {
@@ -737,6 +751,59 @@ fn table_header(
     text
 }
 
+/// A reference the running kernel cannot resolve, to a symbol that an earlier patch
+/// of the stack adds (a line it adds names it): the symbol lives in that patch's
+/// module, which no later patch can refer to, and saying so beats "not in the
+/// kernel's symbol table".
+fn from_earlier_patch(error: &klp::KlpError, earlier: &[(String, Vec<u8>)]) -> Option<BuildError> {
+    let klp::KlpError::Resolve {
+        tu,
+        place,
+        symbol,
+        source,
+    } = error
+    else {
+        return None;
+    };
+    if !matches!(
+        **source,
+        ResolveError::Missing { .. } | ResolveError::NotInModule { .. }
+    ) {
+        return None;
+    }
+    // A static local is `name.N` in the object, a clone `name.part.N`; the source
+    // says `name`.
+    let name = symbol.split('.').next().unwrap_or(symbol);
+    if name.is_empty() {
+        return None;
+    }
+    let (patch, _) = earlier
+        .iter()
+        .rev()
+        .find(|(_, diff)| adds_identifier(diff, name))?;
+    Some(BuildError::FromEarlierPatch {
+        unit: tu.clone(),
+        place: place.clone(),
+        symbol: symbol.clone(),
+        patch: patch.clone(),
+    })
+}
+
+/// Whether a line that `diff` adds has `name` as a whole identifier.
+fn adds_identifier(diff: &[u8], name: &str) -> bool {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    String::from_utf8_lossy(diff)
+        .lines()
+        .filter(|l| l.starts_with('+') && !l.starts_with("+++"))
+        .any(|line| {
+            line.match_indices(name).any(|(at, _)| {
+                let before = line[..at].chars().next_back();
+                let after = line[at + name.len()..].chars().next();
+                !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+            })
+        })
+}
+
 /// The data objects of a translation unit (post names) the patch module has its own
 /// copy of: new ones, which the running kernel does not have, and the once-only flags
 /// of print-once helpers ([`ONCE_STATICS`]).
@@ -803,6 +870,46 @@ fn compiler_version() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn unresolved(symbol: &str) -> klp::KlpError {
+        klp::KlpError::Resolve {
+            tu: "fs/proc/meminfo.o".into(),
+            place: "meminfo_proc_show+0x9d7".into(),
+            symbol: symbol.into(),
+            source: Box::new(ResolveError::Missing {
+                name: symbol.into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_symbol_an_earlier_patch_adds_is_named_with_that_patch() {
+        let earlier = vec![
+            (
+                "data-new".to_owned(),
+                b"--- a/fs/proc/meminfo.c\n+++ b/fs/proc/meminfo.c\n@@ -1,1 +1,2 @@\n \
+                  x\n+static struct { int mark; } kstack_data_new = { 1 };\n"
+                    .to_vec(),
+            ),
+            (
+                "other".to_owned(),
+                b"--- a/a.c\n+++ b/a.c\n@@ -1,1 +1,2 @@\n kstack_data_new\n+int kstack_data_newer;\n"
+                    .to_vec(),
+            ),
+        ];
+        let error = from_earlier_patch(&unresolved("kstack_data_new"), &earlier);
+        assert!(
+            matches!(&error, Some(BuildError::FromEarlierPatch { patch, .. }) if patch == "data-new"),
+            "{error:?}"
+        );
+        // A static local of an earlier patch, numbered by the compiler.
+        let error = from_earlier_patch(&unresolved("kstack_data_new.3"), &earlier);
+        assert!(matches!(error, Some(BuildError::FromEarlierPatch { .. })));
+        // Not added by any: context lines and longer names do not count.
+        assert!(from_earlier_patch(&unresolved("kstack_data"), &earlier).is_none());
+        assert!(from_earlier_patch(&unresolved("x"), &earlier).is_none());
+        assert!(from_earlier_patch(&unresolved("kstack_data_new"), &[]).is_none());
+    }
 
     #[test]
     fn hook_states_are_read_from_the_hook_file() {

@@ -102,8 +102,22 @@ impl WorkTree {
         // the shared tree.
         let list = prepared.join(super::assets::GENERATED_LIST);
         let generated = std::fs::read_to_string(&list).map_err(io(&list))?;
+        // The tools kbuild builds before any object (objtool, resolve_btfids) record
+        // their commands with the tree's absolute path (`O=$(abspath $(objtree))`):
+        // as the prepared tree wrote them, every command would differ from the one
+        // make runs here, and each build would compile them all again (about 60
+        // files, two thirds of a small patch's build time).
+        let rename = (
+            absolute(prepared)?,
+            absolute(dir.path())?.display().to_string(),
+        );
         for rel in generated.lines().filter(|l| !l.is_empty()) {
-            unshare(&dir.path().join(rel))?;
+            let path = dir.path().join(rel);
+            if is_tool_command_record(rel) {
+                unshare_renamed(&path, &rename.0.display().to_string(), &rename.1)?;
+            } else {
+                unshare(&path)?;
+            }
         }
         Ok(WorkTree {
             dir,
@@ -433,9 +447,37 @@ fn is_executable(path: &Path) -> bool {
 
 /// Replaces a hard link by a copy with the same times (so make sees nothing new).
 fn unshare(path: &Path) -> Result<(), TreeError> {
+    unshare_with(path, |copy| std::fs::copy(path, copy).map(|_| ()))
+}
+
+/// [`unshare`], with the text `from` replaced by `to` in the copy.
+fn unshare_renamed(path: &Path, from: &str, to: &str) -> Result<(), TreeError> {
+    unshare_with(path, |copy| {
+        let text = std::fs::read_to_string(path)?;
+        std::fs::write(copy, text.replace(from, to))
+    })
+}
+
+/// kbuild's record of how it built a file of `tools/` (`tools/objtool/.elf.o.cmd`).
+fn is_tool_command_record(rel: &str) -> bool {
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    rel.starts_with("tools/") && name.starts_with('.') && name.ends_with(".cmd")
+}
+
+/// A path as make's `$(abspath ...)` spells it: absolute, symbolic links resolved.
+fn absolute(path: &Path) -> Result<PathBuf, TreeError> {
+    std::fs::canonicalize(path).map_err(io(path))
+}
+
+/// Replaces a hard link with a copy that `write` makes, keeping the times (make
+/// compares them).
+fn unshare_with(
+    path: &Path,
+    write: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<(), TreeError> {
     let meta = std::fs::metadata(path).map_err(io(path))?;
     let copy = path.with_extension("kstack-unshare");
-    std::fs::copy(path, &copy).map_err(io(path))?;
+    write(&copy).map_err(io(path))?;
     let times = std::fs::FileTimes::new()
         .set_accessed(meta.accessed().map_err(io(path))?)
         .set_modified(meta.modified().map_err(io(path))?);
@@ -775,6 +817,40 @@ fn run(cmd: &mut Command) -> Result<(), TreeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_work_tree_renames_the_prepared_tree_in_the_tools_command_records() {
+        let prepared = tempfile::tempdir().unwrap();
+        let root = absolute(prepared.path()).unwrap();
+        let cmd = "tools/objtool/.elf.o.cmd";
+        let other = "scripts/mod/.modpost.o.cmd";
+        for rel in [cmd, other] {
+            let path = root.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, format!("cmd_{}/{rel} := gcc", root.display())).unwrap();
+        }
+        std::fs::write(
+            root.join(super::super::assets::GENERATED_LIST),
+            format!("{cmd}\n{other}\n"),
+        )
+        .unwrap();
+        let parent = tempfile::tempdir().unwrap();
+        let work = WorkTree::new(&root, parent.path(), "6.1.0-test").unwrap();
+        let here = absolute(work.path()).unwrap();
+        let read = |dir: &Path, rel: &str| std::fs::read_to_string(dir.join(rel)).unwrap();
+        assert_eq!(
+            read(&here, cmd),
+            format!("cmd_{}/{cmd} := gcc", here.display())
+        );
+        // The shared tree keeps its own; records outside tools/ are plain copies.
+        assert_eq!(
+            read(&root, cmd),
+            format!("cmd_{}/{cmd} := gcc", root.display())
+        );
+        assert_eq!(read(&here, other), read(&root, other));
+        assert!(is_tool_command_record("tools/lib/subcmd/.exec-cmd.o.cmd"));
+        assert!(!is_tool_command_record("tools/objtool/objtool"));
+    }
 
     #[test]
     fn the_object_a_unit_belongs_to_comes_from_its_compile_command() {
