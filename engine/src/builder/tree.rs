@@ -292,6 +292,7 @@ impl WorkTree {
             .map_err(|e| spawn_error("make", e))?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            out_of_space(self.path(), &stderr)?;
             // kbuild has no rule for an object its configuration leaves out.
             if let Some(unit) = units
                 .iter()
@@ -348,6 +349,7 @@ impl WorkTree {
                     output: e.to_string(),
                 })?;
                 if !output.status.success() {
+                    out_of_space(self.path(), &String::from_utf8_lossy(&output.stderr))?;
                     return Err(TreeError::Compile {
                         units: c.unit.clone(),
                         output: format!(
@@ -408,6 +410,18 @@ pub(crate) fn object_of_compile(command: &str) -> Option<String> {
         .find_map(|w| w.strip_prefix("-DKBUILD_MODNAME="))?;
     let name = name.trim_matches(|c| c == '\'' || c == '"' || c == '\\');
     (!name.is_empty()).then(|| name.replace('-', "_"))
+}
+
+/// A compile that failed because the disk is full is the machine's failure, not the
+/// diff's: an I/O error, not "cannot compile".
+fn out_of_space(tree: &Path, stderr: &str) -> Result<(), TreeError> {
+    if stderr.contains("No space left on device") {
+        return Err(TreeError::Io {
+            path: tree.to_owned(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        });
+    }
+    Ok(())
 }
 
 /// A program that could not be started: [`TreeError::ToolMissing`] when it is not
@@ -850,6 +864,20 @@ mod tests {
         assert_eq!(read(&here, other), read(&root, other));
         assert!(is_tool_command_record("tools/lib/subcmd/.exec-cmd.o.cmd"));
         assert!(!is_tool_command_record("tools/objtool/objtool"));
+    }
+
+    #[test]
+    fn a_full_disk_is_an_io_error_not_a_compile_error() {
+        let err = out_of_space(
+            Path::new("/t"),
+            "fatal error: error writing to /tmp/cc.s: No space left on device",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, TreeError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull),
+            "{err}"
+        );
+        assert!(out_of_space(Path::new("/t"), "error: no member named shost").is_ok());
     }
 
     #[test]
