@@ -371,7 +371,7 @@ pub fn build(
                 .map_or_else(|| VMLINUX_OBJECT.to_owned(), UnitCommand::object),
             None => {
                 // Kept for the next build of this unit (see above).
-                let _ = records.record_command(tree.path(), unit);
+                let _ = records.record_command(tree.path(), &source, unit);
                 tree.unit_object(unit)?
             }
         };

@@ -19,7 +19,7 @@ use kstack_store::digest::Sha256Digest;
 use super::tree::EXTRA_CFLAGS;
 
 /// Bumped when what a record means changes; older records are then ignored.
-const FORMAT: &str = "kstack unit records 1";
+const FORMAT: &str = "kstack unit records 2";
 
 /// The records of one kernel.
 #[derive(Debug, Clone)]
@@ -110,8 +110,16 @@ impl UnitRecords {
         })
     }
 
-    /// Records how kbuild compiled `unit` in `tree` (from its `.cmd` file).
-    pub fn record_command(&self, tree: &Path, unit: &str) -> std::io::Result<()> {
+    /// Records how kbuild compiled `unit` in `tree` (from its `.cmd` file), unless
+    /// the compile read a file that `prepared` lacks: one kbuild generated for this
+    /// build (`crypto/ecrdsa_params.asn1.h`), which a tree of links to `prepared`
+    /// would not have. Returns whether it recorded.
+    pub fn record_command(
+        &self,
+        tree: &Path,
+        prepared: &Path,
+        unit: &str,
+    ) -> std::io::Result<bool> {
         let cmd_file = cmd_file(tree, unit);
         let text = std::fs::read_to_string(&cmd_file)?;
         let command = command_of_record(&text, unit).ok_or_else(|| {
@@ -120,10 +128,17 @@ impl UnitRecords {
                 cmd_file.display()
             ))
         })?;
+        if dependencies(&text, unit)
+            .iter()
+            .any(|dep| !Path::new(dep).is_absolute() && !prepared.join(dep).exists())
+        {
+            return Ok(false);
+        }
         write_atomic(
             &self.command_path(unit),
             format!("{}\n{command}\n", record_header()).as_bytes(),
-        )
+        )?;
+        Ok(true)
     }
 
     /// The pre object kept under `key`.
@@ -163,6 +178,31 @@ pub fn command_of_record(text: &str, unit: &str) -> Option<String> {
     })?;
     let command = line.replace("$(pound)", "#").replace("$$", "$");
     (!command.trim().is_empty()).then_some(command)
+}
+
+/// The files a kbuild `.cmd` record lists as read by the compile (`deps_<unit> :=`,
+/// one per continued line; `$(wildcard ...)` lines are configuration checks, not
+/// files read).
+pub fn dependencies(text: &str, unit: &str) -> Vec<String> {
+    let mut lines = text
+        .lines()
+        .skip_while(|l| !l.starts_with(&format!("deps_{unit} :=")));
+    let mut deps = Vec::new();
+    let Some(first) = lines.next() else {
+        return deps;
+    };
+    let mut continued = first.trim_end().ends_with('\\');
+    for line in lines {
+        if !continued {
+            break;
+        }
+        continued = line.trim_end().ends_with('\\');
+        let item = line.trim().trim_end_matches('\\').trim();
+        if !item.is_empty() && !item.starts_with("$(") {
+            deps.push(item.to_owned());
+        }
+    }
+    deps
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -206,13 +246,24 @@ mod tests {
         let tree = dir.path().join("tree");
         std::fs::create_dir_all(tree.join("fs/proc")).unwrap();
         std::fs::write(tree.join("fs/proc/.version.o.cmd"), RECORD).unwrap();
+        // What the compile read is in the tree it links to.
+        std::fs::create_dir_all(tree.join("include/linux")).unwrap();
+        std::fs::write(tree.join("include/linux/kconfig.h"), "").unwrap();
         let records = UnitRecords::new(&dir.path().join("kernel"));
         assert_eq!(records.command("fs/proc/version.o"), None);
-        records.record_command(&tree, "fs/proc/version.o").unwrap();
+        assert!(
+            records
+                .record_command(&tree, &tree, "fs/proc/version.o")
+                .unwrap()
+        );
         let command = records.command("fs/proc/version.o").unwrap();
         assert_eq!(command.object(), "vmlinux");
         assert!(command.command.contains("objtool"));
-        assert!(records.record_command(&tree, "fs/proc/uptime.o").is_err());
+        assert!(
+            records
+                .record_command(&tree, &tree, "fs/proc/uptime.o")
+                .is_err()
+        );
 
         let key = PreKey::new("6.1.0-56 6.1.0-56", "gcc 12", &[b"a diff"], "u.o", b"src");
         assert_eq!(records.pre_object(&key), None);
@@ -221,6 +272,39 @@ mod tests {
         // A record that is not an object is none.
         records.keep_pre_object(&key, b"junk").unwrap();
         assert_eq!(records.pre_object(&key), None);
+    }
+
+    #[test]
+    fn a_compile_that_read_a_file_kbuild_generated_is_not_recorded() {
+        let text = "cmd_crypto/ecrdsa.o := gcc -c -o crypto/ecrdsa.o crypto/ecrdsa.c\n\n\
+            deps_crypto/ecrdsa.o := \\\n  include/linux/kconfig.h \\\n    \
+            $(wildcard include/config/FOO) \\\n  crypto/ecrdsa_params.asn1.h \\\n\n\
+            crypto/ecrdsa.o: $(deps_crypto/ecrdsa.o)\n";
+        assert_eq!(
+            dependencies(text, "crypto/ecrdsa.o"),
+            ["include/linux/kconfig.h", "crypto/ecrdsa_params.asn1.h"]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (tree, prepared) = (dir.path().join("tree"), dir.path().join("prepared"));
+        std::fs::create_dir_all(tree.join("crypto")).unwrap();
+        std::fs::create_dir_all(prepared.join("include/linux")).unwrap();
+        std::fs::write(prepared.join("include/linux/kconfig.h"), "").unwrap();
+        std::fs::write(tree.join("crypto/.ecrdsa.o.cmd"), text).unwrap();
+        let records = UnitRecords::new(&dir.path().join("kernel"));
+        // The generated header is in the work tree only.
+        assert!(
+            !records
+                .record_command(&tree, &prepared, "crypto/ecrdsa.o")
+                .unwrap()
+        );
+        assert_eq!(records.command("crypto/ecrdsa.o"), None);
+        std::fs::create_dir_all(prepared.join("crypto")).unwrap();
+        std::fs::write(prepared.join("crypto/ecrdsa_params.asn1.h"), "").unwrap();
+        assert!(
+            records
+                .record_command(&tree, &prepared, "crypto/ecrdsa.o")
+                .unwrap()
+        );
     }
 
     #[test]
