@@ -351,7 +351,11 @@ impl Extractor<'_, '_> {
                 .map(|named| self.input.symbols[named].name.clone()),
             _ => Some(symbol.name.clone()),
         };
-        let debug = name.is_some_and(|n| n.starts_with("__UNIQUE_ID_ddebug"));
+        // A descriptor the patch adds lives in the patch module with its key: its
+        // jump label is the patch's own and is carried.
+        let debug = name.is_some_and(|n| {
+            n.starts_with("__UNIQUE_ID_ddebug") && !self.request.new_data.contains(&n)
+        });
         if debug {
             self.notes.insert(format!(
                 "{}: the dynamic debug messages (pr_debug) of the patched functions stay off \

@@ -20,13 +20,17 @@ fn special_resolver() -> FakeResolver {
 }
 
 fn extract_special(extra: &[&str], objname: &str) -> Result<Extracted> {
+    extract_special_with(extra, objname, &[])
+}
+
+fn extract_special_with(extra: &[&str], objname: &str, new_data: &[String]) -> Result<Extracted> {
     let object = compile("special.c", extra);
     let request = ExtractRequest {
         object: &object,
         tu: "test/special.o",
         objname,
         functions: &[changed("patched")],
-        new_data: &[],
+        new_data,
         provided: &[],
     };
     extract(&request, &special_resolver())
@@ -142,6 +146,15 @@ fn module_debug_sites_are_left_at_their_default_with_a_note() {
         "{:?}",
         ex.notes
     );
+    // A call site the patch adds has its descriptor, key and all, in the patch
+    // module: its jump label is carried.
+    let ex = extract_special_with(&["-DDDEBUG"], "ext4", &["__UNIQUE_ID_ddebug7".into()]).unwrap();
+    let elf = ElfFile64::<Endianness>::parse(&*ex.object).unwrap();
+    assert_eq!(
+        elf.section_by_name("__jump_table").map(|s| s.size()),
+        Some(16)
+    );
+    assert!(ex.notes.is_empty(), "{:?}", ex.notes);
     // In vmlinux the key resolves like any other.
     let ex = extract_special(&["-DDDEBUG"], VMLINUX);
     assert!(
