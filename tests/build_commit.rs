@@ -80,6 +80,7 @@ fn a_commit_of_a_kernel_git_tree_builds() {
             "kernel_release",
             "patch",
             "signer",
+            "validity",
             "cumulative"
         ]),
         "{report}"
@@ -312,4 +313,106 @@ fn a_change_that_compiles_to_identical_code_makes_no_patch() {
         "{stderr}"
     );
     assert!(stderr.contains("CONFIG_INIT_STACK_ALL_ZERO"), "{stderr}");
+}
+
+/// A unit built once for a kernel is built again from what that build recorded: its
+/// pre object (the same for every patch on the same base) and kbuild's compile
+/// command, run in a tree of links instead of a full copy. The module is the same
+/// code as kbuild's, and neither build writes into the kernel's prepared tree.
+#[test]
+fn a_second_build_of_a_unit_reuses_its_records_and_builds_the_same_code() {
+    let source = kernel().source().expect("run `cargo xtask setup`");
+    let started = std::time::SystemTime::now();
+    let patch = example_patch("0004-loadavg-running-percent.diff");
+    let build = |extra: &[&str]| {
+        let store = CliStore::new();
+        let out = kstack_tests::kstack_cli()
+            .arg("--store")
+            .arg(&store.store)
+            .args(["commit", "--stack", "reuse", "--key"])
+            .arg(&store.key)
+            .args(extra)
+            .arg(&patch)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        let module = stored_module(&store.store);
+        (stderr, module)
+    };
+    let (first, kbuild_module) = build(&["--no-cache"]);
+    assert!(
+        first.contains("0 of 1 unit(s) before the change kept")
+            && first.contains("compiled by kbuild in a copy of the tree"),
+        "{first}"
+    );
+    let (second, recorded_module) = build(&[]);
+    assert!(
+        second.contains("1 of 1 unit(s) before the change kept")
+            && second.contains("compiled with the commands kbuild ran before"),
+        "{second}"
+    );
+    assert_eq!(
+        without_build_id(&kbuild_module),
+        without_build_id(&recorded_module),
+        "the recorded compile built other code than kbuild"
+    );
+    let written = newer_files(&source, started);
+    assert!(
+        written.is_empty(),
+        "builds wrote into the prepared tree: {written:?}"
+    );
+}
+
+/// The module of the only patch of the only stack of `store`.
+fn stored_module(store: &std::path::Path) -> Vec<u8> {
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(store)
+            .args(args)
+            .output()
+            .expect("git (run `cargo xtask setup`)");
+        assert!(out.status.success(), "git {args:?}");
+        out.stdout
+    };
+    let refs =
+        String::from_utf8(git(&["for-each-ref", "--format=%(refname)", "refs/kstack"])).unwrap();
+    let head = refs.lines().next().unwrap().to_owned();
+    let files = String::from_utf8(git(&["ls-tree", "-r", "--name-only", &head])).unwrap();
+    let module = files.lines().find(|f| f.ends_with("/module.ko")).unwrap();
+    git(&["show", &format!("{head}:{module}")])
+}
+
+/// A module's bytes with its build ID zeroed: the linker's hash of every byte,
+/// paths of the temporary build directory included.
+fn without_build_id(module: &[u8]) -> Vec<u8> {
+    use object::{Object, ObjectSection};
+    let file = object::File::parse(module).unwrap();
+    let mut bytes = module.to_vec();
+    if let Some((start, len)) = file
+        .section_by_name(".note.gnu.build-id")
+        .and_then(|s| s.file_range())
+    {
+        bytes[start as usize..(start + len) as usize].fill(0);
+    }
+    bytes
+}
+
+/// Files under `dir` modified since `since`.
+fn newer_files(dir: &std::path::Path, since: std::time::SystemTime) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.path().symlink_metadata().unwrap();
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if meta.modified().unwrap() >= since {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
 }

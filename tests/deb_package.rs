@@ -101,6 +101,8 @@ fn the_package_is_lintian_clean_installs_works_and_purges() {
         "/usr/share/man/man1/kstack.1.gz",
         "/usr/share/man/man1/kstack-sync.1.gz",
         "/usr/share/man/man1/kstack-promote.1.gz",
+        "/usr/share/man/man1/kstack-approve.1.gz",
+        "/usr/share/man/man1/kstack-renew.1.gz",
         "/usr/share/man/man1/kstack-status.1.gz",
         "/usr/share/man/man1/kstack-key-generate.1.gz",
         "/usr/share/man/man5/kstack.toml.5.gz",
@@ -129,6 +131,7 @@ fn the_package_is_lintian_clean_installs_works_and_purges() {
         .env("MANWIDTH", "80")
         .env("MANPAGER", "cat"));
     assert!(config_page.contains("module_signing_key"), "{config_page}");
+    assert!(config_page.contains("threshold"), "{config_page}");
 
     // Completions.
     let bash = ok(Command::new("bash").arg("-c").arg(format!(
@@ -145,6 +148,15 @@ fn the_package_is_lintian_clean_installs_works_and_purges() {
                 .display()
         )));
     assert!(fish.starts_with("promote\t"), "{fish}");
+    let fish = ok(Command::new("fish")
+        .arg("--no-config")
+        .arg("-c")
+        .arg(format!(
+            "source {}; complete -C 'kstack appr'",
+            root.join("usr/share/fish/vendor_completions.d/kstack.fish")
+                .display()
+        )));
+    assert!(fish.starts_with("approve\t"), "{fish}");
     let zsh = ok(Command::new("zsh").arg("-f").arg("-c").arg(format!(
         "fpath=({} $fpath); autoload -Uz compinit; compinit -u -d {}; print -r -- $_comps[kstack]",
         root.join("usr/share/zsh/vendor-completions").display(),

@@ -10,7 +10,7 @@ use kstack_engine::host::config::{Config, DEFAULT_CONFIG_PATH};
 use kstack_engine::host::kernel::Sysfs;
 use kstack_engine::host::reconcile::Host;
 use kstack_engine::host::state::StateDir;
-use kstack_store::keys::TrustPolicy;
+use kstack_store::keys::{self, TrustPolicy};
 use kstack_store::store::Store;
 
 use crate::commands::GlobalArgs;
@@ -71,17 +71,42 @@ impl Context {
         })
     }
 
-    /// The trusted keys of the config.
+    /// The trust policy of the config: `[trust] keys`, `threshold` and `revoked`.
     pub fn trust(&self) -> Result<TrustPolicy, CliError> {
-        TrustPolicy::from_strings(&self.config.trust.keys).map_err(|e| {
-            let at = self
-                .config_path
-                .as_deref()
-                .map_or_else(String::new, |p| format!(" in {}", p.display()));
-            CliError::from(e)
-                .context(format!("[trust] keys{at}"))
-                .with_kind(Kind::Data)
-        })
+        let at = self
+            .config_path
+            .as_deref()
+            .map_or_else(String::new, |p| format!(" in {}", p.display()));
+        let trust = &self.config.trust;
+        let parse = |keys: &[String], what: &str| {
+            keys::parse_keys(keys).map_err(|e| {
+                CliError::from(e)
+                    .context(format!("[trust] {what}{at}"))
+                    .with_kind(Kind::Data)
+            })
+        };
+        let policy = TrustPolicy {
+            keys: parse(&trust.keys, "keys")?,
+            threshold: trust.threshold(),
+            revoked: parse(&trust.revoked, "revoked")?,
+        };
+        let usable = policy
+            .keys
+            .iter()
+            .filter(|k| !policy.revoked.contains(k))
+            .count();
+        // A threshold no set of keys can meet would refuse everything, silently.
+        if policy.threshold == 0 || (!policy.keys.is_empty() && policy.threshold > usable) {
+            return Err(CliError::new(
+                Kind::Data,
+                format!(
+                    "[trust] threshold{at} is {}, but [trust] keys lists {usable} key(s) that are not revoked",
+                    policy.threshold
+                ),
+            )
+            .with_hint("set threshold between 1 and the number of trusted keys"));
+        }
+        Ok(policy)
     }
 
     /// The host that `sync`, `plan`, `status` and `rollback` work on.
@@ -92,7 +117,27 @@ impl Context {
             state: self.state_dir(),
             trust: self.trust()?,
             livepatch: Box::<Sysfs>::default(),
+            allow_downgrade: false,
         })
+    }
+
+    /// Refuses, like sshd's StrictModes, to act as root on a config, store, state
+    /// directory or signing key that another user could change (see
+    /// `kstack_engine::host::strict`). For the commands that change the kernel.
+    pub fn check_strict_modes(&self) -> Result<(), CliError> {
+        use kstack_engine::host::strict::{Scope, check};
+        if let Some(config) = &self.config_path {
+            check("config", config, Scope::Path)?;
+        }
+        check("store", &self.store_path(), Scope::Tree)?;
+        let state = self.state_dir();
+        check("state directory", state.path(), Scope::Path)?;
+        check("state file", &state.state_path(), Scope::Path)?;
+        check("lock file", &state.lock_path(), Scope::Path)?;
+        if let Some(key) = &self.config.trust.signing_key {
+            check("key file", key, Scope::Path)?;
+        }
+        Ok(())
     }
 
     /// The state directory: `KSTACK_STATE_DIR`, the config's `[sync] state_dir`, the

@@ -15,6 +15,7 @@ use kstack_engine::host::signatures::{ModuleCheck, SignatureReport, Trust, Verdi
 use kstack_engine::host::state::Generation;
 use kstack_store::model::{Artifact, PatchSource};
 use kstack_store::store::{CommitInfo, StackId, format_time};
+use kstack_store::validity::{Freshness, Timestamp, Validity};
 use serde::Serialize;
 
 use crate::error::Kind;
@@ -83,6 +84,8 @@ pub struct CommitOutput {
     pub patch: CommittedPatch,
     /// The public key that signed the commit.
     pub signer: String,
+    /// The signed validity window.
+    pub validity: Option<ValidityJson>,
     /// The new commit's cumulative module.
     pub cumulative: CumulativeJson,
 }
@@ -126,6 +129,33 @@ impl From<&kstack_store::verify::VerifiedStack> for CumulativeJson {
     }
 }
 
+/// A commit's signed validity window (`null` for a commit an older kstack made).
+#[derive(Debug, Serialize)]
+pub struct ValidityJson {
+    pub signed_at: String,
+    pub expires: String,
+    /// Whether it had expired when the command ran.
+    pub expired: bool,
+}
+
+impl From<&Validity> for ValidityJson {
+    fn from(w: &Validity) -> Self {
+        ValidityJson {
+            signed_at: w.signed_at.to_string(),
+            expires: w.expires.to_string(),
+            expired: matches!(w.freshness(Timestamp::now()), Freshness::Expired { .. }),
+        }
+    }
+}
+
+/// One signer of a commit and how the config's trust policy sees the key.
+#[derive(Debug, Serialize)]
+pub struct SignerJson {
+    pub key: String,
+    /// `trusted`, `revoked` or `untrusted` (`untrusted` when there is no config).
+    pub standing: &'static str,
+}
+
 #[derive(Debug, Serialize)]
 pub struct CommittedPatch {
     pub name: String,
@@ -156,14 +186,18 @@ pub struct CommitJson {
     pub message: String,
     /// The key the commit names as its signer (not checked by `log`).
     pub signer: Option<String>,
-    /// Whether the config's `[trust] keys` lists the signer.
+    /// Every key the commit names as a signer, the committer first, then
+    /// approvals (not checked by `log`).
+    pub signers: Vec<SignerJson>,
+    /// Whether those signers satisfy the config's trust policy (`[trust] keys`,
+    /// `threshold`, `revoked`).
     pub trusted: bool,
     /// The commit this one promoted (`kstack promote`), as its message says.
     pub promoted_from: Option<PromotedFromJson>,
 }
 
 impl CommitJson {
-    pub fn new(c: &CommitInfo, trusted: bool) -> Self {
+    pub fn new(c: &CommitInfo, signers: Vec<SignerJson>, trusted: bool) -> Self {
         CommitJson {
             id: c.id.to_string(),
             parents: c.parents.iter().map(ToString::to_string).collect(),
@@ -172,6 +206,7 @@ impl CommitJson {
             time: format_time(c.time),
             message: kstack_store::promote::without_trailer(&c.message).to_owned(),
             signer: c.signer.map(|k| k.to_string()),
+            signers,
             trusted,
             promoted_from: kstack_store::promote::promoted_from(&c.message)
                 .map(|(stack, commit)| PromotedFromJson { stack, commit }),
@@ -191,8 +226,15 @@ pub struct ShowOutput {
     pub email: String,
     pub time: String,
     pub message: String,
+    /// The first signer (the committer).
     pub signer: String,
+    /// Every signer with a valid signature, the committer first, then approvals.
+    pub signers: Vec<SignerJson>,
+    /// Whether the signatures satisfy the config's trust policy (`[trust] keys`,
+    /// `threshold`, `revoked`).
     pub trusted: bool,
+    /// The signed validity window, `null` for a commit an older kstack made.
+    pub validity: Option<ValidityJson>,
     /// Always true: a commit that fails verification is an error, not output.
     pub verified: bool,
     /// The commit this one promoted, from the signed `stack.toml`.
@@ -264,7 +306,14 @@ pub enum VerifyResult {
         patches: usize,
         /// Commits of history checked (signatures, parent digests).
         history: usize,
+        /// Of those below the head, how many today's trust policy would not accept
+        /// on their own (signed by keys since removed or revoked, or below the
+        /// threshold): history the head's trusted signatures vouch for.
+        history_vouched: usize,
         signer: String,
+        /// Every signer of the head.
+        signers: Vec<String>,
+        validity: Option<ValidityJson>,
         /// With --running or --image, else `null`.
         run_pre: Option<RunPreJson>,
     },
@@ -278,6 +327,9 @@ pub enum VerifyResult {
 
 #[derive(Debug, Serialize)]
 pub struct RunPreJson {
+    /// What the code was compared with: `running` (the running kernel) or `image`
+    /// (a kernel image file, whose build ID matched the stack's).
+    pub against: &'static str,
     /// Functions whose code as built matches the kernel's.
     pub matched: usize,
     /// Patches without before images (prebuilt modules): not proven.
@@ -286,9 +338,10 @@ pub struct RunPreJson {
     pub functions: Vec<String>,
 }
 
-impl From<&Proof> for RunPreJson {
-    fn from(p: &Proof) -> Self {
+impl RunPreJson {
+    pub fn new(p: &Proof, against: &'static str) -> Self {
         RunPreJson {
+            against,
             matched: p.matched,
             unproven: p.unproven.clone(),
             functions: p.lines.clone(),
@@ -331,6 +384,33 @@ pub struct RevertOutput {
     pub cumulative: CumulativeJson,
 }
 
+/// `kstack approve`.
+#[derive(Debug, Serialize)]
+pub struct ApproveOutput {
+    /// The approved commit, which replaced `replaces` as the stack's head.
+    pub commit: String,
+    /// The head before: the same `stack.toml`, one signature fewer.
+    pub replaces: String,
+    pub stack: StackJson,
+    /// The SHA-256 of `stack.toml`, unchanged by the approval.
+    pub stack_sha256: String,
+    /// Every signer now, the committer first.
+    pub signers: Vec<SignerJson>,
+    /// Whether the signatures now satisfy the config's trust policy.
+    pub trusted: bool,
+}
+
+/// `kstack renew`.
+#[derive(Debug, Serialize)]
+pub struct RenewOutput {
+    /// The new head: the same patches, a new window.
+    pub commit: String,
+    pub parent: String,
+    pub stack: StackJson,
+    pub validity: Option<ValidityJson>,
+    pub signer: String,
+}
+
 /// `kstack promote`.
 #[derive(Debug, Serialize)]
 pub struct PromoteOutput {
@@ -344,6 +424,8 @@ pub struct PromoteOutput {
     pub promoted_from: PromotedFromJson,
     /// False when the destination already had exactly these patches.
     pub changed: bool,
+    /// The new commit's signed validity window; `null` when nothing was committed.
+    pub validity: Option<ValidityJson>,
     /// The patches' names, in load order.
     pub patches: Vec<String>,
 }
@@ -426,6 +508,11 @@ pub struct StatusOutput {
     /// `/proc/sys/kernel/tainted`, and its flags as letters.
     pub taint: u64,
     pub taint_flags: String,
+    /// The current generation's commit's signed validity window, `null` when it has
+    /// none (no generation, an older kstack's commit, or not in the store).
+    pub validity: Option<ValidityJson>,
+    /// Who signed the current generation's commit.
+    pub signers: Vec<String>,
     pub module_signing: ModuleSigningJson,
     /// How the last sync or rollback ended; `null` before the first.
     pub last_sync: Option<LastSyncJson>,
@@ -545,6 +632,8 @@ impl From<&Status> for StatusOutput {
             drift: s.drift.clone(),
             taint: s.taint,
             taint_flags: s.taint_flags.clone(),
+            validity: s.validity.as_ref().map(ValidityJson::from),
+            signers: s.signers.iter().map(ToString::to_string).collect(),
             module_signing: ModuleSigningJson::from(&s.module_signing),
             last_sync: s.last_sync.as_ref().map(|l| LastSyncJson {
                 operation: l.operation.clone(),
@@ -580,6 +669,12 @@ pub struct PlanOutput {
     /// Whether `steps` is not empty (exit code 2 for `plan`).
     pub changes: bool,
     pub run_pre: PlanRunPre,
+    /// The declared commit's signed validity window.
+    pub validity: Option<ValidityJson>,
+    /// What was accepted with a warning: an expired window (`[trust] expired =
+    /// "warn"`, a pin, a rollback), a downgrade allowed by `--allow-downgrade`, a
+    /// commit without a window.
+    pub warnings: Vec<String>,
     pub signatures: PlanSignatures,
 }
 
@@ -728,6 +823,13 @@ impl From<&Prepared> for PlanOutput {
                 functions: p.proof.lines.clone(),
                 ms: p.proof.elapsed.as_secs_f64() * 1e3,
             },
+            validity: p
+                .desired
+                .stack
+                .as_ref()
+                .and_then(|s| s.stack.validity.as_ref())
+                .map(ValidityJson::from),
+            warnings: p.desired.warnings.clone(),
             signatures: PlanSignatures::from(&p.signatures),
         }
     }

@@ -93,6 +93,14 @@ pub fn render(status: &Status) -> String {
         "Whether the kernel refuses modules without a valid signature by a trusted key.",
         &one(flag(status.module_signing.enforced)),
     );
+    if let Some(window) = &status.validity {
+        metric(
+            "kstack_stack_expires_timestamp_seconds",
+            "When the signed validity window of the current generation's stack commit ends, \
+             in seconds since the epoch (a head past it is refused: renew it before).",
+            &one(window.expires.secs() as f64),
+        );
+    }
     if let Some(last) = &status.last_sync {
         metric(
             "kstack_last_sync_success",
@@ -128,6 +136,7 @@ mod tests {
     use kstack_engine::host::kernel::PatchedObject;
     use kstack_engine::host::reconcile::{AppliedPatch, ModuleSigning};
     use kstack_engine::host::state::{Generation, LastSync};
+    use kstack_store::validity::{Timestamp, Validity};
 
     use super::*;
 
@@ -145,6 +154,7 @@ mod tests {
                 build_id: "3b43fad5".into(),
                 created_at: "2023-11-14T22:13:20Z".into(),
                 modules: vec!["kstack_a".into()],
+                stack_sha256: None,
             }),
             applied: vec![AppliedPatch {
                 module: "kstack_a".into(),
@@ -162,6 +172,11 @@ mod tests {
             drift: vec!["something".into()],
             taint: 36864,
             taint_flags: "OK".into(),
+            validity: Some(Validity::starting(
+                Timestamp::from_secs(1_700_000_000),
+                std::time::Duration::from_secs(30 * 86_400),
+            )),
+            signers: vec![],
             module_signing: ModuleSigning {
                 enforcement: Default::default(),
                 enforced: true,
@@ -212,6 +227,9 @@ mod tests {
         # HELP kstack_module_signatures_enforced Whether the kernel refuses modules without a valid signature by a trusted key.
         # TYPE kstack_module_signatures_enforced gauge
         kstack_module_signatures_enforced 1
+        # HELP kstack_stack_expires_timestamp_seconds When the signed validity window of the current generation's stack commit ends, in seconds since the epoch (a head past it is refused: renew it before).
+        # TYPE kstack_stack_expires_timestamp_seconds gauge
+        kstack_stack_expires_timestamp_seconds 1702592000
         # HELP kstack_last_sync_success Whether the last sync or rollback succeeded (1) or failed and was rolled back (0).
         # TYPE kstack_last_sync_success gauge
         kstack_last_sync_success{operation="sync"} 1

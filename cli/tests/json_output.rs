@@ -66,7 +66,7 @@ fn commit_of_a_module() {
     assert_eq!(code, 0);
     insta::assert_snapshot!(json, @r#"
     {
-      "commit": "fb8c5515c91f9be85824c4708e51697abba99ff3",
+      "commit": "dfd990ae9802e14047669e3ce80fa987d86ff966",
       "parent": null,
       "stack": {
         "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
@@ -83,11 +83,10 @@ fn commit_of_a_module() {
         ]
       },
       "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
-      "cumulative": {
-        "module_name": null,
-        "patches": [],
-        "functions": [],
-        "none_reason": "patch fix-cmdline is a prebuilt module (commit --module), which kstack cannot build into a cumulative module"
+      "validity": {
+        "signed_at": "2023-11-14T22:13:20Z",
+        "expires": "2023-12-14T22:13:20Z",
+        "expired": true
       }
     }
     "#);
@@ -114,15 +113,21 @@ fn log() {
       },
       "commits": [
         {
-          "id": "e644a5d99adcd2851ba589b47da727a14e9a5a46",
+          "id": "3fc00d9703d38137eb6801eb3ea01725106f153d",
           "parents": [
-            "5338b62a3c810a265ae8d94ec160dbc37d2e26ef"
+            "1652c283fea791871617c006d5b58ef19b763ba5"
           ],
           "author": "Test Author",
           "email": "test@example.invalid",
           "time": "2023-11-14T22:13:20Z",
           "message": "add fix-meminfo",
           "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+          "signers": [
+            {
+              "key": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+              "standing": "trusted"
+            }
+          ],
           "trusted": true,
           "promoted_from": null
         }
@@ -138,20 +143,31 @@ fn show() {
     assert_eq!(code, 0);
     insta::assert_snapshot!(json, @r#"
     {
-      "commit": "5338b62a3c810a265ae8d94ec160dbc37d2e26ef",
+      "commit": "1652c283fea791871617c006d5b58ef19b763ba5",
       "parents": [],
       "stack": {
         "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
         "name": "prod",
         "kernel_release": "6.1.0-56-cloud-amd64"
       },
-      "stack_sha256": "e4dda17d10b002cc3ab74dec583c36cf72c92433c042e9742704888c3d1a8e7b",
+      "stack_sha256": "9a740bb21063d91669ca69f1cbc03c032febd3be416a8143503c9b5bead7e95c",
       "author": "Test Author",
       "email": "test@example.invalid",
       "time": "2023-11-14T22:13:20Z",
       "message": "add fix-cmdline",
       "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+      "signers": [
+        {
+          "key": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+          "standing": "trusted"
+        }
+      ],
       "trusted": true,
+      "validity": {
+        "signed_at": "2023-11-14T22:13:20Z",
+        "expires": "2023-12-14T22:13:20Z",
+        "expired": true
+      },
       "verified": true,
       "promoted_from": null,
       "patches": [
@@ -197,11 +213,20 @@ fn verify() {
       "results": [
         {
           "rev": "3b43fad5034874490492495d552c0af6a5fab235/prod",
-          "commit": "e644a5d99adcd2851ba589b47da727a14e9a5a46",
+          "commit": "3fc00d9703d38137eb6801eb3ea01725106f153d",
           "ok": true,
           "patches": 2,
           "history": 2,
+          "history_vouched": 0,
           "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+          "signers": [
+            "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61"
+          ],
+          "validity": {
+            "signed_at": "2023-11-14T22:13:20Z",
+            "expires": "2023-12-14T22:13:20Z",
+            "expired": true
+          },
           "run_pre": null
         }
       ],
@@ -217,9 +242,9 @@ fn verify() {
       "results": [
         {
           "rev": "3b43fad5034874490492495d552c0af6a5fab235/prod",
-          "commit": "e644a5d99adcd2851ba589b47da727a14e9a5a46",
+          "commit": "3fc00d9703d38137eb6801eb3ea01725106f153d",
           "ok": false,
-          "error": "commit e644a5d99adc: signed by ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61, which is not a trusted key"
+          "error": "commit 3fc00d9703d3: signed by ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61, which is not a trusted key"
         }
       ],
       "failed": 1
@@ -238,7 +263,7 @@ fn stacks() {
         {
           "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
           "name": "prod",
-          "head": "e644a5d99adcd2851ba589b47da727a14e9a5a46",
+          "head": "3fc00d9703d38137eb6801eb3ea01725106f153d",
           "time": "2023-11-14T22:13:20Z",
           "summary": "add fix-meminfo",
           "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
@@ -257,8 +282,8 @@ fn revert() {
     assert_eq!(code, 0);
     insta::assert_snapshot!(json, @r#"
     {
-      "commit": "122b30acba4269186346a0c4a226f11d6df6632a",
-      "parent": "e644a5d99adcd2851ba589b47da727a14e9a5a46",
+      "commit": "102a00177d00c93b350c199d6338f6da0df95b6d",
+      "parent": "3fc00d9703d38137eb6801eb3ea01725106f153d",
       "stack": {
         "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
         "name": "prod"
@@ -273,6 +298,78 @@ fn revert() {
         "functions": [],
         "none_reason": "patch fix-meminfo is a prebuilt module (commit --module), which kstack cannot build into a cumulative module"
       }
+    }
+    "#);
+}
+
+/// A second key, the approver's (fixed seed, so ids stay stable).
+const SECOND_SECRET: &str =
+    "ed25519-secret:2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b";
+
+#[test]
+fn approve_and_renew() {
+    let env = stack_with_history();
+    let second = env.path("second.key");
+    std::fs::write(&second, format!("{SECOND_SECRET}\n")).unwrap();
+    common::set_mode(&second, 0o600);
+    let first_public = env.ok(&["key", "show", "signing.key"]);
+    let second_public = env.ok(&["key", "show", "second.key"]);
+    // Two of two: the head alone is not trusted, approved it is.
+    env.write_config(&[first_public.trim(), second_public.trim()]);
+    let config = std::fs::read_to_string(env.path("kstack.toml")).unwrap();
+    std::fs::write(
+        env.path("kstack.toml"),
+        config.replace("[trust]\n", "[trust]\nthreshold = 2\n"),
+    )
+    .unwrap();
+    let (code, _) = env.json(&["verify", "prod"]);
+    assert_eq!(code, 65);
+    let (code, json) = env.json(&["approve", "prod", "--key", "second.key"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "commit": "e05729d357c125e6003d89245b41254ebeb7d64b",
+      "replaces": "3fc00d9703d38137eb6801eb3ea01725106f153d",
+      "stack": {
+        "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
+        "name": "prod"
+      },
+      "stack_sha256": "aff424b0417814257176f1aea9ff81c8b4ebd2f3e656113d872948f0448424c9",
+      "signers": [
+        {
+          "key": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+          "standing": "trusted"
+        },
+        {
+          "key": "ed25519:4508a07aa941707f3eb2db94c8897a80b2c1197476b6de213ac273df7d86c4ff",
+          "standing": "trusted"
+        }
+      ],
+      "trusted": true
+    }
+    "#);
+    let (code, _) = env.json(&["verify", "prod"]);
+    assert_eq!(code, 0);
+    let (code, json) = env.json(&["approve", "prod", "--key", "second.key"]);
+    assert_eq!(code, 1, "{json}");
+    assert!(json.contains("already signed"), "{json}");
+
+    let (code, json) = env.json(&["renew", "prod", "--valid-for", "7d"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "commit": "96dad87b5a751a15557fd9468460e499c15dfa94",
+      "parent": "e05729d357c125e6003d89245b41254ebeb7d64b",
+      "stack": {
+        "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
+        "name": "prod"
+      },
+      "validity": {
+        "signed_at": "2023-11-14T22:13:20Z",
+        "expires": "2023-11-21T22:13:20Z",
+        "expired": true
+      },
+      "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61"
     }
     "#);
 }
@@ -292,7 +389,7 @@ fn pull() {
           "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
           "name": "prod",
           "old": null,
-          "new": "e644a5d99adcd2851ba589b47da727a14e9a5a46",
+          "new": "3fc00d9703d38137eb6801eb3ea01725106f153d",
           "outcome": "updated"
         }
       ]
@@ -457,7 +554,7 @@ fn promote_and_the_log_of_a_promotion() {
     assert_eq!(code, 0);
     insta::assert_snapshot!(json, @r#"
     {
-      "commit": "d6e13d37b6fbaf7dbb181515419cf90f61669944",
+      "commit": "2dc5a5fc87733772c301b4a1ada1e98de8b4e78e",
       "parent": null,
       "stack": {
         "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
@@ -465,9 +562,14 @@ fn promote_and_the_log_of_a_promotion() {
       },
       "promoted_from": {
         "stack": "prod",
-        "commit": "e644a5d99adcd2851ba589b47da727a14e9a5a46"
+        "commit": "3fc00d9703d38137eb6801eb3ea01725106f153d"
       },
       "changed": true,
+      "validity": {
+        "signed_at": "2023-11-14T22:13:20Z",
+        "expires": "2023-12-14T22:13:20Z",
+        "expired": true
+      },
       "patches": [
         "fix-cmdline",
         "fix-meminfo"
@@ -490,24 +592,30 @@ fn promote_and_the_log_of_a_promotion() {
       },
       "commits": [
         {
-          "id": "d6e13d37b6fbaf7dbb181515419cf90f61669944",
+          "id": "2dc5a5fc87733772c301b4a1ada1e98de8b4e78e",
           "parents": [],
           "author": "Test Author",
           "email": "test@example.invalid",
           "time": "2023-11-14T22:13:20Z",
-          "message": "Promote prod e644a5d99adc to production",
+          "message": "Promote prod 3fc00d9703d3 to production",
           "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+          "signers": [
+            {
+              "key": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
+              "standing": "trusted"
+            }
+          ],
           "trusted": true,
           "promoted_from": {
             "stack": "prod",
-            "commit": "e644a5d99adcd2851ba589b47da727a14e9a5a46"
+            "commit": "3fc00d9703d38137eb6801eb3ea01725106f153d"
           }
         }
       ]
     }
     "#);
     let text = env.ok(&["log", "--oneline", "production"]);
-    assert!(text.contains("[from prod 4579399eeb96]"), "{text}");
+    assert!(text.contains("[from prod 3fc00d9703d3]"), "{text}");
     let (_, show) = env.json(&["show", "production"]);
     let v: serde_json::Value = serde_json::from_str(&show).unwrap();
     assert_eq!(v["promoted_from"]["stack"], "prod");

@@ -47,7 +47,7 @@ fn commit_log_show_verify_stacks() {
     let out = env.commit("fix-cmdline", &["cmdline_proc_show"]);
     insta::assert_snapshot!(out, @"
     Committed fix-cmdline to stack prod (3b43fad50348) as patch 0001-fix-cmdline
-      commit   5338b62a3c810a265ae8d94ec160dbc37d2e26ef
+      commit   1652c283fea791871617c006d5b58ef19b763ba5
       module   kstack_fix-cmdline for 6.1.0-56-cloud-amd64
       replaces vmlinux:cmdline_proc_show
       cumulative none: patch fix-cmdline is a prebuilt module (commit --module), which kstack cannot build into a cumulative module
@@ -56,14 +56,14 @@ fn commit_log_show_verify_stacks() {
 
     let log = env.ok(&["log"]);
     insta::assert_snapshot!(log, @"
-    commit e644a5d99adcd2851ba589b47da727a14e9a5a46 (prod)
+    commit 3fc00d9703d38137eb6801eb3ea01725106f153d (prod)
     Author: Test Author <test@example.invalid>
     Date:   2023-11-14T22:13:20Z
     Signer: ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61 (trusted)
 
         add fix-meminfo
 
-    commit 5338b62a3c810a265ae8d94ec160dbc37d2e26ef
+    commit 1652c283fea791871617c006d5b58ef19b763ba5
     Author: Test Author <test@example.invalid>
     Date:   2023-11-14T22:13:20Z
     Signer: ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61 (trusted)
@@ -71,14 +71,15 @@ fn commit_log_show_verify_stacks() {
         add fix-cmdline
     ");
     let oneline = env.ok(&["log", "--oneline", "prod~1"]);
-    insta::assert_snapshot!(oneline, @"5338b62a3c81 add fix-cmdline");
-    let show = env.ok(&["show"]);
+    insta::assert_snapshot!(oneline, @"1652c283fea7 add fix-cmdline");
+    let show = common::stable_windows(&env.ok(&["show"]));
     insta::assert_snapshot!(show, @"
-    commit e644a5d99adcd2851ba589b47da727a14e9a5a46
+    commit 3fc00d9703d38137eb6801eb3ea01725106f153d
     Stack:  prod for kernel 3b43fad5034874490492495d552c0af6a5fab235 (6.1.0-56-cloud-amd64)
     Author: Test Author <test@example.invalid>
     Date:   2023-11-14T22:13:20Z
     Signer: ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61 (trusted; signature and digests verified)
+    Valid:  signed 2023-11-14T22:13:20Z, expires 2023-12-14T22:13:20Z (EXPIRED N days ago)
 
         add fix-meminfo
 
@@ -91,8 +92,8 @@ fn commit_log_show_verify_stacks() {
           module.ko    2152 bytes  sha256:dc24d092e20282c41a8d55dd564d03f245bc647251de8be636cbea0c2a46299b
     No cumulative module: patch fix-cmdline is a prebuilt module (commit --module), which kstack cannot build into a cumulative module
     ");
-    let verify = env.ok(&["verify"]);
-    insta::assert_snapshot!(verify, @"ok    3b43fad5034874490492495d552c0af6a5fab235/prod e644a5d99adc: 2 patch(es), 2 commit(s), signed by ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61");
+    let verify = common::stable_windows(&env.ok(&["verify"]));
+    insta::assert_snapshot!(verify, @"ok    3b43fad5034874490492495d552c0af6a5fab235/prod 3fc00d9703d3: 2 patch(es), 2 commit(s) of history, signed by ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61; signed 2023-11-14T22:13:20Z, expires 2023-12-14T22:13:20Z (EXPIRED N days ago)");
     let stacks = env.ok(&["stacks"]);
     assert!(stacks.starts_with(BUILD_ID), "{stacks}");
     assert!(stacks.contains("prod"), "{stacks}");
@@ -294,4 +295,37 @@ fn errors_in_json() {
             .contains("no stack and no commit"),
         "{v}"
     );
+}
+
+/// `verify --image` with the image of another kernel build: refused as sync would
+/// refuse the stack on that kernel, before any code is compared, and worded as an
+/// image check.
+#[test]
+fn verify_image_of_another_build_is_refused() {
+    use kstack_fixtures::{FakeCompression, fake_bzimage, fake_vmlinux};
+    let env = Env::new();
+    env.commit("fix-cmdline", &["cmdline_proc_show"]);
+    let other = fake_bzimage(&fake_vmlinux(&[0x54; 20], 4096), FakeCompression::Gzip);
+    std::fs::write(env.path("vmlinuz-other"), other).unwrap();
+    std::fs::write(env.path("kallsyms"), "ffffffff81000000 T _stext\n").unwrap();
+    let out = env.run(&[
+        "verify",
+        "prod",
+        "--image",
+        "vmlinuz-other",
+        "--kallsyms",
+        "kallsyms",
+    ]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(65), "{text}\n{}", stderr(&out));
+    assert!(
+        text.starts_with("FAIL  prod: image check: vmlinuz-other is kernel build ID 5454"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("the stack is pinned to {BUILD_ID}")),
+        "{text}"
+    );
+    assert!(!text.contains("ok "), "{text}");
+    assert!(!text.contains("running code"), "{text}");
 }

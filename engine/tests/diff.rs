@@ -365,6 +365,16 @@ fn calls_the_assembler_resolved_in_a_shared_section_are_no_change() {
 }
 
 #[test]
+fn an_empty_alternative_replacement_does_not_take_in_the_next_functions() {
+    let report = fixture("alt_empty_replacement");
+    assert!(report.is_patchable(), "{:#?}", report.refusals);
+    // `first`'s empty replacement sits where `second`'s begins; only `second`
+    // changed.
+    assert_eq!(status(&report, "first"), Status::Unchanged);
+    assert_eq!(status(&report, "second"), Status::Changed);
+}
+
+#[test]
 fn changed_type_layouts_are_refused() {
     let report = fixture("layout");
     let layout: Vec<(&str, &str)> = report

@@ -136,9 +136,10 @@ impl Symbol {
     pub fn is_defined(&self) -> bool {
         self.section.is_some()
     }
-    /// Where it ends in its section.
+    /// Where it ends in its section (saturating: a malformed object may say
+    /// anything).
     pub fn end(&self) -> u64 {
-        self.value + self.size
+        self.value.saturating_add(self.size)
     }
 }
 
@@ -258,7 +259,8 @@ impl<'d> RelObject<'d> {
                 }
                 let target_section = &sections[target];
                 if !target_section.is_nobits()
-                    && offset + reloc::field_size(r_type) > target_section.data.len() as u64
+                    && offset.saturating_add(reloc::field_size(r_type))
+                        > target_section.data.len() as u64
                 {
                     return Err(malformed(
                         &target_section.name,
@@ -309,8 +311,10 @@ impl<'d> RelObject<'d> {
     /// aliases, a sized, then a global symbol.
     pub fn symbol_at(&self, sec: usize, offset: i64) -> Option<usize> {
         let syms = &self.sections[sec].symbols;
-        let start = |s: usize| self.symbols[s].value as i64;
-        let end = |s: usize| start(s) + self.symbols[s].size as i64;
+        // Wide enough that no value or size, however malformed, overflows.
+        let offset = i128::from(offset);
+        let start = |s: usize| i128::from(self.symbols[s].value);
+        let end = |s: usize| start(s) + i128::from(self.symbols[s].size);
         let pick = |f: &dyn Fn(usize) -> bool| {
             syms.iter().copied().filter(|&s| f(s)).min_by_key(|&s| {
                 let sym = &self.symbols[s];

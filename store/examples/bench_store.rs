@@ -42,6 +42,7 @@ fn author() -> Author {
         name: "bench".into(),
         email: "bench@kstack".into(),
         time: 1_700_000_000,
+        valid_for: kstack_store::validity::DEFAULT_VALIDITY,
     }
 }
 
@@ -87,6 +88,7 @@ fn measure(what: &str, store: &Path) {
             let store = Store::open(store).unwrap();
             let policy = TrustPolicy {
                 keys: vec![key().public()],
+                ..TrustPolicy::default()
             };
             let head = store.resolve("wide", None).unwrap().commit;
             let v = store.verify(head, Some(&stack("wide")), &policy).unwrap();

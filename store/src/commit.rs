@@ -17,11 +17,12 @@ use crate::klp::{self, KlpError};
 use crate::model::{
     Artifact, CUMULATIVE_DIR, CUMULATIVE_NAME, CumulativeEntry, DIFF_FILE, FORMAT, FunctionRef,
     MANIFEST_FILE, MODULE_FILE, Manifest, ModelError, PATCHES_DIR, PatchEntry, PatchSource,
-    SIGNATURE_FILE, STACK_FILE, StackFile, check_name, patch_dir,
+    SIGNATURE_FILE, STACK_FILE, STACK_FORMAT, StackFile, check_name, patch_dir,
 };
 use crate::store::{
     Author, ItemKind, ObjectId, RefUpdate, StackId, Store, StoreError, TreeItem, format_time,
 };
+use crate::validity::{Timestamp, Validity};
 use crate::verify::{VerifiedStack, VerifyError};
 
 /// A request that cannot be committed, or a store that cannot take it.
@@ -50,6 +51,11 @@ pub enum CommitError {
     },
     #[error("stack {stack} does not exist")]
     NoSuchStack { stack: String },
+    #[error("commit {commit} is already signed by {key}")]
+    AlreadySigned {
+        commit: String,
+        key: crate::keys::PublicKey,
+    },
     #[error(
         "cannot revert {patch}: patches above it replace the same functions ({conflicts}); rebuild them without it first"
     )]
@@ -134,6 +140,23 @@ pub(crate) enum CumulativeTree {
         id: ObjectId,
     },
     Impossible(String),
+}
+
+/// The cumulative part of a commit with exactly `source`'s patches (a promotion, a
+/// renewal): `source`'s cumulative module as it is (it holds the same manifests, so
+/// the same digests), or its reason for having none.
+pub(crate) fn carried_cumulative(source: &crate::verify::VerifiedStack) -> Option<CumulativeTree> {
+    match (&source.stack.cumulative, source.cumulative_tree) {
+        (Some(entry), Some(id)) => Some(CumulativeTree::Tree {
+            entry: entry.clone(),
+            id,
+        }),
+        _ => source
+            .stack
+            .no_cumulative
+            .clone()
+            .map(CumulativeTree::Impossible),
+    }
 }
 
 /// A commit whose objects are written but which no ref points to yet.
@@ -615,13 +638,17 @@ impl Store {
             None => (None, None, None),
         };
         let stack_file = StackFile {
-            format: FORMAT,
+            format: STACK_FORMAT,
             name: stack.name.clone(),
             build_id: stack.build_id.clone(),
             kernel_release,
             parent: parent.map(|p| p.stack_sha256),
             message: message.trim_end().to_owned(),
             no_cumulative,
+            validity: Some(Validity::starting(
+                Timestamp::from_secs(author.time),
+                author.valid_for,
+            )),
             promoted_from,
             cumulative: cumulative_entry,
             patches,
@@ -665,7 +692,7 @@ impl Store {
         }
         let tree = self.write_tree(&root, "the root tree")?;
         let parent_id = parent.map(|p| p.commit);
-        let commit = self.write_commit(tree, parent_id, author, &git_message, &key.public())?;
+        let commit = self.write_commit(tree, parent_id, author, &git_message, &[key.public()])?;
         Ok(Prepared {
             stack: stack.clone(),
             parent: parent_id,

@@ -378,10 +378,11 @@ mod tests {
                 name: "kstack test".into(),
                 email: "test@kstack".into(),
                 time: 1_700_000_000 + i,
+                valid_for: crate::validity::DEFAULT_VALIDITY,
             };
             let message = format!("add patch {i}\n\nA body long enough to be worth a delta.");
             let id = store
-                .write_commit(tree, head, &author, &message, &signer)
+                .write_commit(tree, head, &author, &message, &[signer])
                 .unwrap();
             ids.push(id);
             head = Some(id);

@@ -3,9 +3,11 @@
 //! - A public key is one copyable line: `ed25519:<64 hex>`.
 //! - A private key is a file holding `ed25519-secret:<64 hex>`, mode 0600, written
 //!   atomically and never over an existing file.
-//! - `stack.sig` holds the signer's public key and an ed25519 signature over the
-//!   32-byte SHA-256 of `stack.toml`.
-//! - A [`TrustPolicy`] is the list of public keys whose signatures are accepted.
+//! - `stack.sig` holds one or more ed25519 signatures over the 32-byte SHA-256 of
+//!   `stack.toml`, each with its signer's public key: the committer's, then
+//!   approvals.
+//! - A [`TrustPolicy`] is the list of public keys whose signatures are accepted, how
+//!   many distinct ones a commit needs (the threshold), and the revoked keys.
 
 use std::fmt;
 use std::io::Write;
@@ -17,7 +19,7 @@ use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Sha256Digest;
-use crate::model::{FORMAT, SIGNATURE_FILE};
+use crate::model::{FORMAT, SIGNATURE_FILE, STACK_FORMAT};
 
 /// Prefix of a public key.
 pub const PUBLIC_PREFIX: &str = "ed25519:";
@@ -169,14 +171,19 @@ impl SecretKey {
         PublicKey(self.0.verifying_key().to_bytes())
     }
 
-    /// Signs `stack.toml` by its digest.
-    pub fn sign_stack(&self, stack_toml: &[u8]) -> StackSignature {
+    /// Signs `stack.toml` by its digest: a `stack.sig` with this one signature.
+    pub fn sign_stack(&self, stack_toml: &[u8]) -> StackSignatures {
         let digest = Sha256Digest::of(stack_toml);
-        StackSignature {
-            format: FORMAT,
-            algorithm: ALGORITHM.to_owned(),
-            key: self.public(),
+        StackSignatures {
             stack_sha256: digest,
+            signatures: vec![self.sign_digest(&digest)],
+        }
+    }
+
+    /// This key's signature of a `stack.toml` digest (an approval adds one).
+    pub fn sign_digest(&self, digest: &Sha256Digest) -> KeySignature {
+        KeySignature {
+            key: self.public(),
             signature: hex::encode(self.0.sign(digest.as_bytes()).to_bytes()),
         }
     }
@@ -276,44 +283,20 @@ pub fn read_public_key(path: &Path) -> Result<PublicKey, KeyError> {
     line.parse()
 }
 
-/// `stack.sig`: who signed `stack.toml`, and the signature.
+/// Most signatures one `stack.sig` may hold: verifying each costs time, and no
+/// threshold needs more.
+pub const MAX_SIGNATURES: usize = 32;
+
+/// One key's signature of a `stack.toml` digest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StackSignature {
-    pub format: u32,
-    pub algorithm: String,
+pub struct KeySignature {
     pub key: PublicKey,
-    /// The digest that was signed (recomputed, never trusted, when verifying).
-    pub stack_sha256: Sha256Digest,
     /// 128 hex digits.
     pub signature: String,
 }
 
-impl StackSignature {
-    /// The bytes stored as `stack.sig`.
-    pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("a StackSignature always serializes")
-    }
-
-    /// Parses `stack.sig`.
-    pub fn parse(bytes: &[u8]) -> Result<StackSignature, KeyError> {
-        let bad = |message: String| KeyError::BadSignatureFile {
-            path: SIGNATURE_FILE.to_owned(),
-            message,
-        };
-        let text = std::str::from_utf8(bytes).map_err(|e| bad(e.to_string()))?;
-        let sig: StackSignature = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
-        if sig.format != FORMAT || sig.algorithm != ALGORITHM {
-            return Err(bad(format!(
-                "format {} / algorithm {:?} not supported",
-                sig.format, sig.algorithm
-            )));
-        }
-        sig.signature_bytes()
-            .ok_or_else(|| bad("signature is not 128 hex digits".to_owned()))?;
-        Ok(sig)
-    }
-
+impl KeySignature {
     /// The 64 signature bytes.
     pub fn signature_bytes(&self) -> Option<[u8; 64]> {
         let mut out = [0u8; 64];
@@ -321,8 +304,8 @@ impl StackSignature {
         Some(out)
     }
 
-    /// Whether the signature is valid for `digest` (the recomputed SHA-256 of
-    /// `stack.toml`) under the key it names.
+    /// Whether this is `key`'s valid signature of `digest` (the recomputed SHA-256 of
+    /// `stack.toml`).
     pub fn is_valid_for(&self, digest: &Sha256Digest) -> bool {
         match self.signature_bytes() {
             Some(sig) => self.key.verifies(digest, &sig),
@@ -331,26 +314,263 @@ impl StackSignature {
     }
 }
 
-/// The public keys whose signatures are accepted.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// `stack.sig`: the signatures of `stack.toml`, in the order they were made (the
+/// committer's first, then approvals).
+///
+/// Format 2, which kstack writes:
+///
+/// ```toml
+/// format = 2
+/// algorithm = "ed25519"
+/// stack_sha256 = "<64 hex>"
+///
+/// [[signature]]
+/// key = "ed25519:<64 hex>"
+/// signature = "<128 hex>"
+/// ```
+///
+/// Format 1 (one signature: `key` and `signature` at the top) is still read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackSignatures {
+    /// The digest that was signed (recomputed, never trusted, when verifying).
+    pub stack_sha256: Sha256Digest,
+    pub signatures: Vec<KeySignature>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SigFileV1 {
+    format: u32,
+    algorithm: String,
+    key: PublicKey,
+    stack_sha256: Sha256Digest,
+    signature: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SigFileV2 {
+    format: u32,
+    algorithm: String,
+    stack_sha256: Sha256Digest,
+    signature: Vec<KeySignature>,
+}
+
+#[derive(Deserialize)]
+struct FormatOnly {
+    format: u32,
+}
+
+impl StackSignatures {
+    /// The bytes stored as `stack.sig` (format 2).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(&SigFileV2 {
+            format: STACK_FORMAT,
+            algorithm: ALGORITHM.to_owned(),
+            stack_sha256: self.stack_sha256,
+            signature: self.signatures.clone(),
+        })
+        .expect("a stack.sig always serializes")
+    }
+
+    /// Parses `stack.sig` of format 1 or 2. Each signature must be 128 hex digits;
+    /// whether it is valid is [`StackSignatures::check`]'s question.
+    pub fn parse(bytes: &[u8]) -> Result<StackSignatures, KeyError> {
+        let bad = |message: String| KeyError::BadSignatureFile {
+            path: SIGNATURE_FILE.to_owned(),
+            message,
+        };
+        let text = std::str::from_utf8(bytes).map_err(|e| bad(e.to_string()))?;
+        let format = toml::from_str::<FormatOnly>(text)
+            .map_err(|e| bad(e.to_string()))?
+            .format;
+        let (algorithm, parsed) = match format {
+            FORMAT => {
+                let v1: SigFileV1 = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+                debug_assert_eq!(v1.format, FORMAT);
+                let one = KeySignature {
+                    key: v1.key,
+                    signature: v1.signature,
+                };
+                (
+                    v1.algorithm,
+                    StackSignatures {
+                        stack_sha256: v1.stack_sha256,
+                        signatures: vec![one],
+                    },
+                )
+            }
+            STACK_FORMAT => {
+                let v2: SigFileV2 = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+                (
+                    v2.algorithm,
+                    StackSignatures {
+                        stack_sha256: v2.stack_sha256,
+                        signatures: v2.signature,
+                    },
+                )
+            }
+            other => return Err(bad(format!("format {other} not supported"))),
+        };
+        if algorithm != ALGORITHM {
+            return Err(bad(format!("algorithm {algorithm:?} not supported")));
+        }
+        if parsed.signatures.is_empty() {
+            return Err(bad("no signature".to_owned()));
+        }
+        if parsed.signatures.len() > MAX_SIGNATURES {
+            return Err(bad(format!(
+                "{} signatures (at most {MAX_SIGNATURES})",
+                parsed.signatures.len()
+            )));
+        }
+        if parsed
+            .signatures
+            .iter()
+            .any(|s| s.signature_bytes().is_none())
+        {
+            return Err(bad("a signature is not 128 hex digits".to_owned()));
+        }
+        Ok(parsed)
+    }
+
+    /// Checks every signature against `digest` (the recomputed SHA-256 of
+    /// `stack.toml`): one that does not verify is an error naming its key (a
+    /// signature file is never partly good). Returns the signers, each once, in
+    /// signing order.
+    pub fn check(&self, digest: &Sha256Digest) -> Result<Vec<PublicKey>, PublicKey> {
+        let mut signers = Vec::with_capacity(self.signatures.len());
+        for sig in &self.signatures {
+            if !sig.is_valid_for(digest) {
+                return Err(sig.key);
+            }
+            if !signers.contains(&sig.key) {
+                signers.push(sig.key);
+            }
+        }
+        Ok(signers)
+    }
+
+    /// The keys of the signatures, in order (a key that signed twice appears twice).
+    pub fn keys(&self) -> Vec<PublicKey> {
+        self.signatures.iter().map(|s| s.key).collect()
+    }
+}
+
+/// The keys whose signatures are accepted, how many of them a head needs, and the
+/// keys that must no longer count.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustPolicy {
     pub keys: Vec<PublicKey>,
+    /// Valid signatures from this many distinct trusted, unrevoked keys make a commit
+    /// trusted (at least 1).
+    pub threshold: usize,
+    /// Keys whose signatures count for nothing, even if `keys` lists them.
+    pub revoked: Vec<PublicKey>,
+}
+
+impl Default for TrustPolicy {
+    /// Nothing is trusted.
+    fn default() -> Self {
+        TrustPolicy {
+            keys: Vec::new(),
+            threshold: 1,
+            revoked: Vec::new(),
+        }
+    }
+}
+
+/// Why the signers of a commit do not make it trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shortfall {
+    /// No signer counts, and a signer is revoked: that key.
+    Revoked(PublicKey),
+    /// No signer counts, none is revoked: the first signer.
+    Untrusted(PublicKey),
+    /// Some count, fewer than the threshold.
+    BelowThreshold {
+        found: usize,
+        threshold: usize,
+        /// Each signer with how the policy sees it.
+        signers: Vec<(PublicKey, KeyStanding)>,
+    },
+}
+
+/// How a policy sees one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStanding {
+    Trusted,
+    Revoked,
+    Untrusted,
+}
+
+impl fmt::Display for KeyStanding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyStanding::Trusted => "trusted",
+            KeyStanding::Revoked => "revoked",
+            KeyStanding::Untrusted => "not trusted",
+        })
+    }
 }
 
 impl TrustPolicy {
-    /// Parses the config's `[trust] keys`.
+    /// Parses the config's `[trust] keys` (threshold 1, nothing revoked).
     pub fn from_strings<S: AsRef<str>>(keys: &[S]) -> Result<TrustPolicy, KeyError> {
-        let keys = keys
-            .iter()
-            .map(|k| k.as_ref().parse())
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(TrustPolicy { keys })
+        Ok(TrustPolicy {
+            keys: parse_keys(keys)?,
+            ..TrustPolicy::default()
+        })
     }
 
-    /// Whether `key` is trusted.
+    /// Whether `key` is trusted: listed and not revoked.
     pub fn trusts(&self, key: &PublicKey) -> bool {
-        self.keys.contains(key)
+        self.keys.contains(key) && !self.revoked.contains(key)
     }
+
+    /// How the policy sees `key`.
+    pub fn standing(&self, key: &PublicKey) -> KeyStanding {
+        if self.revoked.contains(key) {
+            KeyStanding::Revoked
+        } else if self.keys.contains(key) {
+            KeyStanding::Trusted
+        } else {
+            KeyStanding::Untrusted
+        }
+    }
+
+    /// Whether distinct `signers` (of valid signatures) make a commit trusted: at
+    /// least `threshold` of them trusted and not revoked. Returns how many count.
+    pub fn judge(&self, signers: &[PublicKey]) -> Result<usize, Shortfall> {
+        let mut counted: Vec<&PublicKey> = Vec::new();
+        for key in signers.iter().filter(|k| self.trusts(k)) {
+            if !counted.contains(&key) {
+                counted.push(key);
+            }
+        }
+        let found = counted.len();
+        if found >= self.threshold.max(1) {
+            return Ok(found);
+        }
+        if found == 0 && self.threshold <= 1 {
+            if let Some(revoked) = signers.iter().find(|k| self.revoked.contains(k)) {
+                return Err(Shortfall::Revoked(*revoked));
+            }
+            if let Some(first) = signers.first() {
+                return Err(Shortfall::Untrusted(*first));
+            }
+        }
+        Err(Shortfall::BelowThreshold {
+            found,
+            threshold: self.threshold.max(1),
+            signers: signers.iter().map(|k| (*k, self.standing(k))).collect(),
+        })
+    }
+}
+
+/// Parses public key lines.
+pub fn parse_keys<S: AsRef<str>>(keys: &[S]) -> Result<Vec<PublicKey>, KeyError> {
+    keys.iter().map(|k| k.as_ref().parse()).collect()
 }
 
 #[cfg(test)]
@@ -374,13 +594,46 @@ mod tests {
     fn sign_and_verify() {
         let key = SecretKey::from_seed(&[1; 32]);
         let sig = key.sign_stack(b"stack");
-        let parsed = StackSignature::parse(sig.to_toml().as_bytes()).unwrap();
+        let parsed = StackSignatures::parse(sig.to_toml().as_bytes()).unwrap();
         assert_eq!(parsed, sig);
-        assert!(parsed.is_valid_for(&Sha256Digest::of(b"stack")));
-        assert!(!parsed.is_valid_for(&Sha256Digest::of(b"stacK")));
-        let other = SecretKey::from_seed(&[2; 32]).public();
-        let forged = StackSignature { key: other, ..sig };
-        assert!(!forged.is_valid_for(&Sha256Digest::of(b"stack")));
+        let digest = Sha256Digest::of(b"stack");
+        assert_eq!(parsed.check(&digest), Ok(vec![key.public()]));
+        assert_eq!(parsed.check(&Sha256Digest::of(b"stacK")), Err(key.public()));
+        let other = SecretKey::from_seed(&[2; 32]);
+        let mut forged = sig.clone();
+        forged.signatures[0].key = other.public();
+        assert_eq!(forged.check(&digest), Err(other.public()));
+        // An approval: a second key, and the first one twice, which counts once.
+        let mut approved = sig.clone();
+        approved.signatures.push(other.sign_digest(&digest));
+        approved.signatures.push(key.sign_digest(&digest));
+        let back = StackSignatures::parse(approved.to_toml().as_bytes()).unwrap();
+        assert_eq!(back.check(&digest), Ok(vec![key.public(), other.public()]));
+        assert_eq!(back.keys().len(), 3);
+    }
+
+    #[test]
+    fn format_1_signature_files_are_read() {
+        let key = SecretKey::from_seed(&[1; 32]);
+        let digest = Sha256Digest::of(b"stack");
+        let one = key.sign_digest(&digest);
+        let v1 = format!(
+            "format = 1\nalgorithm = \"ed25519\"\nkey = \"{}\"\nstack_sha256 = \"{}\"\nsignature = \"{}\"\n",
+            one.key,
+            digest.to_hex(),
+            one.signature
+        );
+        let parsed = StackSignatures::parse(v1.as_bytes()).unwrap();
+        assert_eq!(parsed.check(&digest), Ok(vec![key.public()]));
+        for bad in [
+            v1.replace("ed25519\"\n", "rsa\"\n"),
+            v1.replace("format = 1", "format = 3"),
+            v1.replace("signature = \"", "signature = \"00"),
+            "format = 2\nalgorithm = \"ed25519\"\nstack_sha256 = \"00\"\nsignature = []\n"
+                .to_owned(),
+        ] {
+            assert!(StackSignatures::parse(bad.as_bytes()).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -414,8 +667,33 @@ mod tests {
     fn trust_policy() {
         let a = SecretKey::from_seed(&[1; 32]).public();
         let b = SecretKey::from_seed(&[2; 32]).public();
+        let c = SecretKey::from_seed(&[3; 32]).public();
         let policy = TrustPolicy::from_strings(&[a.to_string()]).unwrap();
         assert!(policy.trusts(&a) && !policy.trusts(&b));
         assert!(TrustPolicy::from_strings(&["ed25519:00"]).is_err());
+        assert_eq!(policy.judge(&[b, a]), Ok(1));
+        assert_eq!(policy.judge(&[b]), Err(Shortfall::Untrusted(b)));
+
+        // Two of three, one of them revoked.
+        let two = TrustPolicy {
+            keys: vec![a, b, c],
+            threshold: 2,
+            revoked: vec![c],
+        };
+        assert_eq!(two.judge(&[a, b]), Ok(2));
+        assert_eq!(two.standing(&c), KeyStanding::Revoked);
+        assert!(!two.trusts(&c));
+        let Err(Shortfall::BelowThreshold { found, signers, .. }) = two.judge(&[a, c]) else {
+            panic!("a revoked key must not count");
+        };
+        assert_eq!(found, 1);
+        assert_eq!(signers[1], (c, KeyStanding::Revoked));
+        // The same key twice counts once.
+        assert!(two.judge(&[a, a]).is_err());
+        let one = TrustPolicy {
+            revoked: vec![a],
+            ..policy
+        };
+        assert_eq!(one.judge(&[a]), Err(Shortfall::Revoked(a)));
     }
 }

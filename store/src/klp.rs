@@ -110,16 +110,21 @@ pub fn replaced_functions(bytes: &[u8], what: &str) -> Result<Vec<FunctionRef>, 
             .and_then(|s| s.data().ok())
             .unwrap_or(&[]);
         for (offset, target) in map {
-            let new_func = map.get(&(offset + (KLP_FUNC_NEW_FUNC - KLP_FUNC_OLD_NAME) as u64));
+            // Offsets come from the file: near 2^64 they name no klp_func.
+            let new_func = offset
+                .checked_add((KLP_FUNC_NEW_FUNC - KLP_FUNC_OLD_NAME) as u64)
+                .and_then(|at| map.get(&at));
             if !new_func.is_some_and(|t| t.is_function) {
                 continue;
             }
             let Some(name) = identifier_at(target) else {
                 continue;
             };
-            let sympos_at = (*offset as usize) + KLP_FUNC_OLD_SYMPOS - KLP_FUNC_OLD_NAME;
-            let sympos = data
-                .get(sympos_at..sympos_at + 8)
+            let sympos_at = usize::try_from(*offset)
+                .ok()
+                .and_then(|o| o.checked_add(KLP_FUNC_OLD_SYMPOS - KLP_FUNC_OLD_NAME));
+            let sympos = sympos_at
+                .and_then(|at| data.get(at..at.checked_add(8)?))
                 .map(|b| u64::from_le_bytes(b.try_into().expect("an 8-byte slice")))
                 .unwrap_or(0);
             funcs.insert((*section, *offset), (name, sympos));

@@ -10,12 +10,15 @@ mod history;
 pub mod ident;
 pub mod keys;
 pub mod klp;
+pub mod lineage;
 pub mod model;
 pub mod pack;
 pub mod promote;
 pub mod pull;
 pub mod rev;
+pub mod sign;
 pub mod store;
+pub mod validity;
 pub mod verify;
 
 /// Renders an error with its chain of causes, as `a: b: c` (skipping a cause whose

@@ -24,9 +24,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Sha256Digest;
 use crate::ident::BuildId;
+use crate::validity::Validity;
 
-/// Version of the `stack.toml`, `manifest.toml` and `stack.sig` formats.
+/// Version of the `manifest.toml` format, and the first version of `stack.toml` and
+/// `stack.sig` (one signature, no validity window), which kstack still reads.
 pub const FORMAT: u32 = 1;
+/// Version of the `stack.toml` and `stack.sig` that kstack writes: `stack.toml` has a
+/// `[validity]` window, `stack.sig` any number of signatures (approvals).
+pub const STACK_FORMAT: u32 = 2;
 /// The stack description at the root of a stack commit.
 pub const STACK_FILE: &str = "stack.toml";
 /// The signature at the root of a stack commit.
@@ -118,6 +123,10 @@ pub struct StackFile {
     /// module among its patches, say).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_cumulative: Option<String>,
+    /// When it was signed and until when hosts accept it as the stack's head; every
+    /// commit of format 2 has one, format 1 (older kstack) none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validity: Option<Validity>,
     /// When this commit promoted another stack's commit (`kstack promote`): which
     /// one. Its patches are then exactly that commit's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -179,9 +188,9 @@ impl StackFile {
         Ok(stack)
     }
 
-    /// Checks names, directories and order.
+    /// Checks the format, names, directories and order, and the window.
     pub fn check(&self, path: &str) -> Result<(), ModelError> {
-        if self.format != FORMAT {
+        if self.format != FORMAT && self.format != STACK_FORMAT {
             return Err(ModelError::Format {
                 path: path.to_owned(),
                 found: self.format,
@@ -192,6 +201,16 @@ impl StackFile {
             path: path.to_owned(),
             message,
         };
+        match (self.format, &self.validity) {
+            (FORMAT, Some(_)) => {
+                return Err(invalid(format!(
+                    "format {FORMAT} has no [validity] (it came with format {STACK_FORMAT})"
+                )));
+            }
+            (FORMAT, None) => {}
+            (_, None) => return Err(invalid("no [validity] window".to_owned())),
+            (_, Some(window)) => window.check().map_err(|e| invalid(e.to_string()))?,
+        }
         if self.kernel_release.is_empty() || self.kernel_release.contains(char::is_whitespace) {
             return Err(invalid(format!(
                 "bad kernel release {:?}",
@@ -420,15 +439,21 @@ fn parse_toml<T: serde::de::DeserializeOwned>(bytes: &[u8], path: &str) -> Resul
 mod tests {
     use super::*;
 
+    use crate::validity::Timestamp;
+
     fn stack() -> StackFile {
         StackFile {
-            format: FORMAT,
+            format: STACK_FORMAT,
             name: "prod".into(),
             build_id: "4a5a9b0affb66c437abcd455d2738af879985fa9".parse().unwrap(),
             kernel_release: "6.1.0-56-cloud-amd64".into(),
             parent: Some(Sha256Digest::of(b"parent")),
             message: "add foo\n\nwith a body".into(),
             no_cumulative: None,
+            validity: Some(Validity::starting(
+                Timestamp::from_secs(1_700_000_000),
+                std::time::Duration::from_secs(86_400),
+            )),
             promoted_from: None,
             cumulative: None,
             patches: vec![PatchEntry {
@@ -518,6 +543,21 @@ mod tests {
         s.format = 9;
         let err = StackFile::parse(s.to_toml().as_bytes(), "stack.toml").unwrap_err();
         assert!(err.to_string().contains("format 9"), "{err}");
+        // Format 1 (before windows) is read; a window in it, or none in format 2, is not.
+        let mut s = stack();
+        s.validity = None;
+        assert!(StackFile::parse(s.to_toml().as_bytes(), "stack.toml").is_err());
+        s.format = FORMAT;
+        StackFile::parse(s.to_toml().as_bytes(), "stack.toml").unwrap();
+        s.validity = stack().validity;
+        assert!(StackFile::parse(s.to_toml().as_bytes(), "stack.toml").is_err());
+        let mut s = stack();
+        s.validity = Some(Validity {
+            signed_at: Timestamp::from_secs(10),
+            expires: Timestamp::from_secs(9),
+        });
+        let err = StackFile::parse(s.to_toml().as_bytes(), "stack.toml").unwrap_err();
+        assert!(err.to_string().contains("before it starts"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! message repeats it as a trailer for `log`, and verification checks that the two
 //! agree.
 
-use crate::commit::{CommitError, CumulativeTree, Prepared};
+use crate::commit::{CommitError, Prepared};
 use crate::keys::SecretKey;
 use crate::model::Promotion;
 use crate::store::{Author, StackId, Store};
@@ -95,7 +95,7 @@ impl Store {
                 commit: source.commit.to_string(),
                 stack_sha256: source.stack_sha256,
             }),
-            promoted_cumulative(source),
+            crate::commit::carried_cumulative(source),
             author,
             key,
         )?;
@@ -116,22 +116,6 @@ impl Store {
             self.publish(p)?;
         }
         Ok(prepared)
-    }
-}
-
-/// A promotion carries the source's cumulative module as it is: it holds exactly the
-/// promoted patches (the same manifests, so the same digests).
-fn promoted_cumulative(source: &VerifiedStack) -> Option<CumulativeTree> {
-    match (&source.stack.cumulative, source.cumulative_tree) {
-        (Some(entry), Some(id)) => Some(CumulativeTree::Tree {
-            entry: entry.clone(),
-            id,
-        }),
-        _ => source
-            .stack
-            .no_cumulative
-            .clone()
-            .map(CumulativeTree::Impossible),
     }
 }
 

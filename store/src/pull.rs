@@ -3,8 +3,11 @@
 //! verifies against the trust policy.
 //!
 //! Fetched heads land in a quarantine namespace (`refs/kstack-incoming/<n>/...`).
-//! Each is verified (the whole head; signatures and the `parent` chain of every new
-//! ancestor) and must fast-forward the local stack. Only if every one passes are the
+//! Each is verified (the whole head against the trust policy, threshold and
+//! revocations included; signatures and the `parent` chain of every new ancestor)
+//! and must fast-forward the local stack, judged by the signed chain of `stack.toml`
+//! digests ([`crate::lineage`]): the same head approved elsewhere fast-forwards, and
+//! its approvals are combined with the local ones. Only if every one passes are the
 //! local refs moved, in one compare-and-swap transaction; either way the quarantine
 //! refs are removed, so a rejected pull leaves the local refs as they were (and some
 //! unreferenced objects).
@@ -20,8 +23,10 @@ use std::sync::atomic::AtomicBool;
 use gix::objs::Write as _;
 
 use crate::keys::TrustPolicy;
+use crate::lineage::Lineage;
 use crate::store::{
-    BoxError, ObjectId, QUARANTINE_PREFIX, REF_PREFIX, RefUpdate, StackId, Store, StoreError,
+    Author, BoxError, ObjectId, QUARANTINE_PREFIX, REF_PREFIX, RefUpdate, StackId, Store,
+    StoreError,
 };
 use crate::verify::{VerifyError, short};
 
@@ -76,6 +81,9 @@ pub struct Rejection {
 pub struct PulledStack {
     pub stack: StackId,
     pub old: Option<ObjectId>,
+    /// The fetched head; for an update, what the local ref moved to: the fetched
+    /// head, or (when it and the local head are the same commit approved by
+    /// different keys) a commit with the signatures of both.
     pub new: ObjectId,
     pub outcome: PullOutcome,
 }
@@ -293,7 +301,7 @@ impl Store {
                         updates.push(RefUpdate {
                             name: stack.ref_name(),
                             expected: pulled.old,
-                            new: Some(new),
+                            new: Some(pulled.new),
                         });
                     }
                     report.stacks.push(pulled);
@@ -319,40 +327,77 @@ impl Store {
     }
 
     /// Decides about one fetched head; the error is the reason to refuse it.
+    /// Descent is judged by the signed chain of `stack.toml` digests
+    /// ([`crate::lineage`]), so a head approved elsewhere (the same `stack.toml`,
+    /// more signatures) is the same commit: its signatures are combined with the
+    /// local ones, and the local ref moves to the result.
     fn judge(
         &self,
         stack: &StackId,
-        new: ObjectId,
+        fetched: ObjectId,
         policy: &TrustPolicy,
     ) -> Result<PulledStack, String> {
         let text = |e: &dyn std::error::Error| crate::error_chain(e);
         let old = self.stack_head(stack).map_err(|e| text(&e))?;
-        let pulled = |outcome| PulledStack {
+        let pulled = |new, outcome| PulledStack {
             stack: stack.clone(),
             old,
             new,
             outcome,
         };
-        if old == Some(new) {
-            return Ok(pulled(PullOutcome::UpToDate));
+        if old == Some(fetched) {
+            return Ok(pulled(fetched, PullOutcome::UpToDate));
         }
-        if let Some(old) = old {
-            if self.is_ancestor(new, old).map_err(|e| text(&e))? {
-                return Ok(pulled(PullOutcome::LocalAhead));
+        let Some(old) = old else {
+            self.verify(fetched, Some(stack), policy)
+                .map_err(|e| text(&e))?;
+            self.verify_history(fetched, None, None)
+                .map_err(|e| text(&e))?;
+            return Ok(pulled(fetched, PullOutcome::Updated));
+        };
+        let old_digest = self.stack_digest(old).map_err(|e| text(&e))?;
+        let new = match self.lineage(&old_digest, fetched).map_err(|e| text(&e))? {
+            Lineage::Descends(_) => fetched,
+            Lineage::Same => {
+                let ours = self.signed_header(old).map_err(|e| text(&e))?.signers;
+                let theirs = self.signed_header(fetched).map_err(|e| text(&e))?.signers;
+                if theirs.iter().all(|k| ours.contains(k)) {
+                    return Ok(pulled(fetched, PullOutcome::LocalAhead));
+                }
+                if ours.iter().all(|k| theirs.contains(k)) {
+                    fetched
+                } else {
+                    let committer = Author {
+                        name: "kstack pull".into(),
+                        email: "kstack@localhost".into(),
+                        time: crate::validity::Timestamp::now().secs(),
+                        valid_for: std::time::Duration::ZERO,
+                    };
+                    self.merge_signatures(old, fetched, &committer)
+                        .map_err(|e| text(&e))?
+                }
             }
-            if !self.is_ancestor(old, new).map_err(|e| text(&e))? {
+            Lineage::Unrelated => {
+                let new_digest = self.stack_digest(fetched).map_err(|e| text(&e))?;
+                if self
+                    .lineage(&new_digest, old)
+                    .map_err(|e| text(&e))?
+                    .contains_base()
+                {
+                    return Ok(pulled(fetched, PullOutcome::LocalAhead));
+                }
                 return Err(format!(
                     "fetched head {} does not descend from the local head {} (diverged or rewound); refusing to rewrite history",
-                    short(&new),
+                    short(&fetched),
                     short(&old)
                 ));
             }
-        }
+        };
+        // The lineage walk checked every new commit's signatures and parent digest;
+        // the new head must also satisfy the trust policy.
         self.verify(new, Some(stack), policy)
             .map_err(|e: VerifyError| text(&e))?;
-        self.verify_history(new, old, None)
-            .map_err(|e: VerifyError| text(&e))?;
-        Ok(pulled(PullOutcome::Updated))
+        Ok(pulled(new, PullOutcome::Updated))
     }
 
     /// Whether `ancestor` is on the first-parent line of `descendant`.

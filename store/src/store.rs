@@ -24,8 +24,9 @@ use crate::model::check_name;
 pub const REF_PREFIX: &str = "refs/kstack/";
 /// Where `pull` puts fetched heads until they verify.
 pub const QUARANTINE_PREFIX: &str = "refs/kstack-incoming/";
-/// The commit-message trailer naming the signer, so `log` can show it without
-/// reading trees (`show` and `verify` check it against `stack.sig`).
+/// The commit-message trailer naming a signer, one line per signature in `stack.sig`
+/// order, so `log` can show them without reading trees (`show` and `verify` check
+/// them against `stack.sig`).
 pub const SIGNER_TRAILER: &str = "Kstack-Signer";
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -74,12 +75,17 @@ impl fmt::Display for StackId {
     }
 }
 
-/// Who makes a commit, and when (seconds since the epoch, UTC).
+/// Who makes a commit, when (seconds since the epoch, UTC), and for how long the
+/// commits they sign stay valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Author {
     pub name: String,
     pub email: String,
     pub time: i64,
+    /// The signed `[validity]` window of a commit is `time` to `time + valid_for`
+    /// ([`crate::validity::DEFAULT_VALIDITY`] unless the config or the command line
+    /// says otherwise).
+    pub valid_for: std::time::Duration,
 }
 
 impl Author {
@@ -195,16 +201,29 @@ pub struct CommitInfo {
     pub email: String,
     /// Seconds since the epoch.
     pub time: i64,
-    /// The message without the signer trailer.
+    /// The message without the signer trailers.
     pub message: String,
-    /// The signer that the trailer names (a claim until `verify` checks `stack.sig`).
+    /// The signer that the first trailer names (a claim until `verify` checks
+    /// `stack.sig`): the committer.
     pub signer: Option<PublicKey>,
+    /// The signers the further trailers name: approvals (empty for most commits,
+    /// so reading a long history allocates nothing for them).
+    pub approvals: Vec<PublicKey>,
 }
 
 impl CommitInfo {
     /// The first line of the message.
     pub fn summary(&self) -> &str {
         self.message.lines().next().unwrap_or("")
+    }
+
+    /// Every signer the trailers name, in order (a claim until `verify`).
+    pub fn signers(&self) -> Vec<PublicKey> {
+        self.signer
+            .iter()
+            .chain(self.approvals.iter())
+            .copied()
+            .collect()
     }
 }
 
@@ -410,6 +429,7 @@ impl Store {
             name: "kstack".into(),
             email: "kstack@localhost".into(),
             time: 0,
+            valid_for: std::time::Duration::ZERO,
         }
         .signature();
         let mut time = gix::date::parse::TimeBuf::default();
@@ -536,42 +556,55 @@ impl Store {
 
     /// The header fields and message of the commit `id`, whose object is `data`.
     pub(crate) fn parse_commit(&self, id: ObjectId, data: &[u8]) -> Result<CommitInfo, StoreError> {
-        use gix::objs::commit::ref_iter::Token;
-        let malformed = |message: String| StoreError::Malformed {
-            what: CommitName(id).to_string(),
-            id,
-            message,
-        };
-        // Token by token: the fields `log` shows, each parsed once, and no error
-        // values built for the optional headers a commit does not have.
-        let (mut tree, mut parents, mut author, mut message) = (None, Vec::new(), None, None);
-        for token in gix::objs::CommitRefIter::from_bytes(data, self.repo.object_hash()) {
-            match token.map_err(|e| malformed(e.to_string()))? {
-                Token::Tree { id } => tree = Some(id),
-                Token::Parent { id } => parents.push(id),
-                Token::Author { signature } => author = Some(signature),
-                Token::Message(text) => message = Some(text),
-                Token::Committer { .. } | Token::Encoding(_) | Token::ExtraHeader(_) => {}
-            }
-        }
-        let (Some(tree), Some(author), Some(message)) = (tree, author, message) else {
-            return Err(malformed("incomplete commit".to_owned()));
-        };
-        let time = author.time().map(|t| t.seconds).unwrap_or(0);
-        let raw = message.to_str_lossy();
-        let (message, signer) = split_signer_trailer(&raw);
-        Ok(CommitInfo {
-            id,
-            tree,
-            parents,
-            author: author.name.to_str_lossy().into_owned(),
-            email: author.email.to_str_lossy().into_owned(),
-            time,
-            message: message.to_owned(),
-            signer,
-        })
+        parse_commit_object(id, data, self.repo.object_hash())
     }
+}
 
+/// The header fields and message of the commit `id`, whose object is `data` (as a
+/// store or a pull reads it; public for the fuzz targets).
+pub fn parse_commit_object(
+    id: ObjectId,
+    data: &[u8],
+    hash: gix::hash::Kind,
+) -> Result<CommitInfo, StoreError> {
+    use gix::objs::commit::ref_iter::Token;
+    let malformed = |message: String| StoreError::Malformed {
+        what: CommitName(id).to_string(),
+        id,
+        message,
+    };
+    // Token by token: the fields `log` shows, each parsed once, and no error
+    // values built for the optional headers a commit does not have.
+    let (mut tree, mut parents, mut author, mut message) = (None, Vec::new(), None, None);
+    for token in gix::objs::CommitRefIter::from_bytes(data, hash) {
+        match token.map_err(|e| malformed(e.to_string()))? {
+            Token::Tree { id } => tree = Some(id),
+            Token::Parent { id } => parents.push(id),
+            Token::Author { signature } => author = Some(signature),
+            Token::Message(text) => message = Some(text),
+            Token::Committer { .. } | Token::Encoding(_) | Token::ExtraHeader(_) => {}
+        }
+    }
+    let (Some(tree), Some(author), Some(message)) = (tree, author, message) else {
+        return Err(malformed("incomplete commit".to_owned()));
+    };
+    let time = author.time().map(|t| t.seconds).unwrap_or(0);
+    let raw = message.to_str_lossy();
+    let (message, signer, approvals) = split_signer_trailers(&raw);
+    Ok(CommitInfo {
+        id,
+        tree,
+        parents,
+        author: author.name.to_str_lossy().into_owned(),
+        email: author.email.to_str_lossy().into_owned(),
+        time,
+        message: message.to_owned(),
+        signer,
+        approvals,
+    })
+}
+
+impl Store {
     /// The first-parent history from `start`, newest first, at most `limit` commits.
     /// Reads commit headers only, so it stays fast on long histories (see
     /// [`crate::history`]).
@@ -664,22 +697,40 @@ impl Store {
             })
     }
 
-    /// Writes a commit object (no ref is moved).
+    /// Writes a commit object (no ref is moved), with one signer trailer per key.
     pub(crate) fn write_commit(
         &self,
         tree: ObjectId,
         parent: Option<ObjectId>,
         author: &Author,
         message: &str,
-        signer: &PublicKey,
+        signers: &[PublicKey],
+    ) -> Result<ObjectId, StoreError> {
+        self.write_commit_as(tree, parent, author, author, message, signers)
+    }
+
+    /// [`Store::write_commit`] with a committer other than the author (an approval
+    /// keeps the commit's author).
+    pub(crate) fn write_commit_as(
+        &self,
+        tree: ObjectId,
+        parent: Option<ObjectId>,
+        author: &Author,
+        committer: &Author,
+        message: &str,
+        signers: &[PublicKey],
     ) -> Result<ObjectId, StoreError> {
         let mut full = message.trim_end().to_owned();
-        full.push_str(&format!("\n\n{SIGNER_TRAILER}: {signer}\n"));
+        full.push('\n');
+        for signer in signers {
+            full.push_str(&format!("\n{SIGNER_TRAILER}: {signer}"));
+        }
+        full.push('\n');
         let commit = gix::objs::Commit {
             tree,
             parents: parent.into_iter().collect(),
             author: author.signature(),
-            committer: author.signature(),
+            committer: committer.signature(),
             encoding: None,
             message: full.into(),
             extra_headers: Vec::new(),
@@ -729,20 +780,35 @@ impl fmt::Display for CommitName {
     }
 }
 
-/// Splits the `Kstack-Signer:` trailer off a commit message.
-fn split_signer_trailer(raw: &str) -> (&str, Option<PublicKey>) {
+/// Splits the `Kstack-Signer:` trailers (the last lines) off a commit message:
+/// the body, the first signer, the further ones.
+fn split_signer_trailers(raw: &str) -> (&str, Option<PublicKey>, Vec<PublicKey>) {
     fn key_of(line: &str) -> Option<&str> {
         line.strip_prefix(SIGNER_TRAILER)?.strip_prefix(": ")
     }
-    let trimmed = raw.trim_end();
-    if let Some((body, last)) = trimmed.rsplit_once('\n') {
-        if let Some(key) = key_of(last) {
-            return (body.trim_end(), PublicKey::parse_unchecked(key));
+    let mut body = raw.trim_end();
+    // From the end: the trailer lines, newest first. Most commits have one.
+    let mut last = None;
+    let mut earlier: Vec<PublicKey> = Vec::new();
+    loop {
+        let (rest, line) = match body.rsplit_once('\n') {
+            Some((rest, line)) => (rest, line),
+            None => ("", body),
+        };
+        let Some(key) = key_of(line).and_then(PublicKey::parse_unchecked) else {
+            break;
+        };
+        if let Some(later) = last.replace(key) {
+            earlier.push(later);
         }
-    } else if let Some(key) = key_of(trimmed) {
-        return ("", PublicKey::parse_unchecked(key));
+        body = rest.trim_end();
+        if rest.is_empty() {
+            break;
+        }
     }
-    (trimmed, None)
+    // `last` is now the first trailer; `earlier` holds the others, last first.
+    earlier.reverse();
+    (body, last, earlier)
 }
 
 #[cfg(test)]
@@ -766,13 +832,25 @@ mod tests {
     }
 
     #[test]
-    fn signer_trailer() {
+    fn signer_trailers() {
         let key = crate::keys::SecretKey::from_seed(&[3; 32]).public();
+        let b = crate::keys::SecretKey::from_seed(&[4; 32]).public();
+        let c = crate::keys::SecretKey::from_seed(&[5; 32]).public();
         let raw = format!("fix it\n\nbody\n\n{SIGNER_TRAILER}: {key}\n");
-        let (message, signer) = split_signer_trailer(&raw);
+        let (message, signer, rest) = split_signer_trailers(&raw);
         assert_eq!(message, "fix it\n\nbody");
         assert_eq!(signer, Some(key));
-        assert_eq!(split_signer_trailer("plain\n"), ("plain", None));
+        assert!(rest.is_empty());
+        assert_eq!(split_signer_trailers("plain\n"), ("plain", None, vec![]));
+        let raw = format!(
+            "fix it\n\n{SIGNER_TRAILER}: {key}\n{SIGNER_TRAILER}: {b}\n{SIGNER_TRAILER}: {c}\n"
+        );
+        assert_eq!(
+            split_signer_trailers(&raw),
+            ("fix it", Some(key), vec![b, c])
+        );
+        let raw = format!("{SIGNER_TRAILER}: {key}\n{SIGNER_TRAILER}: {b}");
+        assert_eq!(split_signer_trailers(&raw), ("", Some(key), vec![b]));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::digest::Sha256Digest;
 use crate::ident;
-use crate::keys::{PublicKey, StackSignature, TrustPolicy};
+use crate::keys::{PublicKey, Shortfall, StackSignatures, TrustPolicy};
 use crate::model::{
     CUMULATIVE_DIR, CUMULATIVE_NAME, MANIFEST_FILE, MODULE_FILE, Manifest, ModelError, PATCHES_DIR,
     PatchEntry, PatchSource, SIGNATURE_FILE, STACK_FILE, StackFile,
@@ -48,6 +48,18 @@ pub enum VerifyError {
     BadSignature { commit: String, key: PublicKey },
     #[error("commit {commit}: signed by {key}, which is not a trusted key")]
     Untrusted { commit: String, key: PublicKey },
+    #[error("commit {commit}: signed by {key}, which is revoked ([trust] revoked)")]
+    Revoked { commit: String, key: PublicKey },
+    #[error(
+        "commit {commit}: signed by {found} trusted key(s), [trust] threshold requires {threshold} ({signers})"
+    )]
+    BelowThreshold {
+        commit: String,
+        found: usize,
+        threshold: usize,
+        /// Each signer and how the policy sees it.
+        signers: String,
+    },
     #[error("commit {commit}: {source}")]
     Model {
         commit: String,
@@ -82,7 +94,10 @@ pub struct VerifiedStack {
     pub commit: ObjectId,
     pub stack: StackFile,
     pub stack_sha256: Sha256Digest,
+    /// The first signer (the committer).
     pub signer: PublicKey,
+    /// Every key with a valid signature, once each, in signing order.
+    pub signers: Vec<PublicKey>,
     pub patches: Vec<VerifiedPatch>,
     /// The stack's cumulative module (`cumulative/`), when it has one, verified like
     /// a patch; its entry's name is [`CUMULATIVE_NAME`].
@@ -129,7 +144,10 @@ pub struct SignedHeader {
     pub parent: Option<ObjectId>,
     pub stack: StackFile,
     pub stack_sha256: Sha256Digest,
+    /// The first signer (the committer).
     pub signer: PublicKey,
+    /// Every key with a valid signature, once each, in signing order.
+    pub signers: Vec<PublicKey>,
 }
 
 pub(crate) fn short(id: &ObjectId) -> String {
@@ -137,9 +155,10 @@ pub(crate) fn short(id: &ObjectId) -> String {
 }
 
 impl Store {
-    /// Verifies a stack commit completely and requires a signer that `policy` trusts.
-    /// With `stack`, also requires that the commit belongs to that stack (a ref must
-    /// not carry another stack's or another kernel's commit).
+    /// Verifies a stack commit completely and requires signers that `policy` trusts:
+    /// valid signatures from `threshold` distinct trusted keys, revoked keys not
+    /// counted. With `stack`, also requires that the commit belongs to that stack (a
+    /// ref must not carry another stack's or another kernel's commit).
     pub fn verify(
         &self,
         id: ObjectId,
@@ -147,12 +166,7 @@ impl Store {
         policy: &TrustPolicy,
     ) -> Result<VerifiedStack, VerifyError> {
         let verified = self.check(id, stack)?;
-        if !policy.trusts(&verified.signer) {
-            return Err(VerifyError::Untrusted {
-                commit: short(&id),
-                key: verified.signer,
-            });
-        }
+        judge(policy, &id, &verified.signers)?;
         Ok(verified)
     }
 
@@ -168,12 +182,7 @@ impl Store {
         policy: &TrustPolicy,
     ) -> Result<VerifiedStack, VerifyError> {
         let verified = self.check_with(id, stack, true)?;
-        if !policy.trusts(&verified.signer) {
-            return Err(VerifyError::Untrusted {
-                commit: short(&id),
-                key: verified.signer,
-            });
-        }
+        judge(policy, &id, &verified.signers)?;
         Ok(verified)
     }
 
@@ -313,6 +322,7 @@ impl Store {
             stack: header.stack,
             stack_sha256: header.stack_sha256,
             signer: header.signer,
+            signers: header.signers,
             patches,
             cumulative,
             patch_artifacts,
@@ -499,30 +509,36 @@ impl Store {
         let root = self.root_items(&commit, info.tree)?;
         let (stack_bytes, sig_bytes) = self.read_root_files(&commit, &root)?;
         let stack_sha256 = Sha256Digest::of(&stack_bytes);
-        let sig = StackSignature::parse(&sig_bytes).map_err(|e| VerifyError::Invalid {
+        let sig = StackSignatures::parse(&sig_bytes).map_err(|e| VerifyError::Invalid {
             commit: commit.clone(),
             path: SIGNATURE_FILE.to_owned(),
             message: e.to_string(),
         })?;
-        if !sig.is_valid_for(&stack_sha256) {
-            return Err(VerifyError::BadSignature {
+        let signers = sig
+            .check(&stack_sha256)
+            .map_err(|key| VerifyError::BadSignature {
+                commit: commit.clone(),
+                key,
+            })?;
+        // The trailers `log` shows must name exactly the signatures' keys.
+        let keys = sig.keys();
+        let claimed = info.signers();
+        if !claimed.is_empty() && claimed != keys {
+            let list = |keys: &[PublicKey]| {
+                keys.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(VerifyError::Invalid {
                 commit,
-                key: sig.key,
+                path: SIGNATURE_FILE.to_owned(),
+                message: format!(
+                    "signed by {}, but the commit message names {}",
+                    list(&keys),
+                    list(&claimed)
+                ),
             });
-        }
-        if let Some(claimed) = info.signer
-            && claimed != sig.key
-        {
-            {
-                return Err(VerifyError::Invalid {
-                    commit,
-                    path: SIGNATURE_FILE.to_owned(),
-                    message: format!(
-                        "signed by {}, but the commit message names {claimed}",
-                        sig.key
-                    ),
-                });
-            }
         }
         let stack =
             StackFile::parse(&stack_bytes, STACK_FILE).map_err(|source| VerifyError::Model {
@@ -596,7 +612,8 @@ impl Store {
                 parent,
                 stack,
                 stack_sha256,
-                signer: sig.key,
+                signer: signers[0],
+                signers,
             },
             root,
         ))
@@ -648,37 +665,69 @@ impl Store {
 
     /// Checks the signatures and the `parent` chain of `head` and all its
     /// ancestors, down to (not including) `stop`; returns how many commits were
-    /// checked. With a `policy`, every signer must be trusted; without one, the
-    /// signatures need only be valid (the head's trusted signature covers its
-    /// ancestors through the chain of `parent` digests). Only `stack.toml` and
-    /// `stack.sig` are read; [`Store::verify`] checks a commit's patches.
+    /// checked. With a `policy`, every commit must satisfy it; without one, the
+    /// signatures need only be valid (the head's trusted signatures cover its
+    /// ancestors through the chain of `parent` digests, whoever signed them then).
+    /// Only `stack.toml` and `stack.sig` are read; [`Store::verify`] checks a
+    /// commit's patches.
     pub fn verify_history(
         &self,
         head: ObjectId,
         stop: Option<ObjectId>,
         policy: Option<&TrustPolicy>,
     ) -> Result<usize, VerifyError> {
-        let mut count = 0;
+        let headers = self.history_headers(head, stop)?;
+        if let Some(policy) = policy {
+            for header in &headers {
+                judge(policy, &header.commit, &header.signers)?;
+            }
+        }
+        Ok(headers.len())
+    }
+
+    /// The checked signed headers of `head` and its ancestors down to (not
+    /// including) `stop`, newest first: every signature valid, every `parent`
+    /// digest matching (no trust decision).
+    pub fn history_headers(
+        &self,
+        head: ObjectId,
+        stop: Option<ObjectId>,
+    ) -> Result<Vec<SignedHeader>, VerifyError> {
+        let mut out = Vec::new();
         let mut next = Some(head);
         while let Some(id) = next {
             if Some(id) == stop {
                 break;
             }
             let header = self.signed_header(id)?;
-            if let Some(policy) = policy
-                && !policy.trusts(&header.signer)
-            {
-                {
-                    return Err(VerifyError::Untrusted {
-                        commit: short(&id),
-                        key: header.signer,
-                    });
-                }
-            }
-            count += 1;
             next = header.parent;
+            out.push(header);
         }
-        Ok(count)
+        Ok(out)
+    }
+}
+
+/// Whether `signers` (valid signatures of commit `id`) satisfy `policy`.
+fn judge(policy: &TrustPolicy, id: &ObjectId, signers: &[PublicKey]) -> Result<(), VerifyError> {
+    let commit = short(id);
+    match policy.judge(signers) {
+        Ok(_) => Ok(()),
+        Err(Shortfall::Untrusted(key)) => Err(VerifyError::Untrusted { commit, key }),
+        Err(Shortfall::Revoked(key)) => Err(VerifyError::Revoked { commit, key }),
+        Err(Shortfall::BelowThreshold {
+            found,
+            threshold,
+            signers,
+        }) => Err(VerifyError::BelowThreshold {
+            commit,
+            found,
+            threshold,
+            signers: signers
+                .iter()
+                .map(|(key, standing)| format!("{key} {standing}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
     }
 }
 

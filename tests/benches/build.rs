@@ -1,11 +1,15 @@
-//! Benchmark: building each example patch with `kstack commit`, warm (the kernel's
-//! source tree already prepared) and cold (a fresh cache: fetch and prepare the tree
-//! first), with wall time, CPU time and peak memory; and, when asked, the baseline:
-//! compiling all of vmlinux with the same flags, which is what kpatch-build does
-//! (twice) for every patch.
+//! Benchmark: building each example patch with `kstack commit`, whole processes,
+//! with wall time, CPU time and peak memory: first with `--no-cache` (kbuild in a
+//! full copy of the tree, as the first build of a unit for a kernel is), then warm
+//! (from the records that build left: the pre object and the recorded compile), in
+//! turn with the baseline, kbuild compiling the patch's unit once in a tree where it
+//! compiled it before, and their ratio pair by pair; cold (a fresh cache: fetch and
+//! prepare the tree first); and, when asked, compiling all of vmlinux with the same
+//! flags, which is what kpatch-build does (twice) for every patch.
 //!
 //! Run: `cargo bench -p kstack-tests --bench build` (after `cargo xtask setup`).
-//! `BENCH_COLD=0` skips the cold build; `BENCH_FULL_KERNEL=1` adds the full build
+//! `BENCH_RUNS` (default 3) is the number of warm pairs per patch; `BENCH_COLD=0`
+//! skips the cold build; `BENCH_FULL_KERNEL=1` adds the full build
 //! (about 25 minutes on 2 cores).
 
 // A benchmark driver: a failed unwrap is a failed run, with its message.
@@ -74,21 +78,79 @@ fn main() {
         );
     }
     let release = kernel().release;
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
 
-    println!("kstack commit PATCH.diff on the 2-core machine ({release})");
+    println!("kstack commit PATCH.diff on the 2-core machine ({release}), whole processes");
     println!(
-        "{:<34} {:>8} {:>8} {:>9}",
-        "warm build (tree prepared)", "wall s", "cpu s", "peak MiB"
+        "{:<30} {:>9} {:>9} {:>9} {:>7} {:>9}",
+        "patch", "kbuild s", "warm s", "unit s", "ratio", "peak MiB"
     );
     let mut warm_cpu = Vec::new();
+    let mut warm_walls = Vec::new();
+    let mut ratios = Vec::new();
     for patch in &patches {
-        // Each example on a fresh stack: a one-file fix on the plain kernel.
+        let name = patch.file_stem().unwrap().to_string_lossy().into_owned();
+        // The old way, as on the first build of a unit: kbuild in a full copy.
         let store = CliStore::new();
-        let (wall, cpu, rss) = measure(&mut commit(&store, "bench", patch, None));
-        let name = patch.file_stem().unwrap().to_string_lossy();
-        println!("{name:<34} {wall:>8.1} {cpu:>8.1} {rss:>9.0}");
-        warm_cpu.push(cpu);
+        let mut first = commit(&store, "bench", patch, None);
+        first.arg("--no-cache");
+        let (kbuild_wall, _, _) = measure(&mut first);
+        // The baseline: kbuild compiling the patch's unit once, in a tree where it
+        // compiled it before (what a kernel developer's edit-compile loop costs).
+        let unit = unit_of(patch);
+        let parent = tempfile::tempdir().unwrap();
+        let tree = kstack_engine::builder::tree::WorkTree::new(
+            &kernel().source().unwrap(),
+            parent.path(),
+            &release,
+        )
+        .unwrap();
+        let compile_unit = || {
+            let source = tree.path().join(unit.replace(".o", ".c"));
+            let text = std::fs::read(&source).unwrap();
+            // A rewrite (new mtime) of a hard-linked file must not reach the cache.
+            std::fs::remove_file(&source).unwrap();
+            std::fs::write(&source, text).unwrap();
+            let mut make = Command::new("make");
+            make.arg("-C")
+                .arg(tree.path())
+                .args(["-s", "-j2"])
+                .arg(format!("KERNELRELEASE={release}"))
+                .arg(format!(
+                    "KCFLAGS={}",
+                    kstack_engine::builder::tree::EXTRA_CFLAGS
+                ))
+                .arg(&unit);
+            make
+        };
+        measure(&mut compile_unit());
+        // Warm builds (each on a fresh stack) and the unit's compile, in turn.
+        let mut pairs = Vec::new();
+        for _ in 0..runs {
+            let store = CliStore::new();
+            let (wall, cpu, rss) = measure(&mut commit(&store, "bench", patch, None));
+            let (unit_wall, _, _) = measure(&mut compile_unit());
+            pairs.push((wall, cpu, rss, unit_wall));
+        }
+        let wall = median(pairs.iter().map(|p| p.0).collect());
+        let unit_wall = median(pairs.iter().map(|p| p.3).collect());
+        let ratio = median(pairs.iter().map(|p| p.0 / p.3).collect());
+        let rss = pairs.iter().map(|p| p.2).fold(0.0, f64::max);
+        println!(
+            "{name:<30} {kbuild_wall:>9.1} {wall:>9.1} {unit_wall:>9.1} {ratio:>7.2} {rss:>9.0}"
+        );
+        warm_cpu.push(median(pairs.iter().map(|p| p.1).collect()));
+        warm_walls.push(wall);
+        ratios.push(ratio);
     }
+    println!(
+        "median of the warm builds: {:.1} s wall, {:.2} x compiling the unit once",
+        median(warm_walls[..4.min(warm_walls.len())].to_vec()),
+        median(ratios[..4.min(ratios.len())].to_vec())
+    );
 
     if std::env::var("BENCH_COLD").as_deref() != Ok("0") {
         // A fresh cache that shares only the downloaded packages.
@@ -140,5 +202,23 @@ fn main() {
             mean / cpu,
             mean / (2.0 * cpu)
         );
+    }
+}
+
+/// The unit (object path) of a one-file fix.
+fn unit_of(patch: &Path) -> String {
+    let diff = std::fs::read(patch).unwrap();
+    let files = kstack_engine::builder::tree::changed_files(&diff);
+    let file = files.iter().find(|f| f.ends_with(".c")).unwrap();
+    file.replace(".c", ".o")
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
 }

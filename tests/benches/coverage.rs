@@ -4,7 +4,8 @@
 //! with `kstack commit` for the 6.1.176-1 cloud kernel (6.1.0-50-cloud-amd64), and
 //! each that builds is synced in a VM on that kernel with `kstack try`, a generic
 //! workload run (and the modules it patches loaded), the kernel log checked, the
-//! patch reverted. Then the class cases (`examples/cases`, `examples/modules`, each
+//! patch reverted. Then the class cases (`examples/cases`, `examples/modules`, and
+//! kpatch's integration cases rewritten for this kernel in `examples/kpatch`, each
 //! with its own check) on the set-up kernel. Each fix ends as built and passed,
 //! refused with a named class, built but failed in the VM, or a tool error.
 //!
@@ -139,14 +140,22 @@ fn main() {
             continue;
         }
         rows.push(row);
+        // The table so far, so that a run cut short still says what it found.
+        std::fs::write(
+            out_dir.join("report.md"),
+            report(&rows, &[], not_built, seed),
+        )
+        .unwrap();
     }
 
     eprintln!("==> the class cases on the set-up kernel");
     let current = kernel();
     let mut cases = Vec::new();
-    for dir in ["examples/cases", "examples/modules"] {
-        let mut diffs: Vec<PathBuf> = std::fs::read_dir(workspace_root().join(dir))
-            .unwrap()
+    for dir in ["examples/cases", "examples/modules", "examples/kpatch"] {
+        let Ok(entries) = std::fs::read_dir(workspace_root().join(dir)) else {
+            continue;
+        };
+        let mut diffs: Vec<PathBuf> = entries
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|e| e == "diff"))
             .collect();

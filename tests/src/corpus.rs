@@ -65,8 +65,12 @@ fn walk(tree: &Path, dir: &Path, out: &mut Vec<String>) {
 }
 
 /// Groups changed files into fixes: a changed file and the changed headers it
-/// includes directly (`includes_of` gives a file's resolved includes) are one fix,
-/// transitively. Each group is sorted; groups are sorted by their first file.
+/// includes (`includes_of` gives a file's resolved includes) are one fix,
+/// transitively. A file's includes are followed through unchanged headers of the
+/// source directories (a driver's `sas_internal.h` that includes the changed
+/// `include/scsi/libsas.h`), not through the kernel-wide ones of `include/` and
+/// `arch/*/include/`, which reach nearly everything. Each group is sorted; groups
+/// are sorted by their first file.
 pub fn group(files: &[String], includes_of: impl Fn(&str) -> Vec<String>) -> Vec<Vec<String>> {
     let index: BTreeMap<&str, usize> = files
         .iter()
@@ -81,11 +85,20 @@ pub fn group(files: &[String], includes_of: impl Fn(&str) -> Vec<String>) -> Vec
         }
         i
     }
+    let kernel_wide =
+        |f: &str| f.starts_with("include/") || (f.starts_with("arch/") && f.contains("/include/"));
     for (i, f) in files.iter().enumerate() {
-        for inc in includes_of(f) {
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let mut pending = includes_of(f);
+        while let Some(inc) = pending.pop() {
+            if !seen.insert(inc.clone()) {
+                continue;
+            }
             if let Some(&j) = index.get(inc.as_str()) {
                 let (a, b) = (find(&mut parent, i), find(&mut parent, j));
                 parent[a] = b;
+            } else if !kernel_wide(&inc) {
+                pending.extend(includes_of(&inc));
             }
         }
     }
@@ -191,12 +204,13 @@ impl Outcome {
 
 /// The refusal classes, as the builder's messages name them: (what the message
 /// says, the class).
-const REFUSALS: [(&str, &str); 12] = [
+const REFUSALS: [(&str, &str); 13] = [
     ("compiles to the same code", "identical code (class 9)"),
     ("its layout changes", "type layout changed (class 7)"),
     ("which at least", "header reaches too many units (class 7)"),
-    ("data object changed", "existing data changed (class 2)"),
+    // Before "data object changed", which its message contains too.
     ("__initdata", "__init data changed"),
+    ("data object changed", "existing data changed (class 2)"),
     ("__init function", "__init code changed"),
     (
         "has no call to __fentry__",
@@ -213,6 +227,10 @@ const REFUSALS: [(&str, &str); 12] = [
     ),
     ("cannot tell which object is meant", "ambiguous reference"),
     ("does not know how to carry them", "unknown special section"),
+    (
+        "is a module: those are applied after",
+        "module's own static key or call in a special section (class 11)",
+    ),
 ];
 
 /// Classifies `kstack commit`'s exit status and standard error.
@@ -279,6 +297,36 @@ mod tests {
                 vec!["a.c", "c.c", "inc/x.h", "inc/y.h"],
                 vec!["b.c"],
                 vec!["d.c"],
+            ]
+        );
+    }
+
+    #[test]
+    fn includes_are_followed_through_unchanged_local_headers_only() {
+        let files: Vec<String> = [
+            "drivers/s/a.c",
+            "include/scsi/s.h",
+            "drivers/t/b.c",
+            "include/linux/mm.h",
+        ]
+        .map(String::from)
+        .to_vec();
+        let includes = |f: &str| -> Vec<String> {
+            match f {
+                "drivers/s/a.c" => vec!["drivers/s/internal.h".into()],
+                "drivers/s/internal.h" => vec!["include/scsi/s.h".into()],
+                "drivers/t/b.c" => vec!["include/linux/kernel.h".into()],
+                // Reached only through a kernel-wide header: not the same fix.
+                "include/linux/kernel.h" => vec!["include/linux/mm.h".into()],
+                _ => vec![],
+            }
+        };
+        assert_eq!(
+            group(&files, includes),
+            [
+                vec!["drivers/s/a.c", "include/scsi/s.h"],
+                vec!["drivers/t/b.c"],
+                vec!["include/linux/mm.h"],
             ]
         );
     }

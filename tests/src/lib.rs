@@ -181,7 +181,9 @@ pub fn kstack_cli() -> std::process::Command {
         .env_remove("KSTACK_STORE")
         .env_remove("KSTACK_STATE_DIR")
         .env("KSTACK_AUTHOR", "kstack tests <tests@kstack.invalid>")
-        .env("KSTACK_TIMESTAMP", "1700000000");
+        .env("KSTACK_TIMESTAMP", "1700000000")
+        // Commits made at that fixed time must still be valid when a VM syncs them.
+        .env("KSTACK_VALID_FOR", "100years");
     cmd
 }
 

@@ -83,6 +83,48 @@ impl StackFixture {
             .commit
     }
 
+    /// Commits the built module `ko` as patch `name` on top of `stack`, made by
+    /// `author` (another time or validity window) and signed by `key`.
+    pub fn commit_signed(
+        &self,
+        stack: &str,
+        name: &str,
+        ko: &Path,
+        author: &Author,
+        key: &SecretKey,
+    ) -> ObjectId {
+        let patch = NewPatch {
+            name: name.into(),
+            module: std::fs::read(ko).unwrap(),
+            module_file: ko.file_name().unwrap().to_string_lossy().into_owned(),
+            diff: None,
+            functions: Vec::new(),
+            build: BTreeMap::new(),
+            source: PatchSource::Prebuilt,
+            extra: Default::default(),
+        };
+        self.store
+            .add_patch(
+                &self.stack(stack),
+                Some(&self.release),
+                patch,
+                &format!("add {name}"),
+                author,
+                key,
+            )
+            .unwrap_or_else(|e| panic!("commit {name}: {}", kstack_store::error_chain(&e)))
+            .commit
+    }
+
+    /// Adds `key`'s signature to the head of `stack` (an approval); returns the
+    /// approved commit, now the head.
+    pub fn approve(&self, stack: &str, key: &SecretKey) -> ObjectId {
+        self.store
+            .approve(&self.stack(stack), key, &author())
+            .unwrap_or_else(|e| panic!("approve {stack}: {}", kstack_store::error_chain(&e)))
+            .commit
+    }
+
     /// Commits the built module `ko` as patch `name` on top of `stack`, with `cumulative`
     /// (a module built with `replace = true`) as the new commit's cumulative module.
     pub fn commit_with_cumulative(
@@ -184,11 +226,14 @@ impl StackFixture {
     }
 }
 
-fn author() -> Author {
+/// The fixtures' author: a fixed time (stable commit ids) and a century of validity.
+pub fn author() -> Author {
     Author {
         name: "kstack tests".into(),
         email: "tests@kstack.invalid".into(),
         time: 1_700_000_000,
+        // A fixed time keeps commit ids stable; a century keeps the commits valid.
+        valid_for: std::time::Duration::from_secs(100 * 365 * 86_400),
     }
 }
 

@@ -5,7 +5,10 @@
 //!   cache, and build the static `kstack` that the sandbox VM runs. Idempotent: a
 //!   second run with nothing new takes seconds.
 //! - `cargo xtask demo`: set-up, then the demo in the sandbox VM.
-//! - `cargo xtask test`: set-up, then every check and test (what CI runs).
+//! - `cargo xtask test`: set-up, then every check and test (what CI runs), with a
+//!   short bounded run of every fuzz target.
+//! - `cargo xtask fuzz [SECONDS]`: a long run of every fuzz target (default 300 s
+//!   each).
 //! - `cargo xtask deb`: the Debian package (see [`xtask::deb`]).
 
 use std::path::{Path, PathBuf};
@@ -14,6 +17,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use kstack_engine::builder::assets::{self, Cache, FetchOptions};
+
+mod fuzz;
+
+/// How long each fuzz target runs in `cargo xtask test` (12 targets: about a
+/// minute in all).
+const SHORT_FUZZ: Duration = Duration::from_secs(5);
+/// How long each runs in `cargo xtask fuzz` unless told.
+const LONG_FUZZ: Duration = Duration::from_secs(300);
 
 /// Debian packages: QEMU and the initramfs tools for the sandbox, the kernel build
 /// prerequisites for kbuild and the source tree (`patch` applies a stack's diffs),
@@ -67,6 +78,13 @@ fn main() -> Result<()> {
             test(&root, &args[1..])
         }
         Some("static") => build_static(&root).map(|_| ()),
+        Some("fuzz") => {
+            let each = match args.get(1) {
+                Some(secs) => Duration::from_secs(secs.parse().context("fuzz SECONDS")?),
+                None => LONG_FUZZ,
+            };
+            run_fuzz(&root, each)
+        }
         Some("deb") => {
             let binary = build_static(&root)?;
             step("building the Debian package");
@@ -85,7 +103,8 @@ fn main() -> Result<()> {
                  demo    setup, then live-patch a kernel in the sandbox VM, step by step\n\
                  test    setup, then fmt, clippy and every test (what CI runs)\n\
                  static  only build the static kstack for the sandbox\n\
-                 deb     build the Debian package (target/deb/kstack_*.deb)\n\n\
+                 deb     build the Debian package (target/deb/kstack_*.deb)\n\
+                 fuzz [SECONDS]  run every fuzz target for SECONDS (default 300) each\n\n\
                  The cache lives in $KSTACK_CACHE (default ~/.cache/kstack)."
             );
             bail!("no command given")
@@ -100,7 +119,7 @@ fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
-fn step(text: &str) {
+pub(crate) fn step(text: &str) {
     eprintln!("\x1b[1m==> {text}\x1b[0m");
 }
 
@@ -303,10 +322,18 @@ fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn test(_root: &Path, extra: &[String]) -> Result<()> {
+fn test(root: &Path, extra: &[String]) -> Result<()> {
     let started = Instant::now();
     step("cargo fmt --check");
     cargo(&["fmt", "--all", "--", "--check"])?;
+    // The fuzz crate is its own workspace (nightly, sanitizers): checked apart.
+    cargo(&[
+        "fmt",
+        "--manifest-path",
+        "tests/fuzz/Cargo.toml",
+        "--",
+        "--check",
+    ])?;
     step("cargo clippy");
     cargo(&[
         "clippy",
@@ -324,9 +351,39 @@ fn test(_root: &Path, extra: &[String]) -> Result<()> {
     step("doc tests");
     cargo(&["test", "--workspace", "--doc", "--quiet"])?;
     step(&format!(
+        "fuzz targets, {} s each (cargo xtask fuzz runs them longer)",
+        SHORT_FUZZ.as_secs()
+    ));
+    run_fuzz(root, SHORT_FUZZ)?;
+    step(&format!(
         "all tests passed in {:.0}s",
         started.elapsed().as_secs_f64()
     ));
+    Ok(())
+}
+
+/// Builds and runs every fuzz target for `each`; fails naming the crashing inputs.
+fn run_fuzz(root: &Path, each: Duration) -> Result<()> {
+    fuzz::ensure_tools()?;
+    let dir = target_dir(root).join("fuzz");
+    let build_dir = dir.join("build");
+    fuzz::build(root, &build_dir)?;
+    step(&format!(
+        "running {} fuzz targets, {} s each",
+        fuzz::TARGETS.len(),
+        each.as_secs()
+    ));
+    let outcomes = fuzz::run_all(root, &build_dir, &dir, each)?;
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| o.failure.as_ref().map(|f| format!("{}: {f}", o.name)))
+        .collect();
+    if !failed.is_empty() {
+        bail!("fuzz targets failed:\n{}", failed.join("\n"));
+    }
+    let runs: u64 = outcomes.iter().map(|o| o.runs).sum();
+    eprintln!("    {runs} inputs in all");
+    eprintln!("fuzz: {} passed, 0 failed", outcomes.len());
     Ok(())
 }
 

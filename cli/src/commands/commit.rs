@@ -5,15 +5,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
 use kstack_engine::builder::source::Change;
 use kstack_engine::builder::tree;
-use kstack_store::commit::NewPatch;
+use kstack_store::commit::{CommitError, NewPatch, Prepared};
 use kstack_store::ident::{self, BuildId, KernelIdentity};
 use kstack_store::keys::SecretKey;
 use kstack_store::model::{FunctionRef, PatchSource, check_name};
-use kstack_store::store::{Author, StackId, Store};
+use kstack_store::store::{Author, StackId, Store, StoreError};
 
 use super::GlobalArgs;
 use crate::context::Context;
@@ -89,6 +90,15 @@ pub struct CommitArgs {
     /// The private key to sign with [default: the config's [trust] signing_key]
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// How long the new commit stays valid as the stack's head [default: the
+    /// config's [trust] validity, else 30d]
+    #[arg(long, env = "KSTACK_VALID_FOR", value_parser = kstack_engine::parse_duration, value_name = "DURATION")]
+    pub valid_for: Option<Duration>,
+    /// Compile every unit with kbuild in a full copy of the source tree, as the first
+    /// build for a kernel does, instead of reusing what earlier builds for the kernel
+    /// recorded (objects before the change, compile commands)
+    #[arg(long, conflicts_with = "module")]
+    pub no_cache: bool,
 }
 
 pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<ExitCode, CliError> {
@@ -131,13 +141,14 @@ pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<Exit
             if let Some(note) = &new_stack {
                 ui.status(note);
             }
-            let mut patch = super::commit_diff::build(ui, checked, &name, module_signer)?;
+            let mut patch =
+                super::commit_diff::build(ui, checked, &name, module_signer, !args.no_cache)?;
             patch.functions.extend(args.functions.iter().cloned());
             patch
         }
         Input::Module(patch) => patch,
     };
-    let author = author();
+    let author = author(valid_for(&ctx, args.valid_for));
     // A prebuilt module's stack has no cumulative module; for a built one the signer
     // is read again (it was moved into the build).
     let cumulative_signer = if prebuilt {
@@ -149,7 +160,10 @@ pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<Exit
         ui,
         &store,
         &stack,
-        cumulative_signer.as_ref(),
+        super::cumulative::HowToBuild {
+            signer: cumulative_signer.as_ref(),
+            reuse: !args.no_cache,
+        },
         &author,
         &key,
         || {
@@ -192,6 +206,11 @@ pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<Exit
             },
             signer: key.public().to_string(),
             cumulative: CumulativeJson::from(&verified),
+            validity: verified
+                .stack
+                .validity
+                .as_ref()
+                .map(crate::json::ValidityJson::from),
         });
     } else {
         ui.line(format!(
@@ -299,6 +318,36 @@ fn read_input(path: &Path, what: &str) -> Result<Vec<u8>, CliError> {
     })
 }
 
+/// Runs a store write, and again (up to three times in all) when another kstack moved
+/// the stack first: the write is rebuilt on the new head each time.
+pub(crate) fn with_retry(
+    ui: &Ui,
+    stack: &StackId,
+    mut write: impl FnMut() -> Result<Prepared, CommitError>,
+) -> Result<Prepared, CliError> {
+    const ATTEMPTS: u32 = 3;
+    let mut attempt = 1;
+    loop {
+        match write() {
+            Err(CommitError::Store(
+                e @ (StoreError::StackMoved { .. } | StoreError::Locked { .. }),
+            )) if attempt < ATTEMPTS => {
+                let why = match e {
+                    StoreError::Locked { .. } => "is being updated by another kstack",
+                    _ => "was moved by another kstack",
+                };
+                ui.status(format!(
+                    "stack {} {why}; retrying on its new head",
+                    stack.name
+                ));
+                std::thread::sleep(Duration::from_millis(50 * u64::from(attempt)));
+                attempt += 1;
+            }
+            other => return other.map_err(CliError::from),
+        }
+    }
+}
+
 /// The key that signs new commits: `--key`, else the config's `[trust] signing_key`.
 pub(crate) fn signing_key(ctx: &Context, flag: Option<&Path>) -> Result<SecretKey, CliError> {
     let path = match flag.or(ctx.config.trust.signing_key.as_deref()) {
@@ -316,10 +365,17 @@ pub(crate) fn signing_key(ctx: &Context, flag: Option<&Path>) -> Result<SecretKe
     Ok(SecretKey::read(&path)?)
 }
 
+/// How long the commits a command signs stay valid: `--valid-for` (or
+/// `KSTACK_VALID_FOR`), else the config's `[trust] validity`, else 30 days.
+pub(crate) fn valid_for(ctx: &Context, flag: Option<Duration>) -> Duration {
+    flag.or(ctx.config.trust.validity)
+        .unwrap_or(kstack_store::validity::DEFAULT_VALIDITY)
+}
+
 /// Who makes a commit: `$KSTACK_AUTHOR` (`Name <email>`), else `$USER` (else root)
 /// at this host; now, or at `$KSTACK_TIMESTAMP` (seconds since the epoch), so that
-/// commits can be reproduced.
-pub(crate) fn author() -> Author {
+/// commits can be reproduced; its validity window lasts `valid_for` from then.
+pub(crate) fn author(valid_for: Duration) -> Author {
     let time = std::env::var("KSTACK_TIMESTAMP")
         .ok()
         .and_then(|t| t.parse().ok())
@@ -336,6 +392,7 @@ pub(crate) fn author() -> Author {
             name: name.trim().to_owned(),
             email: email.trim().to_owned(),
             time,
+            valid_for,
         };
     }
     let name = std::env::var("USER")
@@ -348,6 +405,7 @@ pub(crate) fn author() -> Author {
         email: format!("{name}@{host}"),
         name,
         time,
+        valid_for,
     }
 }
 

@@ -79,6 +79,7 @@ pub fn build(
     checked: Checked,
     name: &str,
     signer: Option<ModuleSigner>,
+    reuse: bool,
 ) -> Result<NewPatch, CliError> {
     let Checked {
         kernel,
@@ -101,6 +102,7 @@ pub fn build(
         position: base.position,
         guest_binary,
         signer,
+        reuse,
     };
     let work = cache.root().join("build");
     let bar = ui.steps(Phase::ALL.len() as u64, "building");
@@ -118,6 +120,10 @@ pub fn build(
             phase.describe(),
             took.as_secs_f64()
         ));
+    }
+    ui.status(format!("  {}", built.reused.describe()));
+    for note in &built.notes {
+        ui.status(format!("note: {note}"));
     }
     Ok(change.into_patch(name, built))
 }

@@ -19,6 +19,14 @@ use kstack_store::verify::VerifiedStack;
 use crate::error::CliError;
 use crate::ui::Ui;
 
+/// How the cumulative module is built: the module signer (`[build]`), and whether to
+/// reuse what earlier builds for the kernel recorded (not with `commit --no-cache`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HowToBuild<'a> {
+    pub signer: Option<&'a ModuleSigner>,
+    pub reuse: bool,
+}
+
 /// What the cumulative module of a commit was made of, to reuse when the commit
 /// has to be prepared again on a moved head with the same patches.
 struct Made {
@@ -34,7 +42,7 @@ pub(crate) fn publish_with_cumulative(
     ui: &Ui,
     store: &Store,
     stack: &StackId,
-    signer: Option<&ModuleSigner>,
+    how: HowToBuild<'_>,
     author: &Author,
     key: &SecretKey,
     mut prepare: impl FnMut() -> Result<Prepared, CommitError>,
@@ -52,7 +60,7 @@ pub(crate) fn publish_with_cumulative(
             .collect();
         let cumulative = match made.take() {
             Some(m) if m.patches == patches => m.cumulative,
-            _ => build(ui, &verified, signer),
+            _ => build(ui, &verified, how),
         };
         let amended = store.prepare_cumulative(&prepared, cumulative.clone(), author, key)?;
         match store.publish(&amended) {
@@ -79,10 +87,10 @@ pub(crate) fn publish_with_cumulative(
 /// The cumulative module of a verified (prepared) stack commit, or why it has none.
 /// A build that fails does not fail the commit: its patches stand on their own, and
 /// a host syncs the stack patch by patch.
-fn build(ui: &Ui, stack: &VerifiedStack, signer: Option<&ModuleSigner>) -> Cumulative {
+fn build(ui: &Ui, stack: &VerifiedStack, how: HowToBuild<'_>) -> Cumulative {
     match patches_of(stack) {
         Err(reason) => Cumulative::Impossible(reason),
-        Ok(patches) => match build_patches(ui, stack, patches, signer) {
+        Ok(patches) => match build_patches(ui, stack, patches, how) {
             Ok(c) => c,
             Err(reason) => {
                 ui.status(format!(
@@ -129,7 +137,7 @@ fn build_patches(
     ui: &Ui,
     stack: &VerifiedStack,
     patches: Vec<StackPatch>,
-    signer: Option<&ModuleSigner>,
+    how: HowToBuild<'_>,
 ) -> Result<Cumulative, String> {
     let cache = Cache::from_env();
     let kernel = cache
@@ -148,7 +156,8 @@ fn build_patches(
         kernel: &kernel,
         patches,
         guest_binary,
-        signer: signer.cloned(),
+        signer: how.signer.cloned(),
+        reuse: how.reuse,
     };
     let bar = ui.steps(Phase::ALL.len() as u64, "building the cumulative module");
     let mut step = 0;

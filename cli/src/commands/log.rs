@@ -6,21 +6,22 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use clap::Args;
-use kstack_store::keys::{PublicKey, TrustPolicy};
+use kstack_store::keys::{KeyStanding, PublicKey, TrustPolicy};
 use kstack_store::rev::Resolved;
 use kstack_store::store::{CommitInfo, ObjectId, Store, format_time};
 
 use super::GlobalArgs;
 use crate::context::Context;
 use crate::error::CliError;
-use crate::json::{CommitJson, LogOutput, StackJson};
+use crate::json::{CommitJson, LogOutput, SignerJson, StackJson};
 use crate::ui::Ui;
 
 /// Show the history of a stack, newest first
 ///
-/// Reads commit headers only, so it is fast on long histories; the signer shown is
-/// the key the commit names, marked trusted when the config's [trust] keys list it.
-/// `kstack show` and `kstack verify` check the signature and every digest.
+/// Reads commit headers only, so it is fast on long histories; the signers shown are
+/// the keys the commit names (the committer, then approvals), each marked trusted,
+/// revoked or untrusted by the config's [trust] keys and revoked. `kstack show` and
+/// `kstack verify` check the signatures and every digest.
 #[derive(Debug, Args)]
 #[command(
     after_help = "Examples:\n  kstack log\n  kstack log prod~3 -n 5\n  kstack log --oneline 3b43fad50348/prod"
@@ -52,7 +53,10 @@ pub fn cmd_log(ui: &Ui, global: &GlobalArgs, args: LogArgs) -> Result<ExitCode, 
             stack: resolved.stack.as_ref().map(StackJson::from),
             commits: log
                 .iter()
-                .map(|c| CommitJson::new(c, trust.trusted(c.signer.as_ref())))
+                .map(|c| {
+                    let signers = c.signers();
+                    CommitJson::new(c, trust.signers_json(&signers), trust.accepts(&signers))
+                })
                 .collect(),
         });
         return Ok(ExitCode::SUCCESS);
@@ -99,12 +103,16 @@ fn render(
         writeln!(out, "Author: {} <{}>", c.author, c.email)?;
         writeln!(out, "Date:   {}", format_time(c.time))?;
         match &c.signer {
-            Some(key) => writeln!(out, "Signer: {key} ({})\n", trust.label(Some(key)))?,
-            None => writeln!(out, "Signer: none ({})\n", trust.label(None))?,
+            Some(key) => writeln!(out, "Signer: {key} ({})", trust.label(Some(key)))?,
+            None => writeln!(out, "Signer: none ({})", trust.label(None))?,
+        }
+        for key in &c.approvals {
+            writeln!(out, "Approved-by: {key} ({})", trust.label(Some(key)))?;
         }
         if let Some((stack, commit)) = kstack_store::promote::promoted_from(&c.message) {
             writeln!(out, "Promoted-From: {stack} {commit}")?;
         }
+        out.push('\n');
         for line in kstack_store::promote::without_trailer(&c.message).lines() {
             writeln!(out, "    {line}")?;
         }
@@ -127,18 +135,37 @@ impl Trust {
         })
     }
 
-    pub fn trusted(&self, key: Option<&PublicKey>) -> bool {
-        key.is_some_and(|k| self.policy.trusts(k))
+    /// Whether `signers` satisfy the policy: threshold, revocations.
+    pub fn accepts(&self, signers: &[PublicKey]) -> bool {
+        self.has_config && self.policy.judge(signers).is_ok()
     }
 
-    /// "trusted", "untrusted", "untrusted (no config)" or "unsigned".
+    /// "trusted", "revoked", "untrusted", "untrusted (no config)" or "unsigned".
     pub fn label(&self, key: Option<&PublicKey>) -> &'static str {
         match key {
             None => "unsigned",
             Some(_) if !self.has_config => "untrusted (no config)",
-            Some(k) if self.policy.trusts(k) => "trusted",
-            Some(_) => "untrusted",
+            Some(k) => match self.policy.standing(k) {
+                KeyStanding::Trusted => "trusted",
+                KeyStanding::Revoked => "revoked",
+                KeyStanding::Untrusted => "untrusted",
+            },
         }
+    }
+
+    /// The signers for `--json`, each with its standing.
+    pub fn signers_json(&self, signers: &[PublicKey]) -> Vec<SignerJson> {
+        signers
+            .iter()
+            .map(|k| SignerJson {
+                key: k.to_string(),
+                standing: match self.policy.standing(k) {
+                    KeyStanding::Trusted if self.has_config => "trusted",
+                    KeyStanding::Revoked => "revoked",
+                    _ => "untrusted",
+                },
+            })
+            .collect()
     }
 }
 

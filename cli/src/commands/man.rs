@@ -102,7 +102,7 @@ fn write_config_page(dir: &Path) -> std::io::Result<()> {
     page.control("SH", ["SEE ALSO"]);
     page.text([roman(
         "kstack(1), kstack-sync(1), kstack-status(1), kstack-pull(1), kstack-promote(1), \
-         kstack-commit(1)",
+         kstack-commit(1), kstack-approve(1), kstack-renew(1)",
     )]);
     std::fs::write(dir.join("kstack.toml.5"), page.render())
 }

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::error::CliError;
 use crate::ui::Ui;
 
+pub mod approve;
 pub mod commit;
 pub mod commit_diff;
 pub mod completion;
@@ -22,6 +23,7 @@ pub mod man;
 pub mod plan;
 pub mod promote;
 pub mod pull;
+pub mod renew;
 pub mod revert;
 pub mod rollback;
 pub mod show;
@@ -86,6 +88,8 @@ pub enum Command {
     Show(show::ShowArgs),
     Revert(revert::RevertArgs),
     Promote(promote::PromoteArgs),
+    Approve(approve::ApproveArgs),
+    Renew(renew::RenewArgs),
     Verify(verify::VerifyArgs),
     Stacks(stacks::StacksArgs),
     Pull(pull::PullArgs),
@@ -123,6 +127,8 @@ pub fn run(cli: Cli, ui: &Ui) -> Result<ExitCode, CliError> {
         Command::Show(args) => show::cmd_show(ui, &cli.global, args),
         Command::Revert(args) => revert::cmd_revert(ui, &cli.global, args),
         Command::Promote(args) => promote::cmd_promote(ui, &cli.global, args),
+        Command::Approve(args) => approve::cmd_approve(ui, &cli.global, args),
+        Command::Renew(args) => renew::cmd_renew(ui, &cli.global, args),
         Command::Verify(args) => verify::cmd_verify(ui, &cli.global, args),
         Command::Stacks(args) => stacks::cmd_stacks(ui, &cli.global, args),
         Command::Pull(args) => pull::cmd_pull(ui, &cli.global, args),

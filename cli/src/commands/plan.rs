@@ -23,13 +23,23 @@ use crate::ui::Ui;
 ///
 /// Exit status: 0 when the kernel already runs the declared stack, 2 when there are
 /// changes, 1 (or another error code) when the plan cannot be made.
+///
+/// The same trust checks as sync refuse the plan (exit 65): a head below [trust]
+/// threshold, signed only by revoked keys, expired, or not descending from the commit
+/// the host runs.
 #[derive(Debug, Args)]
-pub struct PlanArgs {}
+pub struct PlanArgs {
+    /// Plan for a declared head that does not descend from the commit this host runs
+    /// (what `kstack sync --allow-downgrade` would do)
+    #[arg(long)]
+    pub allow_downgrade: bool,
+}
 
-pub fn cmd_plan(ui: &Ui, global: &GlobalArgs, _args: PlanArgs) -> Result<ExitCode, CliError> {
+pub fn cmd_plan(ui: &Ui, global: &GlobalArgs, args: PlanArgs) -> Result<ExitCode, CliError> {
     let ctx = Context::load(global, true)?;
     let store = ctx.open_store()?;
-    let host = ctx.host(&store)?;
+    let mut host = ctx.host(&store)?;
+    host.allow_downgrade = args.allow_downgrade;
     let prepared = host.plan()?;
     if ui.json() {
         ui.emit_json(&PlanOutput::from(&prepared));
@@ -41,6 +51,17 @@ pub fn cmd_plan(ui: &Ui, global: &GlobalArgs, _args: PlanArgs) -> Result<ExitCod
     } else {
         ExitCode::from(EXIT_CHANGES)
     })
+}
+
+/// A window for people: `signed ..., expires ... (in 12 days)` or `(EXPIRED 3 days
+/// ago)`.
+pub fn describe_window(window: &kstack_store::validity::Validity) -> String {
+    use kstack_store::validity::{Freshness, Timestamp, rough};
+    let when = match window.freshness(Timestamp::now()) {
+        Freshness::Valid { left } => format!("in {}", rough(left)),
+        Freshness::Expired { ago } => format!("EXPIRED {} ago", rough(ago)),
+    };
+    format!("{window} ({when})")
 }
 
 /// The plan for people.
@@ -131,6 +152,12 @@ pub fn render_plan(ui: &Ui, p: &Prepared) {
         ui.line(format!(
             "Run-pre: patch {patch} has no before images (a prebuilt module): not proven"
         ));
+    }
+    if let Some(window) = p.desired.stack.as_ref().and_then(|s| s.stack.validity) {
+        ui.line(format!("Validity: {}", describe_window(&window)));
+    }
+    for warning in &p.desired.warnings {
+        ui.line(format!("Warning: {warning}"));
     }
     let enforced = p.signatures.enforcement.enforced();
     for m in &p.signatures.modules {

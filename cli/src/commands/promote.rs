@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
 use kstack_store::model::check_name;
@@ -10,11 +11,11 @@ use kstack_store::promote::PromoteError;
 use kstack_store::store::StoreError;
 
 use super::GlobalArgs;
-use super::commit::{author, signing_key};
+use super::commit::{author, signing_key, valid_for};
 use super::log::resolve;
 use crate::context::Context;
 use crate::error::CliError;
-use crate::json::{PromoteOutput, PromotedFromJson, StackJson};
+use crate::json::{PromoteOutput, PromotedFromJson, StackJson, ValidityJson};
 use crate::ui::Ui;
 
 /// Make stack DST run exactly what SRC runs, with a signed commit
@@ -23,7 +24,9 @@ use crate::ui::Ui;
 /// byte for byte, the same manifests and digests, and so the same module names (a
 /// host switching stacks has nothing to reload). Its signed stack.toml records the
 /// source (stack, commit and stack.toml digest), and `kstack log` shows it. SRC must
-/// verify against the config's [trust] keys: promoting re-signs its patches. DST is a
+/// verify against the config's trust policy ([trust] keys, threshold, revoked):
+/// promoting re-signs its patches. The new commit has its own validity window, and
+/// with a threshold it needs its approvals (`kstack approve DST`) like any other. DST is a
 /// stack of the same kernel build ID, created if it does not exist; when its head
 /// already has exactly these patches, nothing is committed. Hosts pick the promotion
 /// up with `kstack pull` and `kstack sync`.
@@ -46,6 +49,10 @@ pub struct PromoteArgs {
     /// The private key to sign with [default: the config's [trust] signing_key]
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// How long the new commit stays valid as DST's head [default: the config's
+    /// [trust] validity, else 30d]
+    #[arg(long, env = "KSTACK_VALID_FOR", value_parser = kstack_engine::parse_duration, value_name = "DURATION")]
+    pub valid_for: Option<Duration>,
 }
 
 pub fn cmd_promote(ui: &Ui, global: &GlobalArgs, args: PromoteArgs) -> Result<ExitCode, CliError> {
@@ -64,7 +71,7 @@ pub fn cmd_promote(ui: &Ui, global: &GlobalArgs, args: PromoteArgs) -> Result<Ex
             args.dst
         )
     });
-    let author = author();
+    let author = author(valid_for(&ctx, args.valid_for));
     let mut attempt = 0;
     let prepared = loop {
         attempt += 1;
@@ -95,6 +102,10 @@ pub fn cmd_promote(ui: &Ui, global: &GlobalArgs, args: PromoteArgs) -> Result<Ex
                 commit: source.commit.to_string(),
             },
             changed: prepared.is_some(),
+            validity: prepared
+                .as_ref()
+                .and_then(|p| p.stack_file.validity.as_ref())
+                .map(ValidityJson::from),
             patches: source
                 .stack
                 .patches

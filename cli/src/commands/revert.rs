@@ -2,12 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
 use kstack_store::model::check_name;
 
 use super::GlobalArgs;
-use super::commit::{author, kernel_hint, signing_key, stack_name};
+use super::commit::{author, kernel_hint, signing_key, stack_name, valid_for};
 use crate::context::Context;
 use crate::error::CliError;
 use crate::json::{CumulativeJson, RevertOutput, StackJson};
@@ -37,6 +38,10 @@ pub struct RevertArgs {
     /// The private key to sign with [default: the config's [trust] signing_key]
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// How long the new commit stays valid as the stack's head [default: the
+    /// config's [trust] validity, else 30d]
+    #[arg(long, env = "KSTACK_VALID_FOR", value_parser = kstack_engine::parse_duration, value_name = "DURATION")]
+    pub valid_for: Option<Duration>,
 }
 
 pub fn cmd_revert(ui: &Ui, global: &GlobalArgs, args: RevertArgs) -> Result<ExitCode, CliError> {
@@ -52,12 +57,15 @@ pub fn cmd_revert(ui: &Ui, global: &GlobalArgs, args: RevertArgs) -> Result<Exit
         .find_stack(&name, hint.as_ref())?
         .ok_or_else(|| CliError::user(format!("stack {name} does not exist")))?;
     let signer = super::commit_diff::module_signer(&ctx)?;
-    let author = author();
+    let author = author(valid_for(&ctx, args.valid_for));
     let prepared = super::cumulative::publish_with_cumulative(
         ui,
         &store,
         &stack,
-        signer.as_ref(),
+        super::cumulative::HowToBuild {
+            signer: signer.as_ref(),
+            reuse: true,
+        },
         &author,
         &key,
         || store.prepare_revert(&stack, &args.patch, &args.message, &author, &key),

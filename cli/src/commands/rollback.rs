@@ -16,8 +16,11 @@ use crate::ui::Ui;
 /// Like NixOS's rollback: without --to, goes back to the generation before the current
 /// one; with --to N, to generation N (see `kstack generations`). The generation's
 /// stack commit is verified again against today's trusted keys, then synced exactly
-/// as `kstack sync` would, and that generation becomes current. The next
-/// `kstack sync` returns to what the config declares.
+/// as `kstack sync` would, and that generation becomes current (an expired validity
+/// window is a warning here, not a refusal: going back is explicit). The next
+/// `kstack sync` returns to what the config declares, which must descend from the
+/// newest commit a sync made current. Like sync, refuses a config, store, state
+/// directory or signing key that a user other than root could change.
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
     /// The generation to return to
@@ -34,6 +37,7 @@ pub fn cmd_rollback(
     args: RollbackArgs,
 ) -> Result<ExitCode, CliError> {
     let ctx = Context::load(global, true)?;
+    ctx.check_strict_modes()?;
     let store = ctx.open_store()?;
     let host = ctx.host(&store)?;
     let timeout = args.timeout.unwrap_or(ctx.config.sync.transition_timeout);

@@ -10,13 +10,14 @@ use super::GlobalArgs;
 use super::log::{Trust, resolve};
 use crate::context::Context;
 use crate::error::CliError;
-use crate::json::{ArtifactJson, PatchJson, ShowOutput, ShowStack};
+use crate::json::{ArtifactJson, PatchJson, ShowOutput, ShowStack, ValidityJson};
 use crate::ui::Ui;
 
 /// Show a stack commit: its signer, its patches and what they replace
 ///
-/// Every digest and the signature are checked first; a commit that fails is
-/// reported as such (exit 65) and not shown.
+/// Every digest and signature is checked first; a commit that fails is reported as
+/// such (exit 65) and not shown. Lists every signer (the committer, then approvals)
+/// and the signed validity window.
 #[derive(Debug, Args)]
 pub struct ShowArgs {
     /// The commit: a stack name, BUILD-ID/NAME, a commit id, or REV~N [default: the
@@ -36,6 +37,7 @@ pub fn cmd_show(ui: &Ui, global: &GlobalArgs, args: ShowArgs) -> Result<ExitCode
     let info = store.commit_info(resolved.commit)?;
     let v = store.check(resolved.commit, resolved.stack.as_ref())?;
     let label = trust.label(Some(&v.signer));
+    let accepted = trust.accepts(&v.signers);
     if ui.json() {
         let patches = v
             .patches
@@ -71,7 +73,9 @@ pub fn cmd_show(ui: &Ui, global: &GlobalArgs, args: ShowArgs) -> Result<ExitCode
             time: format_time(info.time),
             message: v.stack.message.clone(),
             signer: v.signer.to_string(),
-            trusted: trust.trusted(Some(&v.signer)),
+            signers: trust.signers_json(&v.signers),
+            trusted: accepted,
+            validity: v.stack.validity.as_ref().map(ValidityJson::from),
             verified: true,
             promoted_from: v
                 .stack
@@ -94,15 +98,35 @@ pub fn cmd_show(ui: &Ui, global: &GlobalArgs, args: ShowArgs) -> Result<ExitCode
     out.push_str(&format!("Author: {} <{}>\n", info.author, info.email));
     out.push_str(&format!("Date:   {}\n", format_time(info.time)));
     out.push_str(&format!(
-        "Signer: {} ({label}; signature and digests verified)\n\n",
+        "Signer: {} ({label}; signature and digests verified)\n",
         v.signer
     ));
+    for key in v.signers.iter().skip(1) {
+        out.push_str(&format!(
+            "Approved-by: {key} ({}; signature verified)\n",
+            trust.label(Some(key))
+        ));
+    }
+    if trust.has_config && !accepted {
+        out.push_str(&format!(
+            "Trust:  NOT accepted by the config's [trust] (threshold {})\n",
+            trust.policy.threshold
+        ));
+    }
+    match &v.stack.validity {
+        Some(window) => out.push_str(&format!(
+            "Valid:  {}\n",
+            super::plan::describe_window(window)
+        )),
+        None => out.push_str("Valid:  no window (made by an older kstack)\n"),
+    }
     if let Some(p) = &v.stack.promoted_from {
         out.push_str(&format!(
-            "Promoted from: stack {} commit {} (stack.toml sha256:{})\n\n",
+            "Promoted from: stack {} commit {} (stack.toml sha256:{})\n",
             p.stack, p.commit, p.stack_sha256
         ));
     }
+    out.push('\n');
     for line in v.stack.message.lines() {
         out.push_str(&format!("    {line}\n"));
     }

@@ -33,7 +33,7 @@ pub fn cmd_stacks(ui: &Ui, global: &GlobalArgs, _args: StacksArgs) -> Result<Exi
             time: format_time(info.time),
             summary: info.summary().to_owned(),
             signer: info.signer.map(|k| k.to_string()),
-            trusted: trust.trusted(info.signer.as_ref()),
+            trusted: trust.accepts(&info.signers()),
             running_kernel: running_here,
         });
         rows.push(format!(

@@ -16,10 +16,12 @@ use crate::ui::Ui;
 ///
 /// Reads the kernel's own view (/sys/kernel/livepatch, /proc/modules,
 /// /proc/sys/kernel/tainted) and compares it with the state file: a difference is
-/// reported as drift. Livepatches that kstack did not load are listed as foreign.
-/// Also shows whether the kernel enforces module signatures (module.sig_enforce,
-/// lockdown, UEFI Secure Boot) and the keys it trusts for them, and how the last
-/// sync ended.
+/// reported as drift. Livepatches that kstack did not load are listed as foreign. The
+/// current generation's commit is shown with its signers and its signed validity
+/// window (EXPIRED when it has run out: the stack was not renewed, or the store
+/// stopped receiving newer commits). Also shows whether the kernel enforces module
+/// signatures (module.sig_enforce, lockdown, UEFI Secure Boot) and the keys it trusts
+/// for them, and how the last sync ended.
 ///
 /// With --format prometheus, the same as metrics in Prometheus' text format; with
 /// --textfile FILE, written to FILE atomically for node-exporter's textfile
@@ -102,6 +104,16 @@ pub fn cmd_status(ui: &Ui, global: &GlobalArgs, args: StatusArgs) -> Result<Exit
             g.created_at
         )),
         None => ui.line("generation: none"),
+    }
+    if let Some(window) = &status.validity {
+        ui.line(format!(
+            "validity:   {}",
+            super::plan::describe_window(window)
+        ));
+    }
+    if !status.signers.is_empty() {
+        let signers: Vec<String> = status.signers.iter().map(ToString::to_string).collect();
+        ui.line(format!("signed by:  {}", signers.join(", ")));
     }
     ui.line(format!("mode:       {}", status.mode.as_str()));
     ui.line(format!("applied:    {}", status.applied.len()));

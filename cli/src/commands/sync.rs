@@ -31,6 +31,14 @@ use crate::ui::Ui;
 /// previous generation. A successful sync that changes something records a new
 /// generation; a second sync does nothing. Livepatches kstack did not load are never
 /// touched. Only one kstack changes the kernel at a time (exit 75 when busy).
+///
+/// Trust beyond signatures: the stack's head must satisfy [trust] threshold and not
+/// be signed only by [trust] revoked keys; it must be within its signed validity
+/// window (exit 65 when it expired, or a warning with [trust] expired = "warn"); and
+/// it must be the commit this host runs or a descendant of it (exit 65, naming both
+/// commits): going back is `kstack rollback`, a [stack] commit pin, or
+/// --allow-downgrade. The config, store, state directory and signing key must be
+/// writable by root alone (exit 65 naming the path).
 #[derive(Debug, Args)]
 pub struct SyncArgs {
     /// Verify and print the plan, change nothing
@@ -43,6 +51,10 @@ pub struct SyncArgs {
     /// has kstack.sync=0
     #[arg(long)]
     pub boot: bool,
+    /// Sync the declared head even if it does not descend from the commit this host
+    /// runs (going back in the stack's history on purpose)
+    #[arg(long)]
+    pub allow_downgrade: bool,
 }
 
 /// The kernel command-line switch that turns boot-time sync off.
@@ -59,8 +71,10 @@ pub fn cmd_sync(ui: &Ui, global: &GlobalArgs, args: SyncArgs) -> Result<ExitCode
         return Ok(ExitCode::SUCCESS);
     }
     let ctx = Context::load(global, true)?;
+    ctx.check_strict_modes()?;
     let store = ctx.open_store()?;
-    let host = ctx.host(&store)?;
+    let mut host = ctx.host(&store)?;
+    host.allow_downgrade = args.allow_downgrade;
     if args.dry_run {
         let prepared = host.plan()?;
         if ui.json() {
@@ -124,6 +138,9 @@ pub fn report(ui: &Ui, synced: &Synced, verb: &str) {
         None => ui.line(format!(
             "{verb}: nothing to do, the kernel runs the declared stack"
         )),
+    }
+    for warning in &synced.prepared.desired.warnings {
+        ui.status(format!("warning: {warning}"));
     }
     let proof = &synced.prepared.proof;
     if proof.matched > 0 {

@@ -10,8 +10,9 @@ use super::GlobalArgs;
 use super::log::resolve;
 use crate::context::Context;
 use crate::error::{CliError, EXIT_DATA, Kind};
-use crate::json::{RunPreJson, VerifyOutput, VerifyResult};
+use crate::json::{RunPreJson, ValidityJson, VerifyOutput, VerifyResult};
 use crate::ui::Ui;
+use kstack_engine::host::prove::Against;
 
 /// Verify stacks: digests, signatures, trust and history; and run-pre matching
 ///
@@ -25,7 +26,15 @@ use crate::ui::Ui;
 /// /proc/kallsyms address), as `kstack sync` does before loading. With --image, the
 /// same offline against a kernel image file, so a build host can check a patch before
 /// it ships: the vmlinux inside the image, and the symbols of --kallsyms (default:
-/// the kallsyms kstack captured for that kernel when building for it).
+/// the kallsyms kstack captured for that kernel when building for it). The image's
+/// build ID must be the one the stack is pinned to (as sync requires of the running
+/// kernel); an image check says nothing about a running kernel.
+///
+/// Trust: the head must satisfy [trust] keys, threshold and revoked. Its history is
+/// checked as history: every signature valid and every parent digest matching,
+/// whoever signed then (keys since removed or revoked included), because the
+/// trusted head's signatures cover its ancestors through the chain of parent
+/// digests.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// The commit: a stack name, BUILD-ID/NAME, a commit id, or REV~N [default: every
@@ -65,37 +74,99 @@ pub fn cmd_verify(ui: &Ui, global: &GlobalArgs, args: VerifyArgs) -> Result<Exit
             .map(|(stack, head)| (stack.to_string(), head, Some(stack)))
             .collect(),
     };
-    let matcher = Matcher::new(&args)?;
+    // An image is for one kernel build: its code proves nothing for a stack pinned to
+    // another, however alike their functions are (sync would refuse that stack on
+    // that kernel). Its identity is read first; its text and symbols only when a
+    // stack is for it.
+    let image_identity = match &args.image {
+        Some(path) => Some(
+            kstack_store::ident::image_identity(path)
+                .map_err(|e| CliError::from(e).with_kind(Kind::Data))?,
+        ),
+        None => None,
+    };
+    let mut matcher: Option<Matcher> = None;
     let mut results = Vec::new();
     let mut failed = 0;
     for (name, commit, stack) in &targets {
-        let outcome = store
+        let checked = store
             .verify(*commit, stack.as_ref(), &policy)
-            .and_then(|v| store.verify_history(*commit, None, None).map(|n| (v, n)))
+            .and_then(|v| store.history_headers(*commit, None).map(|h| (v, h)))
             .map_err(|e| error_chain(&e))
-            .and_then(|(v, n)| {
-                let proof = matcher.prove(&v)?;
-                Ok((v, n, proof))
+            .and_then(|(v, headers)| match (&image_identity, &args.image) {
+                (Some(image), Some(path)) if image.build_id != v.stack.build_id => Err(format!(
+                    "image check: {} is kernel build ID {} ({}), but the stack is pinned to {} ({}): \
+                     its code says nothing about the kernel the stack is for, where sync would refuse it",
+                    path.display(),
+                    image.build_id,
+                    image.release.as_deref().unwrap_or("release unknown"),
+                    v.stack.build_id,
+                    v.stack.kernel_release
+                )),
+                _ => Ok((v, headers)),
             });
+        let outcome = match checked {
+            Ok((v, headers)) => {
+                let matcher = match &matcher {
+                    Some(m) => m,
+                    None => matcher.insert(Matcher::new(&args, image_identity.as_ref())?),
+                };
+                matcher.prove(&v).map(|proof| (v, headers, proof))
+            }
+            Err(e) => Err(e),
+        };
+        let against = matcher.as_ref().map_or(Against::Running, Matcher::against);
         match outcome {
-            Ok((v, history, proof)) => {
+            Ok((v, headers, proof)) => {
+                let history = headers.len();
+                // Commits below the head that today's policy would not accept on
+                // their own: the head's signatures vouch for them through the chain
+                // of parent digests (keys rotated out or revoked since they signed).
+                let vouched = headers
+                    .iter()
+                    .skip(1)
+                    .filter(|h| policy.judge(&h.signers).is_err())
+                    .count();
                 for line in proof.iter().flat_map(|p| &p.lines) {
-                    ui.line(format!("      run-pre {line}"));
+                    ui.line(format!("      {} {line}", against.key()));
                 }
+                let signers: Vec<String> = v.signers.iter().map(ToString::to_string).collect();
+                let window = v.stack.validity.as_ref().map_or_else(
+                    || "no validity window".to_owned(),
+                    super::plan::describe_window,
+                );
+                let vouched_note = if vouched > 0 {
+                    format!(
+                        " ({vouched} signed by keys not trusted today, vouched for by the head)"
+                    )
+                } else {
+                    String::new()
+                };
                 ui.line(format!(
-                    "ok    {name} {}: {} patch(es), {history} commit(s), signed by {}",
+                    "ok    {name} {}: {} patch(es), {history} commit(s) of history{vouched_note}, signed by {}; {window}",
                     commit.to_hex_with_len(12),
                     v.patches.len(),
-                    v.signer
+                    signers.join(", ")
                 ));
+                if let Some(p) = &proof
+                    && against == Against::Image
+                {
+                    ui.line(format!(
+                        "      image check only: {} function(s) match the image's code; the running kernel was not read",
+                        p.matched
+                    ));
+                }
                 results.push(VerifyResult::Ok {
                     rev: name.clone(),
                     commit: commit.to_string(),
                     ok: true,
                     patches: v.patches.len(),
                     history,
+                    history_vouched: vouched,
                     signer: v.signer.to_string(),
-                    run_pre: proof.as_ref().map(RunPreJson::from),
+                    signers,
+                    validity: v.stack.validity.as_ref().map(ValidityJson::from),
+                    run_pre: proof.as_ref().map(|p| RunPreJson::new(p, against.key())),
                 });
             }
             Err(message) => {
@@ -143,7 +214,10 @@ enum Matcher {
 }
 
 impl Matcher {
-    fn new(args: &VerifyArgs) -> Result<Matcher, CliError> {
+    fn new(
+        args: &VerifyArgs,
+        identity: Option<&kstack_store::ident::KernelIdentity>,
+    ) -> Result<Matcher, CliError> {
         // Whatever stops reading the image or its symbols, the image is not usable.
         let data = |e: CliError| e.with_kind(Kind::Data);
         if args.running {
@@ -153,7 +227,10 @@ impl Matcher {
             return Ok(Matcher::None);
         };
         let text = kstack_engine::runpre::ImageText::open(image).map_err(|e| data(e.into()))?;
-        let build_id = kstack_store::ident::image_build_id(image).map_err(|e| data(e.into()))?;
+        let build_id = match identity {
+            Some(identity) => identity.build_id.clone(),
+            None => kstack_store::ident::image_build_id(image).map_err(|e| data(e.into()))?,
+        };
         let cached =
             kstack_engine::builder::assets::Cache::from_env().kernel_with_build_id(&build_id);
         let modules = cached
@@ -184,6 +261,14 @@ impl Matcher {
         })
     }
 
+    /// What the patches are compared with.
+    fn against(&self) -> Against {
+        match self {
+            Matcher::Image { .. } => Against::Image,
+            Matcher::None | Matcher::Running => Against::Running,
+        }
+    }
+
     fn prove(
         &self,
         stack: &kstack_store::verify::VerifiedStack,
@@ -197,10 +282,21 @@ impl Matcher {
                 text,
                 symbols,
                 modules,
-            } => prove::prove(&patches, &|_| true, text, symbols, modules.as_ref()),
+            } => prove::prove(
+                &patches,
+                &|_| true,
+                text,
+                symbols,
+                modules.as_ref(),
+                Against::Image,
+            ),
+        };
+        let what = match self.against() {
+            Against::Image => "image check",
+            Against::Running => "run-pre",
         };
         proof
             .map(Some)
-            .map_err(|e| format!("run-pre: {}", error_chain(&e)))
+            .map_err(|e| format!("{what}: {}", error_chain(&e)))
     }
 }

@@ -18,6 +18,7 @@ use kstack_engine::host::kernel::KernelError;
 use kstack_engine::host::prove::ProveError;
 use kstack_engine::host::reconcile::SyncError;
 use kstack_engine::host::state::StateError;
+use kstack_engine::host::strict::StrictError;
 use kstack_engine::runpre::{KallsymsError, RunPreError};
 use kstack_engine::sandbox::SandboxError;
 use kstack_engine::sandbox::initramfs::InitramfsError;
@@ -134,6 +135,33 @@ impl Classify for SyncError {
                 ),
             ),
             SyncError::NoStack { .. } | SyncError::NoRollbackTarget(_) => (Kind::User, None),
+            SyncError::Downgrade { .. } => (
+                Kind::Data,
+                Some(
+                    "to go back on purpose: `kstack rollback`, pin the commit with [stack] commit, or `kstack sync --allow-downgrade`",
+                ),
+            ),
+            SyncError::Expired { .. } => (
+                Kind::Data,
+                Some(
+                    "renew the stack where it is published (`kstack renew STACK`) and pull; [trust] expired = \"warn\" syncs it anyway",
+                ),
+            ),
+            SyncError::WrongStack { .. } => (Kind::Data, None),
+        }
+    }
+}
+
+impl Classify for StrictError {
+    fn classify(&self) -> Class {
+        match self {
+            StrictError::Writable { .. } => (
+                Kind::Data,
+                Some(
+                    "make it root's alone: chown root and chmod go-w the path (and the directories above it)",
+                ),
+            ),
+            StrictError::Io { .. } => (Kind::User, None),
         }
     }
 }
@@ -212,6 +240,16 @@ impl Classify for VerifyError {
                 Kind::Data,
                 Some("if you trust this key, add it to [trust] keys in the config"),
             ),
+            VerifyError::Revoked { .. } => (
+                Kind::Data,
+                Some(
+                    "have a trusted key sign a new head: `kstack renew` re-signs the same patches after review",
+                ),
+            ),
+            VerifyError::BelowThreshold { .. } => (
+                Kind::Data,
+                Some("another trusted key must approve it: `kstack approve STACK --key FILE`"),
+            ),
             VerifyError::DigestMismatch { .. }
             | VerifyError::Missing { .. }
             | VerifyError::Unexpected { .. }
@@ -240,7 +278,8 @@ impl Classify for CommitError {
             | CommitError::NoSuchPatch { .. }
             | CommitError::NoSuchStack { .. }
             | CommitError::Overlap { .. }
-            | CommitError::UnknownFunctions { .. } => (Kind::User, None),
+            | CommitError::UnknownFunctions { .. }
+            | CommitError::AlreadySigned { .. } => (Kind::User, None),
             CommitError::CumulativeMismatch { .. } => (Kind::Internal, None),
         }
     }
@@ -382,6 +421,13 @@ impl Classify for BuildError {
             BuildError::NoChange(_) => (
                 Kind::NoChange,
                 Some("the kernel already runs what the change says: there is nothing to patch"),
+            ),
+            BuildError::FromEarlierPatch { .. } => (
+                Kind::Data,
+                Some(
+                    "build the two changes as one patch: revert the earlier patch and commit \
+                     their combined diff in its place",
+                ),
             ),
             BuildError::Klp { source, .. } => source.classify(),
             BuildError::Symbols(e) => e.classify(),

@@ -184,3 +184,28 @@ pub fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
+
+/// Replaces how long ago a validity window expired (or how long it has left), which
+/// changes every day, by `N days`: `(EXPIRED N days ago)`, `(in N days)`.
+pub fn stable_windows(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("(EXPIRED ").or_else(|| rest.find("(in ")) {
+        let open = if rest[at..].starts_with("(EXPIRED ") {
+            "(EXPIRED "
+        } else {
+            "(in "
+        };
+        out.push_str(&rest[..at + open.len()]);
+        let after = &rest[at + open.len()..];
+        let end = after.find(')').unwrap_or(after.len());
+        out.push_str(if open == "(in " {
+            "N days"
+        } else {
+            "N days ago"
+        });
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}

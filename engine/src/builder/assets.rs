@@ -424,9 +424,9 @@ fn prepare_source(
     let deb = download(&cache.debs(), SOURCE_PACKAGE, version, log)?;
     let parent = kernel.src.parent().expect("the source dir has a parent");
     mkdir(parent)?;
-    // Prepared in place: kbuild records absolute paths (objtool's build), so a tree
-    // moved after preparing would rebuild them in every copy. The marker, written
-    // last, says the tree is complete; without it the tree is redone.
+    // Prepared in place: kbuild records absolute paths (objtool's build), which each
+    // work tree renames in its copies of those records (`WorkTree::new`). The
+    // marker, written last, says the tree is complete; without it the tree is redone.
     let tmp = kernel.src.clone();
     remove_if_exists(&tmp)?;
     mkdir(&tmp)?;

@@ -28,6 +28,7 @@ pub mod sign;
 pub mod source;
 pub mod symbols;
 pub mod tree;
+pub mod units;
 
 /// How the target kernel resolves a symbol that a new function refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,6 +10,7 @@ use kstack_kfacts::symbols::ONCE_STATICS;
 use kstack_store::digest::Sha256Digest;
 use kstack_store::model::{CUMULATIVE_NAME, FunctionRef, MODULE_PREFIX, VMLINUX as VMLINUX_OBJECT};
 
+use super::ResolveError;
 use super::assets::Kernel;
 use super::diff::{self, DiffOptions, DiffReport, Status};
 use super::kbuild;
@@ -17,6 +18,7 @@ use super::klp;
 use super::sign::{ModuleSigner, SignError};
 use super::symbols::{KernelSymbols, SymbolsError};
 use super::tree::{self, EXTRA_CFLAGS, TreeError, WorkTree};
+use super::units::{PreKey, UnitCommand, UnitRecords};
 use crate::runpre::BeforeFile;
 
 /// The module template and the hook header, built into kstack so that a build needs
@@ -50,6 +52,17 @@ pub enum BuildError {
          compiler optimised away)"
     )]
     NoChange(String),
+    #[error(
+        "{unit}: {place} refers to {symbol}, which the running kernel does not have: earlier \
+         patch {patch} of the stack adds it, in its own module, and a patch can refer only to \
+         what the kernel or the patch itself defines"
+    )]
+    FromEarlierPatch {
+        unit: String,
+        place: String,
+        symbol: String,
+        patch: String,
+    },
     #[error("{unit}: {source}")]
     Klp {
         unit: String,
@@ -114,6 +127,10 @@ pub struct BuildRequest<'a> {
     pub guest_binary: PathBuf,
     /// Signs the final module (`[build] module_signing_key`), when set.
     pub signer: Option<ModuleSigner>,
+    /// Whether to use what earlier builds for this kernel recorded
+    /// ([`super::units`]: pre objects, compile commands); without, every unit is
+    /// compiled by kbuild in a full copy of the tree, as on a first build.
+    pub reuse: bool,
 }
 
 /// The phases, for a progress bar.
@@ -165,6 +182,37 @@ pub struct Built {
     /// The replaced functions' code as built, for run-pre matching.
     pub before: BeforeFile,
     pub timings: Vec<(Phase, Duration)>,
+    /// What the build took from earlier builds for the kernel.
+    pub reused: Reused,
+    /// What the patch leaves out on purpose and its user should know.
+    pub notes: Vec<String>,
+}
+
+/// What a build took from the records of earlier builds ([`super::units`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reused {
+    /// Units whose pre object was kept from an earlier build.
+    pub pre_objects: usize,
+    /// Units the build compiled.
+    pub units: usize,
+    /// Whether the units were compiled with their recorded commands in a tree of
+    /// links, rather than by kbuild in a full copy of the tree.
+    pub recorded_commands: bool,
+}
+
+impl Reused {
+    pub fn describe(&self) -> String {
+        format!(
+            "{} of {} unit(s) before the change kept from an earlier build; {}",
+            self.pre_objects,
+            self.units,
+            if self.recorded_commands {
+                "compiled with the commands kbuild ran before, in a tree of links"
+            } else {
+                "compiled by kbuild in a copy of the tree"
+            }
+        )
+    }
 }
 
 /// Everything about a build that can be known without building, so that a bad diff,
@@ -217,6 +265,7 @@ pub fn build(
         replace: false,
         guest_binary: &req.guest_binary,
         signer: req.signer.as_ref(),
+        reuse: req.reuse,
     };
     build_job(&job, work, progress)
 }
@@ -257,6 +306,9 @@ pub struct CumulativeRequest<'a> {
     pub guest_binary: PathBuf,
     /// Signs the final module (`[build] module_signing_key`), when set.
     pub signer: Option<ModuleSigner>,
+    /// Whether to use what earlier builds for this kernel recorded (as
+    /// [`BuildRequest::reuse`]).
+    pub reuse: bool,
 }
 
 /// Why a stack cannot have a cumulative module, found without building: its hook
@@ -339,6 +391,7 @@ pub fn build_cumulative(
         replace: true,
         guest_binary: &req.guest_binary,
         signer: req.signer.as_ref(),
+        reuse: req.reuse,
     };
     let mut built = build_job(&job, work, progress)?;
     built
@@ -377,6 +430,7 @@ struct Job<'a> {
     replace: bool,
     guest_binary: &'a Path,
     signer: Option<&'a ModuleSigner>,
+    reuse: bool,
 }
 
 fn build_job(
@@ -403,49 +457,138 @@ fn build_job(
     let release = &req.kernel.release;
     // Each change is checked on what the ones before it leave.
     let mut below: Vec<(String, Vec<u8>)> = req.earlier.to_vec();
+    let mut changes = Vec::new();
     for (what, diff) in &req.changes {
-        check(req.kernel, &below, diff)?;
+        changes.extend(check(req.kernel, &below, diff)?);
         below.push((what.clone(), (*diff).clone()));
     }
     let source = req.kernel.source().ok_or_else(|| BuildError::NoSource {
         release: release.clone(),
     })?;
+    let records = UnitRecords::new(req.kernel.dir());
+    // A diff of existing .c files whose units were compiled for this kernel before
+    // is compiled with the recorded commands, in a tree of links; anything else (a
+    // header, a new file, a unit never compiled) goes through kbuild, in a full copy.
+    let recorded = if req.reuse {
+        recorded_units(&changes, &records)
+    } else {
+        None
+    };
     enter(Phase::Tree, &mut timings);
-    let tree = WorkTree::new(&source, &work.join("trees"), release)?;
+    let tree = match &recorded {
+        Some(_) => {
+            let mut paths: Vec<String> = changes.iter().map(|c| c.path.clone()).collect();
+            for (_, diff) in req.earlier {
+                paths.extend(tree::parse_diff(diff)?.into_iter().map(|c| c.path));
+            }
+            WorkTree::sparse(&source, &work.join("trees"), release, &paths)?
+        }
+        None => WorkTree::new(&source, &work.join("trees"), release)?,
+    };
     for (name, diff) in req.earlier {
         tree.apply(diff, &format!("earlier patch {name}"))?;
     }
-    let mut units = Vec::new();
-    for (_, diff) in &req.changes {
-        units.extend(tree.units_for(diff, &source, &req.kernel.dir().join("deps"))?);
-    }
-    units.sort();
-    units.dedup();
+    let units = match &recorded {
+        Some(commands) => commands.iter().map(|c| c.unit.clone()).collect(),
+        None => {
+            let mut units = Vec::new();
+            for (_, diff) in &req.changes {
+                units.extend(tree.units_for(diff, &source, &req.kernel.dir().join("deps"))?);
+            }
+            units.sort();
+            units.dedup();
+            units
+        }
+    };
     for unit in &units {
         tree::check_built(tree.path(), release, unit)?;
     }
 
     enter(Phase::Pre, &mut timings);
     let out = tree.path().join(".kstack");
-    let pre_paths = tree.compile(&units, &out.join("pre"))?;
+    // A unit's pre object is the same for every patch that touches it at this
+    // position of the stack: kept, and compiled only when it is not.
+    let kernel_id = format!("{release} {}", req.kernel.version().unwrap_or_default());
+    let compiler = compiler_version();
+    let earlier: Vec<&[u8]> = req.earlier.iter().map(|(_, d)| d.as_slice()).collect();
+    let mut keys = BTreeMap::new();
+    let mut pre_objects = BTreeMap::new();
+    let mut to_compile = Vec::new();
+    for unit in &units {
+        let key = unit_source(tree.path(), unit)
+            .map(|text| PreKey::new(&kernel_id, &compiler, &earlier, unit, &text));
+        match key
+            .as_ref()
+            .filter(|_| req.reuse)
+            .and_then(|k| records.pre_object(k))
+        {
+            Some(object) => {
+                pre_objects.insert(unit.clone(), object);
+            }
+            None => to_compile.push(unit.clone()),
+        }
+        if let Some(key) = key {
+            keys.insert(unit.clone(), key);
+        }
+    }
+    if !to_compile.is_empty() {
+        let pre_paths = match &recorded {
+            Some(commands) => {
+                let needed: Vec<UnitCommand> = commands
+                    .iter()
+                    .filter(|c| to_compile.contains(&c.unit))
+                    .cloned()
+                    .collect();
+                tree.compile_recorded(&needed, &out.join("pre"))?
+            }
+            None => tree.compile(&to_compile, &out.join("pre"))?,
+        };
+        for (unit, path) in to_compile.iter().zip(&pre_paths) {
+            let object = std::fs::read(path).map_err(io(path))?;
+            if let Some(key) = keys.get(unit) {
+                // A record is an optimisation: a cache that cannot be written
+                // costs the next build a compile, never this one its result.
+                let _ = records.keep_pre_object(key, &object);
+            }
+            pre_objects.insert(unit.clone(), object);
+        }
+    }
+    let reused = Reused {
+        pre_objects: units.len() - to_compile.len(),
+        units: units.len(),
+        recorded_commands: recorded.is_some(),
+    };
     for (what, diff) in &req.changes {
         tree.apply(diff, what)?;
     }
+    enter(Phase::Post, &mut timings);
+    let post_paths = match &recorded {
+        Some(commands) => tree.compile_recorded(commands, &out.join("post"))?,
+        None => tree.compile(&units, &out.join("post"))?,
+    };
     // Which object each unit is part of, as kbuild compiled it: vmlinux or a module.
     let mut objects: BTreeMap<String, String> = BTreeMap::new();
     for unit in &units {
-        objects.insert(unit.clone(), tree.unit_object(unit)?);
+        let object = match &recorded {
+            Some(commands) => commands
+                .iter()
+                .find(|c| &c.unit == unit)
+                .map_or_else(|| VMLINUX_OBJECT.to_owned(), UnitCommand::object),
+            None => {
+                // Kept for the next build of this unit (see above).
+                let _ = records.record_command(tree.path(), &source, unit);
+                tree.unit_object(unit)?
+            }
+        };
+        objects.insert(unit.clone(), object);
     }
-    enter(Phase::Post, &mut timings);
-    let post_paths = tree.compile(&units, &out.join("post"))?;
 
     enter(Phase::Diff, &mut timings);
     let mut reports = BTreeMap::new();
-    let mut pre_objects = BTreeMap::new();
     let mut post_objects = BTreeMap::new();
     let mut refusals = Vec::new();
-    for ((unit, pre), post) in units.iter().zip(&pre_paths).zip(&post_paths) {
-        let pre = std::fs::read(pre).map_err(io(pre))?;
+    for (unit, post) in units.iter().zip(&post_paths) {
+        let pre = &pre_objects[unit];
         let post = std::fs::read(post).map_err(io(post))?;
         let options = DiffOptions {
             // vmlinux's __init code ran at boot and is gone; a module's runs at load.
@@ -453,13 +596,12 @@ fn build_job(
             ..DiffOptions::default()
         };
         let report =
-            diff::diff_objects(&pre, &post, &options).map_err(|source| BuildError::Diff {
+            diff::diff_objects(pre, &post, &options).map_err(|source| BuildError::Diff {
                 unit: unit.clone(),
                 source,
             })?;
         refusals.extend(report.refusals.iter().map(|r| format!("  {unit}: {r}")));
         reports.insert(unit.clone(), report);
-        pre_objects.insert(unit.clone(), pre);
         post_objects.insert(unit.clone(), post);
     }
     if !refusals.is_empty() {
@@ -556,6 +698,9 @@ fn build_job(
     // Per object (vmlinux first, then modules by name): its klp_func lines.
     let mut table: BTreeMap<(bool, String), Vec<String>> = BTreeMap::new();
     let mut functions = Vec::new();
+    let mut notes = Vec::new();
+    // Which patched module each section of module code belongs to (post-link).
+    let mut applied_with: BTreeMap<String, String> = BTreeMap::new();
     for (index, (unit, report)) in reports.iter().enumerate() {
         let specs: Vec<klp::FunctionSpec> = report
             .patched_functions()
@@ -586,10 +731,20 @@ fn build_job(
             new_data: &new_data,
             provided: &provided,
         };
-        let extracted = klp::extract(&request, &symbols).map_err(|source| BuildError::Klp {
-            unit: unit.clone(),
-            source: Box::new(source),
+        let extracted = klp::extract(&request, &symbols).map_err(|source| {
+            from_earlier_patch(&source, req.earlier).unwrap_or_else(|| BuildError::Klp {
+                unit: unit.clone(),
+                source: Box::new(source),
+            })
         })?;
+        notes.extend(extracted.notes.iter().cloned());
+        if objname != VMLINUX_OBJECT {
+            applied_with.extend(
+                section_names(&extracted.object)
+                    .into_iter()
+                    .map(|name| (name, objname.clone())),
+            );
+        }
         let object = module_dir.join(format!("kstack_unit{index}.o_shipped"));
         std::fs::write(&object, &extracted.object).map_err(io(&object))?;
         sources.push(object);
@@ -666,7 +821,7 @@ fn build_job(
         },
     )?;
     let linked = std::fs::read(&ko).map_err(io(&ko))?;
-    let module = klp::post_link(&linked)
+    let module = klp::post_link_applied(&linked, &applied_with)
         .map_err(|e| BuildError::PostLink(Box::new(e)))?
         .ko;
     // Signed last: the signature covers the bytes the kernel loads.
@@ -699,7 +854,44 @@ fn build_job(
         pre_objects,
         before,
         timings,
+        reused,
+        notes,
     })
+}
+
+/// The recorded compiles of the units a diff changes, when it changes only
+/// existing `.c` files and every one of their units has a record.
+fn recorded_units(changes: &[tree::FileChange], records: &UnitRecords) -> Option<Vec<UnitCommand>> {
+    changes
+        .iter()
+        .map(|c| {
+            let stem = c.path.strip_suffix(".c")?;
+            (c.kind == tree::ChangeKind::Modified)
+                .then(|| records.command(&format!("{stem}.o")))
+                .flatten()
+        })
+        .collect()
+}
+
+/// The names of an object's sections.
+fn section_names(object: &[u8]) -> Vec<String> {
+    use object::{Object, ObjectSection};
+    object::File::parse(object).map_or_else(
+        |_| Vec::new(),
+        |file| {
+            file.sections()
+                .filter_map(|s| s.name().ok().map(str::to_owned))
+                .collect()
+        },
+    )
+}
+
+/// The source a unit is compiled from (`dir/name.c` or `dir/name.S`), as it is now.
+fn unit_source(tree: &Path, unit: &str) -> Option<Vec<u8>> {
+    let stem = unit.strip_suffix(".o")?;
+    ["c", "S"]
+        .iter()
+        .find_map(|ext| std::fs::read(tree.join(format!("{stem}.{ext}"))).ok())
 }
 
 /// `kstack_<12 hex>`: from the patch's position and content, so the same diff on
@@ -790,6 +982,59 @@ fn table_header(req: &Job<'_>, table: &BTreeMap<(bool, String), Vec<String>>) ->
     text
 }
 
+/// A reference the running kernel cannot resolve, to a symbol that an earlier patch
+/// of the stack adds (a line it adds names it): the symbol lives in that patch's
+/// module, which no later patch can refer to, and saying so beats "not in the
+/// kernel's symbol table".
+fn from_earlier_patch(error: &klp::KlpError, earlier: &[(String, Vec<u8>)]) -> Option<BuildError> {
+    let klp::KlpError::Resolve {
+        tu,
+        place,
+        symbol,
+        source,
+    } = error
+    else {
+        return None;
+    };
+    if !matches!(
+        **source,
+        ResolveError::Missing { .. } | ResolveError::NotInModule { .. }
+    ) {
+        return None;
+    }
+    // A static local is `name.N` in the object, a clone `name.part.N`; the source
+    // says `name`.
+    let name = symbol.split('.').next().unwrap_or(symbol);
+    if name.is_empty() {
+        return None;
+    }
+    let (patch, _) = earlier
+        .iter()
+        .rev()
+        .find(|(_, diff)| adds_identifier(diff, name))?;
+    Some(BuildError::FromEarlierPatch {
+        unit: tu.clone(),
+        place: place.clone(),
+        symbol: symbol.clone(),
+        patch: patch.clone(),
+    })
+}
+
+/// Whether a line that `diff` adds has `name` as a whole identifier.
+fn adds_identifier(diff: &[u8], name: &str) -> bool {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    String::from_utf8_lossy(diff)
+        .lines()
+        .filter(|l| l.starts_with('+') && !l.starts_with("+++"))
+        .any(|line| {
+            line.match_indices(name).any(|(at, _)| {
+                let before = line[..at].chars().next_back();
+                let after = line[at + name.len()..].chars().next();
+                !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+            })
+        })
+}
+
 /// The data objects of a translation unit (post names) the patch module has its own
 /// copy of: new ones, which the running kernel does not have, and the once-only flags
 /// of print-once helpers ([`ONCE_STATICS`]).
@@ -856,6 +1101,46 @@ fn compiler_version() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn unresolved(symbol: &str) -> klp::KlpError {
+        klp::KlpError::Resolve {
+            tu: "fs/proc/meminfo.o".into(),
+            place: "meminfo_proc_show+0x9d7".into(),
+            symbol: symbol.into(),
+            source: Box::new(ResolveError::Missing {
+                name: symbol.into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_symbol_an_earlier_patch_adds_is_named_with_that_patch() {
+        let earlier = vec![
+            (
+                "data-new".to_owned(),
+                b"--- a/fs/proc/meminfo.c\n+++ b/fs/proc/meminfo.c\n@@ -1,1 +1,2 @@\n \
+                  x\n+static struct { int mark; } kstack_data_new = { 1 };\n"
+                    .to_vec(),
+            ),
+            (
+                "other".to_owned(),
+                b"--- a/a.c\n+++ b/a.c\n@@ -1,1 +1,2 @@\n kstack_data_new\n+int kstack_data_newer;\n"
+                    .to_vec(),
+            ),
+        ];
+        let error = from_earlier_patch(&unresolved("kstack_data_new"), &earlier);
+        assert!(
+            matches!(&error, Some(BuildError::FromEarlierPatch { patch, .. }) if patch == "data-new"),
+            "{error:?}"
+        );
+        // A static local of an earlier patch, numbered by the compiler.
+        let error = from_earlier_patch(&unresolved("kstack_data_new.3"), &earlier);
+        assert!(matches!(error, Some(BuildError::FromEarlierPatch { .. })));
+        // Not added by any: context lines and longer names do not count.
+        assert!(from_earlier_patch(&unresolved("kstack_data"), &earlier).is_none());
+        assert!(from_earlier_patch(&unresolved("x"), &earlier).is_none());
+        assert!(from_earlier_patch(&unresolved("kstack_data_new"), &[]).is_none());
+    }
 
     #[test]
     fn hook_states_are_read_from_the_hook_file() {

@@ -48,6 +48,9 @@ pub enum SymbolsError {
 struct ModuleTable {
     /// Named, defined symbols in `.ko` symbol-table order.
     symbols: Vec<ModuleSymbol>,
+    /// The modules it depends on (`depends=` of its `.modinfo`): loaded before it,
+    /// whenever it loads.
+    depends: Vec<String>,
 }
 
 /// The target kernel's symbols: vmlinux's, the exports of every object, and the
@@ -108,6 +111,7 @@ impl KernelSymbols {
             module.to_owned(),
             ModuleTable {
                 symbols: module_symbols(&object),
+                depends: module_depends(ko),
             },
         );
         Ok(())
@@ -204,7 +208,22 @@ impl SymbolResolver for KernelSymbols {
             // The module's own export: the loader could resolve it only while the
             // module is loaded, so the livepatch core resolves it when it is.
             Some(owner) if owner == object => self.module_entry(object, name, tu, false).map(own),
-            // Another module's export stays a normal reference: the patch module
+            // Another module's export, of a module the patched one depends on: that
+            // module is loaded whenever the patched one is, so the livepatch core
+            // resolves the reference when the patched module loads (applied with
+            // its relocations), and the patch module does not need it loaded.
+            Some(owner)
+                if self
+                    .modules
+                    .get(object)
+                    .is_some_and(|t| t.depends.iter().any(|d| d == owner)) =>
+            {
+                Ok(Resolution::Livepatch {
+                    object: owner.to_owned(),
+                    sympos: 0,
+                })
+            }
+            // Any other module's export stays a normal reference: the patch module
             // then needs that module loaded.
             Some(_) => Ok(Resolution::Exported),
             None => match self.module_entry(object, name, tu, false) {
@@ -460,6 +479,29 @@ fn pick_by_neighbours<'t>(
     }
 }
 
+/// The `depends=` list of a module's `.modinfo` (NUL-separated `key=value` strings),
+/// with `-` made `_` as module names are.
+fn module_depends(ko: &[u8]) -> Vec<String> {
+    use object::{Object, ObjectSection};
+    let Ok(file) = object::File::parse(ko) else {
+        return Vec::new();
+    };
+    let Some(data) = file.section_by_name(".modinfo").and_then(|s| s.data().ok()) else {
+        return Vec::new();
+    };
+    data.split(|&b| b == 0)
+        .filter_map(|entry| entry.strip_prefix(b"depends="))
+        .flat_map(|list| {
+            String::from_utf8_lossy(list)
+                .split(',')
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|d| !d.is_empty())
+        .map(|d| d.replace('-', "_"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,6 +531,41 @@ ffffffffc0000000 t mod_fn\t[some_module]
         k.add_translation_unit("fs/b.o", vec!["b_show".into(), "helper".into()]);
         k.add_translation_unit("fs/a.o", vec!["a_show".into(), "a_open".into()]);
         k
+    }
+
+    #[test]
+    fn another_modules_export_is_resolved_when_the_patched_module_loads_if_it_depends_on_it() {
+        let mut k = syms();
+        for (module, depends) in [
+            ("xt_nat", vec!["some_module".to_owned()]),
+            ("loner", vec![]),
+        ] {
+            k.modules.insert(
+                module.into(),
+                ModuleTable {
+                    symbols: Vec::new(),
+                    depends,
+                },
+            );
+        }
+        // Loaded before xt_nat whenever it loads: resolved then, by the livepatch core.
+        assert_eq!(
+            k.resolve("xt_nat", "mod_export", "net/netfilter/xt_nat.o", false),
+            Ok(Resolution::Livepatch {
+                object: "some_module".into(),
+                sympos: 0
+            })
+        );
+        // Not a dependency: a plain reference, which the patch module's load needs.
+        assert_eq!(
+            k.resolve("loner", "mod_export", "drivers/loner.o", false),
+            Ok(Resolution::Exported)
+        );
+        assert_eq!(
+            module_depends(b"not an ELF"),
+            Vec::<String>::new(),
+            "an unreadable module has no known dependencies"
+        );
     }
 
     #[test]

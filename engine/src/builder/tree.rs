@@ -12,6 +12,8 @@ use std::process::Command;
 
 use kstack_kfacts::livepatch::VMLINUX;
 
+use super::units::UnitCommand;
+
 /// What every pre and post object is compiled with, on top of the kernel's flags:
 /// one section per function and per data object, so the differ can compare them one
 /// by one (DESIGN.md, "Builder").
@@ -100,8 +102,76 @@ impl WorkTree {
         // the shared tree.
         let list = prepared.join(super::assets::GENERATED_LIST);
         let generated = std::fs::read_to_string(&list).map_err(io(&list))?;
+        // The tools kbuild builds before any object (objtool, resolve_btfids) record
+        // their commands with the tree's absolute path (`O=$(abspath $(objtree))`):
+        // as the prepared tree wrote them, every command would differ from the one
+        // make runs here, and each build would compile them all again (about 60
+        // files, two thirds of a small patch's build time).
+        let rename = (
+            absolute(prepared)?,
+            absolute(dir.path())?.display().to_string(),
+        );
         for rel in generated.lines().filter(|l| !l.is_empty()) {
-            unshare(&dir.path().join(rel))?;
+            let path = dir.path().join(rel);
+            if is_tool_command_record(rel) {
+                unshare_renamed(&path, &rename.0.display().to_string(), &rename.1)?;
+            } else {
+                unshare(&path)?;
+            }
+        }
+        Ok(WorkTree {
+            dir,
+            release: release.to_owned(),
+        })
+    }
+
+    /// A work tree that shares `prepared` through symbolic links: only the
+    /// directories on the way to `paths` (the files the diffs change, relative to
+    /// the top) are real directories, holding links to their other entries, and the
+    /// files of `paths` are copies. Cheap to make, whatever the size of the tree,
+    /// but only for compiling with recorded commands ([`WorkTree::compile_recorded`]),
+    /// which write nothing outside those directories: kbuild itself writes all over
+    /// a tree and needs [`WorkTree::new`].
+    pub fn sparse(
+        prepared: &Path,
+        parent: &Path,
+        release: &str,
+        paths: &[String],
+    ) -> Result<WorkTree, TreeError> {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+        let dir = tempfile::Builder::new()
+            .prefix("build-")
+            .tempdir_in(parent)
+            .map_err(io(parent))?;
+        // Every directory on the way to a changed file, the top included.
+        let mut real: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
+        let mut copies: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
+        for path in paths {
+            let path = Path::new(path);
+            copies.insert(path.to_owned());
+            real.extend(path.ancestors().skip(1).map(Path::to_owned));
+        }
+        // Parents sort before their children.
+        for rel in &real {
+            let at = dir.path().join(rel);
+            std::fs::create_dir_all(&at).map_err(io(&at))?;
+            let from = prepared.join(rel);
+            let Ok(entries) = std::fs::read_dir(&from) else {
+                continue; // a directory a diff creates
+            };
+            for entry in entries {
+                let entry = entry.map_err(io(&from))?;
+                let name = rel.join(entry.file_name());
+                let target = dir.path().join(&name);
+                if real.contains(&name) {
+                    continue;
+                }
+                if copies.contains(&name) {
+                    std::fs::copy(entry.path(), &target).map_err(io(&target))?;
+                } else {
+                    std::os::unix::fs::symlink(entry.path(), &target).map_err(io(&target))?;
+                }
+            }
         }
         Ok(WorkTree {
             dir,
@@ -222,6 +292,7 @@ impl WorkTree {
             .map_err(|e| spawn_error("make", e))?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            out_of_space(self.path(), &stderr)?;
             // kbuild has no rule for an object its configuration leaves out.
             if let Some(unit) = units
                 .iter()
@@ -237,6 +308,65 @@ impl WorkTree {
                 output: stderr,
             });
         }
+        self.collect(units, out)
+    }
+
+    /// Compiles translation units with the commands kbuild ran for them before
+    /// ([`super::units`]), from the top of the tree, as many at once as there are
+    /// CPUs; copies each object to `out` as [`WorkTree::compile`] does.
+    pub fn compile_recorded(
+        &self,
+        commands: &[UnitCommand],
+        out: &Path,
+    ) -> Result<Vec<PathBuf>, TreeError> {
+        std::fs::create_dir_all(out).map_err(io(out))?;
+        let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+        for batch in commands.chunks(jobs) {
+            let mut children = Vec::new();
+            for c in batch {
+                // The outputs are new files: never a write through a link into the
+                // shared tree, never a stale object taken for a fresh one.
+                let object = self.path().join(&c.unit);
+                let _ = std::fs::remove_file(&object);
+                let _ = std::fs::remove_file(object.with_file_name(format!(
+                    ".{}.d",
+                    object.file_name().and_then(|n| n.to_str()).unwrap_or_default()
+                )));
+                let child = Command::new("sh")
+                    .arg("-c")
+                    .arg(&c.command)
+                    .current_dir(self.path())
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .map_err(|e| spawn_error("sh", e))?;
+                children.push((c, child));
+            }
+            for (c, child) in children {
+                let output = child.wait_with_output().map_err(|e| TreeError::Command {
+                    command: c.command.clone(),
+                    output: e.to_string(),
+                })?;
+                if !output.status.success() {
+                    out_of_space(self.path(), &String::from_utf8_lossy(&output.stderr))?;
+                    return Err(TreeError::Compile {
+                        units: c.unit.clone(),
+                        output: format!(
+                            "{}{}",
+                            String::from_utf8_lossy(&output.stdout),
+                            String::from_utf8_lossy(&output.stderr)
+                        ),
+                    });
+                }
+            }
+        }
+        let units: Vec<String> = commands.iter().map(|c| c.unit.clone()).collect();
+        self.collect(&units, out)
+    }
+
+    /// Copies each unit's object to `out/<unit path with / as __>`.
+    fn collect(&self, units: &[String], out: &Path) -> Result<Vec<PathBuf>, TreeError> {
         let mut objects = Vec::new();
         for unit in units {
             let src = self.path().join(unit);
@@ -254,14 +384,7 @@ impl WorkTree {
     /// its `KBUILD_MODNAME`, else `vmlinux`. Read from kbuild's record of the compile
     /// (`dir/.unit.o.cmd`).
     pub fn unit_object(&self, unit: &str) -> Result<String, TreeError> {
-        let path = Path::new(unit);
-        let cmd = self
-            .path()
-            .join(path.parent().unwrap_or(Path::new("")))
-            .join(format!(
-                ".{}.cmd",
-                path.file_name().and_then(|n| n.to_str()).unwrap_or(unit)
-            ));
+        let cmd = super::units::cmd_file(self.path(), unit);
         let missing = || TreeError::NoCompileRecord {
             unit: unit.to_owned(),
             cmd: cmd.clone(),
@@ -269,7 +392,7 @@ impl WorkTree {
         let text = std::fs::read_to_string(&cmd).map_err(|_| missing())?;
         let line = text
             .lines()
-            .find(|l| l.starts_with("cmd_"))
+            .find(|l| l.starts_with("cmd_") || l.starts_with("savedcmd_"))
             .ok_or_else(missing)?;
         Ok(object_of_compile(line).unwrap_or_else(|| VMLINUX.to_owned()))
     }
@@ -277,7 +400,7 @@ impl WorkTree {
 
 /// The module a compile command builds for (`-DMODULE` and
 /// `-DKBUILD_MODNAME='"xfs"'`, scripts/Makefile.lib `modname_flags`), if any.
-fn object_of_compile(command: &str) -> Option<String> {
+pub(crate) fn object_of_compile(command: &str) -> Option<String> {
     let words: Vec<&str> = command.split_whitespace().collect();
     if !words.contains(&"-DMODULE") {
         return None;
@@ -287,6 +410,18 @@ fn object_of_compile(command: &str) -> Option<String> {
         .find_map(|w| w.strip_prefix("-DKBUILD_MODNAME="))?;
     let name = name.trim_matches(|c| c == '\'' || c == '"' || c == '\\');
     (!name.is_empty()).then(|| name.replace('-', "_"))
+}
+
+/// A compile that failed because the disk is full is the machine's failure, not the
+/// diff's: an I/O error, not "cannot compile".
+fn out_of_space(tree: &Path, stderr: &str) -> Result<(), TreeError> {
+    if stderr.contains("No space left on device") {
+        return Err(TreeError::Io {
+            path: tree.to_owned(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        });
+    }
+    Ok(())
 }
 
 /// A program that could not be started: [`TreeError::ToolMissing`] when it is not
@@ -326,9 +461,37 @@ fn is_executable(path: &Path) -> bool {
 
 /// Replaces a hard link by a copy with the same times (so make sees nothing new).
 fn unshare(path: &Path) -> Result<(), TreeError> {
+    unshare_with(path, |copy| std::fs::copy(path, copy).map(|_| ()))
+}
+
+/// [`unshare`], with the text `from` replaced by `to` in the copy.
+fn unshare_renamed(path: &Path, from: &str, to: &str) -> Result<(), TreeError> {
+    unshare_with(path, |copy| {
+        let text = std::fs::read_to_string(path)?;
+        std::fs::write(copy, text.replace(from, to))
+    })
+}
+
+/// kbuild's record of how it built a file of `tools/` (`tools/objtool/.elf.o.cmd`).
+fn is_tool_command_record(rel: &str) -> bool {
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    rel.starts_with("tools/") && name.starts_with('.') && name.ends_with(".cmd")
+}
+
+/// A path as make's `$(abspath ...)` spells it: absolute, symbolic links resolved.
+fn absolute(path: &Path) -> Result<PathBuf, TreeError> {
+    std::fs::canonicalize(path).map_err(io(path))
+}
+
+/// Replaces a hard link with a copy that `write` makes, keeping the times (make
+/// compares them).
+fn unshare_with(
+    path: &Path,
+    write: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<(), TreeError> {
     let meta = std::fs::metadata(path).map_err(io(path))?;
     let copy = path.with_extension("kstack-unshare");
-    std::fs::copy(path, &copy).map_err(io(path))?;
+    write(&copy).map_err(io(path))?;
     let times = std::fs::FileTimes::new()
         .set_accessed(meta.accessed().map_err(io(path))?)
         .set_modified(meta.modified().map_err(io(path))?);
@@ -668,6 +831,54 @@ fn run(cmd: &mut Command) -> Result<(), TreeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_work_tree_renames_the_prepared_tree_in_the_tools_command_records() {
+        let prepared = tempfile::tempdir().unwrap();
+        let root = absolute(prepared.path()).unwrap();
+        let cmd = "tools/objtool/.elf.o.cmd";
+        let other = "scripts/mod/.modpost.o.cmd";
+        for rel in [cmd, other] {
+            let path = root.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, format!("cmd_{}/{rel} := gcc", root.display())).unwrap();
+        }
+        std::fs::write(
+            root.join(super::super::assets::GENERATED_LIST),
+            format!("{cmd}\n{other}\n"),
+        )
+        .unwrap();
+        let parent = tempfile::tempdir().unwrap();
+        let work = WorkTree::new(&root, parent.path(), "6.1.0-test").unwrap();
+        let here = absolute(work.path()).unwrap();
+        let read = |dir: &Path, rel: &str| std::fs::read_to_string(dir.join(rel)).unwrap();
+        assert_eq!(
+            read(&here, cmd),
+            format!("cmd_{}/{cmd} := gcc", here.display())
+        );
+        // The shared tree keeps its own; records outside tools/ are plain copies.
+        assert_eq!(
+            read(&root, cmd),
+            format!("cmd_{}/{cmd} := gcc", root.display())
+        );
+        assert_eq!(read(&here, other), read(&root, other));
+        assert!(is_tool_command_record("tools/lib/subcmd/.exec-cmd.o.cmd"));
+        assert!(!is_tool_command_record("tools/objtool/objtool"));
+    }
+
+    #[test]
+    fn a_full_disk_is_an_io_error_not_a_compile_error() {
+        let err = out_of_space(
+            Path::new("/t"),
+            "fatal error: error writing to /tmp/cc.s: No space left on device",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, TreeError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull),
+            "{err}"
+        );
+        assert!(out_of_space(Path::new("/t"), "error: no member named shost").is_ok());
+    }
 
     #[test]
     fn the_object_a_unit_belongs_to_comes_from_its_compile_command() {

@@ -57,8 +57,39 @@ pub struct TrustConfig {
     /// Public keys whose signatures are accepted, each as `kstack key show` prints it.
     #[serde(default)]
     pub keys: Vec<String>,
-    /// The private key that `kstack commit` and `kstack revert` sign with.
+    /// How many distinct keys of `keys` must sign a commit (an approval adds a
+    /// signature); default 1.
+    pub threshold: Option<usize>,
+    /// Keys whose signatures no longer count, even where `keys` lists them.
+    #[serde(default)]
+    pub revoked: Vec<String>,
+    /// The private key that `kstack commit`, `revert`, `renew` and `approve` sign with.
     pub signing_key: Option<PathBuf>,
+    /// How long the commits signed here stay valid as a stack's head (default 30
+    /// days).
+    #[serde(default, deserialize_with = "humantime_serde_shim::option")]
+    pub validity: Option<Duration>,
+    /// What `sync` and `plan` do with a declared head whose validity has run out.
+    #[serde(default)]
+    pub expired: ExpiredPolicy,
+}
+
+/// `[trust] expired`: what a host does with an expired head.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpiredPolicy {
+    /// Refuse it (exit 65): a mirror that stopped serving new commits shows.
+    #[default]
+    Refuse,
+    /// Sync it, with a warning.
+    Warn,
+}
+
+impl TrustConfig {
+    /// `threshold`, default 1.
+    pub fn threshold(&self) -> usize {
+        self.threshold.unwrap_or(1)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -128,6 +159,11 @@ mod humantime_serde_shim {
         humantime::parse_duration(&text)
             .map_err(|e| D::Error::custom(format!("bad duration {text:?}: {e} (try \"30s\")")))
     }
+
+    /// For an optional duration (a missing key is `None` through `#[serde(default)]`).
+    pub fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        deserialize(d).map(Some)
+    }
 }
 
 /// One key of the config file, documented: what `kstack.toml(5)` lists (the man
@@ -186,11 +222,47 @@ pub const KEYS: &[KeyDoc] = &[
     },
     KeyDoc {
         section: "trust",
+        key: "threshold",
+        example: "2",
+        default: "1",
+        meaning: "How many distinct keys of [trust] keys must have signed a stack's head for \
+                  it to be trusted: a two-person rule for production. kstack approve adds a \
+                  signature to a head without changing its content.",
+    },
+    KeyDoc {
+        section: "trust",
+        key: "revoked",
+        example: "[\"ed25519:4508e2c1d0f3a9b7c5e1d3f7a9b0c2e4d6f8a0b2c4e6d8f0a2b4c6e8d0f2c4ff\"]",
+        default: "none",
+        meaning: "Keys whose signatures count for nothing, even where [trust] keys lists them: \
+                  a head signed only by a revoked key is refused; history it signed still \
+                  verifies when a trusted head vouches for it.",
+    },
+    KeyDoc {
+        section: "trust",
         key: "signing_key",
         example: "\"/etc/kstack/signing.key\"",
         default: "/etc/kstack/signing.key",
-        meaning: "The private key (mode 0600) that kstack commit, revert and promote sign \
-                  stacks with.",
+        meaning: "The private key (mode 0600) that kstack commit, revert, promote, renew and \
+                  approve sign stacks with.",
+    },
+    KeyDoc {
+        section: "trust",
+        key: "validity",
+        example: "\"30d\"",
+        default: "30d",
+        meaning: "How long the commits signed here stay valid as a stack's head (their signed \
+                  window; --valid-for overrides it). Hosts refuse an expired head: renew each \
+                  stack well before, with kstack renew.",
+    },
+    KeyDoc {
+        section: "trust",
+        key: "expired",
+        example: "\"refuse\"",
+        default: "refuse",
+        meaning: "What sync and plan do with a declared head whose validity window has run \
+                  out: refuse (exit 65), or warn and sync it. A [stack] commit pin is only \
+                  warned about.",
     },
     KeyDoc {
         section: "sync",
@@ -333,7 +405,15 @@ mod tests {
         let Config {
             store: StoreConfig { path, remote },
             stack,
-            trust: TrustConfig { keys, signing_key },
+            trust:
+                TrustConfig {
+                    keys,
+                    threshold,
+                    revoked,
+                    signing_key,
+                    validity,
+                    expired,
+                },
             sync:
                 SyncConfig {
                     transition_timeout,
@@ -349,6 +429,10 @@ mod tests {
         let StackConfig { name: _, commit } = stack.unwrap();
         assert!(path.is_some() && remote.is_some() && commit.is_some());
         assert!(!keys.is_empty() && signing_key.is_some() && state_dir.is_some());
+        assert_eq!(threshold, Some(2));
+        assert!(!revoked.is_empty());
+        assert_eq!(validity, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(expired, ExpiredPolicy::Refuse);
         assert_eq!(transition_timeout, Duration::from_secs(60));
         assert_eq!(mode, Mode::Replace);
         assert!(module_signing_key.is_some() && module_signing_cert.is_some());
@@ -382,6 +466,42 @@ mod tests {
         assert_eq!(stack.sync.mode, Mode::Stack);
         let err = Config::parse("[sync]\nmode = \"atomic\"\n").unwrap_err();
         assert!(err.contains("replace") && err.contains("stack"), "{err}");
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let text = include_str!("../../../examples/kstack.toml");
+        let cfg = Config::parse(text).unwrap();
+        assert_eq!(cfg.trust.threshold(), 1);
+        // Every commented-out setting parses too.
+        let all: String = text
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|l| l.contains(" = "))
+                    .unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg = Config::parse(&all).unwrap_or_else(|e| panic!("{e}\n{all}"));
+        assert_eq!(cfg.trust.threshold(), 2);
+        assert_eq!(cfg.trust.expired, ExpiredPolicy::Refuse);
+    }
+
+    #[test]
+    fn trust_settings() {
+        let cfg = Config::parse(
+            "[trust]\nkeys = []\nthreshold = 2\nrevoked = [\"ed25519:00\"]\nvalidity = \"14d\"\nexpired = \"warn\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.trust.threshold(), 2);
+        assert_eq!(cfg.trust.validity, Some(Duration::from_secs(14 * 86_400)));
+        assert_eq!(cfg.trust.expired, ExpiredPolicy::Warn);
+        let cfg = Config::parse("").unwrap();
+        assert_eq!(cfg.trust.threshold(), 1);
+        assert_eq!(cfg.trust.expired, ExpiredPolicy::Refuse);
+        let err = Config::parse("[trust]\nexpired = \"ignore\"\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]

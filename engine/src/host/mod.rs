@@ -10,6 +10,7 @@
 //! - [`signatures`]: what the kernel will make of each module's signature, decided
 //!   before loading.
 //! - [`state`]: generations and the lock in the state directory.
+//! - [`strict`]: refusing files that a user other than root could change.
 //! - [`reconcile`]: one host's sync, plan, rollback and status, from the config, the
 //!   store and the kernel.
 
@@ -21,5 +22,6 @@ pub mod prove;
 pub mod reconcile;
 pub mod signatures;
 pub mod state;
+pub mod strict;
 
 pub use plan::{Applied, Plan, Step, plan};

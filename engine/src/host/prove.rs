@@ -27,6 +27,36 @@ use crate::runpre::{
     Outcome,
 };
 
+/// What the before images are compared with; it decides the words of the report,
+/// so that a check against an image file never reads as one of the running kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Against {
+    /// The running kernel (`/proc/kcore`, `/proc/kallsyms`).
+    Running,
+    /// A kernel image file and the symbols captured for it.
+    Image,
+}
+
+impl Against {
+    /// The matcher's report, worded for what was compared.
+    fn word(self, text: String) -> String {
+        match self {
+            Against::Running => text,
+            Against::Image => text
+                .replace("the running code", "the image's code")
+                .replace("the running kernel", "the image"),
+        }
+    }
+
+    /// `running` or `image`, for `--json`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Against::Running => "running",
+            Against::Image => "image",
+        }
+    }
+}
+
 /// What was proven, patch by patch.
 #[derive(Debug, Clone, Default)]
 pub struct Proof {
@@ -106,6 +136,7 @@ pub fn prove(
     text: &dyn KernelText,
     symbols: &KallsymsIndex,
     modules: Option<&ModulesDir>,
+    against: Against,
 ) -> Result<Proof, ProveError> {
     let started = Instant::now();
     let mut sources = Sources {
@@ -158,22 +189,24 @@ pub fn prove(
                     if wanted as usize == *sympos || (wanted == 0 && candidates == 1) =>
                 {
                     proof.matched += 1;
-                    proof.lines.push(format!("{name}: {report}"));
+                    proof
+                        .lines
+                        .push(format!("{name}: {}", against.word(report.to_string())));
                 }
                 // Same-named statics with identical code: whichever the patch names
                 // runs exactly the code it was built against.
                 Outcome::Ambiguous { sympos } if sympos.contains(&(wanted as usize)) => {
                     proof.matched += 1;
-                    proof.lines.push(format!(
+                    proof.lines.push(against.word(format!(
                         "{name}: {}: matches the running code at sympos {wanted} (and at {sympos:?}, identical)",
                         image.function
-                    ));
+                    )));
                 }
-                Outcome::Matched { sympos, .. } => failures.push(format!(
+                Outcome::Matched { sympos, .. } => failures.push(against.word(format!(
                     "{}: the running code matches sympos {sympos}, but the patch replaces sympos {wanted}",
                     image.function
-                )),
-                _ => failures.push(report.to_string()),
+                ))),
+                _ => failures.push(against.word(report.to_string())),
             }
         }
         if !failures.is_empty() {
@@ -224,5 +257,6 @@ pub fn prove_running(
         &text,
         &symbols,
         Some(&ModulesDir::running(&release)),
+        Against::Running,
     )
 }

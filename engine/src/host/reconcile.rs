@@ -5,14 +5,16 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use kstack_store::digest::Sha256Digest;
 use kstack_store::ident::BuildId;
 use kstack_store::keys::TrustPolicy;
 use kstack_store::model::{FunctionRef, MODULE_PREFIX};
 use kstack_store::rev::RevError;
 use kstack_store::store::{ObjectId, StackId, Store, StoreError};
+use kstack_store::validity::{Freshness, Timestamp, Validity, rough};
 use kstack_store::verify::{VerifiedStack, VerifyError};
 
-use super::config::Config;
+use super::config::{Config, ExpiredPolicy};
 use super::exec::{self, ExecError, Modules, Observer};
 use super::kernel::{self, KernelError, KernelIdentity, Livepatch};
 use super::plan::{self, Applied, Plan};
@@ -75,6 +77,37 @@ pub enum SyncError {
     Failed(#[from] Box<ExecError>),
     #[error("there is no generation to roll back to{0}")]
     NoRollbackTarget(String),
+    #[error(
+        "refused before anything was loaded: stack {stack} resolves to commit {declared}, which does not \
+         descend from commit {base} ({why}): syncing it would go back in the stack's history and could \
+         re-apply withdrawn patches{detail}"
+    )]
+    Downgrade {
+        stack: String,
+        declared: String,
+        base: String,
+        /// Which generation ran `base`.
+        why: String,
+        detail: String,
+    },
+    #[error(
+        "refused before anything was loaded: stack {stack}'s head {commit} expired at {expires} ({ago} ago): \
+         its publisher has not renewed it, or the store or its mirror stopped receiving newer commits"
+    )]
+    Expired {
+        stack: String,
+        commit: String,
+        expires: Timestamp,
+        ago: String,
+    },
+    #[error(
+        "refused before anything was loaded: commit {commit} belongs to stack {found}, but the config declares {declared}"
+    )]
+    WrongStack {
+        commit: String,
+        found: String,
+        declared: String,
+    },
 }
 
 fn enforcement_words(e: &super::kernel::signing::Enforcement) -> String {
@@ -105,6 +138,10 @@ pub struct Desired {
     pub cumulative: Option<String>,
     /// Their verified bytes (the cumulative module's too).
     pub bytes: Modules,
+    /// What the operator should know about the commit's trust although it was
+    /// accepted: an expired window let through by `[trust] expired = "warn"`, a pin
+    /// or a rollback, a downgrade allowed by the flag, no window at all.
+    pub warnings: Vec<String>,
 }
 
 impl Desired {
@@ -114,6 +151,7 @@ impl Desired {
             modules: Vec::new(),
             cumulative: None,
             bytes: Modules::default(),
+            warnings: Vec::new(),
         }
     }
 
@@ -175,10 +213,19 @@ pub struct Host<'a> {
     pub state: StateDir,
     pub trust: TrustPolicy,
     pub livepatch: Box<dyn Livepatch>,
+    /// Accept a declared head that does not descend from what the host ran
+    /// (`sync --allow-downgrade`): going back on purpose.
+    pub allow_downgrade: bool,
 }
 
 impl Host<'_> {
     /// Resolves and verifies the stack the config declares for the running kernel.
+    ///
+    /// Beyond [`Host::load_commit`]: the commit must be of the declared stack; the
+    /// stack's head must be within its validity window (`[trust] expired`) and
+    /// descend from what this host ran (see [`Host::check_descent`]). A `[stack]
+    /// commit` pin is the operator going back (or staying) on purpose: neither
+    /// check refuses it, an expired one is a warning.
     pub fn desired(&self, identity: &KernelIdentity) -> Result<Desired, SyncError> {
         let Some(wanted) = &self.config.stack else {
             return Ok(Desired::empty());
@@ -187,6 +234,7 @@ impl Host<'_> {
             build_id: identity.build_id.clone(),
             name: wanted.name.clone(),
         };
+        let pinned = wanted.commit.is_some();
         let commit = match &wanted.commit {
             Some(rev) => {
                 self.store
@@ -212,7 +260,129 @@ impl Host<'_> {
                 }
             },
         };
-        self.load_for_sync(commit, identity)
+        let mut desired = self.load_for_sync(commit, identity)?;
+        let verified = desired
+            .stack
+            .as_ref()
+            .expect("load_commit returns the verified stack");
+        if verified.stack.name != wanted.name {
+            return Err(SyncError::WrongStack {
+                commit: short(&commit),
+                found: verified.stack.name.clone(),
+                declared: wanted.name.clone(),
+            });
+        }
+        let what = if pinned { "pinned commit" } else { "head" };
+        match freshness(verified.stack.validity.as_ref()) {
+            None => desired.warnings.push(format!(
+                "stack {}'s {what} {} has no validity window (an older kstack made it): a frozen \
+                 mirror cannot be told apart; renew it with `kstack renew`",
+                wanted.name,
+                short(&commit)
+            )),
+            Some((window, Freshness::Expired { ago })) => {
+                if !pinned && self.config.trust.expired == ExpiredPolicy::Refuse {
+                    return Err(SyncError::Expired {
+                        stack: wanted.name.clone(),
+                        commit: short(&commit),
+                        expires: window.expires,
+                        ago: rough(ago),
+                    });
+                }
+                desired.warnings.push(format!(
+                    "stack {}'s {what} {} expired at {} ({} ago)",
+                    wanted.name,
+                    short(&commit),
+                    window.expires,
+                    rough(ago)
+                ));
+            }
+            Some((_, Freshness::Valid { .. })) => {}
+        }
+        if !pinned {
+            let digest = verified.stack_sha256;
+            match self.check_descent(identity, &wanted.name, commit, &digest) {
+                Err(SyncError::Downgrade {
+                    declared,
+                    base,
+                    why,
+                    ..
+                }) if self.allow_downgrade => {
+                    desired.warnings.push(format!(
+                        "--allow-downgrade: going back from commit {base} ({why}) to commit {declared}, which does not descend from it"
+                    ));
+                }
+                other => other?,
+            }
+        }
+        Ok(desired)
+    }
+
+    /// Refuses a declared head that is not the commit this host runs for the stack
+    /// (its current generation) or a descendant of it, nor, after a rollback, of
+    /// the newest commit a sync made current: whoever can write the store or its
+    /// mirror could otherwise move the ref back to an older signed commit and
+    /// bring withdrawn patches back. Descent is judged by the signed chain of
+    /// `stack.toml` digests, so an approval of the same commit is no change.
+    /// Generations of another stack name or another kernel do not count.
+    pub fn check_descent(
+        &self,
+        identity: &KernelIdentity,
+        stack: &str,
+        declared: ObjectId,
+        declared_digest: &Sha256Digest,
+    ) -> Result<(), SyncError> {
+        let state = self.state.load()?;
+        let build_id = identity.build_id.to_hex();
+        let same_stack =
+            |g: &&Generation| !g.commit.is_empty() && g.stack == stack && g.build_id == build_id;
+        let mut bases: Vec<(&Generation, &str)> = Vec::new();
+        if let Some(current) = state.current().filter(same_stack) {
+            bases.push((current, "the current generation"));
+        }
+        if let Some(newest) = state
+            .generations
+            .iter()
+            .filter(same_stack)
+            .max_by_key(|g| g.number)
+            && bases.iter().all(|(g, _)| g.number != newest.number)
+        {
+            bases.push((newest, "the newest generation synced"));
+        }
+        for (generation, role) in bases {
+            let refuse = |detail: String| SyncError::Downgrade {
+                stack: stack.to_owned(),
+                declared: short(&declared),
+                base: generation.commit.chars().take(12).collect(),
+                why: format!("{role}, {}", generation.number),
+                detail,
+            };
+            let recorded = generation
+                .stack_sha256
+                .as_deref()
+                .and_then(|hex| hex.parse::<Sha256Digest>().ok());
+            let base = match recorded {
+                Some(digest) => digest,
+                None => {
+                    let id = ObjectId::from_hex(generation.commit.as_bytes())
+                        .map_err(|e| refuse(format!("; its commit id is unreadable: {e}")))?;
+                    self.store.stack_digest(id).map_err(|e| {
+                        refuse(format!(
+                            "; the store cannot show that commit: {}",
+                            kstack_store::error_chain(&e)
+                        ))
+                    })?
+                }
+            };
+            if base == *declared_digest {
+                continue;
+            }
+            let lineage = self.store.lineage(&base, declared)?;
+            if !lineage.contains_base() {
+                return Err(refuse(String::new()));
+            }
+        }
+        Ok(())
     }
 
     /// Verifies the stack commit a sync or rollback goes to. In replace mode only
@@ -353,7 +523,9 @@ impl Host<'_> {
             && let Some(stack) = &desired.stack
             && !stack.patch_artifacts
         {
+            let warnings = std::mem::take(&mut desired.warnings);
             desired = self.load_commit(stack.commit, &identity)?;
+            desired.warnings = warnings;
             plan = plan::plan_sync(
                 &applied,
                 &desired.planned(),
@@ -531,7 +703,24 @@ impl Host<'_> {
                         target.number, target.commit
                     ),
                 })?;
-            self.load_for_sync(id, &identity)?
+            let mut desired = self.load_for_sync(id, &identity)?;
+            // Going back is explicit here: an old window is no reason to refuse.
+            let stack = desired
+                .stack
+                .as_ref()
+                .expect("load_commit returns the stack");
+            if let Some((window, Freshness::Expired { ago })) =
+                freshness(stack.stack.validity.as_ref())
+            {
+                desired.warnings.push(format!(
+                    "generation {}'s commit {} expired at {} ({} ago)",
+                    target.number,
+                    short(&id),
+                    window.expires,
+                    rough(ago)
+                ));
+            }
+            desired
         };
         let result = self
             .prepare(desired, identity, started)
@@ -607,6 +796,7 @@ impl Host<'_> {
                         build_id: prepared.identity.build_id.to_hex(),
                         created_at: now_rfc3339(),
                         modules: prepared.desired.planned().end_state(&prepared.plan),
+                        stack_sha256: stack.map(|s| s.stack_sha256.to_hex()),
                     });
                     self.state.save(&state)?;
                     Some(n)
@@ -632,6 +822,15 @@ impl Host<'_> {
 enum Record {
     NewGeneration,
     Switch(u64),
+}
+
+fn short(id: &ObjectId) -> String {
+    id.to_hex_with_len(12).to_string()
+}
+
+/// A commit's window and where now falls in it; `None` for a commit without one.
+fn freshness(validity: Option<&Validity>) -> Option<(Validity, Freshness)> {
+    validity.map(|w| (*w, w.freshness(Timestamp::now())))
 }
 
 /// Module names that are kstack's: every module of any generation, the desired ones,
@@ -682,6 +881,13 @@ pub struct Status {
     pub drift: Vec<String>,
     pub taint: u64,
     pub taint_flags: String,
+    /// The validity window of the current generation's commit (when the store has
+    /// the commit and the commit has a window).
+    #[serde(skip)]
+    pub validity: Option<Validity>,
+    /// Who signed the current generation's commit.
+    #[serde(skip)]
+    pub signers: Vec<kstack_store::keys::PublicKey>,
     /// What the kernel enforces for module signatures, and the keys it trusts.
     pub module_signing: ModuleSigning,
     /// How the last sync or rollback ended.
@@ -730,10 +936,16 @@ impl Host<'_> {
             Vec::new()
         };
         let current = state.current().cloned();
-        let functions_by_module: Vec<(String, String, Vec<FunctionRef>, Vec<String>)> = current
+        let verified = current
             .as_ref()
             .and_then(|g| ObjectId::from_hex(g.commit.as_bytes()).ok())
-            .and_then(|id| self.store.check(id, None).ok())
+            .and_then(|id| self.store.check(id, None).ok());
+        let validity = verified.as_ref().and_then(|v| v.stack.validity);
+        let signers = verified
+            .as_ref()
+            .map(|v| v.signers.clone())
+            .unwrap_or_default();
+        let functions_by_module: Vec<(String, String, Vec<FunctionRef>, Vec<String>)> = verified
             .map(|v| {
                 let names: Vec<String> = v.patches.iter().map(|p| p.entry.name.clone()).collect();
                 v.patches
@@ -824,8 +1036,13 @@ impl Host<'_> {
             drift,
             taint,
             taint_flags,
+            validity,
+            signers,
             module_signing: ModuleSigning::read(),
             last_sync: self.state.last_sync(),
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

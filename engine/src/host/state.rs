@@ -16,6 +16,11 @@ use serde::{Deserialize, Serialize};
 
 const STATE_FILE: &str = "state.toml";
 const LOCK_FILE: &str = "lock";
+/// Mode of the state directory when kstack creates it: only root reads what the host
+/// ran, and only root may change it.
+pub const STATE_DIR_MODE: u32 = 0o700;
+/// Mode of the lock and the state file.
+pub const STATE_FILE_MODE: u32 = 0o600;
 /// The outcome of the last sync or rollback, for monitoring.
 const LAST_SYNC_FILE: &str = "last-sync.toml";
 
@@ -48,6 +53,11 @@ pub struct Generation {
     pub created_at: String,
     /// The kstack modules applied, bottom first.
     pub modules: Vec<String>,
+    /// The SHA-256 of the commit's `stack.toml` (hex): what a later sync's head must
+    /// descend from, even if the store loses the commit. Absent in generations
+    /// recorded before kstack checked descent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_sha256: Option<String>,
 }
 
 /// `state.toml`.
@@ -106,16 +116,38 @@ impl StateDir {
         move |source| StateError::Io { path, source }
     }
 
+    /// Creates the directory (mode 0700) if it does not exist.
+    fn create(&self) -> Result<(), StateError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(STATE_DIR_MODE)
+            .create(&self.path)
+            .map_err(self.io(&self.path))
+    }
+
+    /// The lock file's path.
+    pub fn lock_path(&self) -> PathBuf {
+        self.path.join(LOCK_FILE)
+    }
+
+    /// The state file's path.
+    pub fn state_path(&self) -> PathBuf {
+        self.path.join(STATE_FILE)
+    }
+
     /// Takes the lock without waiting: a second kstack fails at once, naming the
     /// holder, rather than queueing behind a transition that may take minutes.
     pub fn lock(&self) -> Result<Lock, StateError> {
-        std::fs::create_dir_all(&self.path).map_err(self.io(&self.path))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        self.create()?;
         let path = self.path.join(LOCK_FILE);
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(STATE_FILE_MODE)
             .open(&path)
             .map_err(self.io(&path))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -151,9 +183,9 @@ impl StateDir {
         }
     }
 
-    /// Replaces the state atomically.
+    /// Replaces the state atomically (the file is 0600: `NamedTempFile`'s mode).
     pub fn save(&self, state: &State) -> Result<(), StateError> {
-        std::fs::create_dir_all(&self.path).map_err(self.io(&self.path))?;
+        self.create()?;
         let path = self.path.join(STATE_FILE);
         let text = toml::to_string(state).expect("State serializes: strings, numbers, tables");
         let mut tmp = tempfile::NamedTempFile::new_in(&self.path).map_err(self.io(&path))?;
@@ -191,7 +223,7 @@ impl StateDir {
     /// Records how a sync ended (best effort for the caller: monitoring must not
     /// turn a good sync into a failed one).
     pub fn save_last_sync(&self, last: &LastSync) -> Result<(), StateError> {
-        std::fs::create_dir_all(&self.path).map_err(self.io(&self.path))?;
+        self.create()?;
         let path = self.path.join(LAST_SYNC_FILE);
         let text = toml::to_string(last).expect("LastSync serializes: strings and numbers");
         let mut tmp = tempfile::NamedTempFile::new_in(&self.path).map_err(self.io(&path))?;
@@ -249,6 +281,7 @@ mod tests {
             build_id: "ab".into(),
             created_at: now_rfc3339(),
             modules: vec!["kstack_a".into()],
+            stack_sha256: None,
         }
     }
 
@@ -278,6 +311,20 @@ mod tests {
         );
         drop(held);
         sd.lock().unwrap();
+    }
+
+    #[test]
+    fn the_directory_lock_and_state_are_private_when_kstack_creates_them() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(dir.path().join("a/state"));
+        let lock = sd.lock().unwrap();
+        sd.save(&State::default()).unwrap();
+        drop(lock);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(sd.path()), STATE_DIR_MODE);
+        assert_eq!(mode(&sd.lock_path()), STATE_FILE_MODE);
+        assert_eq!(mode(&sd.state_path()), STATE_FILE_MODE);
     }
 
     #[test]

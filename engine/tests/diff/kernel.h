@@ -42,6 +42,44 @@
 	unlikely(__ret_warn_on);                                              \
 })
 
+/*
+ * arch/x86/include/asm/cpufeature.h _static_cpu_has with asm/alternative.h's
+ * ALTERNATIVE_TERNARY: two .altinstructions entries for one jump, the second with
+ * an empty replacement, and a bit test in .altinstr_aux until they are applied.
+ */
+#define X86_FEATURE_ALWAYS (3 * 32 + 21)
+extern char boot_cpu_capability[];
+
+static inline __attribute__((__always_inline__)) int static_cpu_has(unsigned short bit)
+{
+	asm goto("661:\n\tjmp 6f\n662:\n"
+		 ".skip -(((6651f-6641f)-(662b-661b)) > 0) * ((6651f-6641f)-(662b-661b)),0x90\n"
+		 "663:\n"
+		 ".pushsection .altinstructions,\"a\"\n"
+		 " .long 661b - .\n .long 6641f - .\n .word %c[always]\n"
+		 " .byte 663b-661b\n .byte 6651f-6641f\n"
+		 " .long 661b - .\n .long 6642f - .\n .word %c[feature]\n"
+		 " .byte 663b-661b\n .byte 6652f-6642f\n"
+		 ".popsection\n"
+		 ".pushsection .altinstr_replacement,\"ax\"\n"
+		 "6641:\n\tjmp %l[t_no]\n6651:\n"
+		 "6642:\n\t\n6652:\n"
+		 ".popsection\n"
+		 ".pushsection .altinstr_aux,\"ax\"\n"
+		 "6:\n\ttestb %[bitnum], %P[cap_byte](%%rip)\n"
+		 "\tjnz %l[t_yes]\n\tjmp %l[t_no]\n"
+		 ".popsection\n"
+		 : : [always] "i" (X86_FEATURE_ALWAYS), [feature] "i" (bit),
+		     [bitnum] "i" (1 << (bit & 7)),
+		     [cap_byte] "i" (&boot_cpu_capability[bit >> 3])
+		 : : t_yes, t_no);
+	return 1;
+t_no:
+	return 0;
+t_yes:
+	return 1;
+}
+
 /* Stand-ins for kernel functions the fixtures call. */
 extern int printk(const char *fmt, ...);
 extern void seq_puts(void *m, const char *s);

@@ -10,6 +10,10 @@
 
 struct static_key { int enabled; };
 static struct static_key my_key;
+#ifdef DDEBUG
+static struct { const char *format; struct static_key key; } __UNIQUE_ID_ddebug7
+	__attribute__((used, section("__dyndbg"))) = { "debug\n" };
+#endif
 extern struct static_key exported_key;
 extern char boot_cpu_data[];
 extern void __SCK__my_call(void);
@@ -117,12 +121,20 @@ int patched(int x)
 	if (x > 100)
 		BUG_ENTRY(2);
 	asm volatile("3: movl (%1), %0\n4:\n" EX_ENTRY(3b, 4b) : "=r" (v) : "r" (&x));
+#ifdef DDEBUG
+	/* pr_debug's shape: the key lives in the call site's descriptor. */
+	if (key_on(&__UNIQUE_ID_ddebug7.key, 0))
+		printk("debug\n");
+#else
 	if (key_on(&my_key, 1))
 		printk("key on\n");
+#endif
 	if (cpu_has())
 		v += 2;
 	ALTERNATIVE_CALL(orig_insn, repl_insn);
+#ifndef DDEBUG /* a module's static call would be refused like its static key */
 	OBJTOOL_SITES();
+#endif
 #ifdef WEIRD
 	asm volatile("5: nop\n.pushsection .weird_table,\"a\"\n .long 5b - .\n.popsection\n");
 #endif

@@ -28,6 +28,7 @@ impl Env {
         let key = SecretKey::from_seed(&[42; 32]);
         let policy = TrustPolicy {
             keys: vec![key.public()],
+            ..TrustPolicy::default()
         };
         let stack = StackId::new(BUILD_ID.parse().unwrap(), "prod").unwrap();
         Env {
@@ -88,6 +89,8 @@ pub fn author() -> Author {
         name: "Test Author".into(),
         email: "test@example.invalid".into(),
         time: 1_700_000_000,
+        // Fixed times keep commit ids stable; a century keeps them valid.
+        valid_for: std::time::Duration::from_secs(100 * 365 * 86_400),
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use kstack_kfacts::elf::Reloc;
 use kstack_kfacts::reloc::{field_size, is_pc_relative, pc_relative_slack};
-use kstack_kfacts::sections::{ALTINSTR_REPLACEMENT, ddebug};
+use kstack_kfacts::sections::{ALTINSTR_REPLACEMENT, alt_instr, ddebug};
 use kstack_kfacts::symbols::{FENTRY, FENTRY_MAX_RELOC_OFFSET};
 use kstack_kfacts::x86;
 use object::elf;
@@ -438,13 +438,17 @@ impl<'d> Elf<'d> {
                         self.shape(piece, code, namer)
                     })
                     .collect();
+                let section = self.sec(special.parts[0].section).name.clone();
                 if let Some(entry) = shapes.first_mut() {
                     for &(offset, size) in special.ignored {
                         mask(&mut entry.bytes, offset, size);
                     }
+                    if section == alt_instr::SECTION {
+                        name_replacement(entry);
+                    }
                 }
                 specials.push(EntryPrint {
-                    section: self.sec(special.parts[0].section).name.clone(),
+                    section,
                     piece,
                     at: special.target - start,
                     shapes,
@@ -489,6 +493,19 @@ impl PartialOrd for Shape {
 impl Ord for Shape {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         (self.size, &self.bytes, &self.relocs).cmp(&(other.size, &other.bytes, &other.relocs))
+    }
+}
+
+/// An `.altinstructions` entry refers to its replacement instructions, which the
+/// entry's next part holds and compares by contents (none when the replacement
+/// is empty). Named by place, the reference would take in whatever replacement
+/// follows: `static_cpu_has()` leaves an empty one, which starts where the next
+/// function's replacement starts, and that function's change is not this one's.
+fn name_replacement(entry: &mut Shape) {
+    for rel in &mut entry.relocs {
+        if rel.offset == alt_instr::REPL_OFFSET {
+            rel.target = ALTINSTR_REPLACEMENT.to_owned();
+        }
     }
 }
 

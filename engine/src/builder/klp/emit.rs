@@ -267,6 +267,7 @@ impl Extractor<'_, '_> {
             functions,
             references: externals.into_values().collect(),
             sections,
+            notes: std::mem::take(&mut self.notes).into_iter().collect(),
         })
     }
 

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use kstack_kfacts::elf::{RelObject, Reloc, Symbol};
-use kstack_kfacts::livepatch::check_objname;
+use kstack_kfacts::livepatch::{VMLINUX, check_objname};
 use kstack_kfacts::reloc::is_pc_relative;
 use kstack_kfacts::sections::{
     self, ALTINSTR_AUX, EntryKind, SPECIAL_SECTIONS, SpecialSection, alt_instr,
@@ -71,6 +71,8 @@ pub(super) struct Extractor<'a, 'd> {
     /// to other code of the section that the assembler resolved itself (a call to a
     /// static function of the same section has no relocation), as relocations.
     implicit: HashMap<usize, Vec<Reloc>>,
+    /// What the output leaves out on purpose, for the build's notes.
+    pub(super) notes: BTreeSet<String>,
 }
 
 /// Writes the output object for `request.functions` of one translation unit.
@@ -98,6 +100,7 @@ pub fn extract(request: &ExtractRequest<'_>, resolver: &dyn SymbolResolver) -> R
         referrers: HashMap::new(),
         resolved: BTreeMap::new(),
         implicit: HashMap::new(),
+        notes: BTreeSet::new(),
     };
     ex.index_referrers();
     ex.seed()?;
@@ -314,7 +317,54 @@ impl Extractor<'_, '_> {
             }
             start += special.entry_size;
         }
+        kept.retain(|&(start, _)| !self.is_module_debug_site(sec, special, start));
         Ok(kept)
+    }
+
+    /// Whether the entry at `start` is the jump label of a dynamic-debug call site
+    /// (`pr_debug`, `dev_dbg`) whose key, in the descriptor `__UNIQUE_ID_ddebugN`, is
+    /// the target module's own: a livepatch relocation cannot reach it from a jump
+    /// table (see [`KlpError::ModuleSpecialRelocation`]). Such an entry is left out,
+    /// as kpatch does: the site keeps its compiled default, a jump over the message,
+    /// so the patched function's debug messages stay off while it is patched.
+    fn is_module_debug_site(&mut self, sec: usize, special: &SpecialSection, start: u64) -> bool {
+        use kstack_kfacts::sections::jump_entry;
+        if special.name != jump_entry::SECTION || self.request.objname == VMLINUX {
+            return false;
+        }
+        let section = &self.input.sections[sec];
+        let Some(key) = section
+            .relocs
+            .iter()
+            .find(|r| r.offset == start + jump_entry::KEY)
+        else {
+            return false;
+        };
+        let (key_sym, addend) = (key.sym, key.addend);
+        let symbol = &self.input.symbols[key_sym];
+        // The key's address carries flags in its low bits; a section symbol names
+        // the descriptor through what is defined there.
+        let name = match symbol.section {
+            Some(t) if symbol.is_section() => self
+                .input
+                .symbol_at(t, (symbol.value as i64 + addend) & !3)
+                .map(|named| self.input.symbols[named].name.clone()),
+            _ => Some(symbol.name.clone()),
+        };
+        // A descriptor the patch adds lives in the patch module with its key: its
+        // jump label is the patch's own and is carried.
+        let debug = name.is_some_and(|n| {
+            n.starts_with("__UNIQUE_ID_ddebug") && !self.request.new_data.contains(&n)
+        });
+        if debug {
+            self.notes.insert(format!(
+                "{}: the dynamic debug messages (pr_debug) of the patched functions stay off \
+                 while patched: their keys belong to module {}, which a jump label of a \
+                 livepatch cannot refer to",
+                self.unit, self.request.objname
+            ));
+        }
+        debug
     }
 
     /// Carries the replacement code of the alternative at `start` of `.altinstructions`.

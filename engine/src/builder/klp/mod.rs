@@ -34,7 +34,7 @@ use kstack_kfacts::livepatch::BadName;
 
 pub use extract::extract;
 pub use kstack_kfacts::livepatch::VMLINUX;
-pub use post_link::post_link;
+pub use post_link::{post_link, post_link_applied};
 
 use super::{Resolution, ResolveError};
 
@@ -112,6 +112,8 @@ pub struct Extracted {
     /// Names of the post object's sections that the output carries, whole or in part
     /// (special sections: some of their entries), sorted.
     pub sections: Vec<String>,
+    /// What the output leaves out on purpose and the patch's user should know.
+    pub notes: Vec<String>,
 }
 
 /// One livepatch relocation section that [`post_link`] created.

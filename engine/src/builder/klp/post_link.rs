@@ -26,6 +26,15 @@ use super::{KlpError, KlpRelaSection, PostLinked, Result, malformed, read_err};
 /// into `.klp.rela.<object>.<section>` sections and marks those symbols
 /// `SHN_LIVEPATCH`, as the kernel's livepatch ELF format requires.
 pub fn post_link(ko: &[u8]) -> Result<PostLinked> {
+    post_link_applied(ko, &BTreeMap::new())
+}
+
+/// [`post_link`], where `applied_with` names, by target section, the patched module
+/// whose code the section holds: a livepatch symbol of another module (an export of
+/// a module the patched one depends on) is then applied with the patched module's
+/// relocations (`.klp.rela.<patched module>.<section>`), when it loads; the livepatch
+/// core resolves the symbol in the module the symbol's name says.
+pub fn post_link_applied(ko: &[u8], applied_with: &BTreeMap<String, String>) -> Result<PostLinked> {
     const WHAT: &str = "module";
     // A livepatch relocation section is SHF_ALLOC and links the symbol table, which the
     // builder's reader takes for dynamic relocations; check with the plain reader first.
@@ -124,6 +133,16 @@ pub fn post_link(ko: &[u8]) -> Result<PostLinked> {
     }
 
     // Split: (object, target) → relocations.
+    let names: HashMap<usize, String> = builder
+        .sections
+        .iter()
+        .map(|s| {
+            (
+                s.id().index(),
+                String::from_utf8_lossy(s.name.as_slice()).into_owned(),
+            )
+        })
+        .collect();
     let mut moved: BTreeMap<(String, usize), Vec<out::Relocation>> = BTreeMap::new();
     let mut targets = HashMap::new();
     let mut emptied = Vec::new();
@@ -144,10 +163,12 @@ pub fn post_link(ko: &[u8]) -> Result<PostLinked> {
         }
         for r in klp {
             let id = r.symbol.expect("partitioned on a symbol");
-            moved
-                .entry((klp_objects[&id.index()].clone(), target.index()))
-                .or_default()
-                .push(r);
+            let symbol_object = &klp_objects[&id.index()];
+            let object = match applied_with.get(&names[&target.index()]) {
+                Some(patched) if symbol_object != VMLINUX => patched.clone(),
+                _ => symbol_object.clone(),
+            };
+            moved.entry((object, target.index())).or_default().push(r);
             targets.insert(target.index(), target);
         }
     }

@@ -30,11 +30,15 @@ fn relas_of(elf: &ElfFile64<'_>, data: &[u8], name: &str) -> Vec<(u64, String, i
 }
 
 fn linked_module() -> Vec<u8> {
+    linked_module_of(VMLINUX)
+}
+
+fn linked_module_of(objname: &str) -> Vec<u8> {
     let object = compile("basic.c", &[]);
     let request = ExtractRequest {
         object: &object,
         tu: "test/basic.o",
-        objname: VMLINUX,
+        objname,
         functions: &[changed("patched")],
         new_data: &[],
         provided: &[],
@@ -180,4 +184,36 @@ fn post_link_without_livepatch_symbols_changes_nothing_that_matters() {
             .collect()
     };
     assert_eq!(names(&before), names(&after));
+}
+
+#[test]
+fn another_modules_symbols_are_applied_with_the_patched_modules_relocations() {
+    // Module code whose livepatch symbols are of module `nf_conntrack` (exports of a
+    // module the patched one, `xt_nat`, depends on).
+    let ko = linked_module_of("nf_conntrack");
+    let text = ".text.__kstack_new_patched";
+    // As the pipeline maps them: every section of the unit's output object.
+    let applied_with = [text, ".text.unlikely.patched"]
+        .map(|s| (s.to_owned(), "xt_nat".to_owned()))
+        .into();
+    let done = post_link_applied(&ko, &applied_with).unwrap();
+    let names: Vec<&str> = done.sections.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        names.contains(&format!(".klp.rela.xt_nat.{text}").as_str()),
+        "{names:?}"
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with(".klp.rela.nf_conntrack.")),
+        "{names:?}"
+    );
+    let elf = ElfFile64::<Endianness>::parse(&*done.ko).unwrap();
+    let relas = relas_of(&elf, &done.ko, &format!(".klp.rela.xt_nat.{text}"));
+    assert!(
+        relas
+            .iter()
+            .all(|(_, sym, _)| sym.starts_with(".klp.sym.nf_conntrack.")),
+        "{relas:?}"
+    );
 }

@@ -14,18 +14,23 @@ fn special_resolver() -> FakeResolver {
         ("__x86_indirect_thunk_rax", None),
         ("__SCK__my_call", Some(0)),
         ("my_key", Some(0)),
+        ("__UNIQUE_ID_ddebug7", Some(0)),
         ("patched", Some(0)),
     ])
 }
 
 fn extract_special(extra: &[&str], objname: &str) -> Result<Extracted> {
+    extract_special_with(extra, objname, &[])
+}
+
+fn extract_special_with(extra: &[&str], objname: &str, new_data: &[String]) -> Result<Extracted> {
     let object = compile("special.c", extra);
     let request = ExtractRequest {
         object: &object,
         tu: "test/special.o",
         objname,
         functions: &[changed("patched")],
-        new_data: &[],
+        new_data,
         provided: &[],
     };
     extract(&request, &special_resolver())
@@ -125,5 +130,36 @@ fn module_targets_refuse_livepatch_relocations_in_special_sections() {
     assert!(
         matches!(&err, KlpError::ModuleSpecialRelocation { symbol, .. } if symbol == ".klp.sym.ext4.my_key,0"),
         "{err}"
+    );
+}
+
+#[test]
+fn module_debug_sites_are_left_at_their_default_with_a_note() {
+    let ex = extract_special(&["-DDDEBUG"], "ext4").unwrap();
+    let elf = ElfFile64::<Endianness>::parse(&*ex.object).unwrap();
+    let jump = elf.section_by_name("__jump_table").map_or(0, |s| s.size());
+    assert_eq!(jump, 0, "the debug site's jump label was carried");
+    assert!(
+        ex.notes
+            .iter()
+            .any(|n| n.contains("pr_debug") && n.contains("module ext4")),
+        "{:?}",
+        ex.notes
+    );
+    // A call site the patch adds has its descriptor, key and all, in the patch
+    // module: its jump label is carried.
+    let ex = extract_special_with(&["-DDDEBUG"], "ext4", &["__UNIQUE_ID_ddebug7".into()]).unwrap();
+    let elf = ElfFile64::<Endianness>::parse(&*ex.object).unwrap();
+    assert_eq!(
+        elf.section_by_name("__jump_table").map(|s| s.size()),
+        Some(16)
+    );
+    assert!(ex.notes.is_empty(), "{:?}", ex.notes);
+    // In vmlinux the key resolves like any other.
+    let ex = extract_special(&["-DDDEBUG"], VMLINUX);
+    assert!(
+        ex.as_ref().is_ok_and(|e| e.notes.is_empty()),
+        "{:?}",
+        ex.map(|e| e.notes)
     );
 }

@@ -1,0 +1,111 @@
+//! kpatch's integration cases for 6.x kernels (`test/integration/linux-6.17.0` in
+//! dynup/kpatch), written anew for the Debian 6.1 cloud kernel in
+//! `examples/kpatch/` (the README there maps each kpatch case to ours). Like
+//! kpatch's `multiple.test`, every case that builds goes onto one stack: built
+//! with `kstack commit` (a case's hook file beside its diff comes along), synced
+//! in one VM, each case's check run, the stack reverted, and each check run again,
+//! now expected to fail. The `-FAIL` cases are refused at build time:
+//! `kpatch_fail`.
+
+#![allow(clippy::unwrap_used)] // a test: any failure should stop it loudly
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use kstack_engine::sandbox::modules::ModuleSet;
+use kstack_tests::{CliStore, kernel, sandbox, sections, workspace_root};
+
+/// The cases expected to build: every `examples/kpatch/*.diff` but the `-FAIL`
+/// ones, in name order (the order they are stacked in).
+fn cases() -> Vec<PathBuf> {
+    let dir = workspace_root().join("examples/kpatch");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "diff"))
+        .filter(|p| !p.to_string_lossy().ends_with("-FAIL.diff"))
+        .collect();
+    cases.sort();
+    cases
+}
+
+#[test]
+fn kpatch_cases_build_onto_one_stack_apply_check_and_revert() {
+    let cases = cases();
+    assert!(cases.len() >= 10, "{cases:?}");
+    let store = CliStore::new();
+    let mut checks = Vec::new();
+    for case in &cases {
+        let start = Instant::now();
+        let report = store.commit_diff("kpatch", case);
+        let name = report["patch"]["name"].as_str().unwrap().to_owned();
+        eprintln!("built {name} in {:.1?}", start.elapsed());
+        let check = std::fs::read_to_string(case.with_extension("check"))
+            .unwrap_or_else(|e| panic!("{}: {e}", case.with_extension("check").display()));
+        checks.push((name, check.trim().to_owned()));
+    }
+
+    let mut vm = sandbox();
+    // The `module` case patches xfs.
+    vm.add_modules(
+        &kernel().modules_dir(),
+        &ModuleSet::Named(vec!["xfs".into()]),
+    )
+    .unwrap();
+    store.install(
+        &mut vm,
+        &[
+            ("kpatch", store.config(Some("kpatch"), None, "15s")),
+            ("none", store.config(None, None, "15s")),
+        ],
+    );
+    // Each check is a shell function, run in a subshell: `exit` or `set -e` in
+    // one cannot stop the script.
+    let mut script = String::from(
+        "export KSTACK_STATE_DIR=/var/lib/kstack\n\
+         echo '== sync'; kstack --config /etc/kstack/kpatch.toml sync 2>&1; echo \"rc=$?\"\n",
+    );
+    for (i, (_, check)) in checks.iter().enumerate() {
+        script.push_str(&format!("check_{i}() {{\n{check}\n}}\n"));
+    }
+    let run_checks = |script: &mut String, when: &str| {
+        for (i, (name, _)) in checks.iter().enumerate() {
+            script.push_str(&format!(
+                "echo '== {when} {name}'; ( check_{i} ) >/dev/null 2>&1 && echo yes || echo no\n"
+            ));
+        }
+    };
+    run_checks(&mut script, "on");
+    script.push_str(
+        "echo '== revert'; kstack --config /etc/kstack/none.toml sync 2>&1; echo \"rc=$?\"\n\
+         echo '== after'; ls /sys/kernel/livepatch | wc -w\n",
+    );
+    run_checks(&mut script, "off");
+    let run = vm.run(&script).unwrap();
+    let s = sections(&run.stdout);
+    let ctx = || {
+        format!(
+            "{}\n--- stderr\n{}\n--- console\n{}",
+            run.stdout, run.stderr, run.console
+        )
+    };
+    assert!(s["sync"].contains("rc=0"), "{}", ctx());
+    for (name, _) in &checks {
+        assert_eq!(
+            s[&format!("on {name}")].trim(),
+            "yes",
+            "{name} not active\n{}",
+            ctx()
+        );
+        assert_eq!(
+            s[&format!("off {name}")].trim(),
+            "no",
+            "{name} still active\n{}",
+            ctx()
+        );
+    }
+    assert!(s["revert"].contains("rc=0"), "{}", ctx());
+    assert_eq!(s["after"].trim(), "0", "{}", ctx());
+    assert!(!run.console.contains("Oops"), "{}", ctx());
+    assert!(!run.console.contains("BUG:"), "{}", ctx());
+}
