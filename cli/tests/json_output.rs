@@ -66,7 +66,7 @@ fn commit_of_a_module() {
     assert_eq!(code, 0);
     insta::assert_snapshot!(json, @r#"
     {
-      "commit": "dfd990ae9802e14047669e3ce80fa987d86ff966",
+      "commit": "e31548953193005b77d54167f4f0e11c6c618bff",
       "parent": null,
       "stack": {
         "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
@@ -87,6 +87,12 @@ fn commit_of_a_module() {
         "signed_at": "2023-11-14T22:13:20Z",
         "expires": "2023-12-14T22:13:20Z",
         "expired": true
+      },
+      "cumulative": {
+        "module_name": null,
+        "patches": [],
+        "functions": [],
+        "none_reason": "patch fix-cmdline is a prebuilt module (commit --module), which kstack cannot build into a cumulative module"
       }
     }
     "#);
@@ -113,9 +119,9 @@ fn log() {
       },
       "commits": [
         {
-          "id": "3fc00d9703d38137eb6801eb3ea01725106f153d",
+          "id": "66a8b96af8bcbce4b941a8f09f02dcf6c90a8249",
           "parents": [
-            "1652c283fea791871617c006d5b58ef19b763ba5"
+            "809855c13b18e2eadfeca06f67bd255d685acc45"
           ],
           "author": "Test Author",
           "email": "test@example.invalid",
@@ -143,14 +149,14 @@ fn show() {
     assert_eq!(code, 0);
     insta::assert_snapshot!(json, @r#"
     {
-      "commit": "1652c283fea791871617c006d5b58ef19b763ba5",
+      "commit": "809855c13b18e2eadfeca06f67bd255d685acc45",
       "parents": [],
       "stack": {
         "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
         "name": "prod",
         "kernel_release": "6.1.0-56-cloud-amd64"
       },
-      "stack_sha256": "9a740bb21063d91669ca69f1cbc03c032febd3be416a8143503c9b5bead7e95c",
+      "stack_sha256": "94789df40e96943926a0e3f549236b5836b4a8e6ba8c9af53b5a6e144887eba3",
       "author": "Test Author",
       "email": "test@example.invalid",
       "time": "2023-11-14T22:13:20Z",
@@ -213,7 +219,7 @@ fn verify() {
       "results": [
         {
           "rev": "3b43fad5034874490492495d552c0af6a5fab235/prod",
-          "commit": "3fc00d9703d38137eb6801eb3ea01725106f153d",
+          "commit": "66a8b96af8bcbce4b941a8f09f02dcf6c90a8249",
           "ok": true,
           "patches": 2,
           "history": 2,
@@ -242,9 +248,9 @@ fn verify() {
       "results": [
         {
           "rev": "3b43fad5034874490492495d552c0af6a5fab235/prod",
-          "commit": "3fc00d9703d38137eb6801eb3ea01725106f153d",
+          "commit": "66a8b96af8bcbce4b941a8f09f02dcf6c90a8249",
           "ok": false,
-          "error": "commit 3fc00d9703d3: signed by ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61, which is not a trusted key"
+          "error": "commit 66a8b96af8bc: signed by ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61, which is not a trusted key"
         }
       ],
       "failed": 1
@@ -263,7 +269,7 @@ fn stacks() {
         {
           "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
           "name": "prod",
-          "head": "3fc00d9703d38137eb6801eb3ea01725106f153d",
+          "head": "66a8b96af8bcbce4b941a8f09f02dcf6c90a8249",
           "time": "2023-11-14T22:13:20Z",
           "summary": "add fix-meminfo",
           "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
@@ -282,8 +288,8 @@ fn revert() {
     assert_eq!(code, 0);
     insta::assert_snapshot!(json, @r#"
     {
-      "commit": "102a00177d00c93b350c199d6338f6da0df95b6d",
-      "parent": "3fc00d9703d38137eb6801eb3ea01725106f153d",
+      "commit": "ce612fcdf34de491de1cc477c5cc5aee5347433a",
+      "parent": "66a8b96af8bcbce4b941a8f09f02dcf6c90a8249",
       "stack": {
         "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
         "name": "prod"
@@ -328,13 +334,13 @@ fn approve_and_renew() {
     assert_eq!(code, 0);
     insta::assert_snapshot!(json, @r#"
     {
-      "commit": "e05729d357c125e6003d89245b41254ebeb7d64b",
-      "replaces": "3fc00d9703d38137eb6801eb3ea01725106f153d",
+      "commit": "7d385ad7cd8f195db396a6fa7855832c0a0b1024",
+      "replaces": "66a8b96af8bcbce4b941a8f09f02dcf6c90a8249",
       "stack": {
         "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
         "name": "prod"
       },
-      "stack_sha256": "aff424b0417814257176f1aea9ff81c8b4ebd2f3e656113d872948f0448424c9",
+      "stack_sha256": "e8aa7c5357d86b7a5853d6ed0a0d09c3987e4ce8d2127e336d42534ac01e5ecf",
       "signers": [
         {
           "key": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
@@ -358,8 +364,8 @@ fn approve_and_renew() {
     assert_eq!(code, 0);
     insta::assert_snapshot!(json, @r#"
     {
-      "commit": "96dad87b5a751a15557fd9468460e499c15dfa94",
-      "parent": "e05729d357c125e6003d89245b41254ebeb7d64b",
+      "commit": "42c7992107342ea6b491e8c15ba9ee1af6d63c82",
+      "parent": "7d385ad7cd8f195db396a6fa7855832c0a0b1024",
       "stack": {
         "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
         "name": "prod"
@@ -389,7 +395,7 @@ fn pull() {
           "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
           "name": "prod",
           "old": null,
-          "new": "3fc00d9703d38137eb6801eb3ea01725106f153d",
+          "new": "66a8b96af8bcbce4b941a8f09f02dcf6c90a8249",
           "outcome": "updated"
         }
       ]
@@ -554,7 +560,7 @@ fn promote_and_the_log_of_a_promotion() {
     assert_eq!(code, 0);
     insta::assert_snapshot!(json, @r#"
     {
-      "commit": "2dc5a5fc87733772c301b4a1ada1e98de8b4e78e",
+      "commit": "644294b41f92091e8dc91dd5122451163719dc3a",
       "parent": null,
       "stack": {
         "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
@@ -562,7 +568,7 @@ fn promote_and_the_log_of_a_promotion() {
       },
       "promoted_from": {
         "stack": "prod",
-        "commit": "3fc00d9703d38137eb6801eb3ea01725106f153d"
+        "commit": "66a8b96af8bcbce4b941a8f09f02dcf6c90a8249"
       },
       "changed": true,
       "validity": {
@@ -592,12 +598,12 @@ fn promote_and_the_log_of_a_promotion() {
       },
       "commits": [
         {
-          "id": "2dc5a5fc87733772c301b4a1ada1e98de8b4e78e",
+          "id": "644294b41f92091e8dc91dd5122451163719dc3a",
           "parents": [],
           "author": "Test Author",
           "email": "test@example.invalid",
           "time": "2023-11-14T22:13:20Z",
-          "message": "Promote prod 3fc00d9703d3 to production",
+          "message": "Promote prod 66a8b96af8bc to production",
           "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61",
           "signers": [
             {
@@ -608,7 +614,7 @@ fn promote_and_the_log_of_a_promotion() {
           "trusted": true,
           "promoted_from": {
             "stack": "prod",
-            "commit": "3fc00d9703d38137eb6801eb3ea01725106f153d"
+            "commit": "66a8b96af8bcbce4b941a8f09f02dcf6c90a8249"
           }
         }
       ]

@@ -47,7 +47,7 @@ fn commit_log_show_verify_stacks() {
     let out = env.commit("fix-cmdline", &["cmdline_proc_show"]);
     insta::assert_snapshot!(out, @"
     Committed fix-cmdline to stack prod (3b43fad50348) as patch 0001-fix-cmdline
-      commit   1652c283fea791871617c006d5b58ef19b763ba5
+      commit   809855c13b18e2eadfeca06f67bd255d685acc45
       module   kstack_fix-cmdline for 6.1.0-56-cloud-amd64
       replaces vmlinux:cmdline_proc_show
       cumulative none: patch fix-cmdline is a prebuilt module (commit --module), which kstack cannot build into a cumulative module
@@ -56,14 +56,14 @@ fn commit_log_show_verify_stacks() {
 
     let log = env.ok(&["log"]);
     insta::assert_snapshot!(log, @"
-    commit 3fc00d9703d38137eb6801eb3ea01725106f153d (prod)
+    commit 66a8b96af8bcbce4b941a8f09f02dcf6c90a8249 (prod)
     Author: Test Author <test@example.invalid>
     Date:   2023-11-14T22:13:20Z
     Signer: ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61 (trusted)
 
         add fix-meminfo
 
-    commit 1652c283fea791871617c006d5b58ef19b763ba5
+    commit 809855c13b18e2eadfeca06f67bd255d685acc45
     Author: Test Author <test@example.invalid>
     Date:   2023-11-14T22:13:20Z
     Signer: ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61 (trusted)
@@ -71,10 +71,10 @@ fn commit_log_show_verify_stacks() {
         add fix-cmdline
     ");
     let oneline = env.ok(&["log", "--oneline", "prod~1"]);
-    insta::assert_snapshot!(oneline, @"1652c283fea7 add fix-cmdline");
+    insta::assert_snapshot!(oneline, @"809855c13b18 add fix-cmdline");
     let show = common::stable_windows(&env.ok(&["show"]));
     insta::assert_snapshot!(show, @"
-    commit 3fc00d9703d38137eb6801eb3ea01725106f153d
+    commit 66a8b96af8bcbce4b941a8f09f02dcf6c90a8249
     Stack:  prod for kernel 3b43fad5034874490492495d552c0af6a5fab235 (6.1.0-56-cloud-amd64)
     Author: Test Author <test@example.invalid>
     Date:   2023-11-14T22:13:20Z
@@ -93,7 +93,7 @@ fn commit_log_show_verify_stacks() {
     No cumulative module: patch fix-cmdline is a prebuilt module (commit --module), which kstack cannot build into a cumulative module
     ");
     let verify = common::stable_windows(&env.ok(&["verify"]));
-    insta::assert_snapshot!(verify, @"ok    3b43fad5034874490492495d552c0af6a5fab235/prod 3fc00d9703d3: 2 patch(es), 2 commit(s) of history, signed by ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61; signed 2023-11-14T22:13:20Z, expires 2023-12-14T22:13:20Z (EXPIRED N days ago)");
+    insta::assert_snapshot!(verify, @"ok    3b43fad5034874490492495d552c0af6a5fab235/prod 66a8b96af8bc: 2 patch(es), 2 commit(s) of history, signed by ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61; signed 2023-11-14T22:13:20Z, expires 2023-12-14T22:13:20Z (EXPIRED N days ago)");
     let stacks = env.ok(&["stacks"]);
     assert!(stacks.starts_with(BUILD_ID), "{stacks}");
     assert!(stacks.contains("prod"), "{stacks}");
