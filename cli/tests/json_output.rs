@@ -621,7 +621,7 @@ fn promote_and_the_log_of_a_promotion() {
     }
     "#);
     let text = env.ok(&["log", "--oneline", "production"]);
-    assert!(text.contains("[from prod 3fc00d9703d3]"), "{text}");
+    assert!(text.contains("[from prod 66a8b96af8bc]"), "{text}");
     let (_, show) = env.json(&["show", "production"]);
     let v: serde_json::Value = serde_json::from_str(&show).unwrap();
     assert_eq!(v["promoted_from"]["stack"], "prod");
