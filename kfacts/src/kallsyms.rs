@@ -13,6 +13,7 @@
 //! the same order, so the two cannot disagree.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::livepatch::VMLINUX;
 use crate::symbols::{TEXT_END, TEXT_START};
@@ -58,13 +59,50 @@ pub enum KallsymsError {
     Unprivileged,
 }
 
+/// A fast, non-cryptographic hasher for symbol names (FxHash's multiply-rotate):
+/// the index is built on every sync, from about 90,000 names, and the names are the
+/// running kernel's own, not an adversary's.
+#[derive(Debug, Default, Clone, Copy)]
+struct NameHasher(u64);
+
+impl Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().expect("chunks of 8"));
+            self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+fn name_hash(name: &str) -> u64 {
+    let mut h = NameHasher::default();
+    h.write(name.as_bytes());
+    h.finish()
+}
+
+/// No entry (the end of a chain).
+const NONE: u32 = u32::MAX;
+
 /// kallsyms, indexed by object and name and by address.
 #[derive(Debug, Clone, Default)]
 pub struct KallsymsIndex {
     /// In kallsyms order.
     syms: Vec<Ksym>,
-    /// Every entry of a name, in kallsyms order (all objects).
-    by_name: HashMap<String, Vec<usize>>,
+    /// The first entry of each name hash; the entries of a hash are chained through
+    /// `next` in kallsyms order. Built without copying a name, since the index is
+    /// built on every sync (a `HashMap<String, Vec<usize>>` made two allocations per
+    /// symbol). Lookups compare the names: a shared hash only lengthens a chain.
+    by_name: HashMap<u64, u32, BuildHasherDefault<NameHasher>>,
+    next: Vec<u32>,
     /// Every entry, sorted by address.
     by_addr: Vec<usize>,
     text: Option<(u64, u64)>,
@@ -105,15 +143,21 @@ impl KallsymsIndex {
 
     /// From entries in kallsyms order.
     pub fn from_symbols(syms: Vec<Ksym>) -> KallsymsIndex {
-        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, s) in syms.iter().enumerate() {
-            by_name.entry(s.name.clone()).or_default().push(i);
+        let mut by_name: HashMap<u64, u32, BuildHasherDefault<NameHasher>> =
+            HashMap::with_capacity_and_hasher(syms.len(), BuildHasherDefault::default());
+        let mut next = vec![NONE; syms.len()];
+        // Chained from the back, so each chain runs in kallsyms order.
+        for (i, s) in syms.iter().enumerate().rev() {
+            let head = by_name.entry(name_hash(&s.name)).or_insert(NONE);
+            next[i] = *head;
+            *head = i as u32;
         }
         let mut by_addr: Vec<usize> = (0..syms.len()).collect();
         by_addr.sort_by_key(|&i| (syms[i].addr, i));
         let mut index = KallsymsIndex {
             syms,
             by_name,
+            next,
             by_addr,
             text: None,
         };
@@ -147,12 +191,27 @@ impl KallsymsIndex {
         object: &'a str,
         name: &str,
     ) -> impl Iterator<Item = (usize, &'a Ksym)> {
-        self.by_name
-            .get(name)
-            .into_iter()
-            .flatten()
-            .map(|&i| (i, &self.syms[i]))
+        self.all_named(name)
             .filter(move |(_, s)| s.object() == object)
+    }
+
+    /// Every entry named `name` (all objects), in kallsyms order.
+    fn all_named<'a>(&'a self, name: &str) -> impl Iterator<Item = (usize, &'a Ksym)> {
+        let mut at = self
+            .by_name
+            .get(&name_hash(name))
+            .copied()
+            .unwrap_or(NONE);
+        std::iter::from_fn(move || {
+            while at != NONE {
+                let i = at as usize;
+                at = self.next[i];
+                if self.syms[i].name == name {
+                    return Some((i, &self.syms[i]));
+                }
+            }
+            None
+        })
     }
 
     /// The entries a reference to `name` from code of `object` can mean: the
@@ -167,12 +226,7 @@ impl KallsymsIndex {
         if !vmlinux.is_empty() {
             return vmlinux;
         }
-        self.by_name
-            .get(name)
-            .into_iter()
-            .flatten()
-            .map(|&i| &self.syms[i])
-            .collect()
+        self.all_named(name).map(|(_, s)| s).collect()
     }
 
     /// Whether kallsyms lists any symbol of `object` (a module is loaded).
@@ -239,13 +293,15 @@ impl KallsymsIndex {
 
     /// Names with more than one entry in `object`: where `sympos` matters.
     pub fn ambiguous_names<'a>(&'a self, object: &'a str) -> impl Iterator<Item = &'a str> {
-        self.by_name.iter().filter_map(move |(name, list)| {
-            (list
-                .iter()
-                .filter(|&&i| self.syms[i].object() == object)
-                .count()
-                > 1)
-            .then_some(name.as_str())
+        // Each name once: at its first entry in the object.
+        self.syms.iter().enumerate().filter_map(move |(i, s)| {
+            if s.object() != object {
+                return None;
+            }
+            let mut same = self
+                .named_in_indexed(object, &s.name)
+                .map(|(index, _)| index);
+            (same.next() == Some(i) && same.next().is_some()).then_some(s.name.as_str())
         })
     }
 }
