@@ -197,11 +197,7 @@ impl KallsymsIndex {
 
     /// Every entry named `name` (all objects), in kallsyms order.
     fn all_named<'a>(&'a self, name: &str) -> impl Iterator<Item = (usize, &'a Ksym)> {
-        let mut at = self
-            .by_name
-            .get(&name_hash(name))
-            .copied()
-            .unwrap_or(NONE);
+        let mut at = self.by_name.get(&name_hash(name)).copied().unwrap_or(NONE);
         std::iter::from_fn(move || {
             while at != NONE {
                 let i = at as usize;
