@@ -172,7 +172,7 @@ impl Livepatch for Sysfs {
     }
 
     /// Polls `transition` every [`TRANSITION_POLL`]; a patch whose directory is gone
-    /// (a disabled patch's is removed) has finished.
+    /// or going (a disabled patch's is removed) has finished.
     fn wait_transition(
         &self,
         module: &str,
@@ -185,7 +185,15 @@ impl Livepatch for Sysfs {
             match std::fs::read_to_string(&path) {
                 Ok(text) if text.trim() == "0" => return Ok(()),
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                // A patch being freed: its directory goes (ENOENT), or its
+                // attributes stop answering while the kobject is torn down (ENODEV,
+                // seen after a reversed enable on the test kernel).
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(nix::Error::ENODEV as i32) =>
+                {
+                    return Ok(());
+                }
                 Err(e) => return Err(io_err(&path)(e)),
             }
             if start.elapsed() >= timeout {
