@@ -242,16 +242,20 @@ mod hex_bytes {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;
-        let text: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-        if !text.len().is_multiple_of(2) {
+        // Digits are taken as bytes, not as a string slice: a multi-byte
+        // character must be an error, never a split inside it (found by fuzzing).
+        let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        if !digits.len().is_multiple_of(2) {
             return Err(serde::de::Error::custom("odd number of hex digits"));
         }
-        (0..text.len())
-            .step_by(2)
-            .map(|i| {
-                u8::from_str_radix(&text[i..i + 2], 16)
-                    .map_err(|e| serde::de::Error::custom(format!("bad hex: {e}")))
-            })
+        let nibble = |b: u8| {
+            (b as char)
+                .to_digit(16)
+                .ok_or_else(|| serde::de::Error::custom(format!("bad hex digit {:?}", b as char)))
+        };
+        digits
+            .chunks_exact(2)
+            .map(|pair| Ok((nibble(pair[0])? * 16 + nibble(pair[1])?) as u8))
             .collect()
     }
 }
