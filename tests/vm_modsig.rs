@@ -40,7 +40,8 @@ fn commit_module(store: &CliStore, stack: &str, name: &str, ko: &Path) {
     );
 }
 
-/// `kstack commit DIFF --stack STACK`, with `[build]` signing by `signing` if given.
+/// `kstack commit DIFF --stack STACK`, with `[build]` signing by `signing` if given;
+/// the name of the module sync loads.
 fn commit_diff(store: &CliStore, stack: &str, signing: Option<&(PathBuf, PathBuf)>) -> String {
     let config = store.dir.path().join(format!("build-{stack}.toml"));
     let mut text = String::new();
@@ -63,7 +64,12 @@ fn commit_diff(store: &CliStore, stack: &str, signing: Option<&(PathBuf, PathBuf
             .arg(&store.key),
     );
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    v["patch"]["module_name"].as_str().unwrap().to_owned()
+    // Sync loads the stack's cumulative module (replace mode, the default): it is
+    // built and signed with the patch's own.
+    v["cumulative"]["module_name"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no cumulative module: {v}"))
+        .to_owned()
 }
 
 fn sync_script(stacks: &[&str]) -> String {
