@@ -343,19 +343,21 @@ fn a_second_build_of_a_unit_reuses_its_records_and_builds_the_same_code() {
     let (first, kbuild_module) = build(&["--no-cache"]);
     assert!(
         first.contains("0 of 1 unit(s) before the change kept")
-            && first.contains("compiled by kbuild in a copy of the tree"),
+            && first.contains("compiled by kbuild in a copy of the tree")
+            && first.contains("module linked by kbuild"),
         "{first}"
     );
     let (second, recorded_module) = build(&[]);
     assert!(
         second.contains("1 of 1 unit(s) before the change kept")
-            && second.contains("compiled with the commands kbuild ran before"),
+            && second.contains("compiled with the commands kbuild ran before")
+            && second.contains("module linked with the commands kbuild ran before"),
         "{second}"
     );
     assert_eq!(
         without_build_id(&kbuild_module),
         without_build_id(&recorded_module),
-        "the recorded compile built other code than kbuild"
+        "the recorded compile and link built other code than kbuild"
     );
     let written = newer_files(&source, started);
     assert!(

@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::modlink;
+
 /// An out-of-tree module to build.
 #[derive(Debug, Clone)]
 pub struct ModuleSpec {
@@ -75,6 +77,87 @@ pub fn build_module_with(
     build_dir: &Path,
     options: &Options,
 ) -> Result<PathBuf, KbuildError> {
+    stage(kernel_dir, spec, build_dir)?;
+    let ko = run_kbuild(kernel_dir, spec, build_dir, options)?;
+    strip(&ko, &spec.name)?;
+    Ok(ko)
+}
+
+/// How [`link_module`] linked a module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Linked {
+    /// By kbuild (and its commands were recorded for the next link, when they could be).
+    Kbuild,
+    /// With the commands a kbuild link for the kernel recorded ([`modlink`]).
+    Recorded,
+    /// By kbuild, after a recorded command failed (the step and its output).
+    KbuildAfter(String),
+}
+
+/// [`build_module_with`] for a module built in `tree`: linked with the commands an
+/// earlier kbuild link for the kernel recorded in `records` when `replay` is set and
+/// there are some for the module's flags, else by kbuild, whose commands are then
+/// recorded.
+pub fn link_module(
+    kernel_dir: &Path,
+    spec: &ModuleSpec,
+    build_dir: &Path,
+    options: &Options,
+    tree: &Path,
+    records: &modlink::LinkRecords,
+    replay: bool,
+) -> Result<(PathBuf, Linked), KbuildError> {
+    let objects = stage(kernel_dir, spec, build_dir)?;
+    let names = modlink::LinkNames {
+        tree,
+        module: &spec.name,
+        build_dir,
+    };
+    let key = format!(
+        "{} modpost_warn={}",
+        spec.ccflags.join(" "),
+        options.modpost_warn
+    );
+    let mut linked = Linked::Kbuild;
+    if let Some(recipe) = Some(records)
+        .filter(|_| replay)
+        .and_then(modlink::LinkRecords::recipe)
+        .filter(|r| r.fits(&key, &names))
+    {
+        match recipe.link(kernel_dir, &names, &objects) {
+            Ok(ko) => {
+                strip(&ko, &spec.name)?;
+                return Ok((ko, Linked::Recorded));
+            }
+            Err(failed) => {
+                // kbuild starts over in a clean directory.
+                std::fs::remove_dir_all(build_dir).map_err(|source| KbuildError::Io {
+                    path: build_dir.to_owned(),
+                    source,
+                })?;
+                stage(kernel_dir, spec, build_dir)?;
+                linked = Linked::KbuildAfter(failed.to_string());
+            }
+        }
+    }
+    let ko = run_kbuild(kernel_dir, spec, build_dir, options)?;
+    if let Some((c_object, _)) = objects.iter().find(|(_, compiled)| *compiled) {
+        // A record is an optimisation: one that cannot be written costs the next
+        // link a kbuild pass, never this one its result.
+        let _ = records.record(&names, c_object, &key);
+    }
+    strip(&ko, &spec.name)?;
+    Ok((ko, linked))
+}
+
+/// Checks `spec` and puts its sources and `Kbuild` file in `build_dir`; returns its
+/// objects in link order, by stem, each with whether it is compiled from C (else
+/// prebuilt).
+fn stage(
+    kernel_dir: &Path,
+    spec: &ModuleSpec,
+    build_dir: &Path,
+) -> Result<Vec<(String, bool)>, KbuildError> {
     if !kernel_dir.join("Makefile").is_file() {
         return Err(KbuildError::NoHeaders(kernel_dir.to_owned()));
     }
@@ -103,9 +186,9 @@ pub fn build_module_with(
         })?;
         let name = file_name.to_str().unwrap_or_default();
         if let Some(stem) = name.strip_suffix(".c") {
-            objects.push(format!("{stem}.o"));
+            objects.push((stem.to_owned(), true));
         } else if let Some(stem) = name.strip_suffix(".o_shipped") {
-            objects.push(format!("{stem}.o"));
+            objects.push((stem.to_owned(), false));
             // modpost reads every object's .cmd file (for the module's srcversion);
             // a prebuilt object has no source to list.
             let cmd = build_dir.join(format!(".{stem}.o.cmd"));
@@ -118,13 +201,26 @@ pub fn build_module_with(
             name: spec.name.clone(),
         });
     }
-    let kbuild = kbuild_file(&spec.name, &objects, &spec.ccflags);
+    let object_files: Vec<String> = objects
+        .iter()
+        .map(|(stem, _)| format!("{stem}.o"))
+        .collect();
+    let kbuild = kbuild_file(&spec.name, &object_files, &spec.ccflags);
     let kbuild_path = build_dir.join("Kbuild");
     std::fs::write(&kbuild_path, kbuild).map_err(|source| KbuildError::Io {
         path: kbuild_path,
         source,
     })?;
+    Ok(objects)
+}
 
+/// `make -C <kernel_dir> M=<build_dir> modules`; the `.ko`'s path.
+fn run_kbuild(
+    kernel_dir: &Path,
+    spec: &ModuleSpec,
+    build_dir: &Path,
+    options: &Options,
+) -> Result<PathBuf, KbuildError> {
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut make = Command::new("make");
     make.arg("-C")
@@ -147,18 +243,22 @@ pub fn build_module_with(
             output,
         });
     }
+    Ok(ko)
+}
+
+fn strip(ko: &Path, name: &str) -> Result<(), KbuildError> {
     let strip = Command::new("strip")
         .args(STRIP_ARGS)
-        .arg(&ko)
+        .arg(ko)
         .output()
         .map_err(KbuildError::Make)?;
     if !strip.status.success() {
         return Err(KbuildError::Compile {
-            name: spec.name.clone(),
+            name: name.to_owned(),
             output: format!("strip: {}", String::from_utf8_lossy(&strip.stderr)),
         });
     }
-    Ok(ko)
+    Ok(())
 }
 
 /// The `Kbuild` file for one module made of `objects`.

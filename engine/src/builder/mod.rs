@@ -9,6 +9,7 @@
 //!   translation units with the kernel's flags.
 //! - [`deps`]: which translation units a header change reaches.
 //! - [`kbuild`]: linking a module with the kernel's own kbuild.
+//! - [`modlink`]: linking one again with the commands kbuild ran, without a kbuild pass.
 //! - [`symbols`]: the target kernel's symbols, as the livepatch writer resolves them.
 //! - [`pipeline`]: the whole build of one patch.
 //! - [`sign`]: signing the final module with the kernel's `sign-file`.
@@ -23,6 +24,7 @@ pub mod deps;
 pub mod diff;
 pub mod kbuild;
 pub mod klp;
+pub mod modlink;
 pub mod pipeline;
 pub mod sign;
 pub mod source;

@@ -15,6 +15,7 @@ use super::assets::Kernel;
 use super::diff::{self, DiffOptions, DiffReport, Status};
 use super::kbuild;
 use super::klp;
+use super::modlink::LinkRecords;
 use super::sign::{ModuleSigner, SignError};
 use super::symbols::{KernelSymbols, SymbolsError};
 use super::tree::{self, EXTRA_CFLAGS, TreeError, WorkTree};
@@ -198,18 +199,26 @@ pub struct Reused {
     /// Whether the units were compiled with their recorded commands in a tree of
     /// links, rather than by kbuild in a full copy of the tree.
     pub recorded_commands: bool,
+    /// Whether the module was linked with the commands an earlier kbuild link
+    /// recorded ([`super::modlink`]), rather than by kbuild.
+    pub recorded_link: bool,
 }
 
 impl Reused {
     pub fn describe(&self) -> String {
         format!(
-            "{} of {} unit(s) before the change kept from an earlier build; {}",
+            "{} of {} unit(s) before the change kept from an earlier build; {}; {}",
             self.pre_objects,
             self.units,
             if self.recorded_commands {
                 "compiled with the commands kbuild ran before, in a tree of links"
             } else {
                 "compiled by kbuild in a copy of the tree"
+            },
+            if self.recorded_link {
+                "module linked with the commands kbuild ran before"
+            } else {
+                "module linked by kbuild"
             }
         )
     }
@@ -553,10 +562,11 @@ fn build_job(
             pre_objects.insert(unit.clone(), object);
         }
     }
-    let reused = Reused {
+    let mut reused = Reused {
         pre_objects: units.len() - to_compile.len(),
         units: units.len(),
         recorded_commands: recorded.is_some(),
+        recorded_link: false,
     };
     for (what, diff) in &req.changes {
         tree.apply(diff, what)?;
@@ -810,7 +820,8 @@ fn build_job(
         ccflags: vec![format!("-I{}", module_dir.join("include").display())],
     };
     let built_dir = tree.path().join(".kstack/kbuild");
-    let ko = kbuild::build_module_with(
+    let link_records = LinkRecords::new(req.kernel.dir());
+    let (ko, linked) = kbuild::link_module(
         &req.kernel.headers(),
         &spec,
         &built_dir,
@@ -819,7 +830,17 @@ fn build_job(
             // post-link step turns them into livepatch relocations.
             modpost_warn: true,
         },
+        tree.path(),
+        &link_records,
+        // With --no-cache kbuild links, and records its commands for the next build.
+        req.reuse,
     )?;
+    reused.recorded_link = linked == kbuild::Linked::Recorded;
+    if let kbuild::Linked::KbuildAfter(failed) = linked {
+        notes.push(format!(
+            "the module was linked by kbuild: a recorded link command failed ({failed})"
+        ));
+    }
     let linked = std::fs::read(&ko).map_err(io(&ko))?;
     let module = klp::post_link_applied(&linked, &applied_with)
         .map_err(|e| BuildError::PostLink(Box::new(e)))?
