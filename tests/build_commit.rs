@@ -317,14 +317,30 @@ fn a_change_that_compiles_to_identical_code_makes_no_patch() {
 
 /// A unit built once for a kernel is built again from what that build recorded: its
 /// pre object (the same for every patch on the same base) and kbuild's compile
-/// command, run in a tree of links instead of a full copy. The module is the same
-/// code as kbuild's, and neither build writes into the kernel's prepared tree.
+/// command, run in a tree of links instead of a full copy; the same change again also
+/// takes its post object. The module is the same code as kbuild's, and no build
+/// writes into the kernel's prepared tree.
 #[test]
 fn a_second_build_of_a_unit_reuses_its_records_and_builds_the_same_code() {
     let source = kernel().source().expect("run `cargo xtask setup`");
     let started = std::time::SystemTime::now();
     let patch = example_patch("0004-loadavg-running-percent.diff");
-    let build = |extra: &[&str]| {
+    // The same change in other bytes (a line of this run in the message): a diff no
+    // earlier build made a post object for, so the recorded compile runs.
+    let text = std::fs::read_to_string(&patch).unwrap();
+    let (subject, rest) = text.split_once("\n\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let variant = dir.path().join("0004-loadavg-running-percent.diff");
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    std::fs::write(
+        &variant,
+        format!("{subject}\n\nBuilt by the test run {nonce}.\n\n{rest}"),
+    )
+    .unwrap();
+    let build = |patch: &std::path::Path, extra: &[&str]| {
         let store = CliStore::new();
         let out = kstack_tests::kstack_cli()
             .arg("--store")
@@ -332,32 +348,55 @@ fn a_second_build_of_a_unit_reuses_its_records_and_builds_the_same_code() {
             .args(["commit", "--stack", "reuse", "--key"])
             .arg(&store.key)
             .args(extra)
-            .arg(&patch)
+            .arg(patch)
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{stderr}");
+        // What it reports, then `  module   kstack_<hex> for <release>`.
+        let text = format!("{stderr}{}", String::from_utf8_lossy(&out.stdout));
+        let name = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("module"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no module named in {text}"))
+            .to_owned();
         let module = stored_module(&store.store);
-        (stderr, module)
+        (text, module, name)
     };
-    let (first, kbuild_module) = build(&["--no-cache"]);
+    let (first, kbuild_module, kbuild_name) = build(&patch, &["--no-cache"]);
     assert!(
-        first.contains("0 of 1 unit(s) before the change kept")
+        first.contains("0 of 1 unit(s) before the change and 0 after it kept")
             && first.contains("compiled by kbuild in a copy of the tree")
             && first.contains("module linked by kbuild"),
         "{first}"
     );
-    let (second, recorded_module) = build(&[]);
+    let (second, recorded_module, recorded_name) = build(&variant, &[]);
     assert!(
-        second.contains("1 of 1 unit(s) before the change kept")
+        second.contains("1 of 1 unit(s) before the change and 0 after it kept")
             && second.contains("compiled with the commands kbuild ran before")
             && second.contains("module linked with the commands kbuild ran before"),
         "{second}"
     );
+    // Another diff is another module name; everything else is the same.
     assert_eq!(
         without_build_id(&kbuild_module),
-        without_build_id(&recorded_module),
+        renamed(
+            &without_build_id(&recorded_module),
+            &recorded_name,
+            &kbuild_name
+        ),
         "the recorded compile and link built other code than kbuild"
+    );
+    let (third, kept_module, _) = build(&patch, &[]);
+    assert!(
+        third.contains("1 of 1 unit(s) before the change and 1 after it kept"),
+        "{third}"
+    );
+    assert_eq!(
+        without_build_id(&kbuild_module),
+        without_build_id(&kept_module),
+        "the kept objects built other code than kbuild"
     );
     let written = newer_files(&source, started);
     assert!(
@@ -366,7 +405,22 @@ fn a_second_build_of_a_unit_reuses_its_records_and_builds_the_same_code() {
     );
 }
 
-/// The module of the only patch of the only stack of `store`.
+/// `module` with every occurrence of the name `from` written as `to` (same length).
+fn renamed(module: &[u8], from: &str, to: &str) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let mut bytes = module.to_vec();
+    let mut at = 0;
+    while let Some(pos) = bytes[at..]
+        .windows(from.len())
+        .position(|w| w == from.as_bytes())
+    {
+        bytes[at + pos..at + pos + to.len()].copy_from_slice(to.as_bytes());
+        at += pos + to.len();
+    }
+    bytes
+}
+
+/// The module of the only patch of the only stack of `store` (not its cumulative one).
 fn stored_module(store: &std::path::Path) -> Vec<u8> {
     let git = |args: &[&str]| {
         let out = std::process::Command::new("git")
@@ -382,7 +436,10 @@ fn stored_module(store: &std::path::Path) -> Vec<u8> {
         String::from_utf8(git(&["for-each-ref", "--format=%(refname)", "refs/kstack"])).unwrap();
     let head = refs.lines().next().unwrap().to_owned();
     let files = String::from_utf8(git(&["ls-tree", "-r", "--name-only", &head])).unwrap();
-    let module = files.lines().find(|f| f.ends_with("/module.ko")).unwrap();
+    let module = files
+        .lines()
+        .find(|f| f.starts_with("patches/") && f.ends_with("/module.ko"))
+        .unwrap_or_else(|| panic!("no patch module in {files}"));
     git(&["show", &format!("{head}:{module}")])
 }
 

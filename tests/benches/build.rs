@@ -1,7 +1,9 @@
 //! Benchmark: building each example patch with `kstack commit`, whole processes,
 //! with wall time, CPU time and peak memory: first with `--no-cache` (kbuild in a
 //! full copy of the tree, as the first build of a unit for a kernel is), then warm
-//! (from the records that build left: the pre object and the recorded compile), in
+//! (a new fix to that unit: the patch with a line of the run added to its message,
+//! built from the records that build left: the pre object, the recorded compile and
+//! the recorded module link; the stack's cumulative module included), in
 //! turn with the baseline, kbuild compiling the patch's unit once in a tree where it
 //! compiled it before, and their ratio pair by pair; cold (a fresh cache: fetch and
 //! prepare the tree first); and, when asked, compiling all of vmlinux with the same
@@ -129,9 +131,13 @@ fn main() {
         measure(&mut compile_unit());
         // Warm builds (each on a fresh stack) and the unit's compile, in turn.
         let mut pairs = Vec::new();
-        for _ in 0..runs {
+        for run in 0..runs {
             let store = CliStore::new();
-            let (wall, cpu, rss) = measure(&mut commit(&store, "bench", patch, None));
+            // A new fix to a unit built before: the same change in other bytes, so
+            // its pre object is kept but its post object must be compiled (the same
+            // diff again would take that from the cache too).
+            let variant = variant_of(patch, run, parent.path());
+            let (wall, cpu, rss) = measure(&mut commit(&store, "bench", &variant, None));
             let (unit_wall, _, _) = measure(&mut compile_unit());
             pairs.push((wall, cpu, rss, unit_wall));
         }
@@ -203,6 +209,34 @@ fn main() {
             mean / (2.0 * cpu)
         );
     }
+}
+
+/// `patch` with a line of this run added to its message, in `dir` under the same
+/// file name (the patch's name).
+fn variant_of(patch: &Path, run: usize, dir: &Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(patch).unwrap();
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let diff_start = text
+        .find("diff --git")
+        .or_else(|| text.find("--- "))
+        .unwrap();
+    let body = match text.find("\n\n").filter(|&at| at < diff_start) {
+        // After the subject line, which names the patch.
+        Some(at) => format!(
+            "{}\n\nBench run {run}, {nonce}.{}",
+            &text[..at],
+            &text[at..]
+        ),
+        None => format!("Bench run {run}, {nonce}.\n\n{text}"),
+    };
+    let dir = dir.join(format!("variant-{run}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(patch.file_name().unwrap());
+    std::fs::write(&path, body).unwrap();
+    path
 }
 
 /// The unit (object path) of a one-file fix.

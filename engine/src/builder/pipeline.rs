@@ -196,6 +196,9 @@ pub struct Reused {
     pub pre_objects: usize,
     /// Units the build compiled.
     pub units: usize,
+    /// Units whose post object was kept from an earlier build (for a cumulative
+    /// module: from its newest patch's build).
+    pub post_objects: usize,
     /// Whether the units were compiled with their recorded commands in a tree of
     /// links, rather than by kbuild in a full copy of the tree.
     pub recorded_commands: bool,
@@ -207,9 +210,10 @@ pub struct Reused {
 impl Reused {
     pub fn describe(&self) -> String {
         format!(
-            "{} of {} unit(s) before the change kept from an earlier build; {}; {}",
+            "{} of {} unit(s) before the change and {} after it kept from earlier builds; {}; {}",
             self.pre_objects,
             self.units,
+            self.post_objects,
             if self.recorded_commands {
                 "compiled with the commands kbuild ran before, in a tree of links"
             } else {
@@ -567,15 +571,64 @@ fn build_job(
         units: units.len(),
         recorded_commands: recorded.is_some(),
         recorded_link: false,
+        post_objects: 0,
     };
     for (what, diff) in &req.changes {
         tree.apply(diff, what)?;
     }
     enter(Phase::Post, &mut timings);
-    let post_paths = match &recorded {
-        Some(commands) => tree.compile_recorded(commands, &out.join("post"))?,
-        None => tree.compile(&units, &out.join("post"))?,
-    };
+    // A post object is the pre object of a patch that would sit above this change:
+    // kept under the same kind of key, with every diff up to this change. So a
+    // stack's cumulative build takes the post objects its newest patch's build just
+    // made (the same diffs on the same source), and compiles nothing again. Only with
+    // recorded commands: kbuild's path reads its .cmd files of the units it compiles.
+    let after: Vec<&[u8]> = earlier
+        .iter()
+        .copied()
+        .chain(req.changes.iter().map(|(_, d)| d.as_slice()))
+        .collect();
+    let mut post_keys = BTreeMap::new();
+    let mut post_bytes: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for unit in &units {
+        let Some(key) = unit_source(tree.path(), unit)
+            .map(|text| PreKey::new(&kernel_id, &compiler, &after, unit, &text))
+        else {
+            continue;
+        };
+        if req.reuse
+            && recorded.is_some()
+            && let Some(object) = records.pre_object(&key)
+        {
+            post_bytes.insert(unit.clone(), object);
+        }
+        post_keys.insert(unit.clone(), key);
+    }
+    reused.post_objects = post_bytes.len();
+    let post_to_compile: Vec<String> = units
+        .iter()
+        .filter(|u| !post_bytes.contains_key(*u))
+        .cloned()
+        .collect();
+    if !post_to_compile.is_empty() {
+        let paths = match &recorded {
+            Some(commands) => {
+                let needed: Vec<UnitCommand> = commands
+                    .iter()
+                    .filter(|c| post_to_compile.contains(&c.unit))
+                    .cloned()
+                    .collect();
+                tree.compile_recorded(&needed, &out.join("post"))?
+            }
+            None => tree.compile(&post_to_compile, &out.join("post"))?,
+        };
+        for (unit, path) in post_to_compile.iter().zip(&paths) {
+            let object = std::fs::read(path).map_err(io(path))?;
+            if let Some(key) = post_keys.get(unit) {
+                let _ = records.keep_pre_object(key, &object);
+            }
+            post_bytes.insert(unit.clone(), object);
+        }
+    }
     // Which object each unit is part of, as kbuild compiled it: vmlinux or a module.
     let mut objects: BTreeMap<String, String> = BTreeMap::new();
     for unit in &units {
@@ -597,9 +650,12 @@ fn build_job(
     let mut reports = BTreeMap::new();
     let mut post_objects = BTreeMap::new();
     let mut refusals = Vec::new();
-    for (unit, post) in units.iter().zip(&post_paths) {
+    for unit in &units {
         let pre = &pre_objects[unit];
-        let post = std::fs::read(post).map_err(io(post))?;
+        let post = post_bytes.remove(unit).ok_or_else(|| BuildError::Io {
+            path: unit.into(),
+            source: std::io::Error::other("no object after the change"),
+        })?;
         let options = DiffOptions {
             // vmlinux's __init code ran at boot and is gone; a module's runs at load.
             init_code_ran: objects[unit] == VMLINUX_OBJECT,
