@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::kernel::{Goal, KernelError, Livepatch, TRANSITION_POLL};
+use super::kernel::{Goal, KernelError, Livepatch, poll_delay};
 use super::plan::{Plan, Step};
 
 /// The verified bytes of every module a plan (or its undo) may load, by module name.
@@ -356,6 +356,7 @@ pub fn revert(kernel: &dyn Livepatch, module: &str, timeout: Duration) -> Result
 /// module from a work item, so `delete_module` can briefly report it busy.
 pub fn unload(kernel: &dyn Livepatch, module: &str, timeout: Duration) -> Result<(), KernelError> {
     let started = Instant::now();
+    let mut attempt = 0;
     loop {
         match kernel.unload(module) {
             Ok(()) => return Ok(()),
@@ -363,7 +364,8 @@ pub fn unload(kernel: &dyn Livepatch, module: &str, timeout: Duration) -> Result
                 if matches!(errno, nix::Error::EBUSY | nix::Error::EAGAIN)
                     && started.elapsed() < timeout =>
             {
-                std::thread::sleep(TRANSITION_POLL);
+                std::thread::sleep(poll_delay(attempt));
+                attempt += 1;
             }
             Err(e) => return Err(e),
         }

@@ -2,7 +2,7 @@
 //!
 //! Modules are loaded with `finit_module(2)` from a sealed memfd and unloaded with
 //! `delete_module(2)`; patches are enabled and disabled through their `enabled` file;
-//! transitions are polled every [`TRANSITION_POLL`] with a bound, and a stalled one
+//! transitions are polled ([`poll_delay`]: 1 ms at first, then every 10 ms) with a bound, and a stalled one
 //! is reported with the tasks that block it. `force` is never written.
 //!
 //! The layout is the kernel's ABI: `Documentation/ABI/testing/sysfs-kernel-livepatch`
@@ -20,7 +20,7 @@ use kstack_kfacts::livepatch::{
 };
 
 use super::{
-    BlockingTask, Goal, KernelError, Livepatch, LoadedPatch, PatchedObject, TRANSITION_POLL, io_err,
+    BlockingTask, Goal, KernelError, Livepatch, LoadedPatch, PatchedObject, io_err, poll_delay,
 };
 
 /// The environment variable that points [`Sysfs::default`] at another livepatch sysfs
@@ -171,7 +171,7 @@ impl Livepatch for Sysfs {
         write_sysfs(&self.patch_dir(module).join(SYSFS_ENABLED), "1")
     }
 
-    /// Polls `transition` every [`TRANSITION_POLL`]; a patch whose directory is gone
+    /// Polls `transition` ([`poll_delay`]); a patch whose directory is gone
     /// or going (a disabled patch's is removed) has finished.
     fn wait_transition(
         &self,
@@ -181,6 +181,7 @@ impl Livepatch for Sysfs {
     ) -> Result<(), KernelError> {
         let start = Instant::now();
         let path = self.patch_dir(module).join(SYSFS_TRANSITION);
+        let mut attempt = 0;
         loop {
             match std::fs::read_to_string(&path) {
                 Ok(text) if text.trim() == "0" => return Ok(()),
@@ -204,7 +205,8 @@ impl Livepatch for Sysfs {
                     blockers: blocking_tasks(goal),
                 });
             }
-            std::thread::sleep(TRANSITION_POLL);
+            std::thread::sleep(poll_delay(attempt));
+            attempt += 1;
         }
     }
 
