@@ -15,6 +15,8 @@
 //! - [`module`]: a module that is not loaded, laid out as it would be once loaded.
 //! - [`text`]: where the running code comes from: `/proc/kcore`, a kernel image file
 //!   (offline), or bytes in memory (tests, dumps).
+//! - [`sources`]: which of those (or which laid-out module) a function's object is
+//!   compared with.
 //! - [`matcher`]: the comparison and its report.
 //!
 //! The verdict ([`Outcome`]) is one of: matched (with the `sympos` that matched,
@@ -30,6 +32,7 @@
 pub mod before;
 pub mod matcher;
 pub mod module;
+pub mod sources;
 pub mod text;
 
 use std::path::PathBuf;
@@ -44,6 +47,7 @@ pub use matcher::{
     match_by_name, match_function, read_len,
 };
 pub use module::{ModuleImage, ModulesDir};
+pub use sources::CodeSources;
 pub use text::{ImageText, Kcore, KernelText, MemoryText};
 
 /// A patch's `before.toml`: the code each replaced function had in the objects the
