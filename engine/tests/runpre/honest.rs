@@ -363,6 +363,25 @@ fn a_weak_function_overridden_elsewhere_is_reported_as_such() {
 }
 
 #[test]
+fn a_branch_into_the_middle_of_an_instruction_lands_at_the_same_byte() {
+    let fx = fixture("overlap.S");
+    let image = runpre::before_image(&fx.pre, "untrain").unwrap();
+    let mut kernel = Kernel::new();
+    let addrs = kernel.link(&fx.shipped);
+    // The jump back lands one byte into the `test` (at `return_thunk`), as built.
+    matched(&check(&image, &kernel));
+    assert_eq!(addrs["return_thunk"], addrs["untrain"] + 1);
+
+    // The byte offset carries over only into the same instruction: one whose
+    // immediate (the `int3` the thunk ends with) differs is not the object's.
+    kernel.poke(addrs["untrain"] + 2, &[0xcb]);
+    let report = check(&image, &kernel);
+    assert_eq!(report.outcome, Outcome::Differs, "{report}");
+    let (_, d) = report.best_divergence().unwrap();
+    assert_eq!(d.offset, 0, "{report}");
+}
+
+#[test]
 fn same_named_statics_are_told_apart_by_their_code() {
     let a = fixture("statics_a.c");
     let b = fixture("statics_b.c");
