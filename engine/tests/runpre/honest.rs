@@ -382,6 +382,41 @@ fn a_branch_into_the_middle_of_an_instruction_lands_at_the_same_byte() {
 }
 
 #[test]
+fn a_weak_function_another_weak_definition_replaced_is_overridden_with_proof() {
+    let fx = fixture("weak.c");
+    let other = fixture("weak_other.c");
+    let image = runpre::before_image(&fx.pre, "arch_hook").unwrap();
+    let other_image = runpre::before_image(&other.pre, "arch_hook").unwrap();
+    // Both are weak: the linker kept the other file's, which kallsyms lists as `W`.
+    let mut kernel = Kernel::new();
+    kernel.define("g", 0xffff_ffff_8300_0000, 'D');
+    let addrs = kernel.link(&other.shipped);
+    let (text, symbols) = (kernel.text(), kernel.kallsyms());
+    let report = runpre::match_by_name(&image, &text, &symbols);
+    assert_eq!(report.outcome, Outcome::Differs, "{report}");
+    let report = runpre::explain_weak(report, &image, &[other_image.clone()], &text, &symbols);
+    assert_eq!(
+        report.outcome,
+        Outcome::Overridden {
+            addr: addrs["arch_hook"]
+        },
+        "{report}"
+    );
+
+    // Without another definition that matches there, the difference stands: one
+    // that does not match (here the object's own) proves nothing.
+    let report = runpre::match_by_name(&image, &text, &symbols);
+    let report = runpre::explain_weak(report, &image, &[image.clone()], &text, &symbols);
+    assert_eq!(report.outcome, Outcome::Differs, "{report}");
+    // Nor does a strong function's difference become an override.
+    let mut strong = image.clone();
+    strong.binding = Binding::Global;
+    let report = runpre::match_by_name(&strong, &text, &symbols);
+    let report = runpre::explain_weak(report, &strong, &[other_image], &text, &symbols);
+    assert_eq!(report.outcome, Outcome::Differs, "{report}");
+}
+
+#[test]
 fn same_named_statics_are_told_apart_by_their_code() {
     let a = fixture("statics_a.c");
     let b = fixture("statics_b.c");

@@ -175,8 +175,9 @@ pub enum Outcome {
     Matched { sympos: usize, addr: u64 },
     /// Several candidates matched (same-named statics with identical code).
     Ambiguous { sympos: Vec<usize> },
-    /// The object's definition is `__weak` and kallsyms' is another file's strong
-    /// one: the object's code never ran.
+    /// The object's definition is `__weak` and kallsyms' is another file's: a strong
+    /// one, or (shown by [`explain_weak`]) another weak one the linker kept. The
+    /// object's code never ran.
     Overridden { addr: u64 },
     /// `__init` code that the running kernel has freed (its bytes are poison):
     /// nothing runs there, so nothing to compare or to patch.
@@ -328,6 +329,45 @@ pub fn match_by_name(
         .map(|s| s.addr)
         .collect();
     match_function(image, &candidates, text, symbols)
+}
+
+/// Explains a `__weak` definition whose code is not at its name: when every
+/// definition of a name is weak (a header declares it `__weak`, as
+/// `include/linux/perf_event.h` does `arch_perf_update_userpage`), kallsyms lists
+/// the one the linker kept, the first in link order, as `W`, and that may be another
+/// file's. `others` are the before images of the name's other definitions (other
+/// objects of the same livepatch object); the first that matches where `report`'s
+/// candidate is makes the outcome [`Outcome::Overridden`]. Any other report is
+/// returned as it is: without that proof the difference stands.
+pub fn explain_weak(
+    report: MatchReport,
+    image: &BeforeImage,
+    others: &[BeforeImage],
+    text: &dyn KernelText,
+    symbols: &KallsymsIndex,
+) -> MatchReport {
+    if image.binding != Binding::Weak || report.outcome != Outcome::Differs {
+        return report;
+    }
+    let weak_here = |addr: u64| {
+        symbols
+            .named_in(&image.object, &image.function)
+            .any(|s| s.addr == addr && s.kind == 'W')
+    };
+    let kept = others
+        .iter()
+        .filter(|o| o.function == image.function && o.object == image.object)
+        .find_map(|other| match match_by_name(other, text, symbols).outcome {
+            Outcome::Matched { addr, .. } if weak_here(addr) => Some(addr),
+            _ => None,
+        });
+    match kept {
+        Some(addr) => MatchReport {
+            outcome: Outcome::Overridden { addr },
+            ..report
+        },
+        None => report,
+    }
 }
 
 fn match_at(
