@@ -60,6 +60,18 @@ pub enum AssetError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the source of kernel {release} would not build the shipped kernel: `make olddefconfig` \
+         changed {} of its options ({}){}",
+        .differences.len(),
+        .differences.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        .hint.as_ref().map(|h| format!("; {h}")).unwrap_or_default()
+    )]
+    Config {
+        release: String,
+        differences: Vec<super::config::ConfigDifference>,
+        hint: Option<String>,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AssetError + '_ {
@@ -478,6 +490,16 @@ fn prepare_source(
             .args(["-s", "olddefconfig"])
             .arg(&release_arg),
     )?;
+    let made = tmp.join(".config");
+    let made = std::fs::read_to_string(&made).map_err(io_err(&made))?;
+    let differences = super::config::differences(&text, &made);
+    if !differences.is_empty() {
+        return Err(AssetError::Config {
+            release: kernel.release.clone(),
+            hint: super::config::hint(&differences),
+            differences,
+        });
+    }
     run_ok(
         Command::new("make")
             .arg("-C")
