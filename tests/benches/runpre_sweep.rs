@@ -22,7 +22,8 @@ use std::time::Instant;
 use kstack_engine::builder::assets::{Cache, Kernel};
 use kstack_engine::builder::tree::{EXTRA_CFLAGS, WorkTree};
 use kstack_engine::runpre::{
-    self, CodeSources, ImageText, KallsymsIndex, MatchReport, ModulesDir, Outcome,
+    self, BeforeImage, Binding, CodeSources, ImageText, KallsymsIndex, MatchReport, ModulesDir,
+    Outcome,
 };
 use kstack_kfacts::livepatch::VMLINUX;
 use kstack_tests::kernel;
@@ -60,6 +61,7 @@ fn main() {
             sources.release(&unit.object);
         }
     }
+    sweep.explain_weak(&tree, &text, &symbols);
     let seconds = started.elapsed().as_secs_f64();
     let modules: BTreeSet<&str> = units
         .iter()
@@ -183,7 +185,15 @@ fn walk(dir: &Path, root: &Path, found: &mut dyn FnMut(&str)) {
 struct Sweep {
     /// (group, outcome key) -> functions.
     counts: BTreeMap<(&'static str, &'static str), usize>,
-    differences: Vec<(String, String, MatchReport)>,
+    differences: Vec<Difference>,
+    /// (livepatch object, function) -> the objects that define it `__weak`.
+    weak: BTreeMap<(String, String), Vec<String>>,
+}
+
+struct Difference {
+    path: String,
+    image: BeforeImage,
+    report: MatchReport,
 }
 
 /// An outcome that says the code is the shipped code, or why it need not be.
@@ -192,13 +202,45 @@ fn explained(key: &str) -> bool {
 }
 
 impl Sweep {
-    fn count(&mut self, object: &str, key: &'static str) {
+    fn count(&mut self, object: &str, key: &'static str, by: isize) {
         let group = if object == VMLINUX {
             "vmlinux"
         } else {
             "modules"
         };
-        *self.counts.entry((group, key)).or_default() += 1;
+        let n = self.counts.entry((group, key)).or_default();
+        *n = n.checked_add_signed(by).unwrap();
+    }
+
+    /// Weak definitions that differ may be another weak definition's name: the
+    /// engine explains them with the other definitions' code.
+    fn explain_weak(&mut self, tree: &Path, text: &ImageText, symbols: &KallsymsIndex) {
+        let differences = std::mem::take(&mut self.differences);
+        for d in differences {
+            let key = (d.image.object.clone(), d.image.function.clone());
+            let others: Vec<BeforeImage> = self
+                .weak
+                .get(&key)
+                .into_iter()
+                .flatten()
+                .filter(|path| **path != d.path)
+                .filter_map(|path| {
+                    let bytes = std::fs::read(tree.join(path)).unwrap();
+                    let mut other =
+                        runpre::before_image_named(&bytes, &d.image.function, path).ok()?;
+                    other.object = d.image.object.clone();
+                    Some(other)
+                })
+                .collect();
+            let before = d.report.outcome.key();
+            let report = runpre::explain_weak(d.report, &d.image, &others, text, symbols);
+            if report.outcome.key() != before {
+                self.count(&d.image.object, before, -1);
+                self.count(&d.image.object, report.outcome.key(), 1);
+                continue;
+            }
+            self.differences.push(Difference { report, ..d });
+        }
     }
 
     /// Matches every function of `unit` with the shipped code of its object.
@@ -206,18 +248,27 @@ impl Sweep {
         let bytes = std::fs::read(tree.join(&unit.path)).unwrap();
         for name in functions(&bytes) {
             let Ok(mut image) = runpre::before_image_named(&bytes, &name, &unit.path) else {
-                self.count(&unit.object, "no-image");
+                self.count(&unit.object, "no-image", 1);
                 continue;
             };
             image.object = unit.object.clone();
+            if image.binding == Binding::Weak {
+                self.weak
+                    .entry((unit.object.clone(), name.clone()))
+                    .or_default()
+                    .push(unit.path.clone());
+            }
             let Some(report) = sources.match_image(&image).unwrap() else {
-                self.count(&unit.object, "no-ko");
+                self.count(&unit.object, "no-ko", 1);
                 continue;
             };
-            self.count(&unit.object, report.outcome.key());
+            self.count(&unit.object, report.outcome.key(), 1);
             if matches!(report.outcome, Outcome::Differs | Outcome::Unreadable) {
-                self.differences
-                    .push((unit.path.clone(), unit.object.clone(), report));
+                self.differences.push(Difference {
+                    path: unit.path.clone(),
+                    image,
+                    report,
+                });
             }
         }
     }
@@ -247,8 +298,8 @@ impl Sweep {
             .and_then(|v| v.parse().ok())
             .unwrap_or(usize::MAX);
         println!("\n{} functions differ", self.differences.len());
-        for (path, object, report) in self.differences.iter().take(cap) {
-            println!("---\n{path} ({object}): {report}");
+        for d in self.differences.iter().take(cap) {
+            println!("---\n{} ({}): {}", d.path, d.image.object, d.report);
         }
     }
 }
@@ -296,10 +347,15 @@ fn sweep_dir(kernel: &Kernel) -> PathBuf {
 fn build(kernel: &Kernel) -> PathBuf {
     let dir = sweep_dir(kernel);
     std::fs::create_dir_all(&dir).unwrap();
+    let shipped = std::fs::read_to_string(kernel.headers().join(".config")).unwrap();
     let tree = match existing_build(kernel) {
-        Some(tree) if tree.join(BUILT_MARKER).is_file() => return tree,
+        Some(tree) if tree.join(BUILT_MARKER).is_file() => {
+            check_config(&shipped, &tree);
+            return tree;
+        }
         Some(tree) => {
             println!("resuming the build in {}", tree.display());
+            check_config(&shipped, &tree);
             tree
         }
         None => {
@@ -332,18 +388,46 @@ fn build(kernel: &Kernel) -> PathBuf {
         .status()
         .unwrap();
     println!("make exited with {status}");
+    if let Err(missing) = complete(&tree) {
+        panic!("the build is not complete ({missing}); run the benchmark again to resume it");
+    }
+    std::fs::write(tree.join(BUILT_MARKER), "").unwrap();
     tree
+}
+
+/// Whether every object of vmlinux and of each module was built: `vmlinux.o` (linked
+/// from all of vmlinux's objects, before the BTF that `-g0` leaves pahole unable
+/// to make), and the objects each module in `modules.order` lists in its `.mod`.
+fn complete(tree: &Path) -> Result<(), String> {
+    let newer = |path: &Path| {
+        let time = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        time(path).is_some_and(|t| Some(t) >= time(&tree.join(".config")))
+    };
+    if !newer(&tree.join("vmlinux.o")) {
+        return Err("no vmlinux.o".into());
+    }
+    let order = std::fs::read_to_string(tree.join("modules.order"))
+        .map_err(|e| format!("modules.order: {e}"))?;
+    for ko in order.lines() {
+        let mod_file = tree.join(ko).with_extension("mod");
+        let list = std::fs::read_to_string(&mod_file)
+            .map_err(|e| format!("{}: {e}", mod_file.display()))?;
+        if let Some(o) = list.split_whitespace().find(|o| !newer(&tree.join(o))) {
+            return Err(format!("no {o}"));
+        }
+    }
+    Ok(())
 }
 
 /// Gives the work tree the configuration the shipped kernel was built with (the
 /// headers package's `.config`), as `make olddefconfig` resolves it on this machine.
 fn configure(kernel: &Kernel, tree: &Path) {
     let shipped = kernel.headers().join(".config");
-    let text = std::fs::read(&shipped).unwrap();
+    let text = std::fs::read_to_string(&shipped).unwrap();
     let config = tree.join(".config");
     // A new file, not a write through a hard link into the prepared tree.
     let _ = std::fs::remove_file(&config);
-    std::fs::write(&config, text).unwrap();
+    std::fs::write(&config, &text).unwrap();
     let status = Command::new("make")
         .arg("-C")
         .arg(tree)
@@ -352,4 +436,23 @@ fn configure(kernel: &Kernel, tree: &Path) {
         .status()
         .unwrap();
     assert!(status.success());
+    check_config(&text, tree);
+}
+
+/// The tree builds with the shipped configuration, as preparing a kernel checks.
+fn check_config(shipped: &str, tree: &Path) {
+    let made = std::fs::read_to_string(tree.join(".config")).unwrap();
+    let differences = kstack_engine::builder::config::differences(shipped, &made);
+    assert!(
+        differences.is_empty(),
+        "the sweep's tree is not configured as the shipped kernel: {}{}",
+        differences
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        kstack_engine::builder::config::hint(&differences)
+            .map(|h| format!("; {h}"))
+            .unwrap_or_default()
+    );
 }
