@@ -254,6 +254,43 @@ impl Kernel {
         PathBuf::from(format!("/usr/src/linux-headers-{}", self.release))
     }
 
+    /// The configuration a prepared tree is given: the one the kernel was built with
+    /// (the headers package's `.config`, else the image's), less the signing keys
+    /// Debian's build named and did not ship.
+    pub fn wanted_config(&self) -> Result<String, AssetError> {
+        let config = self.headers().join(".config");
+        let config = if config.is_file() {
+            config
+        } else {
+            self.config()
+        };
+        let text = std::fs::read_to_string(&config).map_err(io_err(&config))?;
+        let mut text = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("CONFIG_SYSTEM_TRUSTED_KEYS=") {
+                    "CONFIG_SYSTEM_TRUSTED_KEYS=\"\""
+                } else if l.starts_with("CONFIG_SYSTEM_REVOCATION_KEYS=") {
+                    "CONFIG_SYSTEM_REVOCATION_KEYS=\"\""
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        text.push('\n');
+        Ok(text)
+    }
+
+    /// The options of the prepared tree's configuration that are not the shipped
+    /// ones ([`super::config::differences`]): empty for a tree prepared by this
+    /// version, which refuses to prepare otherwise.
+    pub fn config_differences(&self) -> Result<Vec<super::config::ConfigDifference>, AssetError> {
+        let made = self.src.join(".config");
+        let made = std::fs::read_to_string(&made).map_err(io_err(&made))?;
+        Ok(super::config::differences(&self.wanted_config()?, &made))
+    }
+
     /// The prepared distribution source tree, if set-up prepared it.
     pub fn source(&self) -> Option<PathBuf> {
         self.src
@@ -456,28 +493,7 @@ fn prepare_source(
     let cutoff = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
 
     log("preparing the source tree (make olddefconfig prepare modules_prepare)");
-    let config = kernel.headers().join(".config");
-    let config = if config.is_file() {
-        config
-    } else {
-        kernel.config()
-    };
-    let mut text = std::fs::read_to_string(&config).map_err(io_err(&config))?;
-    // Debian's config names signing keys that are not shipped.
-    text = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("CONFIG_SYSTEM_TRUSTED_KEYS=") {
-                "CONFIG_SYSTEM_TRUSTED_KEYS=\"\"".to_owned()
-            } else if l.starts_with("CONFIG_SYSTEM_REVOCATION_KEYS=") {
-                "CONFIG_SYSTEM_REVOCATION_KEYS=\"\"".to_owned()
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    text.push('\n');
+    let text = kernel.wanted_config()?;
     write(&tmp.join(".config"), &text)?;
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
     // KERNELRELEASE as Debian's build sets it: without it UTS_RELEASE differs and
@@ -490,9 +506,7 @@ fn prepare_source(
             .args(["-s", "olddefconfig"])
             .arg(&release_arg),
     )?;
-    let made = tmp.join(".config");
-    let made = std::fs::read_to_string(&made).map_err(io_err(&made))?;
-    let differences = super::config::differences(&text, &made);
+    let differences = kernel.config_differences()?;
     if !differences.is_empty() {
         return Err(AssetError::Config {
             release: kernel.release.clone(),
