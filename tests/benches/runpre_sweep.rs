@@ -186,6 +186,8 @@ struct Sweep {
     /// (group, outcome key) -> functions.
     counts: BTreeMap<(&'static str, &'static str), usize>,
     differences: Vec<Difference>,
+    /// Functions in sections they share, by section: not swept.
+    shared: BTreeMap<String, usize>,
     /// (livepatch object, function) -> the objects that define it `__weak`.
     weak: BTreeMap<(String, String), Vec<String>>,
 }
@@ -246,7 +248,11 @@ impl Sweep {
     /// Matches every function of `unit` with the shipped code of its object.
     fn object(&mut self, tree: &Path, unit: &Unit, sources: &mut CodeSources<'_>) {
         let bytes = std::fs::read(tree.join(&unit.path)).unwrap();
-        for name in functions(&bytes) {
+        let (own, shared) = functions(&bytes);
+        for section in shared {
+            *self.shared.entry(section).or_default() += 1;
+        }
+        for name in own {
             let Ok(mut image) = runpre::before_image_named(&bytes, &name, &unit.path) else {
                 self.count(&unit.object, "no-image", 1);
                 continue;
@@ -297,6 +303,17 @@ impl Sweep {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(usize::MAX);
+        let mut shared: Vec<(&String, &usize)> = self.shared.iter().collect();
+        shared.sort_by(|a, b| b.1.cmp(a.1));
+        println!(
+            "\nnot swept, in sections they share: {} functions ({})",
+            shared.iter().map(|(_, n)| **n).sum::<usize>(),
+            shared
+                .iter()
+                .map(|(s, n)| format!("{s} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         println!("\n{} functions differ", self.differences.len());
         for d in self.differences.iter().take(cap) {
             println!("---\n{} ({}): {}", d.path, d.image.object, d.report);
@@ -304,22 +321,35 @@ impl Sweep {
     }
 }
 
-/// The functions an object defines in sections of their own (`.text.<name>`).
-fn functions(bytes: &[u8]) -> Vec<String> {
+/// The functions an object defines in sections of their own (`.text.<name>`), and
+/// the sections of the others: code the kernel places by section (`.init.text`,
+/// `.noinstr.text`, `.entry.text`, ...) shares one, whatever `-ffunction-sections`
+/// says, and is not what a live patch replaces.
+fn functions(bytes: &[u8]) -> (Vec<String>, Vec<String>) {
     use object::{Object, ObjectSection, ObjectSymbol};
     let Ok(file) = object::File::parse(bytes) else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
-    file.symbols()
-        .filter(|s| s.kind() == object::SymbolKind::Text && s.is_definition())
-        .filter(|s| {
-            s.section_index()
-                .and_then(|i| file.section_by_index(i).ok())
-                .and_then(|sec| sec.name().ok().map(|n| n.starts_with(".text.")))
-                .unwrap_or(false)
-        })
-        .filter_map(|s| s.name().ok().map(str::to_owned))
-        .collect()
+    let mut own = Vec::new();
+    let mut shared = Vec::new();
+    for s in file.symbols() {
+        if s.kind() != object::SymbolKind::Text || !s.is_definition() {
+            continue;
+        }
+        let Some(section) = s
+            .section_index()
+            .and_then(|i| file.section_by_index(i).ok())
+            .and_then(|sec| sec.name().ok().map(str::to_owned))
+        else {
+            continue;
+        };
+        if section.starts_with(".text.") {
+            own.extend(s.name().ok().map(str::to_owned));
+        } else {
+            shared.push(section);
+        }
+    }
+    (own, shared)
 }
 
 /// The sweep's build tree of `kernel`, finished or not.
