@@ -460,6 +460,34 @@ fn same_named_statics_are_told_apart_by_their_code() {
 }
 
 #[test]
+fn a_function_that_ends_its_mapping_is_compared_as_far_as_it_goes() {
+    // The last function of a module's .text: nothing is mapped after it, and the
+    // shipped code is shorter than the object's (relaxed branches).
+    let fx = fixture("relax.c");
+    let mut kernel = Kernel::new();
+    kernel.define("g", 0xffff_ffff_8300_0000, 'D');
+    let addrs = kernel.link(&fx.shipped);
+    let image = runpre::before_image(&fx.pre, "relax").unwrap();
+    let shipped = {
+        use object::{Object, ObjectSymbol};
+        let file = object::File::parse(&*fx.shipped).unwrap();
+        let sym = file.symbols().find(|s| s.name() == Ok("relax")).unwrap();
+        sym.size() as usize
+    };
+    assert!(shipped < image.size as usize, "{shipped} {}", image.size);
+    let mut text = runpre::MemoryText::new();
+    text.insert(addrs["relax"], kernel.peek(addrs["relax"], shipped));
+    let report = runpre::match_by_name(&image, &text, &kernel.kallsyms());
+    assert!(report.is_match(), "{report}");
+
+    // Cut inside it, it is shorter than the object's code: not a match.
+    let mut text = runpre::MemoryText::new();
+    text.insert(addrs["relax"], kernel.peek(addrs["relax"], shipped - 2));
+    let report = runpre::match_by_name(&image, &text, &kernel.kallsyms());
+    assert_eq!(report.outcome, Outcome::Differs, "{report}");
+}
+
+#[test]
 fn unreadable_code_is_reported() {
     let s = Sites::new();
     let report = runpre::match_function(

@@ -370,6 +370,20 @@ pub fn explain_weak(
     }
 }
 
+/// The longest readable run of at most `len` bytes at `addr`, if any byte is.
+fn readable_prefix(text: &dyn KernelText, addr: u64, len: usize) -> Option<Vec<u8>> {
+    let (mut good, mut bad) = (0, len);
+    while bad - good > 1 {
+        let mid = good + (bad - good) / 2;
+        if text.read(addr, mid).is_ok() {
+            good = mid;
+        } else {
+            bad = mid;
+        }
+    }
+    (good > 0).then(|| text.read(addr, good).ok()).flatten()
+}
+
 fn match_at(
     image: &BeforeImage,
     addr: u64,
@@ -391,8 +405,11 @@ fn match_at(
     let want = read_len(image.size);
     let run = match text.read(addr, want) {
         Ok(bytes) => bytes,
-        // Near the end of a mapping the slack may not be readable.
-        Err(_) => text.read(addr, image.size as usize).map_err(unreadable)?,
+        // Near the end of a mapping the slack may not be readable, nor all of the
+        // object's length: the last function of a module's `.text` ends the
+        // section, and its shipped code is shorter where the assembler relaxed
+        // branches. Whatever is readable is compared (too little is `Truncated`).
+        Err(e) => readable_prefix(text, addr, want).ok_or_else(|| unreadable(e))?,
     };
     let mut walk = Walk::new(image, addr, run, symbols);
     let mut pos = addr;
