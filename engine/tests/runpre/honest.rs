@@ -394,7 +394,13 @@ fn a_weak_function_another_weak_definition_replaced_is_overridden_with_proof() {
     let (text, symbols) = (kernel.text(), kernel.kallsyms());
     let report = runpre::match_by_name(&image, &text, &symbols);
     assert_eq!(report.outcome, Outcome::Differs, "{report}");
-    let report = runpre::explain_weak(report, &image, &[other_image.clone()], &text, &symbols);
+    let report = runpre::explain_weak(
+        report,
+        &image,
+        std::slice::from_ref(&other_image),
+        &text,
+        &symbols,
+    );
     assert_eq!(
         report.outcome,
         Outcome::Overridden {
@@ -406,7 +412,13 @@ fn a_weak_function_another_weak_definition_replaced_is_overridden_with_proof() {
     // Without another definition that matches there, the difference stands: one
     // that does not match (here the object's own) proves nothing.
     let report = runpre::match_by_name(&image, &text, &symbols);
-    let report = runpre::explain_weak(report, &image, &[image.clone()], &text, &symbols);
+    let report = runpre::explain_weak(
+        report,
+        &image,
+        std::slice::from_ref(&image),
+        &text,
+        &symbols,
+    );
     assert_eq!(report.outcome, Outcome::Differs, "{report}");
     // Nor does a strong function's difference become an override.
     let mut strong = image.clone();
