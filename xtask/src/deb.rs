@@ -195,7 +195,7 @@ Installed-Size: {installed_kib}
 Section: admin
 Priority: optional
 Depends: init-system-helpers (>= 1.54~)
-Suggests: build-essential, bc, bison, flex, libelf-dev, libssl-dev, patch, git, qemu-system-x86, busybox-static, cpio
+Suggests: build-essential, bc, bison, flex, libelf-dev, libssl-dev, dwarves, patch, git, qemu-system-x86, busybox-static, cpio
 Homepage: https://kstack.example.org/
 Description: live-patch a running Linux kernel from signed, declarative stacks
  kstack keeps a running kernel patched without reboots, in the line of

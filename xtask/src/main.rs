@@ -27,7 +27,8 @@ const SHORT_FUZZ: Duration = Duration::from_secs(5);
 const LONG_FUZZ: Duration = Duration::from_secs(300);
 
 /// Debian packages: QEMU and the initramfs tools for the sandbox, the kernel build
-/// prerequisites for kbuild and the source tree (`patch` applies a stack's diffs),
+/// prerequisites for kbuild and the source tree (`patch` applies a stack's diffs;
+/// `dwarves` is pahole, whose version the kernel's configuration depends on),
 /// git for the distribution tests, systemd's verifier for the boot unit's test;
 /// OVMF (UEFI firmware), openssl and a Python venv for the module signing tests
 /// (keys, and `virt-fw-vars` to enrol a certificate in the firmware's `db`); lintian,
@@ -42,6 +43,7 @@ const PACKAGES: &[&str] = &[
     "flex",
     "libelf-dev",
     "libssl-dev",
+    "dwarves",
     "xz-utils",
     "kmod",
     "git",

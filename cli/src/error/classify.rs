@@ -382,6 +382,8 @@ impl Classify for AssetError {
                 Some("fetch a kernel with `kstack kernel add current` (or `cargo xtask setup`)"),
             ),
             AssetError::Resolve { .. } | AssetError::Fetch { .. } => (Kind::Unavailable, None),
+            // A build tool is missing or too old (the error says which).
+            AssetError::Config { .. } => (Kind::Unavailable, None),
             AssetError::Command { .. } | AssetError::Io { .. } => (Kind::Internal, None),
         }
     }

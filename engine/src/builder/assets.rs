@@ -60,6 +60,18 @@ pub enum AssetError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the source of kernel {release} would not build the shipped kernel: `make olddefconfig` \
+         changed {} of its options ({}){}",
+        .differences.len(),
+        .differences.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        .hint.as_ref().map(|h| format!("; {h}")).unwrap_or_default()
+    )]
+    Config {
+        release: String,
+        differences: Vec<super::config::ConfigDifference>,
+        hint: Option<String>,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AssetError + '_ {
@@ -240,6 +252,43 @@ impl Kernel {
     /// The installed headers, which kbuild builds external modules against.
     pub fn headers(&self) -> PathBuf {
         PathBuf::from(format!("/usr/src/linux-headers-{}", self.release))
+    }
+
+    /// The configuration a prepared tree is given: the one the kernel was built with
+    /// (the headers package's `.config`, else the image's), less the signing keys
+    /// Debian's build named and did not ship.
+    pub fn wanted_config(&self) -> Result<String, AssetError> {
+        let config = self.headers().join(".config");
+        let config = if config.is_file() {
+            config
+        } else {
+            self.config()
+        };
+        let text = std::fs::read_to_string(&config).map_err(io_err(&config))?;
+        let mut text = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("CONFIG_SYSTEM_TRUSTED_KEYS=") {
+                    "CONFIG_SYSTEM_TRUSTED_KEYS=\"\""
+                } else if l.starts_with("CONFIG_SYSTEM_REVOCATION_KEYS=") {
+                    "CONFIG_SYSTEM_REVOCATION_KEYS=\"\""
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        text.push('\n');
+        Ok(text)
+    }
+
+    /// The options of the prepared tree's configuration that are not the shipped
+    /// ones ([`super::config::differences`]): empty for a tree prepared by this
+    /// version, which refuses to prepare otherwise.
+    pub fn config_differences(&self) -> Result<Vec<super::config::ConfigDifference>, AssetError> {
+        let made = self.src.join(".config");
+        let made = std::fs::read_to_string(&made).map_err(io_err(&made))?;
+        Ok(super::config::differences(&self.wanted_config()?, &made))
     }
 
     /// The prepared distribution source tree, if set-up prepared it.
@@ -444,28 +493,7 @@ fn prepare_source(
     let cutoff = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
 
     log("preparing the source tree (make olddefconfig prepare modules_prepare)");
-    let config = kernel.headers().join(".config");
-    let config = if config.is_file() {
-        config
-    } else {
-        kernel.config()
-    };
-    let mut text = std::fs::read_to_string(&config).map_err(io_err(&config))?;
-    // Debian's config names signing keys that are not shipped.
-    text = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("CONFIG_SYSTEM_TRUSTED_KEYS=") {
-                "CONFIG_SYSTEM_TRUSTED_KEYS=\"\"".to_owned()
-            } else if l.starts_with("CONFIG_SYSTEM_REVOCATION_KEYS=") {
-                "CONFIG_SYSTEM_REVOCATION_KEYS=\"\"".to_owned()
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    text.push('\n');
+    let text = kernel.wanted_config()?;
     write(&tmp.join(".config"), &text)?;
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
     // KERNELRELEASE as Debian's build sets it: without it UTS_RELEASE differs and
@@ -478,6 +506,14 @@ fn prepare_source(
             .args(["-s", "olddefconfig"])
             .arg(&release_arg),
     )?;
+    let differences = kernel.config_differences()?;
+    if !differences.is_empty() {
+        return Err(AssetError::Config {
+            release: kernel.release.clone(),
+            hint: super::config::hint(&differences),
+            differences,
+        });
+    }
     run_ok(
         Command::new("make")
             .arg("-C")

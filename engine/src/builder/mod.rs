@@ -3,6 +3,7 @@
 //! touches). It runs on a build machine, never on the patched host.
 //!
 //! - [`assets`]: the kernels kstack targets, fetched from Debian into a cache.
+//! - [`config`]: checking that a prepared tree's configuration is the shipped one.
 //! - [`source`]: the change to build (a diff file, or a commit of a kernel Git tree)
 //!   and the stack's earlier patches it is built on.
 //! - [`tree`]: private work trees of a prepared source, and compiling the touched
@@ -20,6 +21,7 @@
 //!   post-link step that turns them into `.klp.rela` sections in the final module.
 
 pub mod assets;
+pub mod config;
 pub mod deps;
 pub mod diff;
 pub mod kbuild;

@@ -765,6 +765,24 @@ fn build_job(
     let mut table: BTreeMap<(bool, String), Vec<String>> = BTreeMap::new();
     let mut functions = Vec::new();
     let mut notes = Vec::new();
+    // A tree prepared before preparing checked its configuration (without pahole,
+    // say) builds other code under the options it lost: said, not refused, since
+    // run-pre matching refuses a patch whose replaced code is not the shipped code.
+    if let Ok(differences) = req.kernel.config_differences()
+        && !differences.is_empty()
+    {
+        notes.push(format!(
+            "the prepared source of {release} is not configured as the shipped kernel ({}): \
+             code under those options is not the shipped code; remove {} and run `kstack \
+             kernel add {release}` again",
+            differences
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            source.display()
+        ));
+    }
     // Which patched module each section of module code belongs to (post-link).
     let mut applied_with: BTreeMap<String, String> = BTreeMap::new();
     for (index, (unit, report)) in reports.iter().enumerate() {

@@ -18,12 +18,8 @@ use kstack_store::verify::VerifiedPatch;
 
 use kstack_store::model::BEFORE_FILE;
 
-use std::collections::HashMap;
-
-use kstack_kfacts::livepatch::VMLINUX;
-
 use crate::runpre::{
-    self, BeforeFile, BeforeImage, KallsymsIndex, KernelText, MatchReport, ModuleImage, ModulesDir,
+    self, BeforeFile, BeforeImage, CodeSources, KallsymsIndex, KernelText, MatchReport, ModulesDir,
     Outcome,
 };
 
@@ -92,37 +88,23 @@ pub enum ProveError {
     },
 }
 
-/// Where the code of each object is read: the kernel's memory (or image) for vmlinux
-/// and loaded modules, the laid-out `.ko` for a module that is not loaded.
-struct Sources<'a> {
-    text: &'a dyn KernelText,
-    symbols: &'a KallsymsIndex,
-    modules: Option<&'a ModulesDir>,
-    laid_out: HashMap<String, ModuleImage>,
-}
-
-impl Sources<'_> {
-    fn matched(&mut self, patch: &str, image: &BeforeImage) -> Result<MatchReport, ProveError> {
-        if image.object == VMLINUX || self.symbols.has_object(&image.object) {
-            return Ok(runpre::match_by_name(image, self.text, self.symbols));
-        }
-        if !self.laid_out.contains_key(&image.object) {
-            let no_module = || ProveError::NoModule {
-                patch: patch.to_owned(),
-                module: image.object.clone(),
-                dir: self.modules.map_or_else(
-                    || "(no modules directory)".into(),
-                    |m| m.path().display().to_string(),
-                ),
-            };
-            let dir = self.modules.ok_or_else(no_module)?;
-            let ko = dir.ko(&image.object)?.ok_or_else(no_module)?;
-            let laid = ModuleImage::load(&ko, &image.object, self.symbols)?;
-            self.laid_out.insert(image.object.clone(), laid);
-        }
-        let laid = &self.laid_out[&image.object];
-        Ok(runpre::match_by_name(image, &laid.text, &laid.symbols))
-    }
+/// The report on `image`, or why there is none: a module neither loaded nor in the
+/// modules directory.
+fn matched(
+    sources: &mut CodeSources<'_>,
+    patch: &str,
+    image: &BeforeImage,
+) -> Result<MatchReport, ProveError> {
+    sources
+        .match_image(image)?
+        .ok_or_else(|| ProveError::NoModule {
+            patch: patch.to_owned(),
+            module: image.object.clone(),
+            dir: sources.modules().map_or_else(
+                || "(no modules directory)".into(),
+                |m| m.path().display().to_string(),
+            ),
+        })
 }
 
 /// Proves the patches of a stack (in stack order) for which `check` says so, against
@@ -139,12 +121,7 @@ pub fn prove(
     against: Against,
 ) -> Result<Proof, ProveError> {
     let started = Instant::now();
-    let mut sources = Sources {
-        text,
-        symbols,
-        modules,
-        laid_out: HashMap::new(),
-    };
+    let mut sources = CodeSources::new(text, symbols, modules);
     let mut proof = Proof::default();
     let mut replaced_before: Vec<(String, String)> = Vec::new();
     for patch in patches {
@@ -176,7 +153,7 @@ pub fn prove(
                 ));
                 continue;
             }
-            let report = sources.matched(name, image)?;
+            let report = matched(&mut sources, name, image)?;
             let wanted = patch
                 .manifest
                 .functions

@@ -15,6 +15,8 @@
 //! - [`module`]: a module that is not loaded, laid out as it would be once loaded.
 //! - [`text`]: where the running code comes from: `/proc/kcore`, a kernel image file
 //!   (offline), or bytes in memory (tests, dumps).
+//! - [`sources`]: which of those (or which laid-out module) a function's object is
+//!   compared with.
 //! - [`matcher`]: the comparison and its report.
 //!
 //! The verdict ([`Outcome`]) is one of: matched (with the `sympos` that matched,
@@ -30,6 +32,7 @@
 pub mod before;
 pub mod matcher;
 pub mod module;
+pub mod sources;
 pub mod text;
 
 use std::path::PathBuf;
@@ -40,10 +43,11 @@ pub use before::{
 };
 pub use kstack_kfacts::kallsyms::{KallsymsError, KallsymsIndex, Ksym};
 pub use matcher::{
-    CandidateMatch, Cause, Divergence, FentryState, MatchReport, MatchStats, Outcome,
+    CandidateMatch, Cause, Divergence, FentryState, MatchReport, MatchStats, Outcome, explain_weak,
     match_by_name, match_function, read_len,
 };
 pub use module::{ModuleImage, ModulesDir};
+pub use sources::CodeSources;
 pub use text::{ImageText, Kcore, KernelText, MemoryText};
 
 /// A patch's `before.toml`: the code each replaced function had in the objects the

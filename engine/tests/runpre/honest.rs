@@ -363,6 +363,72 @@ fn a_weak_function_overridden_elsewhere_is_reported_as_such() {
 }
 
 #[test]
+fn a_branch_into_the_middle_of_an_instruction_lands_at_the_same_byte() {
+    let fx = fixture("overlap.S");
+    let image = runpre::before_image(&fx.pre, "untrain").unwrap();
+    let mut kernel = Kernel::new();
+    let addrs = kernel.link(&fx.shipped);
+    // The jump back lands one byte into the `test` (at `return_thunk`), as built.
+    matched(&check(&image, &kernel));
+    assert_eq!(addrs["return_thunk"], addrs["untrain"] + 1);
+
+    // The byte offset carries over only into the same instruction: one whose
+    // immediate (the `int3` the thunk ends with) differs is not the object's.
+    kernel.poke(addrs["untrain"] + 2, &[0xcb]);
+    let report = check(&image, &kernel);
+    assert_eq!(report.outcome, Outcome::Differs, "{report}");
+    let (_, d) = report.best_divergence().unwrap();
+    assert_eq!(d.offset, 0, "{report}");
+}
+
+#[test]
+fn a_weak_function_another_weak_definition_replaced_is_overridden_with_proof() {
+    let fx = fixture("weak.c");
+    let other = fixture("weak_other.c");
+    let image = runpre::before_image(&fx.pre, "arch_hook").unwrap();
+    let other_image = runpre::before_image(&other.pre, "arch_hook").unwrap();
+    // Both are weak: the linker kept the other file's, which kallsyms lists as `W`.
+    let mut kernel = Kernel::new();
+    kernel.define("g", 0xffff_ffff_8300_0000, 'D');
+    let addrs = kernel.link(&other.shipped);
+    let (text, symbols) = (kernel.text(), kernel.kallsyms());
+    let report = runpre::match_by_name(&image, &text, &symbols);
+    assert_eq!(report.outcome, Outcome::Differs, "{report}");
+    let report = runpre::explain_weak(
+        report,
+        &image,
+        std::slice::from_ref(&other_image),
+        &text,
+        &symbols,
+    );
+    assert_eq!(
+        report.outcome,
+        Outcome::Overridden {
+            addr: addrs["arch_hook"]
+        },
+        "{report}"
+    );
+
+    // Without another definition that matches there, the difference stands: one
+    // that does not match (here the object's own) proves nothing.
+    let report = runpre::match_by_name(&image, &text, &symbols);
+    let report = runpre::explain_weak(
+        report,
+        &image,
+        std::slice::from_ref(&image),
+        &text,
+        &symbols,
+    );
+    assert_eq!(report.outcome, Outcome::Differs, "{report}");
+    // Nor does a strong function's difference become an override.
+    let mut strong = image.clone();
+    strong.binding = Binding::Global;
+    let report = runpre::match_by_name(&strong, &text, &symbols);
+    let report = runpre::explain_weak(report, &strong, &[other_image], &text, &symbols);
+    assert_eq!(report.outcome, Outcome::Differs, "{report}");
+}
+
+#[test]
 fn same_named_statics_are_told_apart_by_their_code() {
     let a = fixture("statics_a.c");
     let b = fixture("statics_b.c");
@@ -403,6 +469,34 @@ fn same_named_statics_are_told_apart_by_their_code() {
         Outcome::Ambiguous { sympos: vec![1, 2] },
         "{report}"
     );
+}
+
+#[test]
+fn a_function_that_ends_its_mapping_is_compared_as_far_as_it_goes() {
+    // The last function of a module's .text: nothing is mapped after it, and the
+    // shipped code is shorter than the object's (relaxed branches).
+    let fx = fixture("relax.c");
+    let mut kernel = Kernel::new();
+    kernel.define("g", 0xffff_ffff_8300_0000, 'D');
+    let addrs = kernel.link(&fx.shipped);
+    let image = runpre::before_image(&fx.pre, "relax").unwrap();
+    let shipped = {
+        use object::{Object, ObjectSymbol};
+        let file = object::File::parse(&*fx.shipped).unwrap();
+        let sym = file.symbols().find(|s| s.name() == Ok("relax")).unwrap();
+        sym.size() as usize
+    };
+    assert!(shipped < image.size as usize, "{shipped} {}", image.size);
+    let mut text = runpre::MemoryText::new();
+    text.insert(addrs["relax"], kernel.peek(addrs["relax"], shipped));
+    let report = runpre::match_by_name(&image, &text, &kernel.kallsyms());
+    assert!(report.is_match(), "{report}");
+
+    // Cut inside it, it is shorter than the object's code: not a match.
+    let mut text = runpre::MemoryText::new();
+    text.insert(addrs["relax"], kernel.peek(addrs["relax"], shipped - 2));
+    let report = runpre::match_by_name(&image, &text, &kernel.kallsyms());
+    assert_eq!(report.outcome, Outcome::Differs, "{report}");
 }
 
 #[test]

@@ -175,8 +175,9 @@ pub enum Outcome {
     Matched { sympos: usize, addr: u64 },
     /// Several candidates matched (same-named statics with identical code).
     Ambiguous { sympos: Vec<usize> },
-    /// The object's definition is `__weak` and kallsyms' is another file's strong
-    /// one: the object's code never ran.
+    /// The object's definition is `__weak` and kallsyms' is another file's: a strong
+    /// one, or (shown by [`explain_weak`]) another weak one the linker kept. The
+    /// object's code never ran.
     Overridden { addr: u64 },
     /// `__init` code that the running kernel has freed (its bytes are poison):
     /// nothing runs there, so nothing to compare or to patch.
@@ -330,6 +331,59 @@ pub fn match_by_name(
     match_function(image, &candidates, text, symbols)
 }
 
+/// Explains a `__weak` definition whose code is not at its name: when every
+/// definition of a name is weak (a header declares it `__weak`, as
+/// `include/linux/perf_event.h` does `arch_perf_update_userpage`), kallsyms lists
+/// the one the linker kept, the first in link order, as `W`, and that may be another
+/// file's. `others` are the before images of the name's other definitions (other
+/// objects of the same livepatch object); the first that matches where `report`'s
+/// candidate is makes the outcome [`Outcome::Overridden`]. Any other report is
+/// returned as it is: without that proof the difference stands.
+pub fn explain_weak(
+    report: MatchReport,
+    image: &BeforeImage,
+    others: &[BeforeImage],
+    text: &dyn KernelText,
+    symbols: &KallsymsIndex,
+) -> MatchReport {
+    if image.binding != Binding::Weak || report.outcome != Outcome::Differs {
+        return report;
+    }
+    let weak_here = |addr: u64| {
+        symbols
+            .named_in(&image.object, &image.function)
+            .any(|s| s.addr == addr && s.kind == 'W')
+    };
+    let kept = others
+        .iter()
+        .filter(|o| o.function == image.function && o.object == image.object)
+        .find_map(|other| match match_by_name(other, text, symbols).outcome {
+            Outcome::Matched { addr, .. } if weak_here(addr) => Some(addr),
+            _ => None,
+        });
+    match kept {
+        Some(addr) => MatchReport {
+            outcome: Outcome::Overridden { addr },
+            ..report
+        },
+        None => report,
+    }
+}
+
+/// The longest readable run of at most `len` bytes at `addr`, if any byte is.
+fn readable_prefix(text: &dyn KernelText, addr: u64, len: usize) -> Option<Vec<u8>> {
+    let (mut good, mut bad) = (0, len);
+    while bad - good > 1 {
+        let mid = good + (bad - good) / 2;
+        if text.read(addr, mid).is_ok() {
+            good = mid;
+        } else {
+            bad = mid;
+        }
+    }
+    (good > 0).then(|| text.read(addr, good).ok()).flatten()
+}
+
 fn match_at(
     image: &BeforeImage,
     addr: u64,
@@ -351,8 +405,11 @@ fn match_at(
     let want = read_len(image.size);
     let run = match text.read(addr, want) {
         Ok(bytes) => bytes,
-        // Near the end of a mapping the slack may not be readable.
-        Err(_) => text.read(addr, image.size as usize).map_err(unreadable)?,
+        // Near the end of a mapping the slack may not be readable, nor all of the
+        // object's length: the last function of a module's `.text` ends the
+        // section, and its shipped code is shorter where the assembler relaxed
+        // branches. Whatever is readable is compared (too little is `Truncated`).
+        Err(e) => readable_prefix(text, addr, want).ok_or_else(|| unreadable(e))?,
     };
     let mut walk = Walk::new(image, addr, run, symbols);
     let mut pos = addr;

@@ -498,9 +498,11 @@ impl<'a> Walk<'a> {
             map.entry(o).or_insert(a);
         }
         for p in std::mem::take(&mut self.pending) {
-            let expected = map.range(p.target..).next().map(|(_, &a)| a);
+            let expected = self
+                .inside_instruction(&map, p.target)
+                .or_else(|| map.range(p.target..).next().map(|(_, &a)| a));
             let found = self.skip_run_nops(p.run_target);
-            if expected != Some(found) {
+            if expected != Some(found) && expected != Some(p.run_target) {
                 let code = self.function();
                 let obj = self.obj_insn(code, p.at);
                 let reason = format!(
@@ -513,6 +515,26 @@ impl<'a> Walk<'a> {
             }
         }
         Ok(())
+    }
+}
+
+impl Walk<'_> {
+    /// Where a branch into the middle of an instruction lands: hand-written code
+    /// overlaps instructions on purpose (`retbleed_untrain_ret`'s `test` holds
+    /// `retbleed_return_thunk`'s `ret`, `srso_untrain_ret`'s `movabs` holds
+    /// `srso_safe_ret`; arch/x86/lib/retpoline.S). The byte offset carries over only
+    /// when the running instruction is the object's, byte for byte.
+    fn inside_instruction(&self, map: &BTreeMap<u32, u64>, target: u32) -> Option<u64> {
+        let (&start, &addr) = map.range(..target).next_back()?;
+        let insn = self.obj_insn(self.function(), start)?;
+        if start + insn.len <= target {
+            return None;
+        }
+        let object = self
+            .image
+            .code
+            .get(start as usize..(start + insn.len) as usize)?;
+        (self.run_bytes(addr, object.len()) == object).then(|| addr + u64::from(target - start))
     }
 }
 
