@@ -469,6 +469,8 @@ fn kernel_list() {
     [
       {
         "release": "6.1.0-99-kstack-test",
+        "line": "6.1",
+        "flavour": "kstack-test",
         "version": "6.1.999-1",
         "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
         "default": true,

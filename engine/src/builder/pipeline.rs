@@ -859,7 +859,10 @@ fn build_job(
     build_info.insert("kcflags".into(), EXTRA_CFLAGS.into());
     build_info.insert("kernel_release".into(), release.clone());
     if let Some(v) = req.kernel.version() {
-        build_info.insert("source".into(), format!("linux-source-6.1={v}"));
+        build_info.insert(
+            "source".into(),
+            format!("{}={v}", req.kernel.source_package()),
+        );
     }
     build_info.insert("units".into(), units.join(" "));
     build_info.insert("kstack".into(), env!("CARGO_PKG_VERSION").into());
