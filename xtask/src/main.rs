@@ -60,6 +60,10 @@ const PACKAGES: &[&str] = &[
 /// checkout or the system's Python): `virt-firmware` edits OVMF variable stores.
 const PYTHON_TOOLS: &[&str] = &["virt-firmware==26.10"];
 
+/// Kernel lines set-up fetches beside the default (6.1 cloud) kernel, by their
+/// metapackage names: the tests run on them too.
+const SECOND_LINES: &[&str] = &["6.12-cloud-amd64"];
+
 /// apt lists older than this are refreshed, so "current kernel" means current.
 const APT_LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
@@ -145,6 +149,30 @@ fn setup(root: &Path) -> Result<assets::Kernel> {
         &mut |line| eprintln!("    {line}"),
     )
     .with_context(|| format!("fetching kernel {release}"))?;
+    // The second line the tests run on (`vm_line_612`, or any VM test with
+    // KSTACK_TEST_KERNEL=6.12-cloud-amd64): its newest release, resolved from apt.
+    for line in SECOND_LINES {
+        let line = assets::KernelLine::of_line_name(line).expect("a line name");
+        let (release, version) = assets::resolve_newest_release(&line)
+            .with_context(|| format!("resolving the newest {} kernel", line.metapackage()))?;
+        eprintln!(
+            "    newest Debian {} kernel: {release} ({version})",
+            line.line
+        );
+        assets::fetch_kernel(
+            &cache,
+            &release,
+            &version,
+            FetchOptions {
+                headers: true,
+                source: true,
+                make_current: false,
+                symbols: true,
+            },
+            &mut |line| eprintln!("    {line}"),
+        )
+        .with_context(|| format!("fetching kernel {release}"))?;
+    }
     build_static(root)?;
     step(&format!(
         "set-up done in {:.1}s",
