@@ -211,6 +211,7 @@ pub fn build_module_cached(name: &str, sources: &[(&str, String)]) -> PathBuf {
 }
 
 pub mod corpus;
+pub mod scenarios;
 pub mod stack;
 
 /// Busybox's `date` has no nanoseconds: a static helper for the benchmarks' guests

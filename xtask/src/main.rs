@@ -2,8 +2,9 @@
 //!
 //! - `cargo xtask setup`: install the Debian packages kstack's build and tests use,
 //!   fetch the current Debian cloud kernel (image, headers, prepared source) into the
-//!   cache, and build the static `kstack` that the sandbox VM runs. Idempotent: a
-//!   second run with nothing new takes seconds.
+//!   cache, and the newest of Debian 12's 6.12 cloud line beside it (the
+//!   `vm_line_612` tests run on it), and build the static `kstack` that the sandbox
+//!   VM runs. Idempotent: a second run with nothing new takes seconds.
 //! - `cargo xtask demo`: set-up, then the demo in the sandbox VM.
 //! - `cargo xtask test`: set-up, then every check and test (what CI runs), with a
 //!   short bounded run of every fuzz target.
