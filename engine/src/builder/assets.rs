@@ -381,6 +381,15 @@ pub fn fetch_kernel(
                 .arg(tmp.join("root")),
         )?;
         decompress_modules(&tmp.join("root/lib/modules"), log)?;
+        let config = tmp.join("root/boot").join(format!("config-{release}"));
+        let text = std::fs::read_to_string(&config).map_err(io_err(&config))?;
+        if let Err(reason) = check_config(&text) {
+            remove_if_exists(&tmp)?;
+            return Err(AssetError::Unsupported {
+                release: release.to_owned(),
+                reason,
+            });
+        }
         write(&tmp.join("version"), version)?;
         remove_if_exists(&kernel.dir)?;
         rename(&tmp, &kernel.dir)?;
@@ -542,6 +551,39 @@ fn prepare_source(
     generated.sort();
     write(&tmp.join(GENERATED_LIST), &generated.join("\n"))?;
     write(&tmp.join(PREPARED_MARKER), version)
+}
+
+/// Refuses a kernel configuration kstack cannot build live patches for, with the
+/// reason. What Debian's 6.12 enables beyond 6.1 (IBT, call padding, call-depth
+/// tracking, objtool at link time) is handled; these are not:
+fn check_config(config: &str) -> Result<(), String> {
+    let enabled = |option: &str| {
+        config
+            .lines()
+            .any(|l| l.strip_prefix(option).is_some_and(|rest| rest == "=y"))
+    };
+    if !enabled("CONFIG_LIVEPATCH") {
+        return Err(
+            "its configuration has no CONFIG_LIVEPATCH: it cannot load live patches".into(),
+        );
+    }
+    if enabled("CONFIG_CFI_CLANG") {
+        // include/linux/cfi.h, arch/x86/kernel/alternative.c (FineIBT).
+        return Err(
+            "it is built with kCFI (CONFIG_CFI_CLANG): every function a patch \
+                    carries would need the `__cfi_` preamble with the type hash of the \
+                    original, which FineIBT rewrites at boot; kstack does not write them"
+                .into(),
+        );
+    }
+    if enabled("CONFIG_LTO_CLANG") {
+        return Err(
+            "it is built with LTO (CONFIG_LTO_CLANG): a translation unit compiled \
+                    alone is not the code the kernel runs"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// Decompresses the modules of an unpacked image package in place (`xfs.ko.xz` to
@@ -713,5 +755,22 @@ fn remove_if_exists(path: &Path) -> Result<(), AssetError> {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).map_err(io_err(path)),
         Ok(_) => std::fs::remove_file(path).map_err(io_err(path)),
         Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn configurations_kstack_cannot_patch_are_refused_with_the_reason() {
+        let debian_612 = "CONFIG_LIVEPATCH=y\nCONFIG_X86_KERNEL_IBT=y\nCONFIG_CALL_PADDING=y\n\
+                          CONFIG_MITIGATION_CALL_DEPTH_TRACKING=y\n# CONFIG_CFI_CLANG is not set\n";
+        assert_eq!(super::check_config(debian_612), Ok(()));
+        let kcfi = format!("{debian_612}CONFIG_CFI_CLANG=y\nCONFIG_FINEIBT=y\n");
+        let err = super::check_config(&kcfi).unwrap_err();
+        assert!(err.contains("kCFI") && err.contains("__cfi_"), "{err}");
+        let err = super::check_config("CONFIG_LIVEPATCH=y\nCONFIG_LTO_CLANG=y\n").unwrap_err();
+        assert!(err.contains("LTO"), "{err}");
+        let err = super::check_config("# CONFIG_LIVEPATCH is not set\n").unwrap_err();
+        assert!(err.contains("CONFIG_LIVEPATCH"), "{err}");
     }
 }
