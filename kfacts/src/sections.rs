@@ -145,6 +145,35 @@ pub const SITE_OFFSET_SIZE: u64 = 4;
 pub const MCOUNT_LOC: &str = "__mcount_loc";
 pub const MCOUNT_LOC_SIZE: u64 = 8;
 
+/// `.call_sites`: an `s32` per call, written by objtool for call-depth tracking
+/// (`--hacks=skylake`, `CONFIG_MITIGATION_CALL_DEPTH_TRACKING`, 6.2 and later) and
+/// read by `callthunks_patch_module_calls()` (arch/x86/kernel/callthunks.c).
+pub const CALL_SITES: &str = ".call_sites";
+/// `.ibt_endbr_seal`: an `s32` per `endbr64` nothing reaches indirectly (objtool
+/// `--ibt`), poisoned by `apply_seal_endbr()` when the CPU has IBT.
+pub const IBT_ENDBR_SEAL: &str = ".ibt_endbr_seal";
+/// `.cfi_sites`: objtool's list of kCFI preambles (`--cfi`, `CONFIG_FINEIBT`).
+pub const CFI_SITES: &str = ".cfi_sites";
+
+/// The sections objtool writes from the code it reads (tools/objtool/check.c,
+/// orc_gen.c): where it runs on the linked module instead of each object, it writes
+/// them for the whole module, and a copy carried from a unit would make it skip its
+/// own ("file already has ..."). 6.12's configuration runs it that way
+/// (`delay-objtool` with `CONFIG_X86_KERNEL_IBT`, scripts/Makefile.lib); 6.1's runs it
+/// on each object. `__mcount_loc` is not among them: Debian's kernels have the
+/// compiler write it (`CONFIG_FTRACE_MCOUNT_USE_CC`).
+pub const OBJTOOL_SECTIONS: &[&str] = &[
+    orc::IP_SECTION,
+    orc::ENTRY_SECTION,
+    ".orc_header",
+    RETURN_SITES,
+    RETPOLINE_SITES,
+    static_call_site::SECTION,
+    CALL_SITES,
+    IBT_ENDBR_SEAL,
+    CFI_SITES,
+];
+
 /// Where the replacement instructions of `.altinstructions` live
 /// (arch/x86/include/asm/alternative.h, `ALTERNATIVE`).
 pub const ALTINSTR_REPLACEMENT: &str = ".altinstr_replacement";

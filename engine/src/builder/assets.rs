@@ -215,6 +215,17 @@ impl Kernel {
             .join(format!("config-{}", self.release))
     }
 
+    /// Whether kbuild runs objtool on linked modules (and vmlinux.o) instead of on
+    /// each object: `delay-objtool` with `CONFIG_X86_KERNEL_IBT` or
+    /// `CONFIG_LTO_CLANG` (scripts/Makefile.lib; 6.12's cloud and generic configs,
+    /// not 6.1's).
+    pub fn objtool_at_link(&self) -> bool {
+        std::fs::read_to_string(self.config()).is_ok_and(|text| {
+            text.lines()
+                .any(|l| l == "CONFIG_X86_KERNEL_IBT=y" || l == "CONFIG_LTO_CLANG=y")
+        })
+    }
+
     /// The GNU build ID of the image, read once from the vmlinux inside it and kept
     /// beside it (`build-id`).
     pub fn build_id(&self) -> Result<kstack_store::ident::BuildId, AssetError> {

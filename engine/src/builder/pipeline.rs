@@ -733,6 +733,7 @@ fn build_job(
         }
         let objname = &objects[unit];
         let new_data = patch_data(report);
+        let objtool_at_link = req.kernel.objtool_at_link();
         let request = klp::ExtractRequest {
             object: &post_objects[unit],
             tu: unit,
@@ -740,6 +741,7 @@ fn build_job(
             functions: &specs,
             new_data: &new_data,
             provided: &provided,
+            objtool_at_link,
         };
         let extracted = klp::extract(&request, &symbols).map_err(|source| {
             from_earlier_patch(&source, req.earlier).unwrap_or_else(|| BuildError::Klp {

@@ -65,7 +65,7 @@ impl Extractor<'_, '_> {
         // Special sections: the kept entries, concatenated.
         let mut guarded = Vec::new();
         let mut special_names = Vec::new();
-        for special in SPECIAL_SECTIONS {
+        for special in self.carried_specials() {
             let Some(sec) = self.section_named(special.name) else {
                 continue;
             };
@@ -400,6 +400,7 @@ impl Extractor<'_, '_> {
                 || self.carried.contains_key(&src)
                 || section.name == orc::ENTRY_SECTION
                 || SPECIAL_SECTIONS.iter().any(|s| s.name == section.name)
+                || self.left_to_objtool(&section.name)
             {
                 continue;
             }

@@ -205,7 +205,7 @@ impl Extractor<'_, '_> {
                     changed |= self.discover_reference(sec, rel)?;
                 }
             }
-            for special in SPECIAL_SECTIONS {
+            for special in self.carried_specials() {
                 let Some(sec) = self.section_named(special.name) else {
                     continue;
                 };
@@ -224,6 +224,20 @@ impl Extractor<'_, '_> {
                 return Ok(());
             }
         }
+    }
+
+    /// The special sections whose entries the patch carries: all of them, but for
+    /// those objtool writes when it runs on the linked module.
+    pub(super) fn carried_specials(&self) -> Vec<&'static SpecialSection> {
+        SPECIAL_SECTIONS
+            .iter()
+            .filter(|s| !self.left_to_objtool(s.name))
+            .collect()
+    }
+
+    /// Whether section `name` is objtool's and objtool runs on the linked module.
+    pub(super) fn left_to_objtool(&self, name: &str) -> bool {
+        self.request.objtool_at_link && sections::OBJTOOL_SECTIONS.contains(&name)
     }
 
     pub(super) fn section_named(&self, name: &str) -> Option<usize> {
