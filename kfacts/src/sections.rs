@@ -81,7 +81,7 @@ pub mod alt_instr {
     pub fn layout_of(size: u64, offsets: &[u64]) -> Option<Layout> {
         let mut sorted = offsets.to_vec();
         sorted.sort_unstable();
-        if sorted.is_empty() || sorted.len() % 2 != 0 {
+        if sorted.is_empty() || !sorted.len().is_multiple_of(2) {
             return None;
         }
         let entries = (sorted.len() / 2) as u64;
