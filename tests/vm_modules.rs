@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use kstack_tests::{CliStore, sandbox, sections, workspace_root};
+use kstack_tests::{CliStore, sandbox, sections};
 
 /// A module example, the test kernel's line's version where it has one.
 fn example(name: &str) -> PathBuf {
