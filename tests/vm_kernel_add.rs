@@ -1,6 +1,7 @@
 //! `kstack kernel add` for an older release than the newest (fleets run those), then
 //! `kernel list` and a boot of that kernel in the sandbox. The release is chosen from
-//! the Debian archive at test time: the newest but one.
+//! the Debian archive at test time: the newest but one. And the generic flavour,
+//! by its line name.
 
 use std::process::Command;
 
@@ -75,4 +76,62 @@ fn an_older_release_is_added_listed_and_boots() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), release);
+}
+
+/// The generic flavour (bare-metal machines: an xz image with the x86 BCJ filter,
+/// about 4,000 modules): its newest 6.1 release, added by its line name, listed
+/// with its line and flavour, and booted.
+#[test]
+fn the_generic_flavour_is_added_listed_and_boots() {
+    let out = kstack()
+        .args(["--json", "kernel", "add", "6.1-amd64", "--no-source"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let added: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let release = added["release"].as_str().unwrap().to_owned();
+    assert!(
+        release.starts_with("6.1.0-") && release.ends_with("-amd64"),
+        "{added}"
+    );
+    assert!(!release.contains("cloud"), "{added}");
+    assert_eq!(added["line"], "6.1", "{added}");
+    assert_eq!(added["flavour"], "amd64", "{added}");
+
+    let out = kstack()
+        .args(["--json", "kernel", "list"])
+        .output()
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["release"] == release.as_str())
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(row["flavour"], "amd64", "{list}");
+    // The build ID comes out of the xz image.
+    assert_eq!(row["build_id"].as_str().unwrap().len(), 40, "{list}");
+
+    let out = kstack()
+        .args(["try", "--kernel", added["image"].as_str().unwrap()])
+        .args([
+            "--",
+            "uname -r; test -d /sys/kernel/livepatch && echo livepatch",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{release}\nlivepatch")
+    );
 }

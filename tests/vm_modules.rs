@@ -7,10 +7,11 @@
 
 use std::path::PathBuf;
 
-use kstack_tests::{CliStore, sandbox, sections, workspace_root};
+use kstack_tests::{CliStore, sandbox, sections};
 
+/// A module example, the test kernel's line's version where it has one.
 fn example(name: &str) -> PathBuf {
-    workspace_root().join("examples/modules").join(name)
+    kstack_tests::example_for_line("modules", name)
 }
 
 /// The guest's view of a patch's objects: `kstack status --json`, one line per

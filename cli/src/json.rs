@@ -916,6 +916,10 @@ pub struct TryOutput {
 #[derive(Debug, Serialize)]
 pub struct KernelAddOutput {
     pub release: String,
+    /// The Debian kernel line (`6.1`, `6.12`).
+    pub line: Option<String>,
+    /// The flavour (`cloud-amd64`, `amd64`).
+    pub flavour: Option<String>,
     /// The Debian package version.
     pub version: String,
     pub build_id: String,
@@ -928,6 +932,10 @@ pub struct KernelAddOutput {
 #[derive(Debug, Serialize)]
 pub struct KernelEntry {
     pub release: String,
+    /// The Debian kernel line (`6.1`, `6.12`), `null` for a release that names none.
+    pub line: Option<String>,
+    /// The flavour (`cloud-amd64`, `amd64`), `null` likewise.
+    pub flavour: Option<String>,
     pub version: Option<String>,
     /// The image's build ID, or `? (why)` when it cannot be read.
     pub build_id: String,

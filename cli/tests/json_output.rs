@@ -469,6 +469,8 @@ fn kernel_list() {
     [
       {
         "release": "6.1.0-99-kstack-test",
+        "line": "6.1",
+        "flavour": "kstack-test",
         "version": "6.1.999-1",
         "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
         "default": true,
@@ -476,6 +478,43 @@ fn kernel_list() {
         "source": "[TMP]/cache/src/6.1.0-99-kstack-test/linux"
       }
     ]
+    "#);
+}
+
+/// `kernel add` refuses a flavour or line kstack does not build for before it asks
+/// apt for anything.
+#[test]
+fn kernel_add_refuses_other_lines_and_flavours() {
+    let env = Env::new();
+    let (code, json) = env.json(&["kernel", "add", "6.1.0-56-rt-amd64"]);
+    assert_eq!(code, 64);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "error": {
+        "kind": "usage",
+        "message": "kernel 6.1.0-56-rt-amd64 cannot be added: flavour rt-amd64 is not one kstack builds for and tests on (it takes cloud-amd64 and amd64)",
+        "chain": [
+          "kernel 6.1.0-56-rt-amd64 cannot be added: flavour rt-amd64 is not one kstack builds for and tests on (it takes cloud-amd64 and amd64)"
+        ],
+        "hint": "kstack takes Debian 12's 6.1 and 6.12 lines, flavours cloud-amd64 and amd64 (`kstack kernel add 6.12-cloud-amd64` for 6.12's newest)",
+        "exit_code": 64
+      }
+    }
+    "#);
+    let (code, json) = env.json(&["kernel", "add", "5.10-amd64"]);
+    assert_eq!(code, 64);
+    insta::assert_snapshot!(json, @r#"
+    {
+      "error": {
+        "kind": "usage",
+        "message": "kernel 5.10-amd64 cannot be added: line 5.10 is not one kstack builds for (it builds for Debian 12's lines 6.1 and 6.12)",
+        "chain": [
+          "kernel 5.10-amd64 cannot be added: line 5.10 is not one kstack builds for (it builds for Debian 12's lines 6.1 and 6.12)"
+        ],
+        "hint": "kstack takes Debian 12's 6.1 and 6.12 lines, flavours cloud-amd64 and amd64 (`kstack kernel add 6.12-cloud-amd64` for 6.12's newest)",
+        "exit_code": 64
+      }
+    }
     "#);
 }
 

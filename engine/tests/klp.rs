@@ -78,6 +78,7 @@ fn extract_one(object: &[u8], tu: &str, function: &str, resolver: &TestResolver)
             functions: &functions,
             new_data: &[],
             provided: &[],
+            objtool_at_link: false,
         },
         resolver,
     )

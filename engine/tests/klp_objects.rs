@@ -112,6 +112,7 @@ fn real_kernel_objects_decode_and_every_function_extracts() {
                 functions: &functions,
                 new_data: &[],
                 provided: &[],
+                objtool_at_link: false,
             };
             let out = klp::extract(&request, &resolver)
                 .unwrap_or_else(|e| panic!("{name}: {fname}: {e}"));

@@ -35,20 +35,64 @@ pub mod jump_entry {
     pub const KEY: u64 = 8;
 }
 
-/// `.altinstructions`: `struct alt_instr { s32 instr_offset; s32 repl_offset; u16
-/// cpuid; u8 instrlen; u8 replacementlen; } __packed`
-/// (arch/x86/include/asm/alternative.h, 6.1). `cpuid` bit 15 inverts the test
-/// (`ALTINSTR_FLAG_INV`).
+/// `.altinstructions`: `struct alt_instr` (arch/x86/include/asm/alternative.h), in
+/// two layouts. Linux 6.1: `{ s32 instr_offset; s32 repl_offset; u16 cpuid; u8
+/// instrlen; u8 replacementlen; } __packed`, 12 bytes, `cpuid` bit 15 inverting the
+/// test (`ALTINSTR_FLAG_INV`). Linux 6.3 and later (6.12): `cpuid` became `u32
+/// ft_flags` (`cpuid:16` then `flags:16`, `ALT_FLAG_NOT`, `ALT_FLAG_DIRECT_CALL`;
+/// "x86/alternatives: Add alt_instr.flags"), 14 bytes. An object does not say which
+/// it has: [`layout_of`] tells them apart by where the relocations of the entries
+/// fall, and the two never agree on a section's size.
 pub mod alt_instr {
     pub const SECTION: &str = ".altinstructions";
-    pub const SIZE: u64 = 12;
     pub const INSTR_OFFSET: u64 = 0;
     /// Points into [`super::ALTINSTR_REPLACEMENT`].
     pub const REPL_OFFSET: u64 = 4;
+    /// The CPU feature (`u16` in both layouts).
     pub const CPUID: u64 = 8;
-    pub const INSTRLEN: u64 = 10;
-    /// How many bytes of the replacement section the entry uses.
-    pub const REPLACEMENTLEN: u64 = 11;
+
+    /// Where the fields of one layout are.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Layout {
+        pub size: u64,
+        pub instrlen: u64,
+        /// How many bytes of the replacement section the entry uses.
+        pub replacementlen: u64,
+    }
+
+    /// Linux 6.1 (Debian 12's 6.1 line).
+    pub const V6_1: Layout = Layout {
+        size: 12,
+        instrlen: 10,
+        replacementlen: 11,
+    };
+    /// Linux 6.3 and later (Debian's 6.12 line).
+    pub const V6_3: Layout = Layout {
+        size: 14,
+        instrlen: 12,
+        replacementlen: 13,
+    };
+    pub const LAYOUTS: [Layout; 2] = [V6_1, V6_3];
+
+    /// The layout of a `.altinstructions` section of `size` bytes whose relocations
+    /// are at `offsets`: every entry has exactly two, at [`INSTR_OFFSET`] and
+    /// [`REPL_OFFSET`], so the entries start at the even-numbered relocations in
+    /// order. `None` when neither layout fits (or the section is empty).
+    pub fn layout_of(size: u64, offsets: &[u64]) -> Option<Layout> {
+        let mut sorted = offsets.to_vec();
+        sorted.sort_unstable();
+        if sorted.is_empty() || !sorted.len().is_multiple_of(2) {
+            return None;
+        }
+        let entries = (sorted.len() / 2) as u64;
+        LAYOUTS.into_iter().find(|l| {
+            l.size * entries == size
+                && sorted.chunks(2).enumerate().all(|(i, pair)| {
+                    pair[0] == i as u64 * l.size + INSTR_OFFSET
+                        && pair[1] == i as u64 * l.size + REPL_OFFSET
+                })
+        })
+    }
 }
 
 /// `.parainstructions`: `struct paravirt_patch_site { u8 *instr; u8 type; u8 len; }`,
@@ -101,6 +145,35 @@ pub const SITE_OFFSET_SIZE: u64 = 4;
 pub const MCOUNT_LOC: &str = "__mcount_loc";
 pub const MCOUNT_LOC_SIZE: u64 = 8;
 
+/// `.call_sites`: an `s32` per call, written by objtool for call-depth tracking
+/// (`--hacks=skylake`, `CONFIG_MITIGATION_CALL_DEPTH_TRACKING`, 6.2 and later) and
+/// read by `callthunks_patch_module_calls()` (arch/x86/kernel/callthunks.c).
+pub const CALL_SITES: &str = ".call_sites";
+/// `.ibt_endbr_seal`: an `s32` per `endbr64` nothing reaches indirectly (objtool
+/// `--ibt`), poisoned by `apply_seal_endbr()` when the CPU has IBT.
+pub const IBT_ENDBR_SEAL: &str = ".ibt_endbr_seal";
+/// `.cfi_sites`: objtool's list of kCFI preambles (`--cfi`, `CONFIG_FINEIBT`).
+pub const CFI_SITES: &str = ".cfi_sites";
+
+/// The sections objtool writes from the code it reads (tools/objtool/check.c,
+/// orc_gen.c): where it runs on the linked module instead of each object, it writes
+/// them for the whole module, and a copy carried from a unit would make it skip its
+/// own ("file already has ..."). 6.12's configuration runs it that way
+/// (`delay-objtool` with `CONFIG_X86_KERNEL_IBT`, scripts/Makefile.lib); 6.1's runs it
+/// on each object. `__mcount_loc` is not among them: Debian's kernels have the
+/// compiler write it (`CONFIG_FTRACE_MCOUNT_USE_CC`).
+pub const OBJTOOL_SECTIONS: &[&str] = &[
+    orc::IP_SECTION,
+    orc::ENTRY_SECTION,
+    ".orc_header",
+    RETURN_SITES,
+    RETPOLINE_SITES,
+    static_call_site::SECTION,
+    CALL_SITES,
+    IBT_ENDBR_SEAL,
+    CFI_SITES,
+];
+
 /// Where the replacement instructions of `.altinstructions` live
 /// (arch/x86/include/asm/alternative.h, `ALTERNATIVE`).
 pub const ALTINSTR_REPLACEMENT: &str = ".altinstr_replacement";
@@ -138,6 +211,8 @@ pub enum EntryKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpecialSection {
     pub name: &'static str,
+    /// The size of an entry; for `.altinstructions`, 6.1's (read an object's with
+    /// [`SpecialSection::entry_size_in`]).
     pub entry_size: u64,
     /// Offset in an entry of the relocated field that points into the code.
     pub anchor: u64,
@@ -148,6 +223,18 @@ pub struct SpecialSection {
 }
 
 impl SpecialSection {
+    /// The entry size of this section in an object whose section is `size` bytes
+    /// with relocations at `offsets`: fixed for most, read from the entries for
+    /// `.altinstructions` (see [`alt_instr`]). `None` when the entries fit no layout
+    /// this kernel version has.
+    pub fn entry_size_in(&self, size: u64, offsets: &[u64]) -> Option<u64> {
+        match self.kind {
+            EntryKind::Alternatives if size == 0 => Some(self.entry_size),
+            EntryKind::Alternatives => alt_instr::layout_of(size, offsets).map(|l| l.size),
+            _ => Some(self.entry_size),
+        }
+    }
+
     const fn plain(name: &'static str, entry_size: u64) -> SpecialSection {
         SpecialSection {
             name,
@@ -174,7 +261,7 @@ pub const SPECIAL_SECTIONS: &[SpecialSection] = &[
     SpecialSection {
         anchor: alt_instr::INSTR_OFFSET,
         kind: EntryKind::Alternatives,
-        ..SpecialSection::plain(alt_instr::SECTION, alt_instr::SIZE)
+        ..SpecialSection::plain(alt_instr::SECTION, alt_instr::V6_1.size)
     },
     SpecialSection {
         anchor: paravirt_patch_site::INSTR,
@@ -223,8 +310,17 @@ pub fn is_freed_after_boot(name: &str) -> bool {
 }
 
 /// Build-time annotations: read by objtool or the linker and dropped
-/// (`.discard.*`, notes, `.comment`).
-pub const ANNOTATION_PREFIXES: &[&str] = &[".discard", ".note", ".comment"];
+/// (`.discard.*`, notes, `.comment`), and [`PATCHABLE_FUNCTION_ENTRIES`].
+pub const ANNOTATION_PREFIXES: &[&str] =
+    &[".discard", ".note", ".comment", PATCHABLE_FUNCTION_ENTRIES];
+
+/// Where `-fpatchable-function-entry=16,16` (`CONFIG_CALL_PADDING`, 6.2 and later:
+/// 6.12, not 6.1; arch/x86/Makefile `PADDING_CFLAGS`) records the padding before
+/// each function. x86 does not use it: vmlinux's linker script discards it
+/// (`PATCHABLE_DISCARDS`, include/asm-generic/vmlinux.lds.h) and a module keeps it
+/// unread (scripts/module.lds.S); the padding itself is the 16 bytes before the
+/// function's symbol, in the function's section.
+pub const PATCHABLE_FUNCTION_ENTRIES: &str = "__patchable_function_entries";
 
 /// Tables the kernel image or a module is registered through, whose entries are
 /// named after `__LINE__` and `__COUNTER__`: initcalls, exports and their CRCs,
@@ -316,6 +412,37 @@ mod tests {
             for &(offset, size) in s.volatile {
                 assert!(offset + size <= s.entry_size, "{}", s.name);
             }
+        }
+    }
+
+    #[test]
+    fn alternatives_of_6_1_and_6_12_are_told_apart_by_their_relocations() {
+        // Three entries of each layout.
+        let offsets =
+            |size: u64| -> Vec<u64> { (0..3).flat_map(|i| [i * size, i * size + 4]).collect() };
+        assert_eq!(
+            alt_instr::layout_of(36, &offsets(12)),
+            Some(alt_instr::V6_1)
+        );
+        assert_eq!(
+            alt_instr::layout_of(42, &offsets(14)),
+            Some(alt_instr::V6_3)
+        );
+        // One entry: the size alone decides.
+        assert_eq!(alt_instr::layout_of(14, &[4, 0]), Some(alt_instr::V6_3));
+        assert_eq!(alt_instr::layout_of(12, &[0, 4]), Some(alt_instr::V6_1));
+        // Relocations that fit neither (a missing replacement, another stride).
+        assert_eq!(alt_instr::layout_of(36, &[0, 4, 12, 24, 28]), None);
+        assert_eq!(alt_instr::layout_of(48, &offsets(16)[..]), None);
+        assert_eq!(alt_instr::layout_of(0, &[]), None);
+        let alt = special_section(alt_instr::SECTION).unwrap();
+        assert_eq!(alt.entry_size_in(42, &offsets(14)), Some(14));
+        assert_eq!(alt.entry_size_in(0, &[]), Some(12));
+        let jump = special_section(jump_entry::SECTION).unwrap();
+        assert_eq!(jump.entry_size_in(32, &[0, 4, 8]), Some(16));
+        // Both layouts keep the feature bits and the instruction lengths inside.
+        for l in alt_instr::LAYOUTS {
+            assert!(alt_instr::CPUID + 2 <= l.instrlen && l.replacementlen < l.size);
         }
     }
 

@@ -25,6 +25,15 @@ pub const DS_PREFIX: u8 = 0x3e;
 /// arch/x86/include/asm/nops.h).
 pub const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
 
+/// `endbr64`, which `CONFIG_X86_KERNEL_IBT` (6.12, not 6.1) puts first in every
+/// function that may be reached indirectly (arch/x86/include/asm/ibt.h,
+/// `gen_endbr`); then comes the fentry call.
+pub const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
+/// What the kernel writes over an `endbr64` that nothing reaches indirectly, when
+/// the CPU has IBT (`gen_endbr_poison`, "osp nopl (%rax)";
+/// arch/x86/kernel/alternative.c `apply_seal_endbr`, from `.ibt_endbr_seal`).
+pub const ENDBR_POISON: [u8; 4] = [0x66, 0x0f, 0x1f, 0x00];
+
 /// One decoded instruction and where it is (an offset or an address).
 #[derive(Debug, Clone, Copy)]
 pub struct Insn {

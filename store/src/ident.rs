@@ -534,6 +534,10 @@ pub fn decompress_payload(payload: &[u8], what: &str) -> Result<Vec<u8>, IdentEr
                 memlimit: Some(MAX_VMLINUX_SIZE),
                 ..Default::default()
             };
+            // The generic kernel's xz has the x86 BCJ filter, which lzma-rs lacks.
+            if format == Compression::Xz && crate::xz::needs_bcj(payload) {
+                return crate::xz::decompress(payload, MAX_VMLINUX_SIZE).map_err(fail);
+            }
             let result = if format == Compression::Xz {
                 lzma_rs::xz_decompress(&mut input, &mut out)
             } else {

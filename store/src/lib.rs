@@ -20,6 +20,7 @@ pub mod sign;
 pub mod store;
 pub mod validity;
 pub mod verify;
+mod xz;
 
 /// Renders an error with its chain of causes, as `a: b: c` (skipping a cause whose
 /// text its parent already shows).

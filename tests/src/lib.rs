@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kstack_engine::builder::assets::{Cache, Kernel};
+use kstack_engine::builder::assets::{Cache, Kernel, KernelLine};
 use kstack_engine::builder::kbuild::{self, ModuleSpec};
 use kstack_engine::sandbox::{self, Sandbox, SandboxOptions};
 
@@ -24,11 +24,80 @@ pub fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
-/// The kernel that set-up fetched.
+/// Chooses the kernel the tests run on: a release (`6.12.117+deb12-cloud-amd64`) or
+/// a line and flavour (`6.12-cloud-amd64`: the newest release of it in the cache).
+pub const KERNEL_ENV: &str = "KSTACK_TEST_KERNEL";
+
+/// The line and flavour of Debian's 6.12 cloud kernel, which set-up fetches beside
+/// the default one and the `vm_line_612` tests run on.
+pub const LINE_612: &str = "6.12-cloud-amd64";
+
+static SELECTED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes this test process run on `which` (as [`KERNEL_ENV`] would), whatever the
+/// environment says: for a test binary written for one kernel line. Call it first.
+pub fn select_kernel(which: &str) {
+    let chosen = SELECTED.get_or_init(|| which.to_owned());
+    assert_eq!(chosen, which, "one test process runs on one kernel");
+}
+
+/// The kernel the tests run on: the one [`select_kernel`] or [`KERNEL_ENV`] names,
+/// else the default kernel set-up fetched.
 pub fn kernel() -> Kernel {
-    Cache::from_env()
-        .current()
-        .unwrap_or_else(|e| panic!("no test kernel: {e}\nrun `{SETUP}` first"))
+    let cache = Cache::from_env();
+    let wanted = SELECTED
+        .get()
+        .cloned()
+        .or_else(|| std::env::var(KERNEL_ENV).ok().filter(|v| !v.is_empty()));
+    match wanted {
+        None => cache
+            .current()
+            .unwrap_or_else(|e| panic!("no test kernel: {e}\nrun `{SETUP}` first")),
+        Some(which) => find_kernel(&cache, &which),
+    }
+}
+
+fn find_kernel(cache: &Cache, which: &str) -> Kernel {
+    if let Ok(kernel) = cache.kernel(which) {
+        return kernel;
+    }
+    let line = KernelLine::of_line_name(which).unwrap_or_else(|| {
+        panic!("{KERNEL_ENV}={which}: kernel {which} is not in the cache\nrun `{SETUP}` first")
+    });
+    // Newest point release last: compare the numbers, not the text (6.12.9 < 6.12.10).
+    let number = |k: &Kernel| -> Vec<u64> {
+        k.release
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect()
+    };
+    cache
+        .kernels()
+        .into_iter()
+        .filter(|k| k.line().as_ref() == Some(&line))
+        .max_by_key(number)
+        .unwrap_or_else(|| {
+            panic!(
+                "no {} kernel of line {} in the cache {}\nrun `{SETUP}` first",
+                line.flavour,
+                line.line,
+                cache.root().display()
+            )
+        })
+}
+
+/// A file of the examples for the test kernel's line: `examples/<dir>/<line>/<name>`
+/// where the line has its own version (the source differs there), else
+/// `examples/<dir>/<name>`.
+pub fn example_for_line(dir: &str, name: &str) -> PathBuf {
+    let base = workspace_root().join("examples").join(dir);
+    if let Some(line) = kernel().line() {
+        let own = base.join(&line.line).join(name);
+        if own.is_file() {
+            return own;
+        }
+    }
+    base.join(name)
 }
 
 /// A sandbox on the set-up kernel with default options.
@@ -142,6 +211,7 @@ pub fn build_module_cached(name: &str, sources: &[(&str, String)]) -> PathBuf {
 }
 
 pub mod corpus;
+pub mod scenarios;
 pub mod stack;
 
 /// Busybox's `date` has no nanoseconds: a static helper for the benchmarks' guests
@@ -235,7 +305,8 @@ impl CliStore {
         }
     }
 
-    /// `kstack commit <diff> --stack <stack>`; returns the JSON report.
+    /// `kstack commit <diff> --stack <stack>` for the test kernel; returns the JSON
+    /// report.
     pub fn commit_diff(&self, stack: &str, diff: &Path) -> serde_json::Value {
         let out = run_ok(
             kstack_cli()
@@ -244,7 +315,9 @@ impl CliStore {
                 .args(["--json", "commit"])
                 .arg(diff)
                 .args(["--stack", stack, "--key"])
-                .arg(&self.key),
+                .arg(&self.key)
+                .arg("--kernel")
+                .arg(kernel().vmlinuz()),
         );
         serde_json::from_str(out.trim()).unwrap()
     }
@@ -287,21 +360,24 @@ impl Default for CliStore {
     }
 }
 
-/// The example patches (`examples/patches/*.diff`), in order.
+/// The example patches (`examples/patches/*.diff`), in order, each in the test
+/// kernel's line's version where it has one (`examples/patches/6.12/`).
 pub fn example_patches() -> Vec<PathBuf> {
     let dir = workspace_root().join("examples/patches");
-    let mut patches: Vec<PathBuf> = std::fs::read_dir(&dir)
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "diff"))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    patches.sort();
-    patches
+    names.sort();
+    names.iter().map(|n| example_patch(n)).collect()
 }
 
-/// One example patch, by file name.
+/// One example patch, by file name, in the test kernel's line's version where it
+/// has one.
 pub fn example_patch(name: &str) -> PathBuf {
-    workspace_root().join("examples/patches").join(name)
+    example_for_line("patches", name)
 }
 
 /// A module signing key and its self-signed X.509 certificate, made with `openssl`

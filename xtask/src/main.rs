@@ -2,8 +2,9 @@
 //!
 //! - `cargo xtask setup`: install the Debian packages kstack's build and tests use,
 //!   fetch the current Debian cloud kernel (image, headers, prepared source) into the
-//!   cache, and build the static `kstack` that the sandbox VM runs. Idempotent: a
-//!   second run with nothing new takes seconds.
+//!   cache, and the newest of Debian 12's 6.12 cloud line beside it (the
+//!   `vm_line_612` tests run on it), and build the static `kstack` that the sandbox
+//!   VM runs. Idempotent: a second run with nothing new takes seconds.
 //! - `cargo xtask demo`: set-up, then the demo in the sandbox VM.
 //! - `cargo xtask test`: set-up, then every check and test (what CI runs), with a
 //!   short bounded run of every fuzz target.
@@ -61,6 +62,10 @@ const PACKAGES: &[&str] = &[
 /// Python tools from PyPI, installed into a venv in the cache (never into the
 /// checkout or the system's Python): `virt-firmware` edits OVMF variable stores.
 const PYTHON_TOOLS: &[&str] = &["virt-firmware==26.10"];
+
+/// Kernel lines set-up fetches beside the default (6.1 cloud) kernel, by their
+/// metapackage names: the tests run on them too.
+const SECOND_LINES: &[&str] = &["6.12-cloud-amd64"];
 
 /// apt lists older than this are refreshed, so "current kernel" means current.
 const APT_LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -147,6 +152,30 @@ fn setup(root: &Path) -> Result<assets::Kernel> {
         &mut |line| eprintln!("    {line}"),
     )
     .with_context(|| format!("fetching kernel {release}"))?;
+    // The second line the tests run on (`vm_line_612`, or any VM test with
+    // KSTACK_TEST_KERNEL=6.12-cloud-amd64): its newest release, resolved from apt.
+    for line in SECOND_LINES {
+        let line = assets::KernelLine::of_line_name(line).expect("a line name");
+        let (release, version) = assets::resolve_newest_release(&line)
+            .with_context(|| format!("resolving the newest {} kernel", line.metapackage()))?;
+        eprintln!(
+            "    newest Debian {} kernel: {release} ({version})",
+            line.line
+        );
+        assets::fetch_kernel(
+            &cache,
+            &release,
+            &version,
+            FetchOptions {
+                headers: true,
+                source: true,
+                make_current: false,
+                symbols: true,
+            },
+            &mut |line| eprintln!("    {line}"),
+        )
+        .with_context(|| format!("fetching kernel {release}"))?;
+    }
     build_static(root)?;
     step(&format!(
         "set-up done in {:.1}s",

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use kstack_engine::builder::assets::{self, Cache, FetchOptions};
+use kstack_engine::builder::assets::{self, Cache, FetchOptions, KernelLine};
 
 use super::GlobalArgs;
 use crate::error::{CliError, Kind};
@@ -24,20 +24,25 @@ pub enum KernelCommand {
     List(KernelListArgs),
 }
 
-/// Fetch a Debian cloud kernel release into the cache
+/// Fetch a Debian kernel release into the cache
 ///
-/// Downloads the release's unsigned image (unpacked, not installed), installs its
-/// headers with apt, and unpacks and prepares linux-source-6.1 of exactly the image's
-/// Debian version, which `kstack commit PATCH.diff` builds against. Any release still
-/// in the Debian archive can be added, not only the newest: fleets run older kernels.
+/// Takes Debian 12's 6.1 line (6.1.0-56-cloud-amd64, 6.1.0-56-amd64) and its 6.12 line
+/// (6.12.117+deb12-cloud-amd64, 6.12.117+deb12-amd64), cloud and generic flavours.
+/// Downloads the release's unsigned image (unpacked, not installed, its modules
+/// decompressed), installs its headers with apt, and unpacks and prepares the line's
+/// source (linux-source-6.1 or linux-source-6.12) of exactly the image's Debian
+/// version, which `kstack commit PATCH.diff` builds against. Any release still in the
+/// Debian archive can be added, not only the newest: fleets run older kernels.
 /// Needs root (apt). The cache is $KSTACK_CACHE, default ~/.cache/kstack.
 #[derive(Debug, Args)]
 // `--version` is the Debian package version here, not kstack's (clap's debug
 // assertions refuse the two on one command).
 #[command(disable_version_flag = true)]
 pub struct KernelAddArgs {
-    /// The kernel release, as `uname -r` prints it (6.1.0-56-cloud-amd64), or
-    /// `current` for the one linux-image-cloud-amd64 depends on now
+    /// The kernel release, as `uname -r` prints it (6.1.0-56-cloud-amd64,
+    /// 6.12.117+deb12-cloud-amd64); a line and flavour (6.12-cloud-amd64, 6.1-amd64)
+    /// for its newest release; or `current` for the one linux-image-cloud-amd64
+    /// depends on now
     pub release: String,
     /// The Debian package version [default: the archive's candidate for that release]
     #[arg(long)]
@@ -60,7 +65,15 @@ pub fn cmd_kernel(ui: &Ui, _global: &GlobalArgs, args: KernelArgs) -> Result<Exi
         KernelCommand::Add(args) => {
             let (release, version) = if args.release == "current" {
                 assets::resolve_current_release()?
+            } else if let Some(line) = KernelLine::of_line_name(&args.release) {
+                line.check_supported()
+                    .map_err(|reason| assets::AssetError::Unsupported {
+                        release: args.release.clone(),
+                        reason,
+                    })?;
+                assets::resolve_newest_release(&line)?
             } else {
+                assets::check_release(&args.release)?;
                 let version = match args.version {
                     Some(v) => v,
                     None => {
@@ -87,8 +100,11 @@ pub fn cmd_kernel(ui: &Ui, _global: &GlobalArgs, args: KernelArgs) -> Result<Exi
             // The image was just fetched: one without a build ID is bad data.
             let build_id = kstack_store::ident::image_build_id(&kernel.vmlinuz())
                 .map_err(|e| CliError::from(e).with_kind(Kind::Data))?;
+            let line = kernel.line();
             if ui.json() {
                 ui.emit_json(&KernelAddOutput {
+                    line: line.as_ref().map(|l| l.line.clone()),
+                    flavour: line.map(|l| l.flavour),
                     build_id: build_id.to_hex(),
                     image: kernel.vmlinuz().display().to_string(),
                     source: kernel.source().map(|s| s.display().to_string()),
@@ -106,6 +122,8 @@ pub fn cmd_kernel(ui: &Ui, _global: &GlobalArgs, args: KernelArgs) -> Result<Exi
                 .kernels()
                 .into_iter()
                 .map(|kernel| KernelEntry {
+                    line: kernel.line().map(|l| l.line),
+                    flavour: kernel.line().map(|l| l.flavour),
                     build_id: kstack_store::ident::image_build_id(&kernel.vmlinuz())
                         .map(|b| b.to_hex())
                         .unwrap_or_else(|e| format!("? ({e})")),
@@ -128,9 +146,11 @@ pub fn cmd_kernel(ui: &Ui, _global: &GlobalArgs, args: KernelArgs) -> Result<Exi
             }
             for r in rows {
                 ui.line(format!(
-                    "{} {:<24} {:<12} {}  headers:{} source:{}",
+                    "{} {:<28} {:<5} {:<12} {:<20} {}  headers:{} source:{}",
                     if r.default { "*" } else { " " },
                     r.release,
+                    r.line.as_deref().unwrap_or("?"),
+                    r.flavour.as_deref().unwrap_or("?"),
                     r.version.as_deref().unwrap_or("?"),
                     r.build_id,
                     if r.headers { "yes" } else { "no" },

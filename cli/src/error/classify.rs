@@ -384,6 +384,13 @@ impl Classify for AssetError {
             AssetError::Resolve { .. } | AssetError::Fetch { .. } => (Kind::Unavailable, None),
             // A build tool is missing or too old (the error says which).
             AssetError::Config { .. } => (Kind::Unavailable, None),
+            AssetError::Unsupported { .. } => (
+                Kind::Usage,
+                Some(
+                    "kstack takes Debian 12's 6.1 and 6.12 lines, flavours cloud-amd64 and amd64 \
+                     (`kstack kernel add 6.12-cloud-amd64` for 6.12's newest)",
+                ),
+            ),
             AssetError::Command { .. } | AssetError::Io { .. } => (Kind::Internal, None),
         }
     }

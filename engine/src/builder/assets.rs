@@ -1,9 +1,11 @@
-//! The kernels kstack targets: Debian cloud kernels, fetched into a cache.
+//! The kernels kstack targets: Debian 12's kernels (the 6.1 and 6.12 lines, cloud
+//! and generic flavours; see [`line`]), fetched into a cache.
 //!
-//! For one kernel release (`6.1.0-56-cloud-amd64`) the cache holds the unpacked
-//! `-unsigned` image package (the `vmlinuz` the sandbox boots, its modules and
-//! config) and the distribution source (`linux-source-6.1` of exactly the image's
-//! Debian version) prepared with the headers' `.config`, as the builder needs it. The
+//! For one kernel release (`6.1.0-56-cloud-amd64`, `6.12.117+deb12-cloud-amd64`) the
+//! cache holds the unpacked `-unsigned` image package (the `vmlinuz` the sandbox
+//! boots, its modules, decompressed, and config) and the distribution source
+//! (`linux-source-6.1` or `linux-source-6.12`, of exactly the image's Debian version)
+//! prepared with the headers' `.config`, as the builder needs it. The
 //! headers themselves are installed with apt (`/usr/src/linux-headers-<release>`), so
 //! kbuild works the usual way.
 //!
@@ -25,12 +27,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod line;
+pub use line::{KernelLine, SUPPORTED_FLAVOURS, SUPPORTED_LINES};
+
 /// The metapackage that names Debian's current cloud kernel ABI.
 pub const CLOUD_METAPACKAGE: &str = "linux-image-cloud-amd64";
-/// The source package of the 6.1 series; one version per image version.
-pub const SOURCE_PACKAGE: &str = "linux-source-6.1";
-/// Where the source package puts its tarball.
-const SOURCE_TARBALL: &str = "usr/src/linux-source-6.1.tar.xz";
 /// Written when a prepared source tree is complete.
 const PREPARED_MARKER: &str = ".kstack-prepared";
 /// The files that preparing the tree generated (one relative path a line): kbuild
@@ -44,6 +45,8 @@ pub enum AssetError {
     NotSetUp { cache: PathBuf, missing: PathBuf },
     #[error("kernel {release} is not in the cache {cache}")]
     UnknownRelease { release: String, cache: PathBuf },
+    #[error("kernel {release} cannot be added: {reason}")]
+    Unsupported { release: String, reason: String },
     #[error("cannot resolve {package} from the Debian archive: {reason}")]
     Resolve { package: String, reason: String },
     #[error("cannot fetch {package}={version}: {reason}")]
@@ -224,6 +227,17 @@ impl Kernel {
             .join(format!("config-{}", self.release))
     }
 
+    /// Whether kbuild runs objtool on linked modules (and vmlinux.o) instead of on
+    /// each object: `delay-objtool` with `CONFIG_X86_KERNEL_IBT` or
+    /// `CONFIG_LTO_CLANG` (scripts/Makefile.lib; 6.12's cloud and generic configs,
+    /// not 6.1's).
+    pub fn objtool_at_link(&self) -> bool {
+        std::fs::read_to_string(self.config()).is_ok_and(|text| {
+            text.lines()
+                .any(|l| l == "CONFIG_X86_KERNEL_IBT=y" || l == "CONFIG_LTO_CLANG=y")
+        })
+    }
+
     /// The GNU build ID of the image, read once from the vmlinux inside it and kept
     /// beside it (`build-id`).
     pub fn build_id(&self) -> Result<kstack_store::ident::BuildId, AssetError> {
@@ -240,6 +254,19 @@ impl Kernel {
             })?;
         let _ = std::fs::write(&cached, id.to_hex());
         Ok(id)
+    }
+
+    /// The line and flavour its release names (`None` for a release that names
+    /// none, which Debian's never are).
+    pub fn line(&self) -> Option<KernelLine> {
+        KernelLine::of_release(&self.release)
+    }
+
+    /// The source package of its line, `linux-source-6.1` when the release names
+    /// no line.
+    pub fn source_package(&self) -> String {
+        self.line()
+            .map_or_else(|| "linux-source-6.1".to_owned(), |l| l.source_package())
     }
 
     /// The Debian package version (`6.1.192-2`).
@@ -303,20 +330,48 @@ impl Kernel {
 /// Resolves the release that `linux-image-cloud-amd64` currently depends on, and its
 /// Debian version, from the local apt lists.
 pub fn resolve_current_release() -> Result<(String, String), AssetError> {
-    let out = run_ok(Command::new("apt-cache").args(["depends", CLOUD_METAPACKAGE]))
-        .map_err(|e| resolve_err(CLOUD_METAPACKAGE, e))?;
+    resolve_metapackage(CLOUD_METAPACKAGE)
+}
+
+/// Resolves the newest release of a line and flavour (what its metapackage depends
+/// on now, `linux-image-6.12-cloud-amd64` for 6.12's cloud kernel), and its Debian
+/// version, from the local apt lists.
+pub fn resolve_newest_release(line: &KernelLine) -> Result<(String, String), AssetError> {
+    resolve_metapackage(&line.metapackage())
+}
+
+fn resolve_metapackage(metapackage: &str) -> Result<(String, String), AssetError> {
+    let out = run_ok(Command::new("apt-cache").args(["depends", metapackage]))
+        .map_err(|e| resolve_err(metapackage, e))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let image = text
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .find(|dep| dep.starts_with("linux-image-"))
         .ok_or_else(|| AssetError::Resolve {
-            package: CLOUD_METAPACKAGE.into(),
+            package: metapackage.into(),
             reason: "apt knows no such package (run `apt-get update`)".into(),
         })?;
     let release = image.trim_start_matches("linux-image-").to_owned();
     let version = package_version(&format!("linux-image-{release}-unsigned"))?;
     Ok((release, version))
+}
+
+/// Refuses a release of a line or flavour kstack does not build for, before
+/// anything is downloaded.
+pub fn check_release(release: &str) -> Result<KernelLine, AssetError> {
+    let line = KernelLine::of_release(release).ok_or_else(|| AssetError::Unsupported {
+        release: release.to_owned(),
+        reason: "not a Debian kernel release (`6.1.0-56-cloud-amd64`, \
+                 `6.12.117+deb12-amd64`) nor a line (`6.12-cloud-amd64`)"
+            .into(),
+    })?;
+    line.check_supported()
+        .map_err(|reason| AssetError::Unsupported {
+            release: release.to_owned(),
+            reason,
+        })?;
+    Ok(line)
 }
 
 /// The candidate version of a package in the local apt lists.
@@ -385,6 +440,16 @@ pub fn fetch_kernel(
                 .arg(&deb)
                 .arg(tmp.join("root")),
         )?;
+        decompress_modules(&tmp.join("root/lib/modules"), log)?;
+        let config = tmp.join("root/boot").join(format!("config-{release}"));
+        let text = std::fs::read_to_string(&config).map_err(io_err(&config))?;
+        if let Err(reason) = check_config(&text) {
+            remove_if_exists(&tmp)?;
+            return Err(AssetError::Unsupported {
+                release: release.to_owned(),
+                reason,
+            });
+        }
         write(&tmp.join("version"), version)?;
         remove_if_exists(&kernel.dir)?;
         rename(&tmp, &kernel.dir)?;
@@ -470,7 +535,12 @@ fn prepare_source(
     version: &str,
     log: &mut dyn FnMut(&str),
 ) -> Result<(), AssetError> {
-    let deb = download(&cache.debs(), SOURCE_PACKAGE, version, log)?;
+    let package = kernel.source_package();
+    let tarball = kernel.line().map_or_else(
+        || "usr/src/linux-source-6.1.tar.xz".to_owned(),
+        |l| l.source_tarball(),
+    );
+    let deb = download(&cache.debs(), &package, version, log)?;
     let parent = kernel.src.parent().expect("the source dir has a parent");
     mkdir(parent)?;
     // Prepared in place: kbuild records absolute paths (objtool's build), which each
@@ -479,11 +549,11 @@ fn prepare_source(
     let tmp = kernel.src.clone();
     remove_if_exists(&tmp)?;
     mkdir(&tmp)?;
-    log(&format!("unpacking {SOURCE_PACKAGE}={version}"));
+    log(&format!("unpacking {package}={version}"));
     // The .deb holds a tarball of the (Debian-patched) tree; unpack it straight from
     // the package's data without writing the tarball to disk.
     let script = format!(
-        "dpkg-deb --fsys-tarfile '{deb}' | tar -xO ./{SOURCE_TARBALL} | tar -xJ -C '{tmp}' --strip-components=1",
+        "dpkg-deb --fsys-tarfile '{deb}' | tar -xO ./{tarball} | tar -xJ -C '{tmp}' --strip-components=1",
         deb = deb.display(),
         tmp = tmp.display(),
     );
@@ -528,6 +598,97 @@ fn prepare_source(
     generated.sort();
     write(&tmp.join(GENERATED_LIST), &generated.join("\n"))?;
     write(&tmp.join(PREPARED_MARKER), version)
+}
+
+/// Refuses a kernel configuration kstack cannot build live patches for, with the
+/// reason. What Debian's 6.12 enables beyond 6.1 (IBT, call padding, call-depth
+/// tracking, objtool at link time) is handled; these are not:
+fn check_config(config: &str) -> Result<(), String> {
+    let enabled = |option: &str| {
+        config
+            .lines()
+            .any(|l| l.strip_prefix(option).is_some_and(|rest| rest == "=y"))
+    };
+    if !enabled("CONFIG_LIVEPATCH") {
+        return Err(
+            "its configuration has no CONFIG_LIVEPATCH: it cannot load live patches".into(),
+        );
+    }
+    if enabled("CONFIG_CFI_CLANG") {
+        // include/linux/cfi.h, arch/x86/kernel/alternative.c (FineIBT).
+        return Err(
+            "it is built with kCFI (CONFIG_CFI_CLANG): every function a patch \
+                    carries would need the `__cfi_` preamble with the type hash of the \
+                    original, which FineIBT rewrites at boot; kstack does not write them"
+                .into(),
+        );
+    }
+    if enabled("CONFIG_LTO_CLANG") {
+        return Err(
+            "it is built with LTO (CONFIG_LTO_CLANG): a translation unit compiled \
+                    alone is not the code the kernel runs"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Decompresses the modules of an unpacked image package in place (`xfs.ko.xz` to
+/// `xfs.ko`): 6.12's packages ship them xz-compressed (`CONFIG_MODULE_COMPRESS_XZ`),
+/// 6.1's plain. The builder reads their symbol tables and the sandbox's busybox
+/// `modprobe` loads them, both from plain `.ko` files; depmod indexes what is there.
+fn decompress_modules(dir: &Path, log: &mut dyn FnMut(&str)) -> Result<(), AssetError> {
+    let mut compressed = Vec::new();
+    find_suffix(dir, ".ko.xz", &mut compressed)?;
+    if compressed.is_empty() {
+        return Ok(());
+    }
+    log(&format!("decompressing {} modules", compressed.len()));
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // One xz per core, each on its share of the files.
+    let children: Vec<_> = compressed
+        .chunks(compressed.len().div_ceil(jobs))
+        .map(|chunk| {
+            Command::new("xz")
+                .args(["-d", "-q"])
+                .args(chunk)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| AssetError::Command {
+                    command: "xz -d".into(),
+                    reason: e.to_string(),
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    for child in children {
+        let out = child.wait_with_output().map_err(|e| AssetError::Command {
+            command: "xz -d".into(),
+            reason: e.to_string(),
+        })?;
+        if !out.status.success() {
+            return Err(AssetError::Command {
+                command: "xz -d".into(),
+                reason: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn find_suffix(dir: &Path, suffix: &str, out: &mut Vec<PathBuf>) -> Result<(), AssetError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry.map_err(io_err(dir))?.path();
+        let meta = std::fs::symlink_metadata(&path).map_err(io_err(&path))?;
+        if meta.is_dir() {
+            find_suffix(&path, suffix, out)?;
+        } else if path.to_str().is_some_and(|p| p.ends_with(suffix)) {
+            out.push(path);
+        }
+    }
+    Ok(())
 }
 
 /// Files under `dir` modified at or after `cutoff`, relative to `root`.
@@ -641,5 +802,22 @@ fn remove_if_exists(path: &Path) -> Result<(), AssetError> {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).map_err(io_err(path)),
         Ok(_) => std::fs::remove_file(path).map_err(io_err(path)),
         Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn configurations_kstack_cannot_patch_are_refused_with_the_reason() {
+        let debian_612 = "CONFIG_LIVEPATCH=y\nCONFIG_X86_KERNEL_IBT=y\nCONFIG_CALL_PADDING=y\n\
+                          CONFIG_MITIGATION_CALL_DEPTH_TRACKING=y\n# CONFIG_CFI_CLANG is not set\n";
+        assert_eq!(super::check_config(debian_612), Ok(()));
+        let kcfi = format!("{debian_612}CONFIG_CFI_CLANG=y\nCONFIG_FINEIBT=y\n");
+        let err = super::check_config(&kcfi).unwrap_err();
+        assert!(err.contains("kCFI") && err.contains("__cfi_"), "{err}");
+        let err = super::check_config("CONFIG_LIVEPATCH=y\nCONFIG_LTO_CLANG=y\n").unwrap_err();
+        assert!(err.contains("LTO"), "{err}");
+        let err = super::check_config("# CONFIG_LIVEPATCH is not set\n").unwrap_err();
+        assert!(err.contains("CONFIG_LIVEPATCH"), "{err}");
     }
 }

@@ -807,6 +807,7 @@ fn build_job(
         }
         let objname = &objects[unit];
         let new_data = patch_data(report);
+        let objtool_at_link = req.kernel.objtool_at_link();
         let request = klp::ExtractRequest {
             object: &post_objects[unit],
             tu: unit,
@@ -814,6 +815,7 @@ fn build_job(
             functions: &specs,
             new_data: &new_data,
             provided: &provided,
+            objtool_at_link,
         };
         let extracted = klp::extract(&request, &symbols).map_err(|source| {
             from_earlier_patch(&source, req.earlier).unwrap_or_else(|| BuildError::Klp {
@@ -933,7 +935,10 @@ fn build_job(
     build_info.insert("kcflags".into(), EXTRA_CFLAGS.into());
     build_info.insert("kernel_release".into(), release.clone());
     if let Some(v) = req.kernel.version() {
-        build_info.insert("source".into(), format!("linux-source-6.1={v}"));
+        build_info.insert(
+            "source".into(),
+            format!("{}={v}", req.kernel.source_package()),
+        );
     }
     build_info.insert("units".into(), units.join(" "));
     build_info.insert("kstack".into(), env!("CARGO_PKG_VERSION").into());

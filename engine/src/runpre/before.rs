@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 
+use iced_x86::Mnemonic;
 use object::read::{
     Object, ObjectSection, ObjectSymbol, Relocation, RelocationTarget as ObjTarget,
 };
@@ -22,7 +23,9 @@ pub use kstack_kfacts::reloc::RelocKind;
 use kstack_kfacts::sections::{
     SITE_OFFSET_SIZE, alt_instr, jump_entry, paravirt_patch_site, static_call_site,
 };
-use kstack_kfacts::symbols::{FENTRY, STATIC_CALL_KEY_PREFIX, STATIC_CALL_TRAMP_PREFIX};
+use kstack_kfacts::symbols::{
+    FENTRY, RETPOLINE_THUNK_PREFIX, RETURN_THUNKS, STATIC_CALL_KEY_PREFIX, STATIC_CALL_TRAMP_PREFIX,
+};
 use kstack_kfacts::{sections, x86};
 
 use super::RunPreError;
@@ -128,6 +131,10 @@ pub enum SiteKind {
     /// `call __fentry__`: a 5-byte nop once ftrace initialised, or a call to an
     /// ftrace trampoline while traced or live-patched.
     Fentry,
+    /// `endbr64` at a function's entry (`CONFIG_X86_KERNEL_IBT`): kept, or sealed
+    /// (a 4-byte no-op) when nothing reaches the function indirectly and the CPU
+    /// has IBT.
+    Endbr,
     /// `jmp __x86_return_thunk`: another return thunk, or `ret; int3...`.
     ReturnThunk,
     /// A call or jump through `__x86_indirect_thunk_<reg>`: the indirect branch
@@ -469,6 +476,30 @@ impl<'d> Obj<'d> {
     }
 
     /// The entries of a special section, by entry index: `(field, relocation)`.
+    /// The layout of the object's `.altinstructions` entries (6.1's or 6.12's),
+    /// `None` without the section.
+    fn alt_layout(&self) -> Result<Option<alt_instr::Layout>, RunPreError> {
+        let Some(section) = self.file.section_by_name(alt_instr::SECTION) else {
+            return Ok(None);
+        };
+        let offsets: Vec<u64> = self
+            .relocations(section.index())?
+            .into_iter()
+            .map(|(off, _)| off)
+            .collect();
+        if offsets.is_empty() {
+            return Ok(None);
+        }
+        alt_instr::layout_of(section.size(), &offsets)
+            .map(Some)
+            .ok_or_else(|| {
+                self.bad(format!(
+                    "{}: its entries fit no layout of the kernel versions kstack knows (6.1, 6.12)",
+                    alt_instr::SECTION
+                ))
+            })
+    }
+
     fn entries(&self, name: &str, entry: u64) -> Result<Option<(Vec<u8>, Entries)>, RunPreError> {
         let Some(section) = self.file.section_by_name(name) else {
             return Ok(None);
@@ -577,6 +608,13 @@ pub fn before_image_named(
             });
         }
     }
+    sites.extend(objtool_sites(&code, &relocs, &sites));
+    if code.starts_with(&x86::ENDBR64) {
+        sites.push(Site {
+            offset: 0,
+            kind: SiteKind::Endbr,
+        });
+    }
     if let Some(call) = function.strip_prefix(STATIC_CALL_TRAMP_PREFIX)
         && code.first() == Some(&x86::JMP_REL32)
     {
@@ -601,6 +639,52 @@ pub fn before_image_named(
     };
     image.check()?;
     Ok(image)
+}
+
+/// The sites objtool records from the branches themselves (tools/objtool/check.c:
+/// every `jmp` to a return thunk in `.return_sites`, every call or jump through a
+/// retpoline thunk in `.retpoline_sites`, every call or jump to a static call
+/// trampoline in `.static_call_sites`), for an object objtool has not processed:
+/// 6.12's configuration (`CONFIG_X86_KERNEL_IBT`) runs objtool on vmlinux.o and on
+/// linked modules only (`delay-objtool`, scripts/Makefile.lib), so a unit compiled
+/// alone has none of those sections, while the kernel still rewrites the sites.
+/// Sites already listed (objtool ran, as on 6.1) are not repeated.
+fn objtool_sites(code: &[u8], relocs: &[RelocSite], known: &[Site]) -> Vec<Site> {
+    let mut out = Vec::new();
+    for insn in x86::decode_all(code, 0) {
+        if !x86::is_direct_branch(&insn.ins)
+            || known.iter().any(|s| s.offset == insn.offset)
+            || !matches!(insn.ins.mnemonic(), Mnemonic::Call | Mnemonic::Jmp)
+        {
+            continue;
+        }
+        let tail = insn.ins.mnemonic() == Mnemonic::Jmp;
+        let field = insn.offset + insn.len - 4;
+        let Some(RelocTarget::Symbol { name, .. }) = relocs
+            .iter()
+            .find(|r| r.offset == field && !r.implicit)
+            .map(|r| &r.target)
+        else {
+            continue;
+        };
+        let kind = if tail && RETURN_THUNKS.contains(&name.as_str()) {
+            SiteKind::ReturnThunk
+        } else if name.starts_with(RETPOLINE_THUNK_PREFIX) {
+            SiteKind::Retpoline
+        } else if let Some(call) = name.strip_prefix(STATIC_CALL_TRAMP_PREFIX) {
+            SiteKind::StaticCall {
+                key: format!("{STATIC_CALL_KEY_PREFIX}{call}"),
+                tail,
+            }
+        } else {
+            continue;
+        };
+        out.push(Site {
+            offset: insn.offset,
+            kind,
+        });
+    }
+    out
 }
 
 /// References out of the function that the assembler resolved without a relocation
@@ -751,7 +835,9 @@ fn special_sites(obj: &Obj, func: Func) -> Result<Vec<Site>, RunPreError> {
             push(Some(at), SiteKind::Paravirt { len, pv_type });
         }
     }
-    if let Some((data, entries)) = obj.entries(alt_instr::SECTION, alt_instr::SIZE)? {
+    if let Some(layout) = obj.alt_layout()?
+        && let Some((data, entries)) = obj.entries(alt_instr::SECTION, layout.size)?
+    {
         for (index, fields) in &entries {
             let (Some(instr), Some(repl)) = (
                 field(fields, alt_instr::INSTR_OFFSET),
@@ -762,12 +848,12 @@ fn special_sites(obj: &Obj, func: Func) -> Result<Vec<Site>, RunPreError> {
             let Some(at) = obj.offset_in(func, instr)? else {
                 continue;
             };
-            let base = (index * alt_instr::SIZE) as usize;
+            let base = (index * layout.size) as usize;
             let cpuid_at = base + alt_instr::CPUID as usize;
             let (Some(cpuid), Some(&len), Some(&repl_len)) = (
                 data.get(cpuid_at..cpuid_at + 2),
-                data.get(base + alt_instr::INSTRLEN as usize),
-                data.get(base + alt_instr::REPLACEMENTLEN as usize),
+                data.get(base + layout.instrlen as usize),
+                data.get(base + layout.replacementlen as usize),
             ) else {
                 return Err(obj.bad(format!("{} entry {index} is truncated", alt_instr::SECTION)));
             };

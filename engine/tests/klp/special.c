@@ -135,6 +135,10 @@ int patched(int x)
 #ifndef DDEBUG /* a module's static call would be refused like its static key */
 	OBJTOOL_SITES();
 #endif
+#ifdef CALL_SITES
+	/* objtool's call-depth tracking list (6.12), for a unit objtool ran on. */
+	asm volatile("7: call printk\n.pushsection .call_sites,\"a\"\n .long 7b - .\n.popsection\n");
+#endif
 #ifdef WEIRD
 	asm volatile("5: nop\n.pushsection .weird_table,\"a\"\n .long 5b - .\n.popsection\n");
 #endif

@@ -174,6 +174,7 @@ impl Sites {
 fn site_key(kind: &SiteKind) -> &'static str {
     match kind {
         SiteKind::Fentry => "fentry",
+        SiteKind::Endbr => "endbr",
         SiteKind::ReturnThunk => "return-thunk",
         SiteKind::Retpoline => "retpoline",
         SiteKind::SmpLock => "smp-lock",
@@ -576,5 +577,106 @@ fn a_static_tail_call_may_become_a_return() {
     let call = s.call_to(site, "real_target");
     s.poke(site, &call);
     let report = check(&image, &s.kernel);
+    assert_eq!(report.outcome, Outcome::Differs, "{report}");
+}
+
+/// `with_sites_612` of sites_612.S (6.12's layout: padding, ENDBR, 14-byte
+/// alternatives, no objtool sections), linked.
+fn sites_612() -> (Kernel, BeforeImage, u64) {
+    let fx = fixture("sites_612.S");
+    let mut kernel = Kernel::new();
+    for (i, name) in ["alt_helper", "real_target"].into_iter().enumerate() {
+        kernel.define(name, 0xffff_ffff_8180_0000 + 0x100 * i as u64, 'T');
+    }
+    let addrs = kernel.link(&fx.shipped);
+    let image = runpre::before_image(&fx.pre, "with_sites_612").unwrap();
+    (kernel, image, addrs["with_sites_612"])
+}
+
+#[test]
+fn on_6_12_the_sites_objtool_would_record_are_found_from_the_branches() {
+    let (_, image, _) = sites_612();
+    let sites: Vec<(u32, &str)> = image
+        .sites
+        .iter()
+        .map(|x| (x.offset, site_key(&x.kind)))
+        .collect();
+    // endbr64 (4 bytes), then the fentry call; the retpoline site starts at its CS
+    // prefix; no section listed the retpoline, static call or return sites.
+    assert_eq!(
+        sites,
+        [
+            (0, "endbr"),
+            (4, "fentry"),
+            (10, "alternative"),
+            (15, "alternative"),
+            (18, "retpoline"),
+            (24, "static-call"),
+            (30, "return-thunk"),
+        ],
+        "{:?}",
+        image.sites
+    );
+    // The 14-byte alternative entries are read with their own layout.
+    let lens: Vec<u8> = image
+        .sites
+        .iter()
+        .filter_map(|x| match &x.kind {
+            SiteKind::Alternative { len, cpuid, .. } => Some((*len, *cpuid)),
+            _ => None,
+        })
+        .map(|(len, _)| len)
+        .collect();
+    assert_eq!(lens, [5, 3]);
+    assert!(
+        image.sites.iter().any(|x| x.kind
+            == SiteKind::StaticCall {
+                key: "__SCK__my_call".into(),
+                tail: false
+            }),
+        "{:?}",
+        image.sites
+    );
+}
+
+#[test]
+fn on_6_12_code_rewritten_at_boot_and_a_sealed_endbr_match() {
+    let (mut kernel, image, func) = sites_612();
+    let stats = matched(&check(&image, &kernel)).clone();
+    assert_eq!(stats.fentry, FentryState::Fentry);
+    let at = |kind: &str| {
+        func + u64::from(
+            image
+                .sites
+                .iter()
+                .find(|x| site_key(&x.kind) == kind)
+                .unwrap()
+                .offset,
+        )
+    };
+    // IBT on the CPU and nothing reaching the function indirectly: the ENDBR is
+    // sealed. ftrace's no-op, `call *%rax` for the retpoline (6 bytes with the
+    // prefix), the static call's target, `ret` for the return thunk.
+    kernel.poke(at("endbr"), &[0x66, 0x0f, 0x1f, 0x00]);
+    kernel.poke(at("fentry"), &NOP5);
+    kernel.poke(at("retpoline"), &[0xff, 0xd0, 0x0f, 0x1f, 0x40, 0x00]);
+    let site = at("static-call");
+    let target = kernel.kallsyms().candidates("real_target")[0];
+    kernel.poke(site, &Kernel::branch32(CALL, site, target));
+    kernel.poke(at("return-thunk"), &[0xc3, 0xcc, 0xcc, 0xcc, 0xcc]);
+    let stats = matched(&check(&image, &kernel)).clone();
+    assert_eq!(stats.fentry, FentryState::Nop);
+    for seen in [
+        "endbr: sealed",
+        "retpoline: indirect",
+        "return-thunk: ret",
+        "static-call: direct",
+    ] {
+        assert_eq!(stats.rewritten.get(seen), Some(&1), "{seen}: {stats:?}");
+    }
+
+    // Anything else at the entry is not the ENDBR.
+    kernel.poke(at("endbr"), &[0x90, 0x90, 0x90, 0xcc]);
+    let report = check(&image, &kernel);
     assert_eq!(report.outcome, Outcome::Differs, "{report}");
 }

@@ -200,15 +200,24 @@ impl<'d> Elf<'d> {
                 section: sec.name.clone(),
                 detail,
             };
-            if sec.size % kind.entry_size != 0 {
+            let offsets: Vec<u64> = sec.relocs.iter().map(|r| r.offset).collect();
+            let Some(entry_size) = kind.entry_size_in(sec.size, &offsets) else {
+                return Err(malformed(format!(
+                    "its {} relocations in {:#x} bytes fit no entry layout of the kernel \
+                     versions kstack knows (6.1, 6.12)",
+                    offsets.len(),
+                    sec.size
+                )));
+            };
+            if sec.size % entry_size != 0 {
                 return Err(malformed(format!(
                     "size {:#x} is not a multiple of the {}-byte entry this kernel \
                      version uses",
-                    sec.size, kind.entry_size
+                    sec.size, entry_size
                 )));
             }
             for rel in sec.relocs.iter() {
-                if rel.offset % kind.entry_size != kind.anchor {
+                if rel.offset % entry_size != kind.anchor {
                     continue;
                 }
                 let entry = rel.offset - kind.anchor;
@@ -218,7 +227,7 @@ impl<'d> Elf<'d> {
                 let mut parts = vec![Piece {
                     section: index,
                     offset: entry,
-                    size: kind.entry_size,
+                    size: entry_size,
                 }];
                 if kind.kind == EntryKind::OrcIp {
                     let orc =
@@ -265,9 +274,11 @@ impl<'d> Elf<'d> {
             .iter()
             .find(|r| r.offset == entry + alt_instr::REPL_OFFSET)?;
         let (section, offset) = self.data_reloc_target(rel)?;
+        let offsets: Vec<u64> = sec.relocs.iter().map(|r| r.offset).collect();
+        let layout = alt_instr::layout_of(sec.size, &offsets)?;
         let len = *sec
             .data
-            .get(usize::try_from(entry + alt_instr::REPLACEMENTLEN).ok()?)?;
+            .get(usize::try_from(entry + layout.replacementlen).ok()?)?;
         (section == repl && len > 0).then_some(Piece {
             section,
             offset,
@@ -359,6 +370,12 @@ mod tests {
         let a = elf::SHF_ALLOC.0;
         let ams = a | elf::SHF_MERGE.0 | elf::SHF_STRINGS.0;
         assert_eq!(classify(".text.foo", ax), Class::Text);
+        // 6.12's record of the function padding (`CONFIG_CALL_PADDING`): unused on x86.
+        let wal = a | elf::SHF_WRITE.0 | elf::SHF_LINK_ORDER.0;
+        assert_eq!(
+            classify("__patchable_function_entries", wal),
+            Class::Ignored
+        );
         assert_eq!(classify(".sched.text", ax), Class::Text);
         assert_eq!(classify(".init.text", ax), Class::InitText);
         assert_eq!(classify(".rodata.foo.str1.8", ams), Class::Strings);

@@ -9,7 +9,7 @@ use kstack_kfacts::livepatch::{VMLINUX, klp_symbol_name};
 use kstack_kfacts::reloc::RelocKind;
 use kstack_kfacts::sections::{
     self, ALTINSTR_AUX, ALTINSTR_REPLACEMENT, CODE_AND_DATA_PREFIXES, EntryKind, SPECIAL_SECTIONS,
-    alt_instr, has_prefix, orc, paravirt_patch_site,
+    has_prefix, orc, paravirt_patch_site,
 };
 use object::elf;
 
@@ -65,7 +65,7 @@ impl Extractor<'_, '_> {
         // Special sections: the kept entries, concatenated.
         let mut guarded = Vec::new();
         let mut special_names = Vec::new();
-        for special in SPECIAL_SECTIONS {
+        for special in self.carried_specials() {
             let Some(sec) = self.section_named(special.name) else {
                 continue;
             };
@@ -73,6 +73,11 @@ impl Extractor<'_, '_> {
             if groups.is_empty() {
                 continue;
             }
+            let stride = self.entry_size(sec, special)?;
+            let alt_layout = match special.kind {
+                EntryKind::Alternatives => Some(self.alt_layout(sec)?),
+                _ => None,
+            };
             let section = &self.input.sections[sec];
             let mut data = Vec::new();
             let out_index = outs.len();
@@ -80,8 +85,8 @@ impl Extractor<'_, '_> {
                 let new_start = data.len() as u64;
                 data.extend_from_slice(&section.data[start as usize..(start + len) as usize]);
                 // Pad a short last entry to a full one, so that entries can be appended.
-                data.resize((new_start + special.entry_size) as usize, 0);
-                for rel in self.group_relocs(sec, start, special.entry_size) {
+                data.resize((new_start + stride) as usize, 0);
+                for rel in self.group_relocs(sec, start, stride) {
                     work.push((
                         out_index,
                         new_start + rel.offset - start,
@@ -91,12 +96,12 @@ impl Extractor<'_, '_> {
                     ));
                 }
                 let owner = section.relocs.iter().find(|r| r.offset == start).copied();
-                match (special.kind, owner) {
-                    (EntryKind::Alternatives, Some(o)) => {
-                        let len = section.data[(start + alt_instr::INSTRLEN) as usize];
+                match (alt_layout, special.kind, owner) {
+                    (Some(layout), EntryKind::Alternatives, Some(o)) => {
+                        let len = section.data[(start + layout.instrlen) as usize];
                         guarded.push((o, u64::from(len)));
                     }
-                    (EntryKind::Paravirt, Some(o)) => {
+                    (_, EntryKind::Paravirt, Some(o)) => {
                         let len = section.data[(start + paravirt_patch_site::LEN) as usize];
                         guarded.push((o, u64::from(len)));
                     }
@@ -116,7 +121,7 @@ impl Extractor<'_, '_> {
                         reloc,
                         RelocContext::Special,
                     ));
-                    data.resize(data.len() + special.entry_size as usize, 0);
+                    data.resize(data.len() + stride as usize, 0);
                     states.push(state);
                 }
             }
@@ -395,6 +400,7 @@ impl Extractor<'_, '_> {
                 || self.carried.contains_key(&src)
                 || section.name == orc::ENTRY_SECTION
                 || SPECIAL_SECTIONS.iter().any(|s| s.name == section.name)
+                || self.left_to_objtool(&section.name)
             {
                 continue;
             }

@@ -205,12 +205,13 @@ impl Extractor<'_, '_> {
                     changed |= self.discover_reference(sec, rel)?;
                 }
             }
-            for special in SPECIAL_SECTIONS {
+            for special in self.carried_specials() {
                 let Some(sec) = self.section_named(special.name) else {
                     continue;
                 };
+                let stride = self.entry_size(sec, special)?;
                 for (start, _) in self.kept_groups(sec, special)? {
-                    let relocs = self.group_relocs(sec, start, special.entry_size);
+                    let relocs = self.group_relocs(sec, start, stride);
                     for rel in &relocs {
                         changed |= self.discover_reference(sec, *rel)?;
                     }
@@ -223,6 +224,20 @@ impl Extractor<'_, '_> {
                 return Ok(());
             }
         }
+    }
+
+    /// The special sections whose entries the patch carries: all of them, but for
+    /// those objtool writes when it runs on the linked module.
+    pub(super) fn carried_specials(&self) -> Vec<&'static SpecialSection> {
+        SPECIAL_SECTIONS
+            .iter()
+            .filter(|s| !self.left_to_objtool(s.name))
+            .collect()
+    }
+
+    /// Whether section `name` is objtool's and objtool runs on the linked module.
+    pub(super) fn left_to_objtool(&self, name: &str) -> bool {
+        self.request.objtool_at_link && sections::OBJTOOL_SECTIONS.contains(&name)
     }
 
     pub(super) fn section_named(&self, name: &str) -> Option<usize> {
@@ -271,6 +286,38 @@ impl Extractor<'_, '_> {
         }
     }
 
+    /// The size of the entries of special section `sec` in this object (the layout
+    /// of `.altinstructions` depends on the kernel version).
+    pub(super) fn entry_size(&self, sec: usize, special: &SpecialSection) -> Result<u64> {
+        let section = &self.input.sections[sec];
+        let offsets: Vec<u64> = section.relocs.iter().map(|r| r.offset).collect();
+        special
+            .entry_size_in(section.size, &offsets)
+            .ok_or_else(|| {
+                malformed(
+                    &format!("{}: {}", self.unit, section.name),
+                    format!(
+                        "its {} relocations in {:#x} bytes fit no entry layout of the kernel \
+                         versions kstack knows (6.1, 6.12)",
+                        offsets.len(),
+                        section.size
+                    ),
+                )
+            })
+    }
+
+    /// The layout of the object's `.altinstructions` entries (section `sec`).
+    pub(super) fn alt_layout(&self, sec: usize) -> Result<alt_instr::Layout> {
+        let section = &self.input.sections[sec];
+        let offsets: Vec<u64> = section.relocs.iter().map(|r| r.offset).collect();
+        alt_instr::layout_of(section.size, &offsets).ok_or_else(|| {
+            malformed(
+                &format!("{}: {}", self.unit, section.name),
+                "its entries fit no layout of the kernel versions kstack knows (6.1, 6.12)",
+            )
+        })
+    }
+
     /// The groups (entries) of a special section whose owner, the code its first field
     /// points to, is carried: (offset, length).
     pub(super) fn kept_groups(
@@ -278,14 +325,15 @@ impl Extractor<'_, '_> {
         sec: usize,
         special: &SpecialSection,
     ) -> Result<Vec<(u64, u64)>> {
+        let stride = self.entry_size(sec, special)?;
         let section = &self.input.sections[sec];
         let what = format!("{}: {}", self.unit, section.name);
-        if section.entsize != 0 && section.entsize != special.entry_size {
+        if section.entsize != 0 && section.entsize != stride {
             return Err(malformed(
                 &what,
                 format!(
                     "entries of {} bytes, kstack expects {} (a different kernel configuration?)",
-                    section.entsize, special.entry_size
+                    section.entsize, stride
                 ),
             ));
         }
@@ -293,7 +341,7 @@ impl Extractor<'_, '_> {
         let mut kept = Vec::new();
         let mut start = 0;
         while start < size {
-            let len = special.entry_size.min(size - start);
+            let len = stride.min(size - start);
             let owner = section
                 .relocs
                 .iter()
@@ -305,7 +353,7 @@ impl Extractor<'_, '_> {
                         format!(
                             "no relocation at entry offset {start:#x}: the entries are not \
                              {} bytes long (a different kernel configuration?)",
-                            special.entry_size
+                            stride
                         ),
                     )
                 })?;
@@ -315,7 +363,7 @@ impl Extractor<'_, '_> {
                     kept.push((start, len));
                 }
             }
-            start += special.entry_size;
+            start += stride;
         }
         kept.retain(|&(start, _)| !self.is_module_debug_site(sec, special, start));
         Ok(kept)
@@ -369,6 +417,7 @@ impl Extractor<'_, '_> {
 
     /// Carries the replacement code of the alternative at `start` of `.altinstructions`.
     fn include_replacement(&mut self, sec: usize, start: u64) -> Result<bool> {
+        let layout = self.alt_layout(sec)?;
         let section = &self.input.sections[sec];
         let what = format!("{}: {}", self.unit, section.name);
         let repl = section
@@ -380,7 +429,7 @@ impl Extractor<'_, '_> {
         let len = u64::from(
             *section
                 .data
-                .get((start + alt_instr::REPLACEMENTLEN) as usize)
+                .get((start + layout.replacementlen) as usize)
                 .ok_or_else(|| malformed(&what, "truncated entry"))?,
         );
         let sym = &self.input.symbols[repl.sym];

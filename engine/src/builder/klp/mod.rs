@@ -74,6 +74,10 @@ pub struct ExtractRequest<'a> {
     /// Globals that other files of the same patch define (their new functions and
     /// data): plain references, which the module's own link resolves.
     pub provided: &'a [String],
+    /// The patch module's link runs objtool on the linked module (6.12: see
+    /// [`kstack_kfacts::sections::OBJTOOL_SECTIONS`]): the unit's objtool sections are
+    /// left to it, not carried.
+    pub objtool_at_link: bool,
 }
 
 /// One function of the output object.

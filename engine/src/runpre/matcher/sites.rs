@@ -4,7 +4,7 @@
 
 use iced_x86::{Mnemonic, Register};
 use kstack_kfacts::symbols::{ITS_THUNK_PREFIX, RETURN_THUNKS};
-use kstack_kfacts::x86::{self, Insn, NOP5};
+use kstack_kfacts::x86::{self, ENDBR_POISON, Insn, NOP5};
 
 use super::super::before::{
     Referent, RelocKind, RelocSite, RelocTarget, Replacement, Site, SiteKind,
@@ -72,6 +72,7 @@ impl<'a> Walk<'a> {
         };
         let tries = match &site.kind {
             SiteKind::Fentry => vec![Rendering::FentryNop, Rendering::FentryCall],
+            SiteKind::Endbr => vec![original, Rendering::SealedEndbr],
             SiteKind::ReturnThunk => vec![original, Rendering::ReturnThunk { len: end - o }],
             SiteKind::Retpoline => match obj {
                 Some(obj) => vec![
@@ -350,6 +351,17 @@ impl<'a> Walk<'a> {
                     "a static call site holds no call, jump or no-op",
                 ))
             }
+            Rendering::SealedEndbr => {
+                if self.run_bytes(pos0, ENDBR_POISON.len()) == ENDBR_POISON {
+                    self.note("endbr: sealed");
+                    Ok(pos0 + ENDBR_POISON.len() as u64)
+                } else {
+                    Err(mismatch(
+                        self,
+                        "neither endbr64 nor the no-op that seals it",
+                    ))
+                }
+            }
             Rendering::ParavirtCall => match run {
                 Some(ins) if ins.mnemonic() == Mnemonic::Call && x86::is_direct_branch(&ins) => {
                     self.note("paravirt: direct call");
@@ -519,6 +531,8 @@ enum Rendering<'a> {
     },
     FentryNop,
     FentryCall,
+    /// `endbr64` poisoned by `apply_seal_endbr`.
+    SealedEndbr,
     ReturnThunk {
         len: u32,
     },

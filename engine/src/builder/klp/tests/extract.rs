@@ -161,6 +161,7 @@ fn missing_symbols_and_functions_are_errors_with_context() {
         functions: &[changed("patched")],
         new_data: &[],
         provided: &[],
+        objtool_at_link: false,
     };
     let err = extract(&request, &resolver).unwrap_err().to_string();
     assert!(err.starts_with("test/basic.o: patched"), "{err}");
@@ -231,6 +232,7 @@ fn new_data_and_once_flags_are_carried_and_patch_globals_stay_plain() {
         functions: &[changed("patched")],
         new_data: &new_data,
         provided: &provided,
+        objtool_at_link: false,
     };
     let ex = extract(&request, &resolver).unwrap();
     for section in [
@@ -288,6 +290,7 @@ fn extract_shared(functions: &[FunctionSpec]) -> Result<Extracted> {
         functions,
         new_data: &[],
         provided: &[],
+        objtool_at_link: false,
     };
     extract(&request, &resolver)
 }

@@ -183,6 +183,7 @@ pub(crate) fn extract_basic(functions: &[FunctionSpec]) -> (Extracted, FakeResol
         functions,
         new_data: &[],
         provided: &[],
+        objtool_at_link: false,
     };
     let extracted = extract(&request, &resolver).unwrap();
     (extracted, resolver)

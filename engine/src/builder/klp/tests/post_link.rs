@@ -42,6 +42,7 @@ fn linked_module_of(objname: &str) -> Vec<u8> {
         functions: &[changed("patched")],
         new_data: &[],
         provided: &[],
+        objtool_at_link: false,
     };
     let resolver = FakeResolver::new(&[
         ("__fentry__", None),

@@ -24,6 +24,15 @@ fn extract_special(extra: &[&str], objname: &str) -> Result<Extracted> {
 }
 
 fn extract_special_with(extra: &[&str], objname: &str, new_data: &[String]) -> Result<Extracted> {
+    extract_special_as(extra, objname, new_data, false)
+}
+
+fn extract_special_as(
+    extra: &[&str],
+    objname: &str,
+    new_data: &[String],
+    objtool_at_link: bool,
+) -> Result<Extracted> {
     let object = compile("special.c", extra);
     let request = ExtractRequest {
         object: &object,
@@ -32,8 +41,42 @@ fn extract_special_with(extra: &[&str], objname: &str, new_data: &[String]) -> R
         functions: &[changed("patched")],
         new_data,
         provided: &[],
+        objtool_at_link,
     };
     extract(&request, &special_resolver())
+}
+
+/// 6.12: objtool runs on the linked patch module and writes ORC, return, retpoline,
+/// static call and call sites for all of it; the unit's copies are left to it (a
+/// carried `.orc_unwind` would make it skip the module's), while the compiler's and
+/// the assembler's sections still come along.
+#[test]
+fn objtool_sections_are_left_to_objtool_when_it_runs_at_link() {
+    let ex = extract_special_as(&["-DCALL_SITES"], VMLINUX, &[], true).unwrap();
+    let elf = ElfFile64::<Endianness>::parse(&*ex.object).unwrap();
+    for gone in [
+        ".orc_unwind_ip",
+        ".orc_unwind",
+        ".return_sites",
+        ".retpoline_sites",
+        ".static_call_sites",
+        ".call_sites",
+    ] {
+        assert!(elf.section_by_name(gone).is_none(), "{gone} carried");
+    }
+    for kept in [
+        "__bug_table",
+        "__ex_table",
+        "__jump_table",
+        ".altinstructions",
+        "__mcount_loc",
+    ] {
+        assert!(elf.section_by_name(kept).is_some(), "{kept} not carried");
+    }
+    // Where objtool ran on the unit alone (6.1), an unknown table of objtool's is
+    // refused rather than dropped.
+    let err = extract_special_as(&["-DCALL_SITES"], VMLINUX, &[], false).unwrap_err();
+    assert!(err.to_string().contains(".call_sites"), "{err}");
 }
 
 #[test]

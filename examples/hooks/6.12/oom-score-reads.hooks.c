@@ -1,0 +1,1 @@
+../oom-score-reads.hooks.c
