@@ -521,7 +521,15 @@ fn build_job(
     let out = tree.path().join(".kstack");
     // A unit's pre object is the same for every patch that touches it at this
     // position of the stack: kept, and compiled only when it is not.
-    let kernel_id = format!("{release} {}", req.kernel.version().unwrap_or_default());
+    // The prepared configuration is part of it: a tree prepared again (e.g. once
+    // pahole is installed, which brings back options olddefconfig had dropped)
+    // compiles the same source to other code, and must not take objects kept before.
+    let config = std::fs::read(source.join(".config")).map_err(io(&source.join(".config")))?;
+    let kernel_id = format!(
+        "{release} {} config {}",
+        req.kernel.version().unwrap_or_default(),
+        Sha256Digest::of(&config).to_hex()
+    );
     let compiler = compiler_version();
     let earlier: Vec<&[u8]> = req.earlier.iter().map(|(_, d)| d.as_slice()).collect();
     let mut keys = BTreeMap::new();

@@ -51,10 +51,10 @@ pub struct PreKey {
 }
 
 impl PreKey {
-    /// `kernel` names the kernel's prepared source (release and package version),
-    /// `compiler` the compiler (`gcc --version`), `earlier` the diffs applied below
-    /// the patch (any of them may change a header the unit includes), `source` the
-    /// unit's source file as it is before the patch.
+    /// `kernel` names the kernel's prepared source (release, package version and the
+    /// digest of its `.config`), `compiler` the compiler (`gcc --version`), `earlier`
+    /// the diffs applied below the patch (any of them may change a header the unit
+    /// includes), `source` the unit's source file as it is before the patch.
     pub fn new(
         kernel: &str,
         compiler: &str,
