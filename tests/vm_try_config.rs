@@ -24,7 +24,10 @@ fn try_with_a_config_syncs_the_stack_then_runs_the_command() {
     let out = Command::new(kstack)
         .arg("--config")
         .arg(&config)
-        .args(["try", "--", "cat /proc/cmdline /proc/loadavg"])
+        // The kernel the stack is pinned to (the test kernel, see KSTACK_TEST_KERNEL).
+        .args(["try", "--kernel"])
+        .arg(kstack_tests::kernel().vmlinuz())
+        .args(["--", "cat /proc/cmdline /proc/loadavg"])
         .env(
             "KSTACK_CACHE",
             kstack_engine::builder::assets::Cache::from_env().root(),

@@ -29,6 +29,10 @@ pub const RETPOLINE_THUNK_PREFIX: &str = "__x86_indirect_thunk_";
 /// ones live outside the kernel's text.
 pub const ITS_THUNK_PREFIX: &str = "__x86_indirect_its_thunk_";
 
+/// The symbols objtool gives a function's padding (`--prefix`, `CONFIG_PREFIX_SYMBOLS`;
+/// tools/objtool/check.c `add_prefix_symbol`): `__pfx_<function>`.
+pub const PREFIX_SYMBOL_PREFIX: &str = "__pfx_";
+
 /// Static call trampolines and keys (`STATIC_CALL_TRAMP_PREFIX`,
 /// `STATIC_CALL_KEY_PREFIX`, include/linux/static_call_types.h): a trampoline is one
 /// `jmp` that `static_call_update()` retargets, or turns into `ret`.

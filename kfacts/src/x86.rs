@@ -34,6 +34,15 @@ pub const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
 /// arch/x86/kernel/alternative.c `apply_seal_endbr`, from `.ibt_endbr_seal`).
 pub const ENDBR_POISON: [u8; 4] = [0x66, 0x0f, 0x1f, 0x00];
 
+/// The no-op padding `CONFIG_CALL_PADDING` puts before every function
+/// (`-fpatchable-function-entry=16,16`, `CONFIG_FUNCTION_PADDING_BYTES`; 6.12, not
+/// 6.1): call-depth tracking writes a function's call thunk there
+/// (arch/x86/kernel/callthunks.c, `patch_dest`, which refuses padding that is not
+/// no-ops).
+pub const FUNCTION_PADDING: u64 = 16;
+/// The one-byte no-op the padding is made of.
+pub const NOP1: u8 = 0x90;
+
 /// One decoded instruction and where it is (an offset or an address).
 #[derive(Debug, Clone, Copy)]
 pub struct Insn {

@@ -438,7 +438,7 @@ impl Extractor<'_, '_> {
                 Carried::Whole => {
                     let mut out = OutSection::copy_of(section, section.data.to_vec());
                     if let Some(&f) = self.function_starts.get(&(sec, 0)) {
-                        self.name_function(f, &mut out)?;
+                        self.name_function(f, 0, &mut out)?;
                     } else {
                         // Keep the local names of `.cold` parts and copied data, for
                         // kallsyms and for whoever reads the module; a new global keeps
@@ -500,7 +500,7 @@ impl Extractor<'_, '_> {
                             section.data[a as usize..b as usize].to_vec(),
                         );
                         if let Some(&f) = self.function_starts.get(&(sec, a)) {
-                            self.name_function(f, &mut out)?;
+                            self.name_function(f, a, &mut out)?;
                         } else {
                             // A `.cold` part: its own name, local.
                             let part = self
@@ -527,24 +527,32 @@ impl Extractor<'_, '_> {
 
     /// Names the output section of requested function `f` and gives it its symbol:
     /// `__kstack_new_<old name>` for a replacement, its own name for a new function.
-    fn name_function(&self, f: usize, out: &mut OutSection) -> Result<()> {
+    /// Names the output section of function `f`, carried from offset `start` of its
+    /// input section (before it when its padding came along).
+    fn name_function(&self, f: usize, start: u64, out: &mut OutSection) -> Result<()> {
         let spec = &self.request.functions[f];
         let sym = self
             .input
             .function(&spec.post_name)
             .expect("seed() found every function");
         let size = self.input.symbols[sym].size;
+        let value = self.input.symbols[sym].value - start;
         if spec.new {
             // A new global function keeps its binding, so that the objects of other
             // files of the patch, linked into the same module, reach it.
             let local = self.input.symbols[sym].is_local();
             out.name = format!(".text.{}", spec.post_name);
-            out.symbols
-                .push(OutSymbol::function(&spec.post_name, size, local));
+            out.symbols.push(OutSymbol {
+                value,
+                ..OutSymbol::function(&spec.post_name, size, local)
+            });
         } else {
             let name = new_symbol_name(&spec.old_name)?;
             out.name = format!(".text.{name}");
-            out.symbols.push(OutSymbol::function(&name, size, false));
+            out.symbols.push(OutSymbol {
+                value,
+                ..OutSymbol::function(&name, size, false)
+            });
         }
         Ok(())
     }

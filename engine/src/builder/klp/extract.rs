@@ -12,6 +12,7 @@ use kstack_kfacts::reloc::is_pc_relative;
 use kstack_kfacts::sections::{
     self, ALTINSTR_AUX, EntryKind, SPECIAL_SECTIONS, SpecialSection, alt_instr,
 };
+use kstack_kfacts::symbols::PREFIX_SYMBOL_PREFIX;
 use kstack_kfacts::x86;
 use object::elf;
 
@@ -164,10 +165,13 @@ impl Extractor<'_, '_> {
                     });
                 }
             }
-            self.function_starts.insert((sec, s.value), i);
+            // 6.12's padding before the function comes along, so that call-depth
+            // tracking finds no-ops there for the function's call thunk.
+            let start = s.value - self.padding_before(sec, sym);
+            self.function_starts.insert((sec, start), i);
             self.function_names.insert(f.post_name.clone());
             if shared {
-                let (start, end) = (s.value, s.end());
+                let end = s.end();
                 self.add_function_range(sec, start, end)?;
             } else {
                 self.carried.insert(sec, Carried::Whole);
@@ -444,6 +448,34 @@ impl Extractor<'_, '_> {
             ));
         }
         Ok(self.add_slice(t, begin as u64, begin as u64 + len))
+    }
+
+    /// The bytes of `CONFIG_CALL_PADDING` before function `sym`: [`x86::FUNCTION_PADDING`]
+    /// no-ops right before it in its section that no other code claims (the
+    /// function's own `__pfx_` symbol aside), else 0 (6.1 has none).
+    fn padding_before(&self, sec: usize, sym: usize) -> u64 {
+        let s = &self.input.symbols[sym];
+        let section = &self.input.sections[sec];
+        let Some(start) = s.value.checked_sub(x86::FUNCTION_PADDING) else {
+            return 0;
+        };
+        let nops = section
+            .data
+            .get(start as usize..s.value as usize)
+            .is_some_and(|b| b.iter().all(|&x| x == x86::NOP1));
+        let claimed = section.symbols.iter().any(|&o| {
+            let other = &self.input.symbols[o];
+            o != sym
+                && other.is_func()
+                && !other.name.starts_with(PREFIX_SYMBOL_PREFIX)
+                && other.value < s.value
+                && other.end() > start
+        });
+        if nops && !claimed {
+            x86::FUNCTION_PADDING
+        } else {
+            0
+        }
     }
 
     /// Carries a function, or a `.cold` part, of a shared section as a range of its own.

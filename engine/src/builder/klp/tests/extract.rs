@@ -354,3 +354,43 @@ fn a_short_jump_out_of_a_shared_section_function_is_refused() {
     );
     assert!(err.to_string().contains("short jump"), "{err}");
 }
+
+/// 6.12 (`CONFIG_CALL_PADDING`): the 16 no-ops before a function come along, with
+/// the function's symbol after them, so that call-depth tracking can put the
+/// function's call thunk there; 6.1's functions have none.
+#[test]
+fn the_padding_before_a_function_comes_along() {
+    let object = compile("basic.c", &["-fpatchable-function-entry=16,16"]);
+    let resolver = basic_resolver();
+    let request = ExtractRequest {
+        object: &object,
+        tu: "test/basic.o",
+        objname: VMLINUX,
+        functions: &[changed("patched")],
+        new_data: &[],
+        provided: &[],
+        objtool_at_link: true,
+    };
+    let ex = extract(&request, &resolver).unwrap();
+    let elf = ElfFile64::<object::Endianness>::parse(&*ex.object).unwrap();
+    let sym = elf
+        .symbols()
+        .find(|s| s.name() == Ok("__kstack_new_patched"))
+        .unwrap();
+    assert_eq!(sym.address(), 16);
+    let text = elf.section_by_name(".text.__kstack_new_patched").unwrap();
+    let data = text.data().unwrap();
+    assert_eq!(&data[..16], &[0x90; 16]);
+    // The code after the padding is the function's: its fentry call first.
+    let fentry = text.relocations().map(|(offset, _)| offset).min().unwrap();
+    assert!((16..16 + 5).contains(&fentry), "{fentry}");
+
+    // Without padding (6.1), the function starts its section.
+    let (ex, _) = extract_basic(&[changed("patched")]);
+    let elf = ElfFile64::<object::Endianness>::parse(&*ex.object).unwrap();
+    let sym = elf
+        .symbols()
+        .find(|s| s.name() == Ok("__kstack_new_patched"))
+        .unwrap();
+    assert_eq!(sym.address(), 0);
+}
