@@ -521,15 +521,8 @@ fn build_job(
     let out = tree.path().join(".kstack");
     // A unit's pre object is the same for every patch that touches it at this
     // position of the stack: kept, and compiled only when it is not.
-    // The prepared configuration is part of it: a tree prepared again (e.g. once
-    // pahole is installed, which brings back options olddefconfig had dropped)
-    // compiles the same source to other code, and must not take objects kept before.
     let config = std::fs::read(source.join(".config")).map_err(io(&source.join(".config")))?;
-    let kernel_id = format!(
-        "{release} {} config {}",
-        req.kernel.version().unwrap_or_default(),
-        Sha256Digest::of(&config).to_hex()
-    );
+    let kernel_id = kernel_identity(release, &req.kernel.version().unwrap_or_default(), &config);
     let compiler = compiler_version();
     let earlier: Vec<&[u8]> = req.earlier.iter().map(|(_, d)| d.as_slice()).collect();
     let mut keys = BTreeMap::new();
@@ -995,6 +988,18 @@ fn section_names(object: &[u8]) -> Vec<String> {
 }
 
 /// The source a unit is compiled from (`dir/name.c` or `dir/name.S`), as it is now.
+/// What names a prepared kernel source in the keys of kept objects: its release,
+/// package version and configuration. The configuration is part of it: a tree
+/// prepared again (e.g. once pahole is installed, which brings back options
+/// olddefconfig had dropped) compiles the same source to other code, and must not
+/// take objects kept before.
+fn kernel_identity(release: &str, version: &str, config: &[u8]) -> String {
+    format!(
+        "{release} {version} config {}",
+        Sha256Digest::of(config).to_hex()
+    )
+}
+
 fn unit_source(tree: &Path, unit: &str) -> Option<Vec<u8>> {
     let stem = unit.strip_suffix(".o")?;
     ["c", "S"]
@@ -1209,6 +1214,20 @@ fn compiler_version() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tree_prepared_with_another_configuration_keys_other_objects() {
+        let shipped = b"CONFIG_DEBUG_INFO_BTF_MODULES=y\nCONFIG_PAHOLE_VERSION=124\n";
+        let dropped = b"CONFIG_PAHOLE_VERSION=0\n";
+        let id = |config: &[u8]| kernel_identity("6.1.0-56-cloud-amd64", "6.1.192-2", config);
+        assert_eq!(id(shipped), id(shipped));
+        assert_ne!(id(shipped), id(dropped));
+        let key = |kernel: &str| PreKey::new(kernel, "gcc 12", &[], "kernel/bpf/btf.o", b"src");
+        assert_ne!(
+            format!("{:?}", key(&id(shipped))),
+            format!("{:?}", key(&id(dropped)))
+        );
+    }
 
     fn unresolved(symbol: &str) -> klp::KlpError {
         klp::KlpError::Resolve {
