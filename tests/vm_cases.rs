@@ -15,7 +15,8 @@
 
 use std::path::PathBuf;
 
-use kstack_tests::{CliStore, sandbox, sections, workspace_root};
+use kstack_tests::scenarios::{assert_checks_held_then_gone, sync_check_revert_script};
+use kstack_tests::{CliStore, sandbox, workspace_root};
 
 fn cases() -> Vec<PathBuf> {
     let dir = workspace_root().join("examples/cases");
@@ -49,50 +50,12 @@ fn each_class_of_change_builds_applies_checks_and_reverts() {
             ("none", store.config(None, None, "15s")),
         ],
     );
-    let mut script = String::from(
-        "export KSTACK_STATE_DIR=/var/lib/kstack\n\
-         for c in 1 2 3; do cat /proc/version /proc/cmdline /proc/uptime \
-         /proc/sys/fs/dentry-state >/dev/null; done\n\
-         echo '== sync'; kstack --config /etc/kstack/cases.toml sync 2>&1; echo \"rc=$?\"\n",
+    let script = sync_check_revert_script(
+        "for c in 1 2 3; do cat /proc/version /proc/cmdline /proc/uptime \
+         /proc/sys/fs/dentry-state >/dev/null; done\n",
+        "cases",
+        &checks,
     );
-    for (name, check) in &checks {
-        script.push_str(&format!(
-            "echo '== on {name}'; ( {check} ) && echo yes || echo no\n"
-        ));
-    }
-    script.push_str(
-        "echo '== revert'; kstack --config /etc/kstack/none.toml sync 2>&1; echo \"rc=$?\"\n\
-         echo '== after'; ls /sys/kernel/livepatch | wc -w\n",
-    );
-    for (name, check) in &checks {
-        script.push_str(&format!(
-            "echo '== off {name}'; ( {check} ) && echo yes || echo no\n"
-        ));
-    }
     let run = vm.run(&script).unwrap();
-    let s = sections(&run.stdout);
-    let ctx = || {
-        format!(
-            "{}\n--- stderr\n{}\n--- console\n{}",
-            run.stdout, run.stderr, run.console
-        )
-    };
-    assert!(s["sync"].contains("rc=0"), "{}", ctx());
-    for (name, _) in &checks {
-        assert_eq!(
-            s[&format!("on {name}")].trim(),
-            "yes",
-            "{name} not active\n{}",
-            ctx()
-        );
-        assert_eq!(
-            s[&format!("off {name}")].trim(),
-            "no",
-            "{name} still active\n{}",
-            ctx()
-        );
-    }
-    assert!(s["revert"].contains("rc=0"), "{}", ctx());
-    assert_eq!(s["after"].trim(), "0", "{}", ctx());
-    assert!(!run.console.contains("Oops"), "{}", ctx());
+    assert_checks_held_then_gone(&run, &checks);
 }

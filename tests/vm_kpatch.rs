@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use kstack_engine::sandbox::modules::ModuleSet;
-use kstack_tests::{CliStore, kernel, sandbox, sections, workspace_root};
+use kstack_tests::scenarios::{assert_checks_held_then_gone, sync_check_revert_script};
+use kstack_tests::{CliStore, kernel, sandbox, workspace_root};
 
 /// The cases expected to build: every `examples/kpatch/*.diff` but the `-FAIL`
 /// ones, in name order (the order they are stacked in).
@@ -59,53 +60,8 @@ fn kpatch_cases_build_onto_one_stack_apply_check_and_revert() {
             ("none", store.config(None, None, "15s")),
         ],
     );
-    // Each check is a shell function, run in a subshell: `exit` or `set -e` in
-    // one cannot stop the script.
-    let mut script = String::from(
-        "export KSTACK_STATE_DIR=/var/lib/kstack\n\
-         echo '== sync'; kstack --config /etc/kstack/kpatch.toml sync 2>&1; echo \"rc=$?\"\n",
-    );
-    for (i, (_, check)) in checks.iter().enumerate() {
-        script.push_str(&format!("check_{i}() {{\n{check}\n}}\n"));
-    }
-    let run_checks = |script: &mut String, when: &str| {
-        for (i, (name, _)) in checks.iter().enumerate() {
-            script.push_str(&format!(
-                "echo '== {when} {name}'; ( check_{i} ) >/dev/null 2>&1 && echo yes || echo no\n"
-            ));
-        }
-    };
-    run_checks(&mut script, "on");
-    script.push_str(
-        "echo '== revert'; kstack --config /etc/kstack/none.toml sync 2>&1; echo \"rc=$?\"\n\
-         echo '== after'; ls /sys/kernel/livepatch | wc -w\n",
-    );
-    run_checks(&mut script, "off");
+    let script = sync_check_revert_script("", "kpatch", &checks);
     let run = vm.run(&script).unwrap();
-    let s = sections(&run.stdout);
-    let ctx = || {
-        format!(
-            "{}\n--- stderr\n{}\n--- console\n{}",
-            run.stdout, run.stderr, run.console
-        )
-    };
-    assert!(s["sync"].contains("rc=0"), "{}", ctx());
-    for (name, _) in &checks {
-        assert_eq!(
-            s[&format!("on {name}")].trim(),
-            "yes",
-            "{name} not active\n{}",
-            ctx()
-        );
-        assert_eq!(
-            s[&format!("off {name}")].trim(),
-            "no",
-            "{name} still active\n{}",
-            ctx()
-        );
-    }
-    assert!(s["revert"].contains("rc=0"), "{}", ctx());
-    assert_eq!(s["after"].trim(), "0", "{}", ctx());
-    assert!(!run.console.contains("Oops"), "{}", ctx());
-    assert!(!run.console.contains("BUG:"), "{}", ctx());
+    assert_checks_held_then_gone(&run, &checks);
+    assert!(!run.console.contains("BUG:"), "{}", run.console);
 }

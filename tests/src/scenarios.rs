@@ -73,28 +73,10 @@ pub fn example_patches_build_apply_check_and_revert() {
             ("none", store.config(None, None, "15s")),
         ],
     );
-    let mut script = String::from(
-        "export KSTACK_STATE_DIR=/var/lib/kstack\n\
-         echo '== sync'; kstack --config /etc/kstack/examples.toml sync 2>&1; echo \"rc=$?\"\n",
-    );
-    for (name, check) in &checks {
-        script.push_str(&format!(
-            "echo '== on {name}'; ( {check} ) && echo yes || echo no\n"
-        ));
-    }
-    script.push_str(
-        "echo '== revert'; kstack --config /etc/kstack/none.toml sync 2>&1; echo \"rc=$?\"\n\
-         echo '== after'; ls /sys/kernel/livepatch | wc -w\n",
-    );
-    for (name, check) in &checks {
-        script.push_str(&format!(
-            "echo '== off {name}'; ( {check} ) && echo yes || echo no\n"
-        ));
-    }
+    let script = sync_check_revert_script("", "examples", &checks);
     let run = vm.run(&script).unwrap();
     eprintln!("{}\n{}", run.stdout, run.stderr);
     let s = sections(&run.stdout);
-    assert!(s["sync"].contains("rc=0"), "{}", s["sync"]);
     // Run-pre matching proved every replaced function before anything was loaded.
     assert!(
         s["sync"].contains(&format!(
@@ -104,17 +86,74 @@ pub fn example_patches_build_apply_check_and_revert() {
         "{}",
         s["sync"]
     );
-    for (name, _) in &checks {
-        assert_eq!(s[&format!("on {name}")].trim(), "yes", "{name} not active");
+    assert_checks_held_then_gone(&run, &checks);
+}
+
+/// The guest script that syncs to `/etc/kstack/<config>.toml`, runs each check while
+/// the patches are applied (`== on NAME`: yes or no), syncs to `none.toml` and runs
+/// each check again (`== off NAME`). Each check is a shell function run in a
+/// subshell, its output discarded: `exit` or `set -e` in one cannot stop the script.
+/// `prelude` runs first.
+pub fn sync_check_revert_script(
+    prelude: &str,
+    config: &str,
+    checks: &[(String, String)],
+) -> String {
+    let mut script = format!(
+        "export KSTACK_STATE_DIR=/var/lib/kstack\n{prelude}\
+         echo '== sync'; kstack --config /etc/kstack/{config}.toml sync 2>&1; echo \"rc=$?\"\n"
+    );
+    for (i, (_, check)) in checks.iter().enumerate() {
+        script.push_str(&format!("check_{i}() {{\n{check}\n}}\n"));
+    }
+    let run_checks = |script: &mut String, when: &str| {
+        for (i, (name, _)) in checks.iter().enumerate() {
+            script.push_str(&format!(
+                "echo '== {when} {name}'; ( check_{i} ) >/dev/null 2>&1 && echo yes || echo no\n"
+            ));
+        }
+    };
+    run_checks(&mut script, "on");
+    script.push_str(
+        "echo '== revert'; kstack --config /etc/kstack/none.toml sync 2>&1; echo \"rc=$?\"\n\
+         echo '== after'; ls /sys/kernel/livepatch | wc -w\n",
+    );
+    run_checks(&mut script, "off");
+    script
+}
+
+/// What [`sync_check_revert_script`] must show: the sync and the revert succeeded,
+/// every check held while applied and none after, nothing is left loaded, and the
+/// kernel never oopsed.
+pub fn assert_checks_held_then_gone(
+    run: &kstack_engine::sandbox::GuestRun,
+    checks: &[(String, String)],
+) {
+    let s = sections(&run.stdout);
+    let ctx = || {
+        format!(
+            "{}\n--- stderr\n{}\n--- console\n{}",
+            run.stdout, run.stderr, run.console
+        )
+    };
+    assert!(s["sync"].contains("rc=0"), "{}", ctx());
+    for (name, _) in checks {
+        assert_eq!(
+            s[&format!("on {name}")].trim(),
+            "yes",
+            "{name} not active\n{}",
+            ctx()
+        );
         assert_eq!(
             s[&format!("off {name}")].trim(),
             "no",
-            "{name} still active"
+            "{name} still active\n{}",
+            ctx()
         );
     }
-    assert!(s["revert"].contains("rc=0"), "{}", s["revert"]);
-    assert_eq!(s["after"].trim(), "0");
-    assert!(!run.console.contains("Oops"), "{}", run.console);
+    assert!(s["revert"].contains("rc=0"), "{}", ctx());
+    assert_eq!(s["after"].trim(), "0", "{}", ctx());
+    assert!(!run.console.contains("Oops"), "{}", ctx());
 }
 
 /// examples/hooks/: a shadow variable initialised by a pre-apply hook and freed by a
