@@ -93,16 +93,7 @@ impl StackFixture {
         author: &Author,
         key: &SecretKey,
     ) -> ObjectId {
-        let patch = NewPatch {
-            name: name.into(),
-            module: std::fs::read(ko).unwrap(),
-            module_file: ko.file_name().unwrap().to_string_lossy().into_owned(),
-            diff: None,
-            functions: Vec::new(),
-            build: BTreeMap::new(),
-            source: PatchSource::Prebuilt,
-            extra: Default::default(),
-        };
+        let patch = prebuilt_patch(name, ko);
         self.store
             .add_patch(
                 &self.stack(stack),
@@ -135,16 +126,7 @@ impl StackFixture {
         cumulative: &Path,
     ) -> ObjectId {
         let stack = self.stack(stack);
-        let patch = NewPatch {
-            name: name.into(),
-            module: std::fs::read(ko).unwrap(),
-            module_file: ko.file_name().unwrap().to_string_lossy().into_owned(),
-            diff: None,
-            functions: Vec::new(),
-            build: BTreeMap::new(),
-            source: PatchSource::Prebuilt,
-            extra: Default::default(),
-        };
+        let patch = prebuilt_patch(name, ko);
         let prepared = self
             .store
             .prepare_add_patch(
@@ -258,4 +240,18 @@ pub fn force_ref(store: &Store, stack: &StackId, commit: ObjectId) {
     let file = store.path().join(stack.ref_name());
     std::fs::create_dir_all(file.parent().unwrap()).unwrap();
     std::fs::write(file, format!("{commit}\n")).unwrap();
+}
+
+/// A prebuilt module `ko` as patch `name`, the way `commit --module` adds one.
+fn prebuilt_patch(name: &str, ko: &Path) -> NewPatch {
+    NewPatch {
+        name: name.into(),
+        module: std::fs::read(ko).unwrap(),
+        module_file: ko.file_name().unwrap().to_string_lossy().into_owned(),
+        diff: None,
+        functions: Vec::new(),
+        build: BTreeMap::new(),
+        source: PatchSource::Prebuilt,
+        extra: Default::default(),
+    }
 }
