@@ -13,6 +13,21 @@ fn kstack() -> Command {
     cmd
 }
 
+/// `kstack --json ARGS`, which must succeed; its JSON output.
+fn kstack_json(args: &[&str]) -> serde_json::Value {
+    let out = kstack()
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("running the static kstack");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("kstack --json prints JSON")
+}
+
 fn previous_release() -> String {
     let out = Command::new("apt-cache")
         .args([
@@ -39,23 +54,10 @@ fn previous_release() -> String {
 #[test]
 fn an_older_release_is_added_listed_and_boots() {
     let release = previous_release();
-    let out = kstack()
-        .args(["--json", "kernel", "add", &release, "--no-source"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let added: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let added = kstack_json(&["kernel", "add", &release, "--no-source"]);
     assert_eq!(added["release"], release.as_str());
 
-    let out = kstack()
-        .args(["--json", "kernel", "list"])
-        .output()
-        .unwrap();
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = kstack_json(&["kernel", "list"]);
     let rows = list.as_array().unwrap();
     let older = rows
         .iter()
@@ -83,16 +85,7 @@ fn an_older_release_is_added_listed_and_boots() {
 /// with its line and flavour, and booted.
 #[test]
 fn the_generic_flavour_is_added_listed_and_boots() {
-    let out = kstack()
-        .args(["--json", "kernel", "add", "6.1-amd64", "--no-source"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let added: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let added = kstack_json(&["kernel", "add", "6.1-amd64", "--no-source"]);
     let release = added["release"].as_str().unwrap().to_owned();
     assert!(
         release.starts_with("6.1.0-") && release.ends_with("-amd64"),
@@ -102,11 +95,7 @@ fn the_generic_flavour_is_added_listed_and_boots() {
     assert_eq!(added["line"], "6.1", "{added}");
     assert_eq!(added["flavour"], "amd64", "{added}");
 
-    let out = kstack()
-        .args(["--json", "kernel", "list"])
-        .output()
-        .unwrap();
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = kstack_json(&["kernel", "list"]);
     let row = list
         .as_array()
         .unwrap()
