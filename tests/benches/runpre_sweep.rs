@@ -214,8 +214,10 @@ impl Sweep {
         *n = n.checked_add_signed(by).unwrap();
     }
 
-    /// Weak definitions that differ may be another weak definition's name: the
-    /// engine explains them with the other definitions' code.
+    /// Weak definitions that differ may be another weak definition's name, and
+    /// the cold part of an overridden weak function jumps back into a body without
+    /// a name: the engine explains them with the other definitions' code and the
+    /// parent's.
     fn explain_weak(&mut self, tree: &Path, text: &ImageText, symbols: &KallsymsIndex) {
         let differences = std::mem::take(&mut self.differences);
         for d in differences {
@@ -236,6 +238,17 @@ impl Sweep {
                 .collect();
             let before = d.report.outcome.key();
             let report = runpre::explain_weak(d.report, &d.image, &others, text, symbols);
+            // The cold part of an overridden weak function: proven with its parent.
+            let parent = d.image.function.strip_suffix(".cold").and_then(|name| {
+                let bytes = std::fs::read(tree.join(&d.path)).unwrap();
+                let mut parent = runpre::before_image_named(&bytes, name, &d.path).ok()?;
+                parent.object = d.image.object.clone();
+                Some(parent)
+            });
+            let report = match &parent {
+                Some(parent) => runpre::explain_cold(report, &d.image, parent, text, symbols),
+                None => report,
+            };
             if report.outcome.key() != before {
                 self.count(&d.image.object, before, -1);
                 self.count(&d.image.object, report.outcome.key(), 1);

@@ -43,8 +43,8 @@ pub use before::{
 };
 pub use kstack_kfacts::kallsyms::{KallsymsError, KallsymsIndex, Ksym};
 pub use matcher::{
-    CandidateMatch, Cause, Divergence, FentryState, MatchReport, MatchStats, Outcome, explain_weak,
-    match_by_name, match_function, read_len,
+    CandidateMatch, Cause, Divergence, FentryState, MatchReport, MatchStats, Outcome, explain_cold,
+    explain_weak, match_by_name, match_function, read_len,
 };
 pub use module::{ModuleImage, ModulesDir};
 pub use sources::CodeSources;

@@ -430,6 +430,54 @@ fn a_weak_function_another_weak_definition_replaced_is_overridden_with_proof() {
 }
 
 #[test]
+fn the_cold_part_of_an_overridden_weak_function_is_overridden_with_proof() {
+    let fx = fixture("weak_cold.c");
+    let parent = runpre::before_image(&fx.pre, "setup_hook").unwrap();
+    let cold = runpre::before_image(&fx.pre, "setup_hook.cold").unwrap();
+    assert_eq!(parent.binding, Binding::Weak);
+    let strong = fixture("statics_a.c");
+    let mut kernel = Kernel::new();
+    kernel.define("g", 0xffff_ffff_8300_0000, 'D');
+    let addrs = kernel.link(&fx.shipped);
+    let other = kernel.link(&strong.shipped);
+    // Linked alone, the weak body and its cold part both match.
+    matched(&check(&parent, &kernel));
+    matched(&check(&cold, &kernel));
+
+    // Another file's definition won: the weak body keeps its bytes but loses its
+    // name, and the cold part's jump back lands in code kallsyms calls something
+    // else.
+    kernel.forget("setup_hook");
+    kernel.define("setup_hook", other["use_a"], 'T');
+    let (text, symbols) = (kernel.text(), kernel.kallsyms());
+    let report = runpre::match_by_name(&cold, &text, &symbols);
+    assert_eq!(report.outcome, Outcome::Differs, "{report}");
+    let explained = runpre::explain_cold(report.clone(), &cold, &parent, &text, &symbols);
+    assert_eq!(
+        explained.outcome,
+        Outcome::Overridden {
+            addr: addrs["setup_hook.cold"]
+        },
+        "{explained}"
+    );
+
+    // The proof is the parent's code where the jump lands: changed there, the
+    // difference stands.
+    kernel.poke(addrs["setup_hook"] + 0x12, &[0x31, 0xc0]);
+    let (text, symbols) = (kernel.text(), kernel.kallsyms());
+    let report = runpre::match_by_name(&cold, &text, &symbols);
+    let explained = runpre::explain_cold(report, &cold, &parent, &text, &symbols);
+    assert_eq!(explained.outcome, Outcome::Differs, "{explained}");
+
+    // Nor is a strong parent's cold part explained this way.
+    let mut strong_parent = parent.clone();
+    strong_parent.binding = Binding::Global;
+    let report = runpre::match_by_name(&cold, &text, &symbols);
+    let explained = runpre::explain_cold(report, &cold, &strong_parent, &text, &symbols);
+    assert_eq!(explained.outcome, Outcome::Differs, "{explained}");
+}
+
+#[test]
 fn same_named_statics_are_told_apart_by_their_code() {
     let a = fixture("statics_a.c");
     let b = fixture("statics_b.c");

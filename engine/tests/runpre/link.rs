@@ -88,6 +88,13 @@ impl Kernel {
         self.symbols.push((addr, kind, name.to_owned()));
     }
 
+    /// Drops the kallsyms line of `name` (a definition the linker discarded the
+    /// name of, keeping its bytes).
+    pub fn forget(&mut self, name: &str) {
+        self.symbols.retain(|(_, _, n)| n != name);
+        self.globals.remove(name);
+    }
+
     fn extern_address(&mut self, name: &str) -> u64 {
         if let Some(&a) = self.globals.get(name) {
             return a;

@@ -370,6 +370,56 @@ pub fn explain_weak(
     }
 }
 
+/// Explains the cold part of an overridden `__weak` function. GCC moves a
+/// function's unlikely paths into a separate local function, `name.cold`, which
+/// jumps back into the body. When another file's definition overrides the weak
+/// one, the linker keeps the weak body in `.text` without a name (kallsyms counts
+/// its bytes to the symbol before it) while `name.cold` keeps its own: its jumps
+/// back then land in code kallsyms calls something else (`acpi_s2idle_setup.cold`
+/// of `drivers/acpi/sleep.o`, whose `__init` override is in
+/// `drivers/acpi/x86/s2idle.o`). `parent` is the weak definition from the same
+/// object; when kallsyms' `name` is not its code, and the cold part matches with
+/// its references to `name` all landing at one address where `parent`'s own code
+/// matches, the cold part is [`Outcome::Overridden`] at its address: neither ever
+/// runs. Any other report is returned as it is.
+pub fn explain_cold(
+    report: MatchReport,
+    cold: &BeforeImage,
+    parent: &BeforeImage,
+    text: &dyn KernelText,
+    symbols: &KallsymsIndex,
+) -> MatchReport {
+    let is_cold_part = cold
+        .function
+        .strip_suffix(".cold")
+        .is_some_and(|name| name == parent.function);
+    if !is_cold_part
+        || report.outcome != Outcome::Differs
+        || parent.binding != Binding::Weak
+        || parent.object != cold.object
+        || !matches!(
+            match_by_name(parent, text, symbols).outcome,
+            Outcome::Overridden { .. } | Outcome::Differs
+        )
+    {
+        return report;
+    }
+    let proven = report.candidates.iter().find_map(|c| {
+        let (_, body) =
+            match_at_learning(cold, c.addr, text, symbols, Some(&parent.function)).ok()?;
+        let body = body?;
+        match_at(parent, body, text, symbols).ok()?;
+        Some(c.addr)
+    });
+    match proven {
+        Some(addr) => MatchReport {
+            outcome: Outcome::Overridden { addr },
+            ..report
+        },
+        None => report,
+    }
+}
+
 /// The longest readable run of at most `len` bytes at `addr`, if any byte is.
 fn readable_prefix(text: &dyn KernelText, addr: u64, len: usize) -> Option<Vec<u8>> {
     let (mut good, mut bad) = (0, len);
@@ -390,6 +440,18 @@ fn match_at(
     text: &dyn KernelText,
     symbols: &KallsymsIndex,
 ) -> Result<MatchStats, Diverged> {
+    match_at_learning(image, addr, text, symbols, None).map(|(stats, _)| stats)
+}
+
+/// [`match_at`], learning where the symbol `learn` is from the code's references
+/// to it (none, or the one address they all imply).
+fn match_at_learning(
+    image: &BeforeImage,
+    addr: u64,
+    text: &dyn KernelText,
+    symbols: &KallsymsIndex,
+    learn: Option<&str>,
+) -> Result<(MatchStats, Option<u64>), Diverged> {
     let unreadable = |e: super::RunPreError| -> Diverged {
         Box::new(Divergence {
             offset: 0,
@@ -412,8 +474,19 @@ fn match_at(
         Err(e) => readable_prefix(text, addr, want).ok_or_else(|| unreadable(e))?,
     };
     let mut walk = Walk::new(image, addr, run, symbols);
+    walk.learn = learn;
     let mut pos = addr;
     walk.walk(0..image.size, &[], &mut pos)?;
     walk.check_pending()?;
-    Ok(walk.stats)
+    let learnt = walk.learnt.first().copied();
+    if let Some(&other) = walk.learnt.iter().find(|&&a| Some(a) != learnt) {
+        let code = walk.function();
+        let reason = format!(
+            "its references to {} disagree on where it is ({:#x}, {other:#x})",
+            learn.unwrap_or_default(),
+            learnt.unwrap_or_default()
+        );
+        return Err(walk.diverge(code, None, 0, addr, reason, Cause::Reference));
+    }
+    Ok((walk.stats, learnt))
 }

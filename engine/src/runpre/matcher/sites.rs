@@ -157,6 +157,7 @@ impl<'a> Walk<'a> {
                                 end,
                                 map: self.map[before.map..].to_vec(),
                                 pending: self.pending[before.pending..].to_vec(),
+                                learnt: self.learnt[before.learnt..].to_vec(),
                                 stats: self.stats.clone(),
                             },
                         ));
@@ -181,6 +182,7 @@ impl<'a> Walk<'a> {
             Some((_, a)) => {
                 self.map.extend(a.map);
                 self.pending.extend(a.pending);
+                self.learnt.extend(a.learnt);
                 self.stats = a.stats;
                 *pos = a.end;
                 Ok(())

@@ -33,6 +33,9 @@ pub(super) enum Expect {
     Own(i64),
     /// Unknown to kallsyms: accepted.
     Unlocated,
+    /// The symbol the walk learns ([`Walk::learn`]) plus this offset: the field
+    /// says where the symbol is, and every such field must agree.
+    Learn(i64),
 }
 
 /// The code an object-side instruction belongs to: the function, or an
@@ -50,6 +53,7 @@ pub(super) struct Attempt {
     pub(super) end: u64,
     pub(super) map: Vec<(u32, u64)>,
     pub(super) pending: Vec<Pending>,
+    pub(super) learnt: Vec<u64>,
     pub(super) stats: MatchStats,
 }
 
@@ -58,6 +62,7 @@ pub(super) struct Attempt {
 pub(super) struct Checkpoint {
     pub(super) map: usize,
     pub(super) pending: usize,
+    pub(super) learnt: usize,
     pub(super) stats: MatchStats,
 }
 
@@ -73,6 +78,11 @@ pub(super) struct Walk<'a> {
     /// Object offset → running address, in walk order.
     pub(super) map: Vec<(u32, u64)>,
     pub(super) pending: Vec<Pending>,
+    /// A symbol whose address the walk learns from the code instead of from
+    /// kallsyms (code kallsyms has no name for, [`super::explain_cold`]), and the
+    /// addresses each reference to it implies.
+    pub(super) learn: Option<&'a str>,
+    pub(super) learnt: Vec<u64>,
     pub(super) stats: MatchStats,
     /// While trying the states of a site: failures need no report.
     pub(super) quiet: bool,
@@ -104,6 +114,8 @@ impl<'a> Walk<'a> {
             locks,
             map: Vec::new(),
             pending: Vec::new(),
+            learn: None,
+            learnt: Vec::new(),
             stats: MatchStats::default(),
             quiet: false,
         }
@@ -121,6 +133,7 @@ impl<'a> Walk<'a> {
         Checkpoint {
             map: self.map.len(),
             pending: self.pending.len(),
+            learnt: self.learnt.len(),
             stats: self.stats.clone(),
         }
     }
@@ -128,6 +141,7 @@ impl<'a> Walk<'a> {
     pub(super) fn restore(&mut self, c: Checkpoint) {
         self.map.truncate(c.map);
         self.pending.truncate(c.pending);
+        self.learnt.truncate(c.learnt);
         self.stats = c.stats;
     }
 
@@ -415,6 +429,9 @@ impl<'a> Walk<'a> {
     pub(super) fn expect(&self, r: &RelocSite, to_end: i64) -> Expect {
         let add = r.addend + to_end;
         match &r.target {
+            RelocTarget::Symbol { name, bias, .. } if self.learn == Some(name.as_str()) => {
+                Expect::Learn(bias + add)
+            }
             RelocTarget::Symbol { name, bias, .. } => {
                 let addrs: Vec<u64> = self
                     .symbols
@@ -447,6 +464,7 @@ impl<'a> Walk<'a> {
     ) -> Result<(), Diverged> {
         match expect {
             Expect::Unlocated => self.stats.relocs_unlocated += 1,
+            Expect::Learn(offset) => self.learnt.push(value.wrapping_add_signed(-offset)),
             Expect::Addresses { name, addrs } => {
                 if !addrs.contains(&value) {
                     let reason = format!(
