@@ -475,3 +475,88 @@ fn newer_files(dir: &std::path::Path, since: std::time::SystemTime) -> Vec<std::
     }
     found
 }
+
+/// A recorded compile that fails (here a record whose compiler is given an option no
+/// gcc knows, as a record made by another compiler would be) does not fail the
+/// build: kbuild compiles the units again in a full copy of the tree, the result says
+/// so, and kbuild's record of the unit replaces the broken one. Run in a cache of
+/// its own (links to the kernel's assets, its own records), so that no other test
+/// meets the broken record.
+#[test]
+fn a_recorded_compile_that_fails_falls_back_to_kbuild() {
+    let kernel = kernel();
+    let real = kernel.dir();
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("kernels").join(&kernel.release);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(real).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "units" {
+            std::os::unix::fs::symlink(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+    }
+    let real_cache = real.parent().unwrap().parent().unwrap();
+    std::fs::create_dir_all(cache.path().join("src")).unwrap();
+    std::os::unix::fs::symlink(
+        real_cache.join("src").join(&kernel.release),
+        cache.path().join("src").join(&kernel.release),
+    )
+    .unwrap();
+    std::fs::write(cache.path().join("kernels/current"), &kernel.release).unwrap();
+    let store = CliStore::new();
+    let commit = |patch: &std::path::Path, extra: &[&str]| {
+        let out = kstack_tests::kstack_cli()
+            .env("KSTACK_CACHE", cache.path())
+            .arg("--store")
+            .arg(&store.store)
+            .args(["commit", "--stack", "fallback", "--key"])
+            .arg(&store.key)
+            .args(extra)
+            .arg(patch)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    let unit = "fs/proc/loadavg.o";
+    let record = dir.join("units/commands/fs__proc__loadavg.o.cmd");
+    let patch = example_patch("0004-loadavg-running-percent.diff");
+    // The record, as the kernel's cache has it or as a first build makes it.
+    match std::fs::read(real.join("units/commands/fs__proc__loadavg.o.cmd")) {
+        Ok(bytes) => {
+            std::fs::create_dir_all(record.parent().unwrap()).unwrap();
+            std::fs::write(&record, bytes).unwrap();
+        }
+        Err(_) => {
+            commit(&patch, &["--no-cache"]);
+        }
+    }
+    let text = std::fs::read_to_string(&record).unwrap();
+    assert!(text.contains("gcc "), "{text}");
+    std::fs::write(
+        &record,
+        text.replacen("gcc ", "gcc -fkstack-no-such-option ", 1),
+    )
+    .unwrap();
+
+    // A diff no build made objects for (its message differs): both compiles run.
+    let text = std::fs::read_to_string(&patch).unwrap();
+    let (subject, rest) = text.split_once("\n\n").unwrap();
+    let variant = cache.path().join("0004-variant.diff");
+    std::fs::write(
+        &variant,
+        format!("{subject}\n\nThe fallback test.\n\n{rest}"),
+    )
+    .unwrap();
+    let said = commit(&variant, &[]);
+    assert!(
+        said.contains(&format!(
+            "note: the units were compiled by kbuild: a recorded compile failed ({unit}: "
+        )) && said.contains("-fkstack-no-such-option")
+            && said.contains("compiled by kbuild in a copy of the tree"),
+        "{said}"
+    );
+    let record = std::fs::read_to_string(&record).unwrap();
+    assert!(!record.contains("-fkstack-no-such-option"), "{record}");
+}
