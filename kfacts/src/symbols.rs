@@ -18,11 +18,18 @@ pub const RETURN_THUNKS: &[&str] = &[
     "srso_return_thunk",
     "srso_alias_return_thunk",
     "its_return_thunk",
+    "call_depth_return_thunk",
 ];
 
 /// Retpoline thunks, one per register: `__x86_indirect_thunk_<reg>`
 /// (arch/x86/lib/retpoline.S).
 pub const RETPOLINE_THUNK_PREFIX: &str = "__x86_indirect_thunk_";
+
+/// The retpoline thunks that count call depth, one per register, which retpoline
+/// call and jump sites are pointed at with call-depth tracking (`retbleed=stuff`;
+/// arch/x86/kernel/alternative.c `emit_call_track_retpoline`, arch/x86/lib/retpoline.S).
+pub const CALL_DEPTH_CALL_THUNK_PREFIX: &str = "__x86_indirect_call_thunk_";
+pub const CALL_DEPTH_JUMP_THUNK_PREFIX: &str = "__x86_indirect_jump_thunk_";
 
 /// Indirect-branch thunks that a retpoline site may call instead of the register
 /// (ITS mitigation, arch/x86/kernel/alternative.c `emit_its_trampoline`); dynamic

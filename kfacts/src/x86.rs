@@ -253,6 +253,13 @@ pub fn indirect_register(ins: &Instruction) -> Option<Register> {
         .then(|| ins.op0_register())
 }
 
+/// The registers retpoline thunks exist for, as their names end
+/// (arch/x86/include/asm/GEN-for-each-reg.h: every general register but `rsp`).
+pub const THUNK_REGISTERS: &[&str] = &[
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
+    "r15",
+];
+
 /// The register a retpoline thunk is for, from its name
 /// (`__x86_indirect_thunk_r11`, arch/x86/lib/retpoline.S).
 pub fn thunk_register(thunk: &str) -> Option<Register> {

@@ -37,6 +37,16 @@ fn check_of(patch: &Path) -> PathBuf {
 /// every replaced function first), checked with its own check line, and reverted
 /// (the checks then fail). Building never modifies the shared prepared tree.
 pub fn example_patches_build_apply_check_and_revert() {
+    example_patches_in(|_| {}, "");
+}
+
+/// [`example_patches_build_apply_check_and_revert`] in a VM that `options` sets up
+/// (a CPU model, kernel arguments), with `prelude` run in it first (its output is
+/// the `prelude` section of the returned sections).
+pub fn example_patches_in(
+    options: impl FnOnce(&mut kstack_engine::sandbox::SandboxOptions),
+    prelude: &str,
+) -> std::collections::BTreeMap<String, String> {
     let patches = crate::example_patches();
     assert!(patches.len() >= 4, "{patches:?}");
 
@@ -65,7 +75,7 @@ pub fn example_patches_build_apply_check_and_revert() {
         "building changed the shared tree"
     );
 
-    let mut vm = sandbox();
+    let mut vm = crate::sandbox_with(options);
     store.install(
         &mut vm,
         &[
@@ -73,7 +83,12 @@ pub fn example_patches_build_apply_check_and_revert() {
             ("none", store.config(None, None, "15s")),
         ],
     );
-    let script = sync_check_revert_script("", "examples", &checks);
+    let prelude = if prelude.is_empty() {
+        String::new()
+    } else {
+        format!("echo '== prelude'\n{prelude}\n")
+    };
+    let script = sync_check_revert_script(&prelude, "examples", &checks);
     let run = vm.run(&script).unwrap();
     eprintln!("{}\n{}", run.stdout, run.stderr);
     let s = sections(&run.stdout);
@@ -87,6 +102,7 @@ pub fn example_patches_build_apply_check_and_revert() {
         s["sync"]
     );
     assert_checks_held_then_gone(&run, &checks);
+    s.into_iter().collect()
 }
 
 /// The guest script that syncs to `/etc/kstack/<config>.toml`, runs each check while

@@ -728,3 +728,78 @@ fn on_6_12_code_rewritten_at_boot_and_a_sealed_endbr_match() {
     let report = check(&image, &kernel);
     assert_eq!(report.outcome, Outcome::Differs, "{report}");
 }
+
+/// With call-depth tracking (`retbleed=stuff` on a 6.12 kernel), the kernel writes
+/// `sarq $5, %gs:<call depth>` at the end of each callee's padding and points direct
+/// calls at it, and points retpoline and return sites at its counting thunks
+/// (arch/x86/kernel/callthunks.c, alternative.c `emit_call_track_retpoline`).
+#[test]
+fn on_6_12_call_depth_tracking_thunks_match() {
+    let fx = fixture("sites_612.S");
+    let mut kernel = Kernel::new();
+    for (i, name) in [
+        "alt_helper",
+        "real_target",
+        "__x86_indirect_call_thunk_rax",
+        "__x86_indirect_call_thunk_rbx",
+        "call_depth_return_thunk",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        kernel.define(name, 0xffff_ffff_8180_0000 + 0x100 * i as u64, 'T');
+    }
+    let addrs = kernel.link(&fx.shipped);
+    let image = runpre::before_image(&fx.pre, "caller_612").unwrap();
+    let (caller, callee) = (addrs["caller_612"], addrs["callee_612"]);
+    matched(&check(&image, &kernel));
+    let symbol = |kernel: &Kernel, name: &str| kernel.kallsyms().candidates(name)[0];
+    // endbr64 (4), fentry (5): the direct call at 9, the retpoline at 14, the
+    // return site at 20.
+    let (call, retpoline, ret) = (caller + 9, caller + 14, caller + 20);
+    // The thunk at the end of the callee's 16 bytes of padding: 9 bytes as 6.12
+    // writes it (`sarq $5, %gs:disp32(%rip)`, what the running 6.12 kernel showed).
+    let thunk = callee - 9;
+    kernel.poke(
+        thunk,
+        &[0x65, 0x48, 0xc1, 0x3d, 0xd0, 0x5a, 0x03, 0x00, 0x05],
+    );
+    kernel.poke(call, &Kernel::branch32(CALL, call, thunk));
+    let rax = symbol(&kernel, "__x86_indirect_call_thunk_rax");
+    kernel.poke(retpoline, &[0x2e]);
+    kernel.poke(retpoline + 1, &Kernel::branch32(CALL, retpoline + 1, rax));
+    let depth_ret = symbol(&kernel, "call_depth_return_thunk");
+    kernel.poke(ret, &Kernel::branch32(JMP32, ret, depth_ret));
+    let stats = matched(&check(&image, &kernel)).clone();
+    for seen in [
+        "call-depth: accounting thunk",
+        "retpoline: call-depth thunk",
+        "return-thunk: call_depth_return_thunk",
+    ] {
+        assert_eq!(stats.rewritten.get(seen), Some(&1), "{seen}: {stats:?}");
+    }
+
+    // Another register's thunk is not this site's.
+    let rbx = symbol(&kernel, "__x86_indirect_call_thunk_rbx");
+    kernel.poke(retpoline + 1, &Kernel::branch32(CALL, retpoline + 1, rbx));
+    let report = check(&image, &kernel);
+    assert_eq!(report.outcome, Outcome::Differs, "{report}");
+    kernel.poke(retpoline + 1, &Kernel::branch32(CALL, retpoline + 1, rax));
+    matched(&check(&image, &kernel));
+
+    // The absolute form of older kernels (10 bytes) is the same thunk.
+    let thunk = callee - 10;
+    kernel.poke(
+        thunk,
+        &[0x65, 0x48, 0xc1, 0x3c, 0x25, 0xd0, 0x5a, 0x03, 0x00, 0x05],
+    );
+    kernel.poke(call, &Kernel::branch32(CALL, call, thunk));
+    matched(&check(&image, &kernel));
+
+    // A call into the callee's padding that holds no thunk lands elsewhere.
+    kernel.poke(thunk, &[0x90; 10]);
+    let report = check(&image, &kernel);
+    assert_eq!(report.outcome, Outcome::Differs, "{report}");
+    let (_, d) = report.best_divergence().unwrap();
+    assert_eq!(d.offset, 9, "{report}");
+}

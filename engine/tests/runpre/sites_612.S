@@ -52,6 +52,27 @@ FUNCTION(with_sites_612)
 	int3
 END(with_sites_612)
 
+/* A callee and its caller, for call-depth tracking (retbleed=stuff), which
+ * writes an accounting thunk at the end of the callee's padding and points the
+ * direct call at it, and points retpoline and return sites at its own thunks. */
+FUNCTION(callee_612)
+	endbr64
+1:	call __fentry__
+	.pushsection __mcount_loc, "a"; .quad 1b; .popsection
+	jmp __x86_return_thunk
+	int3
+END(callee_612)
+
+FUNCTION(caller_612)
+	endbr64
+2:	call __fentry__
+	.pushsection __mcount_loc, "a"; .quad 2b; .popsection
+	call callee_612
+	.byte 0x2e; call __x86_indirect_thunk_rax
+	jmp __x86_return_thunk
+	int3
+END(caller_612)
+
 	.data
 	.globl counter
 counter: .long 0

@@ -473,7 +473,7 @@ fn match_at_learning(
         // branches. Whatever is readable is compared (too little is `Truncated`).
         Err(e) => readable_prefix(text, addr, want).ok_or_else(|| unreadable(e))?,
     };
-    let mut walk = Walk::new(image, addr, run, symbols);
+    let mut walk = Walk::new(image, addr, run, symbols, text);
     walk.learn = learn;
     let mut pos = addr;
     walk.walk(0..image.size, &[], &mut pos)?;

@@ -3,7 +3,9 @@
 //! kernel can leave at a site is tried, and the longest rendering that matches wins.
 
 use iced_x86::{Mnemonic, Register};
-use kstack_kfacts::symbols::{ITS_THUNK_PREFIX, RETURN_THUNKS};
+use kstack_kfacts::symbols::{
+    CALL_DEPTH_CALL_THUNK_PREFIX, CALL_DEPTH_JUMP_THUNK_PREFIX, ITS_THUNK_PREFIX, RETURN_THUNKS,
+};
 use kstack_kfacts::x86::{self, ENDBR_POISON, Insn, NOP5};
 
 use super::super::before::{
@@ -459,6 +461,31 @@ impl<'a> Walk<'a> {
         }
         if x86::is_direct_branch(&ins) {
             let target = ins.near_branch_target();
+            // Call-depth tracking's thunk for the same register, the call or the
+            // jump one as the site is.
+            let prefix = if op == Mnemonic::Call {
+                CALL_DEPTH_CALL_THUNK_PREFIX
+            } else {
+                CALL_DEPTH_JUMP_THUNK_PREFIX
+            };
+            let depth = x86::THUNK_REGISTERS.iter().find(|r| {
+                self.symbols
+                    .candidates(&format!("{prefix}{r}"))
+                    .contains(&target)
+            });
+            if let Some(reg) = depth {
+                if thunk.is_none() || x86::thunk_register(reg) != thunk {
+                    return Err(mismatch(
+                        self,
+                        format!(
+                            "a retpoline site branches to {prefix}{reg}, another register's thunk"
+                        ),
+                    ));
+                }
+                self.note("retpoline: call-depth thunk");
+                at += ins.len() as u64;
+                return Ok(self.skip_int3(at, end));
+            }
             let its = self
                 .symbols
                 .symbolize(target)

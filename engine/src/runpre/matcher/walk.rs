@@ -4,11 +4,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use iced_x86::Instruction;
+use iced_x86::{Instruction, Mnemonic, Register};
 use kstack_kfacts::kallsyms::KallsymsIndex;
 use kstack_kfacts::x86::{self, Insn};
 
 use super::super::before::{BeforeImage, RelocSite, RelocTarget, SiteKind};
+use super::super::text::KernelText;
 use super::{Cause, Divergence, MatchStats};
 
 /// A divergence on its way up through the walk (boxed: it is large, and rare).
@@ -69,6 +70,8 @@ pub(super) struct Checkpoint {
 pub(super) struct Walk<'a> {
     pub(super) image: &'a BeforeImage,
     pub(super) symbols: &'a KallsymsIndex,
+    /// The running kernel's text beyond the function (what a call lands on).
+    pub(super) text: &'a dyn KernelText,
     pub(super) base: u64,
     pub(super) run: Vec<u8>,
     pub(super) run_cache: HashMap<u64, Option<Instruction>>,
@@ -94,6 +97,7 @@ impl<'a> Walk<'a> {
         base: u64,
         run: Vec<u8>,
         symbols: &'a KallsymsIndex,
+        text: &'a dyn KernelText,
     ) -> Walk<'a> {
         let mut sites_at: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         let mut locks = Vec::new();
@@ -107,6 +111,7 @@ impl<'a> Walk<'a> {
         Walk {
             image,
             symbols,
+            text,
             base,
             run,
             run_cache: HashMap::new(),
@@ -360,6 +365,20 @@ impl<'a> Walk<'a> {
                     },
                 },
             };
+            let target = match &expect {
+                Expect::Addresses { addrs, .. }
+                    if run.mnemonic() == Mnemonic::Call && !addrs.contains(&target) =>
+                {
+                    match self.call_depth_thunk(target) {
+                        Some(callee) if addrs.contains(&callee) => {
+                            self.note("call-depth: accounting thunk");
+                            callee
+                        }
+                        _ => target,
+                    }
+                }
+                _ => target,
+            };
             self.check_expect(code, obj, addr, target, expect, "branches to")?;
             return Ok(run.len() as u64);
         }
@@ -422,6 +441,24 @@ impl<'a> Walk<'a> {
             self.check_expect(code, obj, addr, value, expect, "refers to")?;
         }
         Ok(run.len() as u64)
+    }
+
+    /// The function a call-depth accounting thunk at `at` goes on into. With
+    /// call-depth tracking (`retbleed=stuff`, `X86_FEATURE_CALL_DEPTH`) the kernel
+    /// writes `INCREMENT_CALL_DEPTH` (`sarq $5, %gs:<call depth>`, RIP-relative
+    /// since 6.9's percpu rework, 9 bytes; absolute before, 10) at the end of a
+    /// callee's padding and points each direct call at it (arch/x86/kernel/
+    /// callthunks.c, `patch_dest`, `patch_call`): the thunk falls through into the
+    /// callee, which is the call's target.
+    pub(super) fn call_depth_thunk(&self, at: u64) -> Option<u64> {
+        let bytes = self.text.read(at, 16).ok()?;
+        let ins = x86::decode_one(&bytes, at)?;
+        (ins.mnemonic() == Mnemonic::Sar
+            && ins.segment_prefix() == Register::GS
+            && matches!(ins.memory_base(), Register::None | Register::RIP)
+            && ins.memory_size().size() == 8
+            && ins.immediate8() == 5)
+            .then(|| at + ins.len() as u64)
     }
 
     /// What a relocated field must hold (for a code reference: plus `to_end`, the
