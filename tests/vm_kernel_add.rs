@@ -56,6 +56,16 @@ fn an_older_release_is_added_listed_and_boots() {
     let release = previous_release();
     let added = kstack_json(&["kernel", "add", &release, "--no-source"]);
     assert_eq!(added["release"], release.as_str());
+    // Its symbols were read in one boot and kept for builds and `verify --image`.
+    let kallsyms = added["kallsyms"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{added}"));
+    let text = std::fs::read_to_string(kallsyms).unwrap();
+    assert!(
+        text.lines().count() > 50_000 && text.contains(" T do_sys_open"),
+        "{kallsyms}: {} lines",
+        text.lines().count()
+    );
 
     let list = kstack_json(&["kernel", "list"]);
     let rows = list.as_array().unwrap();

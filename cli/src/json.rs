@@ -926,6 +926,9 @@ pub struct KernelAddOutput {
     pub image: String,
     /// The prepared source tree, `null` with --no-source.
     pub source: Option<String>,
+    /// The kernel's symbols (its `/proc/kallsyms`, read in one boot in the sandbox)
+    /// kept in the cache, `null` when they could not be read (the note says why).
+    pub kallsyms: Option<String>,
 }
 
 /// `kstack kernel list`: an array of these.

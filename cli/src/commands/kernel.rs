@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use kstack_engine::builder::assets::{self, Cache, FetchOptions, KernelLine};
+use kstack_engine::builder::symbols::KernelSymbols;
 
 use super::GlobalArgs;
 use crate::error::{CliError, Kind};
@@ -31,7 +32,8 @@ pub enum KernelCommand {
 /// Downloads the release's unsigned image (unpacked, not installed, its modules
 /// decompressed), installs its headers with apt, and unpacks and prepares the line's
 /// source (linux-source-6.1 or linux-source-6.12) of exactly the image's Debian
-/// version, which `kstack commit PATCH.diff` builds against. Any release still in the
+/// version, which `kstack commit PATCH.diff` builds against; then boots the image once
+/// in the sandbox to keep its symbols (/proc/kallsyms), which builds resolve against. Any release still in the
 /// Debian archive can be added, not only the newest: fleets run older kernels.
 /// Needs root (apt). The cache is $KSTACK_CACHE, default ~/.cache/kstack.
 #[derive(Debug, Args)]
@@ -97,6 +99,11 @@ pub fn cmd_kernel(ui: &Ui, _global: &GlobalArgs, args: KernelArgs) -> Result<Exi
             );
             spinner.finish_and_clear();
             let kernel = result?;
+            // Its symbols, which every build and `verify --image` resolve against,
+            // are read now (one boot of the image in the sandbox) rather than by the
+            // first build. Not fatal: a build reads them itself, and reports why it
+            // could not.
+            let kallsyms = capture_symbols(ui, &kernel);
             // The image was just fetched: one without a build ID is bad data.
             let build_id = kstack_store::ident::image_build_id(&kernel.vmlinuz())
                 .map_err(|e| CliError::from(e).with_kind(Kind::Data))?;
@@ -108,6 +115,7 @@ pub fn cmd_kernel(ui: &Ui, _global: &GlobalArgs, args: KernelArgs) -> Result<Exi
                     build_id: build_id.to_hex(),
                     image: kernel.vmlinuz().display().to_string(),
                     source: kernel.source().map(|s| s.display().to_string()),
+                    kallsyms: kallsyms.map(|k| k.display().to_string()),
                     release,
                     version,
                 });
@@ -158,6 +166,36 @@ pub fn cmd_kernel(ui: &Ui, _global: &GlobalArgs, args: KernelArgs) -> Result<Exi
                 ));
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Boots `kernel` once in the sandbox to keep its kallsyms in the cache (what
+/// `kstack commit` and `verify --image` read), unless they are kept already; the
+/// file, or `None` after saying why it could not.
+fn capture_symbols(ui: &Ui, kernel: &assets::Kernel) -> Option<std::path::PathBuf> {
+    let file = kernel.dir().join("kallsyms");
+    if file.is_file() {
+        return Some(file);
+    }
+    let spinner = ui.spinner(format!(
+        "reading the symbols of {} (one boot in the sandbox)",
+        kernel.release
+    ));
+    let captured = kstack_engine::sandbox::find_guest_binary()
+        .map_err(|e| e.to_string())
+        .and_then(|guest| {
+            KernelSymbols::kallsyms_for(&kernel.vmlinuz(), &file, &guest).map_err(|e| e.to_string())
+        });
+    spinner.finish_and_clear();
+    match captured {
+        Ok(_) => Some(file),
+        Err(why) => {
+            ui.status(format!(
+                "note: the symbols of {} were not read now ({why}); the first build reads them",
+                kernel.release
+            ));
+            None
         }
     }
 }
