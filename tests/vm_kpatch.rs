@@ -14,20 +14,25 @@ use std::time::Instant;
 
 use kstack_engine::sandbox::modules::ModuleSet;
 use kstack_tests::scenarios::{assert_checks_held_then_gone, sync_check_revert_script};
-use kstack_tests::{CliStore, kernel, sandbox, workspace_root};
+use kstack_tests::{CliStore, example_for_line, kernel, sandbox, workspace_root};
 
 /// The cases expected to build: every `examples/kpatch/*.diff` but the `-FAIL`
-/// ones, in name order (the order they are stacked in).
+/// ones, in name order (the order they are stacked in), each in the kernel line's
+/// version where it has one (`examples/kpatch/6.12/`).
 fn cases() -> Vec<PathBuf> {
     let dir = workspace_root().join("examples/kpatch");
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "diff"))
         .filter(|p| !p.to_string_lossy().ends_with("-FAIL.diff"))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    cases.sort();
-    cases
+    names.sort();
+    names
+        .iter()
+        .map(|name| example_for_line("kpatch", name))
+        .collect()
 }
 
 #[test]
@@ -41,8 +46,11 @@ fn kpatch_cases_build_onto_one_stack_apply_check_and_revert() {
         let report = store.commit_diff("kpatch", case);
         let name = report["patch"]["name"].as_str().unwrap().to_owned();
         eprintln!("built {name} in {:.1?}", start.elapsed());
-        let check = std::fs::read_to_string(case.with_extension("check"))
-            .unwrap_or_else(|e| panic!("{}: {e}", case.with_extension("check").display()));
+        let check_file = case.with_extension("check");
+        let check_file =
+            example_for_line("kpatch", &check_file.file_name().unwrap().to_string_lossy());
+        let check = std::fs::read_to_string(&check_file)
+            .unwrap_or_else(|e| panic!("{}: {e}", check_file.display()));
         checks.push((name, check.trim().to_owned()));
     }
 
