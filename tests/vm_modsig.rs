@@ -61,7 +61,9 @@ fn commit_diff(store: &CliStore, stack: &str, signing: Option<&(PathBuf, PathBuf
             .args(["--json", "commit"])
             .arg(example_patch("0001-proc-version-banner.diff"))
             .args(["--stack", stack, "--key"])
-            .arg(&store.key),
+            .arg(&store.key)
+            .arg("--kernel")
+            .arg(kernel().vmlinuz()),
     );
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     // Sync loads the stack's cumulative module (replace mode, the default): it is

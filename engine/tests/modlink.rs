@@ -12,6 +12,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use kstack_engine::builder::assets::{Cache, Kernel};
 use kstack_engine::builder::kbuild::{self, Linked, ModuleSpec, Options};
 use kstack_engine::builder::modlink::LinkRecords;
 
@@ -48,8 +49,12 @@ fn module_in(tree: &Path, name: &str) -> ModuleSpec {
     }
 }
 
-fn link(records: &LinkRecords, name: &str, replay: bool) -> (Vec<u8>, Linked, PathBuf) {
-    let kernel = common::kernel();
+fn link(
+    kernel: &Kernel,
+    records: &LinkRecords,
+    name: &str,
+    replay: bool,
+) -> (Vec<u8>, Linked, PathBuf) {
     let tree = tempfile::tempdir().unwrap();
     let spec = module_in(tree.path(), name);
     let (ko, linked) = kbuild::link_module(
@@ -81,11 +86,31 @@ fn without_build_id(module: &[u8]) -> Vec<u8> {
 
 #[test]
 fn a_recorded_link_builds_what_kbuild_builds_and_a_broken_record_falls_back() {
+    recorded_link_on(&common::kernel());
+}
+
+/// The same on Debian's 6.12 kernel, whose headers run objtool at link time through
+/// a wrapper that needs kbuild's `SRCARCH`.
+#[test]
+fn on_6_12_a_recorded_link_builds_what_kbuild_builds() {
+    let kernel = Cache::from_env()
+        .kernels()
+        .into_iter()
+        .filter(|k| {
+            k.line()
+                .is_some_and(|l| l.line == "6.12" && l.flavour == "cloud-amd64")
+        })
+        .max_by_key(|k| k.version())
+        .unwrap_or_else(|| panic!("no 6.12 cloud kernel\nrun `{}` first", common::SETUP));
+    recorded_link_on(&kernel);
+}
+
+fn recorded_link_on(kernel: &Kernel) {
     let cache = tempfile::tempdir().unwrap();
     let records = LinkRecords::new(cache.path());
 
     // No record: kbuild links, and its commands are recorded.
-    let (by_kbuild, linked, tree) = link(&records, "kstack_aaaaaaaaaaaa", true);
+    let (by_kbuild, linked, tree) = link(kernel, &records, "kstack_aaaaaaaaaaaa", true);
     assert_eq!(linked, Linked::Kbuild);
     std::fs::remove_dir_all(tree).unwrap();
     let recipe = records.recipe().expect("kbuild's link was recorded");
@@ -93,7 +118,7 @@ fn a_recorded_link_builds_what_kbuild_builds_and_a_broken_record_falls_back() {
     assert!(!text.contains("kstack_aaaaaaaaaaaa"), "{text}");
 
     // Another module in another tree, with the record: the same bytes.
-    let (by_record, linked, tree) = link(&records, "kstack_aaaaaaaaaaaa", true);
+    let (by_record, linked, tree) = link(kernel, &records, "kstack_aaaaaaaaaaaa", true);
     assert_eq!(linked, Linked::Recorded);
     assert_eq!(
         without_build_id(&by_kbuild),
@@ -105,7 +130,7 @@ fn a_recorded_link_builds_what_kbuild_builds_and_a_broken_record_falls_back() {
         .unwrap();
     assert!(cmd.contains("answer.h"), "{cmd}");
     std::fs::remove_dir_all(tree).unwrap();
-    let (other, linked, tree) = link(&records, "kstack_bbbbbbbbbbbb", true);
+    let (other, linked, tree) = link(kernel, &records, "kstack_bbbbbbbbbbbb", true);
     assert_eq!(linked, Linked::Recorded);
     assert!(
         other.windows(19).any(|w| w == b"kstack_bbbbbbbbbbbb"),
@@ -114,14 +139,14 @@ fn a_recorded_link_builds_what_kbuild_builds_and_a_broken_record_falls_back() {
     std::fs::remove_dir_all(tree).unwrap();
 
     // Without replay (`--no-cache`), kbuild.
-    let (_, linked, tree) = link(&records, "kstack_aaaaaaaaaaaa", false);
+    let (_, linked, tree) = link(kernel, &records, "kstack_aaaaaaaaaaaa", false);
     assert_eq!(linked, Linked::Kbuild);
     std::fs::remove_dir_all(tree).unwrap();
 
     // A record whose compile no longer works: kbuild links, and says why.
     let broken = text.replace("compile := ", "compile := exit 3; ");
     std::fs::write(cache.path().join("units/module-link"), broken).unwrap();
-    let (after, linked, tree) = link(&records, "kstack_aaaaaaaaaaaa", true);
+    let (after, linked, tree) = link(kernel, &records, "kstack_aaaaaaaaaaaa", true);
     match linked {
         Linked::KbuildAfter(why) => assert!(why.contains("compile"), "{why}"),
         other => panic!("linked {other:?}"),

@@ -55,6 +55,14 @@ pub const TEXT_END: &str = "_etext";
 /// include/linux/poison.h; arch/x86/mm/init.c).
 pub const POISON_FREE_INITMEM: u8 = 0xcc;
 
+/// The static lockdep class key that `init_waitqueue_head`, `init_completion`,
+/// `mutex_init`, `spin_lock_init` and their like declare at each use (`static struct
+/// lock_class_key __key;`, include/linux/wait.h, completion.h, mutex.h). Without
+/// `CONFIG_LOCKDEP` the struct is empty (include/linux/lockdep_types.h): each is a
+/// zero-size object that nothing reads, all of a file's at one address. A live
+/// patch gives its code its own (zero-size) copies.
+pub const LOCKDEP_KEY_STATIC: &str = "__key";
+
 /// The static flags of the kernel's print-once and do-once helpers, by name without
 /// GCC's numbering: `DO_ONCE_LITE` (`WARN_ONCE`, `printk_once`, `pr_*_once`;
 /// include/linux/once_lite.h), `DO_ONCE` (include/linux/once.h) and its static key,

@@ -27,6 +27,11 @@ pub struct ModuleSpec {
 /// and everything kstack stores is hashed and signed on every sync.
 const STRIP_ARGS: &[&str] = &["--strip-debug"];
 
+/// What kbuild exports to the commands it runs that a recorded command may read
+/// (the top Makefile's `export ARCH SRCARCH`): Debian's 6.12 headers ship
+/// `tools/objtool/objtool` as a wrapper that runs `objtool.real-$SRCARCH`.
+pub const EXPORTED_ENV: &[(&str, &str)] = &[("ARCH", "x86"), ("SRCARCH", "x86")];
+
 /// Why a module did not build.
 #[derive(Debug, thiserror::Error)]
 pub enum KbuildError {
@@ -78,7 +83,7 @@ pub fn build_module_with(
     options: &Options,
 ) -> Result<PathBuf, KbuildError> {
     stage(kernel_dir, spec, build_dir)?;
-    let ko = run_kbuild(kernel_dir, spec, build_dir, options)?;
+    let (ko, _) = run_kbuild(kernel_dir, spec, build_dir, options)?;
     strip(&ko, &spec.name)?;
     Ok(ko)
 }
@@ -140,11 +145,11 @@ pub fn link_module(
             }
         }
     }
-    let ko = run_kbuild(kernel_dir, spec, build_dir, options)?;
+    let (ko, commands) = run_kbuild(kernel_dir, spec, build_dir, options)?;
     if let Some((c_object, _)) = objects.iter().find(|(_, compiled)| *compiled) {
         // A record is an optimisation: one that cannot be written costs the next
         // link a kbuild pass, never this one its result.
-        let _ = records.record(&names, c_object, &key);
+        let _ = records.record(&names, c_object, &key, &commands);
     }
     strip(&ko, &spec.name)?;
     Ok((ko, linked))
@@ -214,19 +219,21 @@ fn stage(
     Ok(objects)
 }
 
-/// `make -C <kernel_dir> M=<build_dir> modules`; the `.ko`'s path.
+/// `make -C <kernel_dir> M=<build_dir> modules`; the `.ko`'s path, and the commands
+/// make ran (`V=1`: what a link record takes the steps no `.cmd` file keeps from).
 fn run_kbuild(
     kernel_dir: &Path,
     spec: &ModuleSpec,
     build_dir: &Path,
     options: &Options,
-) -> Result<PathBuf, KbuildError> {
+) -> Result<(PathBuf, String), KbuildError> {
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut make = Command::new("make");
     make.arg("-C")
         .arg(kernel_dir)
         .arg(format!("M={}", build_dir.display()))
         .arg(format!("-j{jobs}"))
+        .arg("V=1")
         .arg("modules");
     if options.modpost_warn {
         make.arg("KBUILD_MODPOST_WARN=1");
@@ -243,7 +250,7 @@ fn run_kbuild(
             output,
         });
     }
-    Ok(ko)
+    Ok((ko, String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
 fn strip(ko: &Path, name: &str) -> Result<(), KbuildError> {

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Bumped when what a record means changes; older records are then ignored.
-const FORMAT: &str = "kstack module link record 1";
+const FORMAT: &str = "kstack module link record 3";
 
 /// Where the link record of a kernel is kept: `<kernel dir>/units/module-link`.
 #[derive(Debug, Clone)]
@@ -41,6 +41,19 @@ pub struct LinkRecipe {
     modpost: String,
     compile_mod: String,
     link_ko: String,
+    /// The line kbuild wrote to `modules.order`, which modpost reads: the module's
+    /// `.ko` up to 6.1, its `.o` since 6.2.
+    modules_order: String,
+    /// The compile of `.module-common.o` (vermagic and the other `.modinfo` every
+    /// module carries, scripts/module-common.c), which kbuild links into each `.ko`
+    /// since 6.11; empty before.
+    compile_common: String,
+    /// What kbuild runs on the `.ko` after linking it when the kernel's headers ship
+    /// a `vmlinux` to take BTF from (Debian's 6.12): pahole writes the module's
+    /// `.BTF`, resolve_btfids its BTF IDs (scripts/Makefile.modfinal, `cmd_btf_ko`).
+    /// No `.cmd` file keeps it: it is taken from make's `V=1` output. Empty when
+    /// kbuild ran none.
+    btf: String,
 }
 
 /// The names that differ from one link to the next.
@@ -85,8 +98,9 @@ impl LinkRecords {
         names: &LinkNames<'_>,
         c_object: &str,
         ccflags: &str,
+        commands: &str,
     ) -> std::io::Result<bool> {
-        let Some(recipe) = LinkRecipe::from_kbuild(names, c_object, ccflags) else {
+        let Some(recipe) = LinkRecipe::from_kbuild(names, c_object, ccflags, commands) else {
             return Ok(false);
         };
         super::units::write_atomic(&self.path, recipe.to_text().as_bytes())?;
@@ -95,8 +109,15 @@ impl LinkRecords {
 }
 
 impl LinkRecipe {
-    /// The recipe of the link kbuild did in `names.build_dir`, from its `.cmd` files.
-    pub fn from_kbuild(names: &LinkNames<'_>, c_object: &str, ccflags: &str) -> Option<Self> {
+    /// The recipe of the link kbuild did in `names.build_dir`, from its `.cmd` files
+    /// and `commands`, what make printed with `V=1`. None when a step cannot be
+    /// recorded: a link whose `.ko` has BTF that no recorded command makes is not.
+    pub fn from_kbuild(
+        names: &LinkNames<'_>,
+        c_object: &str,
+        ccflags: &str,
+        commands: &str,
+    ) -> Option<Self> {
         let tree = names.tree.to_str()?;
         let dir = names.build_dir;
         let read = |cmd_file: String, target: String| -> Option<String> {
@@ -115,6 +136,8 @@ impl LinkRecipe {
             )
         };
         let module = names.module;
+        let has_btf = std::fs::read(dir.join(format!("{module}.ko")))
+            .is_ok_and(|ko| ko.windows(5).any(|w| w == b".BTF\0"));
         let recipe = LinkRecipe {
             ccflags: generalize(ccflags, tree, names.module),
             compile: read(format!(".{c_object}.o.cmd"), format!("{c_object}.o"))?,
@@ -122,12 +145,39 @@ impl LinkRecipe {
             modpost: read(".Module.symvers.cmd".into(), "Module.symvers".into())?,
             compile_mod: read(format!(".{module}.mod.o.cmd"), format!("{module}.mod.o"))?,
             link_ko: read(format!(".{module}.ko.cmd"), format!("{module}.ko"))?,
+            // kbuild's record of `.x.o` is `..x.o.cmd`.
+            compile_common: if dir.join("..module-common.o.cmd").is_file() {
+                read("..module-common.o.cmd".into(), ".module-common.o".into())?
+            } else {
+                String::new()
+            },
+            // Only when it ran: the echo shows both branches of kbuild's `if`.
+            btf: btf_step(commands)
+                .filter(|_| has_btf)
+                .map(|c| generalize(&c, tree, module))
+                .unwrap_or_default(),
+            modules_order: generalize(
+                std::fs::read_to_string(dir.join("modules.order"))
+                    .ok()?
+                    .lines()
+                    .next()?,
+                tree,
+                module,
+            ),
         };
+        if has_btf && !recipe.btf.contains(MODULE) {
+            return None;
+        }
         // The object's command must name it; the others must name the module.
         (recipe.compile.contains(OBJECT)
-            && [&recipe.link_objects, &recipe.compile_mod, &recipe.link_ko]
-                .iter()
-                .all(|c| c.contains(MODULE)))
+            && [
+                &recipe.link_objects,
+                &recipe.compile_mod,
+                &recipe.link_ko,
+                &recipe.modules_order,
+            ]
+            .iter()
+            .all(|c| c.contains(MODULE)))
         .then_some(recipe)
     }
 
@@ -139,7 +189,7 @@ impl LinkRecipe {
         text
     }
 
-    fn fields(&self) -> [(&'static str, &String); 6] {
+    fn fields(&self) -> [(&'static str, &String); 9] {
         [
             ("ccflags", &self.ccflags),
             ("compile", &self.compile),
@@ -147,6 +197,9 @@ impl LinkRecipe {
             ("modpost", &self.modpost),
             ("compile_mod", &self.compile_mod),
             ("link_ko", &self.link_ko),
+            ("modules_order", &self.modules_order),
+            ("compile_common", &self.compile_common),
+            ("btf", &self.btf),
         ]
     }
 
@@ -168,6 +221,9 @@ impl LinkRecipe {
             modpost: take("modpost")?,
             compile_mod: take("compile_mod")?,
             link_ko: take("link_ko")?,
+            modules_order: take("modules_order")?,
+            compile_common: take("compile_common").unwrap_or_default(),
+            btf: take("btf").unwrap_or_default(),
         })
     }
 
@@ -214,7 +270,18 @@ impl LinkRecipe {
                 .map_err(|e| io(&format!("copy {stem}.o_shipped"), e))?;
             }
         }
-        // The C files at once, each with its dependency record after it.
+        // The C files at once, each with its dependency record after it, and the
+        // objects every module links beside them.
+        let common = if self.compile_common.is_empty() {
+            None
+        } else {
+            let command = fill(&self.compile_common, "");
+            Some(
+                shell(&command, kernel_dir)
+                    .spawn()
+                    .map_err(|e| io("compile .module-common.o", e))?,
+            )
+        };
         let mut children = Vec::new();
         for (stem, _) in objects.iter().filter(|(_, compiled)| *compiled) {
             let command = fill(&self.compile, stem);
@@ -231,6 +298,9 @@ impl LinkRecipe {
                 detail,
             })?;
         }
+        if let Some(child) = common {
+            wait(child, "compile .module-common.o")?;
+        }
         let lines = |items: Vec<String>| items.concat();
         let module_list = lines(
             objects
@@ -242,7 +312,7 @@ impl LinkRecipe {
             .map_err(|e| io("write the module's object list", e))?;
         std::fs::write(
             dir.join("modules.order"),
-            format!("{}\n", dir.join(format!("{}.ko", names.module)).display()),
+            format!("{}\n", fill(&self.modules_order, "")),
         )
         .map_err(|e| io("write modules.order", e))?;
         for (step, command) in [
@@ -252,6 +322,13 @@ impl LinkRecipe {
             ("link the .ko", &self.link_ko),
         ] {
             let child = shell(&fill(command, ""), kernel_dir)
+                .spawn()
+                .map_err(|e| io(step, e))?;
+            wait(child, step)?;
+        }
+        if !self.btf.is_empty() {
+            let step = "generate the module's BTF";
+            let child = shell(&fill(&self.btf, ""), kernel_dir)
                 .spawn()
                 .map_err(|e| io(step, e))?;
             wait(child, step)?;
@@ -267,6 +344,20 @@ impl LinkRecipe {
     }
 }
 
+/// The commands of `cmd_btf_ko` that ran, from make's `V=1` output: kbuild echoes
+/// `if [ ! -f vmlinux ]; then printf "Skipping...\n" ...; else <pahole>; <resolve_btfids>;
+/// fi;` through the shell's `echo`, which breaks the line at the `\n`; the `else`
+/// branch is what a link with BTF ran.
+fn btf_step(commands: &str) -> Option<String> {
+    let line = commands.lines().find(|l| l.contains("--btf_base"))?;
+    let start = line
+        .find("LLVM_OBJCOPY=")
+        .or_else(|| line.find("else ").map(|at| at + "else ".len()))?;
+    let rest = &line[start..];
+    let end = rest.rfind("; fi").unwrap_or(rest.len());
+    Some(rest[..end].trim().trim_end_matches(';').to_owned())
+}
+
 fn generalize(text: &str, tree: &str, module: &str) -> String {
     text.replace(tree, TREE).replace(module, MODULE)
 }
@@ -275,6 +366,7 @@ fn shell(command: &str, cwd: &Path) -> Command {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(command)
+        .envs(super::kbuild::EXPORTED_ENV.iter().copied())
         .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -367,13 +459,14 @@ mod tests {
             "kstack_ab.ko",
             &format!("ld -r -o {d}/kstack_ab.ko {d}/kstack_ab.o {d}/kstack_ab.mod.o"),
         );
+        std::fs::write(dir.join("modules.order"), format!("{d}/kstack_ab.o\n")).unwrap();
         let names = LinkNames {
             tree: tree.path(),
             module: "kstack_ab",
             build_dir: &dir,
         };
         let flags = format!("-I{t}/.kstack/module/include");
-        let recipe = LinkRecipe::from_kbuild(&names, "kstack_ab_main", &flags).unwrap();
+        let recipe = LinkRecipe::from_kbuild(&names, "kstack_ab_main", &flags, "").unwrap();
         assert_eq!(
             recipe.compile,
             "gcc -DKBUILD_BASENAME='\"{KSTACK_OBJECT}\"' -DKBUILD_MODNAME='\"{KSTACK_MODULE}\"' \
@@ -385,6 +478,10 @@ mod tests {
             "sed 's/ko$/o/' {KSTACK_TREE}/.kstack/kbuild/modules.order | scripts/mod/modpost -w -T -"
         );
         assert_eq!(recipe.ccflags, "-I{KSTACK_TREE}/.kstack/module/include");
+        assert_eq!(
+            recipe.modules_order,
+            "{KSTACK_TREE}/.kstack/kbuild/{KSTACK_MODULE}.o"
+        );
         assert_eq!(LinkRecipe::parse(&recipe.to_text()), Some(recipe.clone()));
 
         // Another tree and module with the same flags fit; other flags do not.
@@ -403,6 +500,23 @@ mod tests {
     }
 
     #[test]
+    fn the_btf_step_is_taken_from_makes_echo() {
+        let echoed = "  if [ ! -f vmlinux ]; then printf \"Skipping BTF generation for %s due to \
+                      unavailability of vmlinux\n\
+                      \" /t/x.ko 1>&2; else LLVM_OBJCOPY=\"objcopy\" /usr/bin/pahole -J -j \
+                      --btf_base vmlinux /t/x.ko; ./tools/bpf/resolve_btfids/resolve_btfids -b \
+                      vmlinux /t/x.ko; fi;\n";
+        assert_eq!(
+            btf_step(&format!("make -f x\n{echoed}ld -r x\n")).as_deref(),
+            Some(
+                "LLVM_OBJCOPY=\"objcopy\" /usr/bin/pahole -J -j --btf_base vmlinux /t/x.ko; \
+                 ./tools/bpf/resolve_btfids/resolve_btfids -b vmlinux /t/x.ko"
+            )
+        );
+        assert_eq!(btf_step("make -f x\nld -r x\n"), None);
+    }
+
+    #[test]
     fn a_link_the_placeholders_do_not_cover_is_not_recorded() {
         let tree = tempfile::tempdir().unwrap();
         let dir = tree.path().join("kbuild");
@@ -413,6 +527,6 @@ mod tests {
             build_dir: &dir,
         };
         // No records at all.
-        assert!(LinkRecipe::from_kbuild(&names, "kstack_ab_main", "").is_none());
+        assert!(LinkRecipe::from_kbuild(&names, "kstack_ab_main", "", "").is_none());
     }
 }

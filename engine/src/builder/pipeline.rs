@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kstack_kfacts::symbols::ONCE_STATICS;
+use kstack_kfacts::symbols::{LOCKDEP_KEY_STATIC, ONCE_STATICS};
 use kstack_store::digest::Sha256Digest;
 use kstack_store::model::{CUMULATIVE_NAME, FunctionRef, MODULE_PREFIX, VMLINUX as VMLINUX_OBJECT};
 
@@ -1241,16 +1241,20 @@ fn adds_identifier(diff: &[u8], name: &str) -> bool {
 }
 
 /// The data objects of a translation unit (post names) the patch module has its own
-/// copy of: new ones, which the running kernel does not have, and the once-only flags
-/// of print-once helpers ([`ONCE_STATICS`]).
+/// copy of: new ones, which the running kernel does not have, the once-only flags of
+/// print-once helpers ([`ONCE_STATICS`]), and lockdep class keys where they are empty
+/// ([`LOCKDEP_KEY_STATIC`] of size 0).
 fn patch_data(report: &DiffReport) -> Vec<String> {
     report
         .data
         .iter()
         .filter(|d| {
+            let name = diff::normalize_name(&d.name);
+            let empty_key = name == LOCKDEP_KEY_STATIC
+                && d.post.as_ref().is_some_and(|p| p.local && p.size == 0);
             d.status == Status::New
                 || (d.status != Status::Removed
-                    && ONCE_STATICS.contains(&diff::normalize_name(&d.name).as_str()))
+                    && (ONCE_STATICS.contains(&name.as_str()) || empty_key))
         })
         .filter_map(|d| d.post.as_ref().map(|p| p.name.clone()))
         .collect()

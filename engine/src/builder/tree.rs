@@ -335,6 +335,7 @@ impl WorkTree {
                 let child = Command::new("sh")
                     .arg("-c")
                     .arg(&c.command)
+                    .envs(super::kbuild::EXPORTED_ENV.iter().copied())
                     .current_dir(self.path())
                     .stdin(std::process::Stdio::null())
                     .stdout(std::process::Stdio::piped())
