@@ -1325,6 +1325,42 @@ mod tests {
         );
     }
 
+    #[test]
+    fn new_data_once_flags_and_empty_lockdep_keys_get_the_patchs_own_copies() {
+        let data = |name: &str, status: Status, local: bool, size: u64| diff::DataReport {
+            key: format!("data:{name}"),
+            status,
+            name: name.into(),
+            reasons: Vec::new(),
+            pre: None,
+            post: Some(diff::SymbolInfo {
+                name: name.into(),
+                section: ".bss".into(),
+                local,
+                weak: false,
+                size,
+            }),
+            allowed: false,
+        };
+        let report = DiffReport {
+            functions: Vec::new(),
+            data: vec![
+                data("kstack_counter", Status::New, true, 4),
+                data("__already_done.12", Status::Unchanged, true, 1),
+                // Without CONFIG_LOCKDEP, `struct lock_class_key` is empty.
+                data("__key.418", Status::Unchanged, true, 0),
+                // With it, the key is the running kernel's lock class: shared.
+                data("__key.419", Status::Unchanged, true, 16),
+                data("nr_threads", Status::Unchanged, false, 4),
+            ],
+            refusals: Vec::new(),
+        };
+        assert_eq!(
+            patch_data(&report),
+            ["kstack_counter", "__already_done.12", "__key.418"]
+        );
+    }
+
     fn unresolved(symbol: &str) -> klp::KlpError {
         klp::KlpError::Resolve {
             tu: "fs/proc/meminfo.o".into(),
