@@ -627,7 +627,7 @@ fn prepare_unpacked(
     run_ok(
         Command::new("make")
             .arg("-C")
-            .arg(&tmp)
+            .arg(tmp)
             .args(["-s", "olddefconfig"])
             .arg(&release_arg),
     )?;
@@ -644,7 +644,7 @@ fn prepare_unpacked(
     run_ok(
         Command::new("make")
             .arg("-C")
-            .arg(&tmp)
+            .arg(tmp)
             .arg("-s")
             .arg(format!("-j{jobs}"))
             .args(["prepare", "modules_prepare"])
