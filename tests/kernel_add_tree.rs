@@ -14,22 +14,21 @@ const LIVEPATCH_CONFIG: &str = "CONFIG_MODULES=y\nCONFIG_KALLSYMS_ALL=y\nCONFIG_
 
 /// A made-up tree with the release file, `config` as `.config`, and `files` (empty).
 fn made_up_tree(dir: &Path, config: &str, files: &[&str]) {
-    std::fs::create_dir_all(dir.join("include/config")).unwrap();
-    std::fs::write(
-        dir.join("include/config/kernel.release"),
-        format!("{RELEASE}\n"),
-    )
-    .unwrap();
-    std::fs::write(dir.join(".config"), config).unwrap();
+    let write = |path: &str, text: &str| {
+        std::fs::write(dir.join(path), text).expect("writing the made-up tree");
+    };
+    std::fs::create_dir_all(dir.join("include/config")).expect("a temporary directory");
+    write("include/config/kernel.release", &format!("{RELEASE}\n"));
+    write(".config", config);
     for file in files {
-        std::fs::write(dir.join(file), "").unwrap();
+        write(file, "");
     }
 }
 
 /// Runs `kstack kernel add --tree TREE --image IMAGE` on an empty cache; returns
 /// the exit code and stderr, and checks the cache got no kernel.
 fn add(tree: &Path, image: &Path) -> (Option<i32>, String) {
-    let cache = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().expect("a temporary directory");
     add_to(cache.path(), tree, image)
 }
 
@@ -42,7 +41,7 @@ fn add_to(cache: &Path, tree: &Path, image: &Path) -> (Option<i32>, String) {
         .arg("--image")
         .arg(image)
         .output()
-        .unwrap();
+        .expect("running the static kstack");
     assert_eq!(kernels(cache), before, "a refused tree changed the cache");
     (
         out.status.code(),
@@ -53,7 +52,8 @@ fn add_to(cache: &Path, tree: &Path, image: &Path) -> (Option<i32>, String) {
 fn kernels(cache: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(cache.join("kernels"))
         .map(|dir| {
-            dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect()
         })
         .unwrap_or_default();

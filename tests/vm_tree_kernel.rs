@@ -139,16 +139,34 @@ fn a_kernel_built_from_a_tree_is_registered_patched_proven_and_reverted() {
         let check = std::fs::read_to_string(patch.with_extension("check")).unwrap();
         checks.push((name, check.trim().to_owned()));
     }
-    // The manifest names the tree the kernel came from, not a Debian package.
-    let show = run_ok(
-        kstack_cli()
-            .env("KSTACK_CACHE", cache.path())
-            .arg("--store")
-            .arg(&store.store)
-            .args(["--json", "show", "tree"]),
-    );
-    assert!(show.contains(&format!("tree {}", tree.display())), "{show}");
-    assert!(!show.contains("linux-source"), "{show}");
+    // The manifests name the tree the kernel came from, not a Debian package.
+    let show: serde_json::Value = serde_json::from_str(
+        run_ok(
+            kstack_cli()
+                .arg("--store")
+                .arg(&store.store)
+                .args(["--json", "show", "tree"]),
+        )
+        .trim(),
+    )
+    .unwrap();
+    for patch in show["patches"].as_array().unwrap() {
+        let manifest = run_ok(
+            Command::new("git")
+                .arg("--git-dir")
+                .arg(&store.store)
+                .arg("show")
+                .arg(format!(
+                    "refs/kstack/{}/tree:patches/{}/manifest.toml",
+                    added["build_id"].as_str().unwrap(),
+                    patch["dir"].as_str().unwrap()
+                )),
+        );
+        assert!(
+            manifest.contains(&format!("source = \"tree {}\"", tree.display())),
+            "{manifest}"
+        );
+    }
 
     // `kstack try`: the VM syncs the stack (run-pre first), the script checks each
     // patch and syncs to an empty stack, checking again.
