@@ -876,6 +876,27 @@ fn remove_if_exists(path: &Path) -> Result<(), AssetError> {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn a_kernel_built_from_a_tree_is_no_debian_line_whatever_its_release() {
+        let cache = tempfile::tempdir().expect("a temporary directory");
+        let cache = super::Cache::at(cache.path());
+        // A release that looks like Debian's: the tree marker decides.
+        let kernel = cache.kernel_unchecked("6.1.0-56-cloud-amd64");
+        assert!(kernel.line().is_some());
+        assert_eq!(
+            kernel.headers(),
+            std::path::Path::new("/usr/src/linux-headers-6.1.0-56-cloud-amd64")
+        );
+        std::fs::create_dir_all(kernel.dir()).expect("the kernel's directory");
+        std::fs::write(kernel.dir().join(super::tree::TREE_ORIGIN), "/src/linux\n")
+            .expect("the tree marker");
+        assert_eq!(kernel.line(), None);
+        assert_eq!(kernel.tree(), Some("/src/linux".into()));
+        assert_eq!(kernel.version(), None);
+        // Its headers are its prepared source, which holds its Module.symvers.
+        assert_eq!(kernel.headers(), kernel.src);
+    }
+
+    #[test]
     fn configurations_kstack_cannot_patch_are_refused_with_the_reason() {
         let debian_612 = "CONFIG_LIVEPATCH=y\nCONFIG_X86_KERNEL_IBT=y\nCONFIG_CALL_PADDING=y\n\
                           CONFIG_MITIGATION_CALL_DEPTH_TRACKING=y\n# CONFIG_CFI_CLANG is not set\n";
