@@ -920,15 +920,19 @@ pub struct KernelAddOutput {
     pub line: Option<String>,
     /// The flavour (`cloud-amd64`, `amd64`).
     pub flavour: Option<String>,
-    /// The Debian package version.
-    pub version: String,
+    /// The Debian package version, `null` for a kernel built from a tree.
+    pub version: Option<String>,
     pub build_id: String,
     pub image: String,
     /// The prepared source tree, `null` with --no-source.
     pub source: Option<String>,
-    /// The kernel's symbols (its `/proc/kallsyms`, read in one boot in the sandbox)
-    /// kept in the cache, `null` when they could not be read (the note says why).
+    /// The kernel's symbols (its `/proc/kallsyms`: read in one boot in the sandbox,
+    /// or derived from a tree's `System.map`) kept in the cache, `null` when they
+    /// could not be read (the note says why).
     pub kallsyms: Option<String>,
+    /// The tree a kernel its owner built was registered from (--tree), `null` for
+    /// a Debian kernel.
+    pub tree: Option<String>,
 }
 
 /// `kstack kernel list`: an array of these.
@@ -947,4 +951,7 @@ pub struct KernelEntry {
     /// Whether its headers are installed.
     pub headers: bool,
     pub source: Option<String>,
+    /// The tree a kernel its owner built was registered from, `null` for a Debian
+    /// kernel (which has a `line`).
+    pub tree: Option<String>,
 }

@@ -475,7 +475,8 @@ fn kernel_list() {
         "build_id": "3b43fad5034874490492495d552c0af6a5fab235",
         "default": true,
         "headers": false,
-        "source": "[TMP]/cache/src/6.1.0-99-kstack-test/linux"
+        "source": "[TMP]/cache/src/6.1.0-99-kstack-test/linux",
+        "tree": null
       }
     ]
     "#);

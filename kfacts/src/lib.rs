@@ -21,6 +21,8 @@
 //! - [`elf`]: one in-memory model of a relocatable x86-64 object.
 //! - [`symtab`]: the local symbols of a vmlinux by source file, from its full
 //!   symbol table (the exact answer to "which of these same-named statics").
+//! - [`system_map`]: the kallsyms a kernel prints, from the `System.map` of its
+//!   build.
 //!
 //! Not here: policy (what the builder refuses, what the matcher accepts). This crate
 //! describes; its users decide.
@@ -34,4 +36,5 @@ pub mod reloc;
 pub mod sections;
 pub mod symbols;
 pub mod symtab;
+pub mod system_map;
 pub mod x86;

@@ -3,8 +3,10 @@
 //! - `cargo xtask setup`: install the Debian packages kstack's build and tests use,
 //!   fetch the current Debian cloud kernel (image, headers, prepared source) into the
 //!   cache, and the newest of Debian 12's 6.12 cloud line beside it (the
-//!   `vm_line_612` tests run on it), and build the static `kstack` that the sandbox
-//!   VM runs. Idempotent: a second run with nothing new takes seconds.
+//!   `vm_line_612` tests run on it), build a small kernel from that source the way
+//!   an owner builds one (the `--tree` tests register it; [`xtask::tree_kernel`]),
+//!   and build the static `kstack` that the sandbox VM runs. Idempotent: a second
+//!   run with nothing new takes seconds.
 //! - `cargo xtask demo`: set-up, then the demo in the sandbox VM.
 //! - `cargo xtask test`: set-up, then every check and test (what CI runs), with a
 //!   short bounded run of every fuzz target.
@@ -175,6 +177,20 @@ fn setup(root: &Path) -> Result<assets::Kernel> {
             &mut |line| eprintln!("    {line}"),
         )
         .with_context(|| format!("fetching kernel {release}"))?;
+    }
+    step("the test kernel built from a source tree (tinyconfig with live patching)");
+    match xtask::tree_kernel::build(&cache, &kernel, &mut |line| eprintln!("    {line}"))
+        .context("building the test kernel from a source tree")?
+    {
+        Some(took) => eprintln!(
+            "    built {} in {:.0}s",
+            xtask::tree_kernel::tree(&cache).display(),
+            took.as_secs_f64()
+        ),
+        None => eprintln!(
+            "    {} is built",
+            xtask::tree_kernel::tree(&cache).display()
+        ),
     }
     build_static(root)?;
     step(&format!(

@@ -4,7 +4,7 @@
 
 use std::io;
 
-use kstack_engine::builder::assets::AssetError;
+use kstack_engine::builder::assets::{AssetError, TreeKernelError};
 use kstack_engine::builder::diff::DiffError;
 use kstack_engine::builder::kbuild::KbuildError;
 use kstack_engine::builder::klp::KlpError as BuildKlpError;
@@ -392,6 +392,35 @@ impl Classify for AssetError {
                 ),
             ),
             AssetError::Command { .. } | AssetError::Io { .. } => (Kind::Internal, None),
+            AssetError::Tree(err) => err.classify(),
+        }
+    }
+}
+
+impl Classify for TreeKernelError {
+    fn classify(&self) -> Class {
+        match self {
+            // The error says which file and what makes it.
+            TreeKernelError::Missing { .. } => (Kind::Usage, None),
+            TreeKernelError::Unsupported { .. } => (
+                Kind::Usage,
+                Some(
+                    "configure the tree with CONFIG_LIVEPATCH=y (and its dependencies: \
+                     DYNAMIC_FTRACE_WITH_REGS, KALLSYMS_ALL, MODULES) and build it again",
+                ),
+            ),
+            TreeKernelError::BuildIdMismatch { .. } => (
+                Kind::Data,
+                Some("give the image this tree's build wrote (arch/x86/boot/bzImage)"),
+            ),
+            TreeKernelError::AlreadyRegistered { .. } => (
+                Kind::User,
+                Some(
+                    "a rebuilt tree is a new kernel: give it its own release \
+                     (CONFIG_LOCALVERSION), or remove the kernel's directory from the cache",
+                ),
+            ),
+            TreeKernelError::Unreadable { .. } => (Kind::Data, None),
         }
     }
 }

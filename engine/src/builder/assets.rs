@@ -1,5 +1,6 @@
 //! The kernels kstack targets: Debian 12's kernels (the 6.1 and 6.12 lines, cloud
-//! and generic flavours; see [`line`]), fetched into a cache.
+//! and generic flavours; see [`line`]), fetched into a cache, and kernels their
+//! owners built from a source tree, registered in it ([`tree`]).
 //!
 //! For one kernel release (`6.1.0-56-cloud-amd64`, `6.12.117+deb12-cloud-amd64`) the
 //! cache holds the unpacked `-unsigned` image package (the `vmlinuz` the sandbox
@@ -28,7 +29,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod line;
+mod tree;
 pub use line::{KernelLine, SUPPORTED_FLAVOURS, SUPPORTED_LINES};
+pub use tree::{TreeInput, TreeKernelError, add_tree_kernel};
 
 /// The metapackage that names Debian's current cloud kernel ABI.
 pub const CLOUD_METAPACKAGE: &str = "linux-image-cloud-amd64";
@@ -75,6 +78,8 @@ pub enum AssetError {
         differences: Vec<super::config::ConfigDifference>,
         hint: Option<String>,
     },
+    #[error(transparent)]
+    Tree(#[from] TreeKernelError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AssetError + '_ {
@@ -257,56 +262,61 @@ impl Kernel {
     }
 
     /// The line and flavour its release names (`None` for a release that names
-    /// none, which Debian's never are).
+    /// none, which Debian's never are, and for a kernel built from a tree, whatever
+    /// its release looks like).
     pub fn line(&self) -> Option<KernelLine> {
+        if self.tree().is_some() {
+            return None;
+        }
         KernelLine::of_release(&self.release)
     }
 
+    /// The source tree a kernel its owner built was registered from
+    /// (`kstack kernel add --tree`); `None` for a Debian kernel.
+    pub fn tree(&self) -> Option<PathBuf> {
+        std::fs::read_to_string(self.dir.join(tree::TREE_ORIGIN))
+            .ok()
+            .map(|text| PathBuf::from(text.trim_end_matches('\n')))
+    }
+
     /// The source package of its line, `linux-source-6.1` when the release names
-    /// no line.
+    /// no line. A Debian kernel's only: a kernel built from a tree has its
+    /// [`Kernel::tree`].
     pub fn source_package(&self) -> String {
         self.line()
             .map_or_else(|| "linux-source-6.1".to_owned(), |l| l.source_package())
     }
 
-    /// The Debian package version (`6.1.192-2`).
+    /// The Debian package version (`6.1.192-2`); `None` for a kernel built from a
+    /// tree.
     pub fn version(&self) -> Option<String> {
         std::fs::read_to_string(self.dir.join("version"))
             .ok()
             .map(|s| s.trim().to_owned())
     }
 
-    /// The installed headers, which kbuild builds external modules against.
+    /// The headers kbuild builds external modules against: Debian's installed
+    /// package (`/usr/src/linux-headers-<release>`), or for a kernel built from a
+    /// tree its prepared source, which holds the tree's `Module.symvers`.
     pub fn headers(&self) -> PathBuf {
+        if self.tree().is_some() {
+            return self.src.clone();
+        }
         PathBuf::from(format!("/usr/src/linux-headers-{}", self.release))
     }
 
     /// The configuration a prepared tree is given: the one the kernel was built with
-    /// (the headers package's `.config`, else the image's), less the signing keys
-    /// Debian's build named and did not ship.
+    /// (the headers package's `.config`, else the image's; a tree's own), less the
+    /// signing keys Debian's build named and did not ship.
     pub fn wanted_config(&self) -> Result<String, AssetError> {
-        let config = self.headers().join(".config");
-        let config = if config.is_file() {
-            config
+        let headers = self.headers().join(".config");
+        let config = if self.tree().is_none() && headers.is_file() {
+            headers
         } else {
             self.config()
         };
         let text = std::fs::read_to_string(&config).map_err(io_err(&config))?;
-        let mut text = text
-            .lines()
-            .map(|l| {
-                if l.starts_with("CONFIG_SYSTEM_TRUSTED_KEYS=") {
-                    "CONFIG_SYSTEM_TRUSTED_KEYS=\"\""
-                } else if l.starts_with("CONFIG_SYSTEM_REVOCATION_KEYS=") {
-                    "CONFIG_SYSTEM_REVOCATION_KEYS=\"\""
-                } else {
-                    l
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        text.push('\n');
-        Ok(text)
+        Ok(blank_signing_keys(&text))
     }
 
     /// The options of the prepared tree's configuration that are not the shipped
@@ -325,6 +335,26 @@ impl Kernel {
             .is_file()
             .then(|| self.src.clone())
     }
+}
+
+/// A configuration without the trusted and revocation key files it names, which a
+/// build of the kernel's code does not need and Debian does not ship.
+fn blank_signing_keys(config: &str) -> String {
+    let mut text = config
+        .lines()
+        .map(|l| {
+            if l.starts_with("CONFIG_SYSTEM_TRUSTED_KEYS=") {
+                "CONFIG_SYSTEM_TRUSTED_KEYS=\"\""
+            } else if l.starts_with("CONFIG_SYSTEM_REVOCATION_KEYS=") {
+                "CONFIG_SYSTEM_REVOCATION_KEYS=\"\""
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    text.push('\n');
+    text
 }
 
 /// Resolves the release that `linux-image-cloud-amd64` currently depends on, and its
@@ -535,12 +565,6 @@ fn prepare_source(
     version: &str,
     log: &mut dyn FnMut(&str),
 ) -> Result<(), AssetError> {
-    let package = kernel.source_package();
-    let tarball = kernel.line().map_or_else(
-        || "usr/src/linux-source-6.1.tar.xz".to_owned(),
-        |l| l.source_tarball(),
-    );
-    let deb = download(&cache.debs(), &package, version, log)?;
     let parent = kernel.src.parent().expect("the source dir has a parent");
     mkdir(parent)?;
     // Prepared in place: kbuild records absolute paths (objtool's build), which each
@@ -548,38 +572,71 @@ fn prepare_source(
     // marker, written last, says the tree is complete; without it the tree is redone.
     let tmp = kernel.src.clone();
     remove_if_exists(&tmp)?;
-    mkdir(&tmp)?;
+    unpack_source(cache, kernel, version, &tmp, log)?;
+    // tar gives the sources their release dates: whatever is newer than this, the
+    // preparation wrote.
+    let cutoff = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
+    prepare_unpacked(&kernel.release, &tmp, &kernel.wanted_config()?, log)?;
+    mark_prepared(&tmp, cutoff, version)
+}
+
+/// Unpacks the Debian source of a Debian kernel (its line's `linux-source-*` of
+/// exactly `version`, downloaded into the cache unless it is there) into `dest`,
+/// as it is, neither configured nor prepared.
+pub fn unpack_source(
+    cache: &Cache,
+    kernel: &Kernel,
+    version: &str,
+    dest: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<(), AssetError> {
+    let package = kernel.source_package();
+    let tarball = kernel.line().map_or_else(
+        || "usr/src/linux-source-6.1.tar.xz".to_owned(),
+        |l| l.source_tarball(),
+    );
+    let deb = download(&cache.debs(), &package, version, log)?;
+    mkdir(dest)?;
     log(&format!("unpacking {package}={version}"));
     // The .deb holds a tarball of the (Debian-patched) tree; unpack it straight from
     // the package's data without writing the tarball to disk.
     let script = format!(
-        "dpkg-deb --fsys-tarfile '{deb}' | tar -xO ./{tarball} | tar -xJ -C '{tmp}' --strip-components=1",
+        "dpkg-deb --fsys-tarfile '{deb}' | tar -xO ./{tarball} | tar -xJ -C '{dest}' --strip-components=1",
         deb = deb.display(),
-        tmp = tmp.display(),
+        dest = dest.display(),
     );
     run_ok(Command::new("bash").args(["-ec", &format!("set -o pipefail; {script}")]))?;
-    // tar gives the sources their release dates: whatever is newer than this, the
-    // preparation wrote.
-    let cutoff = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
+    Ok(())
+}
 
+/// Prepares an unpacked source tree in place for a release, with the configuration
+/// it was built with (`wanted`): `make olddefconfig` (refused if that changes one of
+/// its options), `prepare modules_prepare`.
+fn prepare_unpacked(
+    release: &str,
+    tmp: &Path,
+    wanted: &str,
+    log: &mut dyn FnMut(&str),
+) -> Result<(), AssetError> {
     log("preparing the source tree (make olddefconfig prepare modules_prepare)");
-    let text = kernel.wanted_config()?;
-    write(&tmp.join(".config"), &text)?;
+    write(&tmp.join(".config"), wanted)?;
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
     // KERNELRELEASE as Debian's build sets it: without it UTS_RELEASE differs and
     // code that embeds the release string compiles differently (LAB.md).
-    let release_arg = format!("KERNELRELEASE={}", kernel.release);
+    let release_arg = format!("KERNELRELEASE={release}");
     run_ok(
         Command::new("make")
             .arg("-C")
-            .arg(&tmp)
+            .arg(tmp)
             .args(["-s", "olddefconfig"])
             .arg(&release_arg),
     )?;
-    let differences = kernel.config_differences()?;
+    let made = tmp.join(".config");
+    let made = std::fs::read_to_string(&made).map_err(io_err(&made))?;
+    let differences = super::config::differences(wanted, &made);
     if !differences.is_empty() {
         return Err(AssetError::Config {
-            release: kernel.release.clone(),
+            release: release.to_owned(),
             hint: super::config::hint(&differences),
             differences,
         });
@@ -587,17 +644,28 @@ fn prepare_source(
     run_ok(
         Command::new("make")
             .arg("-C")
-            .arg(&tmp)
+            .arg(tmp)
             .arg("-s")
             .arg(format!("-j{jobs}"))
             .args(["prepare", "modules_prepare"])
             .arg(&release_arg),
     )?;
+    Ok(())
+}
+
+/// Lists what was written in a prepared tree since `cutoff` ([`GENERATED_LIST`]),
+/// then marks the tree complete with `marker` (the Debian version it was prepared
+/// from, or the tree it was copied from).
+fn mark_prepared(
+    tmp: &Path,
+    cutoff: std::time::SystemTime,
+    marker: &str,
+) -> Result<(), AssetError> {
     let mut generated = Vec::new();
-    list_newer(&tmp, &tmp, cutoff, &mut generated)?;
+    list_newer(tmp, tmp, cutoff, &mut generated)?;
     generated.sort();
     write(&tmp.join(GENERATED_LIST), &generated.join("\n"))?;
-    write(&tmp.join(PREPARED_MARKER), version)
+    write(&tmp.join(PREPARED_MARKER), marker)
 }
 
 /// Refuses a kernel configuration kstack cannot build live patches for, with the
@@ -807,6 +875,27 @@ fn remove_if_exists(path: &Path) -> Result<(), AssetError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_kernel_built_from_a_tree_is_no_debian_line_whatever_its_release() {
+        let cache = tempfile::tempdir().expect("a temporary directory");
+        let cache = super::Cache::at(cache.path());
+        // A release that looks like Debian's: the tree marker decides.
+        let kernel = cache.kernel_unchecked("6.1.0-56-cloud-amd64");
+        assert!(kernel.line().is_some());
+        assert_eq!(
+            kernel.headers(),
+            std::path::Path::new("/usr/src/linux-headers-6.1.0-56-cloud-amd64")
+        );
+        std::fs::create_dir_all(kernel.dir()).expect("the kernel's directory");
+        std::fs::write(kernel.dir().join(super::tree::TREE_ORIGIN), "/src/linux\n")
+            .expect("the tree marker");
+        assert_eq!(kernel.line(), None);
+        assert_eq!(kernel.tree(), Some("/src/linux".into()));
+        assert_eq!(kernel.version(), None);
+        // Its headers are its prepared source, which holds its Module.symvers.
+        assert_eq!(kernel.headers(), kernel.src);
+    }
+
     #[test]
     fn configurations_kstack_cannot_patch_are_refused_with_the_reason() {
         let debian_612 = "CONFIG_LIVEPATCH=y\nCONFIG_X86_KERNEL_IBT=y\nCONFIG_CALL_PADDING=y\n\

@@ -800,7 +800,9 @@ fn build_job(
     build_info.insert("compiler".into(), compiler_version());
     build_info.insert("kcflags".into(), EXTRA_CFLAGS.into());
     build_info.insert("kernel_release".into(), release.clone());
-    if let Some(v) = req.kernel.version() {
+    if let Some(tree) = req.kernel.tree() {
+        build_info.insert("source".into(), format!("tree {}", tree.display()));
+    } else if let Some(v) = req.kernel.version() {
         build_info.insert(
             "source".into(),
             format!("{}={v}", req.kernel.source_package()),
