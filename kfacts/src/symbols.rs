@@ -40,6 +40,13 @@ pub const ITS_THUNK_PREFIX: &str = "__x86_indirect_its_thunk_";
 /// tools/objtool/check.c `add_prefix_symbol`): `__pfx_<function>`.
 pub const PREFIX_SYMBOL_PREFIX: &str = "__pfx_";
 
+/// What an alternative's replacement calls when the kernel writes a direct call to
+/// the target an indirect call site loads (`ALT_CALL_INSTR`, `ALT_FLAG_DIRECT_CALL`;
+/// 6.12's paravirt calls, arch/x86/include/asm/alternative.h): the kernel computes
+/// the target (`alt_replace_call`, arch/x86/kernel/alternative.c) and writes a call
+/// to it, or no-ops when the target is `nop_func`; never a call to this.
+pub const ALT_CALL_PLACEHOLDER: &str = "BUG_func";
+
 /// Static call trampolines and keys (`STATIC_CALL_TRAMP_PREFIX`,
 /// `STATIC_CALL_KEY_PREFIX`, include/linux/static_call_types.h): a trampoline is one
 /// `jmp` that `static_call_update()` retargets, or turns into `ret`.

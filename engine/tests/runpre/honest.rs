@@ -803,3 +803,39 @@ fn on_6_12_call_depth_tracking_thunks_match() {
     let (_, d) = report.best_divergence().unwrap();
     assert_eq!(d.offset, 9, "{report}");
 }
+
+/// 6.12's paravirt calls are alternatives whose replacement (`call BUG_func`) stands
+/// for a direct call to what the indirect call loads: the kernel writes that call,
+/// or no-ops when the target is `nop_func` (arch/x86/kernel/alternative.c,
+/// `alt_replace_call`).
+#[test]
+fn on_6_12_a_paravirt_call_becomes_a_direct_call_or_no_ops() {
+    let fx = fixture("sites_612.S");
+    let mut kernel = Kernel::new();
+    for (i, name) in ["native_read_cr2", "BUG_func", "pv_ops"]
+        .into_iter()
+        .enumerate()
+    {
+        kernel.define(name, 0xffff_ffff_8180_0000 + 0x100 * i as u64, 'T');
+    }
+    let addrs = kernel.link(&fx.shipped);
+    let image = runpre::before_image(&fx.pre, "pv_612").unwrap();
+    matched(&check(&image, &kernel));
+    // endbr64 (4), fentry (5): the site at 9, 6 bytes.
+    let site = addrs["pv_612"] + 9;
+    let target = kernel.kallsyms().candidates("native_read_cr2")[0];
+    kernel.poke(site, &Kernel::branch32(CALL, site, target));
+    kernel.poke(site + 5, &[0x90]);
+    let stats = matched(&check(&image, &kernel)).clone();
+    assert_eq!(
+        stats.rewritten.get("paravirt: direct call"),
+        Some(&1),
+        "{stats:?}"
+    );
+    kernel.poke(site, &[0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00]);
+    matched(&check(&image, &kernel));
+    // Anything else there is not the site.
+    kernel.poke(site, &[0x48, 0x8b, 0x45, 0xf0, 0x90, 0x90]);
+    let report = check(&image, &kernel);
+    assert_eq!(report.outcome, Outcome::Differs, "{report}");
+}

@@ -73,6 +73,18 @@ FUNCTION(caller_612)
 	int3
 END(caller_612)
 
+/* A paravirt call as 6.12 writes it: an alternative whose replacement stands for
+ * a direct call to what the indirect call loads (ALT_CALL_INSTR, ALT_CALL_ALWAYS:
+ * ALT_FLAG_DIRECT_CALL << 16 | X86_FEATURE_ALWAYS). */
+FUNCTION(pv_612)
+	endbr64
+3:	call __fentry__
+	.pushsection __mcount_loc, "a"; .quad 3b; .popsection
+	ALTERNATIVE "call *pv_ops+0x16c(%rip)", "call BUG_func", 0x20075
+	jmp __x86_return_thunk
+	int3
+END(pv_612)
+
 	.data
 	.globl counter
 counter: .long 0

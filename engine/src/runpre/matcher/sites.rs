@@ -4,7 +4,8 @@
 
 use iced_x86::{Mnemonic, Register};
 use kstack_kfacts::symbols::{
-    CALL_DEPTH_CALL_THUNK_PREFIX, CALL_DEPTH_JUMP_THUNK_PREFIX, ITS_THUNK_PREFIX, RETURN_THUNKS,
+    ALT_CALL_PLACEHOLDER, CALL_DEPTH_CALL_THUNK_PREFIX, CALL_DEPTH_JUMP_THUNK_PREFIX,
+    ITS_THUNK_PREFIX, RETURN_THUNKS,
 };
 use kstack_kfacts::x86::{self, ENDBR_POISON, Insn, NOP5};
 
@@ -55,7 +56,14 @@ impl<'a> Walk<'a> {
             }];
             for s in &alternatives {
                 if let SiteKind::Alternative { replacement, .. } = &s.kind {
-                    tries.push(Rendering::Replacement(replacement));
+                    if is_direct_call_placeholder(replacement) {
+                        // The kernel wrote a call to what the indirect call loads,
+                        // or no-ops for `nop_func`.
+                        tries.push(Rendering::ParavirtCall);
+                        tries.push(Rendering::Nothing { len: window });
+                    } else {
+                        tries.push(Rendering::Replacement(replacement));
+                    }
                 }
             }
             self.render(o, o + window, tries, *pos, start, pos)?;
@@ -576,4 +584,17 @@ enum Rendering<'a> {
     },
     ParavirtCall,
     Replacement(&'a Replacement),
+}
+
+/// Whether an alternative's replacement is `ALT_CALL_INSTR`, the `call BUG_func` that
+/// stands for a direct call to whatever the original indirect call loads
+/// ([`ALT_CALL_PLACEHOLDER`]).
+fn is_direct_call_placeholder(replacement: &Replacement) -> bool {
+    replacement.code.len() == 5
+        && replacement.code[0] == x86::CALL_REL32
+        && matches!(
+            replacement.relocs.as_slice(),
+            [RelocSite { offset: 1, target: RelocTarget::Symbol { name, .. }, .. }]
+                if name == ALT_CALL_PLACEHOLDER
+        )
 }
