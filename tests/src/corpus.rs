@@ -1,6 +1,7 @@
 //! A corpus of real fixes for the coverage benchmark (`benches/coverage.rs`): the
-//! difference between two Debian `linux-source-6.1` releases, cut into fixes, drawn
-//! by a fixed seed; and the classification of what kstack made of each.
+//! difference between two Debian source releases of one kernel line (`6.1` or
+//! `6.12`: [`CorpusLine`]), cut into fixes, drawn by a fixed seed; and the
+//! classification of what kstack made of each.
 //!
 //! Without the upstream history between two releases, a "fix" is the change to one
 //! source file, grouped with the changed headers that file includes directly (a new
@@ -10,6 +11,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
+
+mod line;
+
+pub use line::{CorpusLine, LINE_6_1, LINE_6_12, LINE_ENV};
 
 /// Directories of the tree that hold no kernel code for x86-64.
 const SKIPPED: [&str; 6] = [
@@ -185,6 +190,9 @@ pub enum Outcome {
     FailedInVm(String),
     /// kstack itself failed (an internal error, a crash, an unexpected status).
     ToolError(String),
+    /// The diff does not apply to the kernel's source (a class case written for
+    /// another line): nothing was built.
+    DoesNotApply,
     /// The configuration does not build the fix's files: not part of the corpus.
     NotBuilt,
 }
@@ -197,6 +205,7 @@ impl Outcome {
             Outcome::Refused(_) => "refused",
             Outcome::FailedInVm(_) => "built, failed in the VM",
             Outcome::ToolError(_) => "tool error",
+            Outcome::DoesNotApply => "does not apply to the line's source",
             Outcome::NotBuilt => "not built for the configuration",
         }
     }
@@ -233,8 +242,18 @@ const REFUSALS: [(&str, &str); 13] = [
     ),
 ];
 
+/// What `kstack commit` says when the diff does not fit the kernel's source
+/// (`TreeError::Apply`, `TreeError::NotInSource`).
+const NOT_APPLYING: [&str; 2] = [
+    "does not apply to the kernel source",
+    "which the source of kernel",
+];
+
 /// Classifies `kstack commit`'s exit status and standard error.
 pub fn classify_commit(code: Option<i32>, stderr: &str) -> Option<Outcome> {
+    if code != Some(0) && NOT_APPLYING.iter().any(|n| stderr.contains(n)) {
+        return Some(Outcome::DoesNotApply);
+    }
     match code {
         Some(0) => None,
         Some(3) => Some(Outcome::Refused("identical code (class 9)".into())),
@@ -365,6 +384,20 @@ mod tests {
         assert_eq!(
             classify_commit(Some(65), "error: something new"),
             Some(Outcome::Refused("other: error: something new".into()))
+        );
+        assert_eq!(
+            classify_commit(
+                Some(65),
+                "error: the diff does not apply to the kernel source:\n1 out of 1 hunk FAILED"
+            ),
+            Some(Outcome::DoesNotApply)
+        );
+        assert_eq!(
+            classify_commit(
+                Some(65),
+                "error: the diff changes fs/x.c, which the source of kernel 6.12.117 does not have"
+            ),
+            Some(Outcome::DoesNotApply)
         );
         assert!(matches!(
             classify_commit(Some(70), "error: internal"),
