@@ -272,14 +272,7 @@ fn run_fix(
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let modules: Vec<String> = functions
-        .iter()
-        .filter_map(|f| f["object"].as_str())
-        .filter(|o| *o != "vmlinux")
-        .map(str::to_owned)
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let modules = corpus::patched_modules(functions.iter().filter_map(|f| f.as_str()));
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("kstack.toml");

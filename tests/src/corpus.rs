@@ -179,6 +179,19 @@ pub fn unified_diff(base: &Path, target: &Path, files: &[String], message: &str)
     out
 }
 
+/// The modules a patch changes, from its functions as `kstack commit --json` names
+/// them (`object:name[,sympos]`, docs/json.md): the objects but `vmlinux`, sorted.
+pub fn patched_modules<'a>(functions: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    functions
+        .into_iter()
+        .filter_map(|f| f.split_once(':').map(|(object, _)| object))
+        .filter(|object| *object != "vmlinux")
+        .map(str::to_owned)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
 /// What kstack made of one fix.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Outcome {
@@ -348,6 +361,18 @@ mod tests {
                 vec!["include/linux/mm.h"],
             ]
         );
+    }
+
+    #[test]
+    fn the_modules_a_patch_changes_are_read_from_its_function_names() {
+        let functions = [
+            "acpi_tad:time_show",
+            "vmlinux:cmdline_proc_show",
+            "acpi_tad:time_store",
+            "xfs:xfs_stats_format,2",
+        ];
+        assert_eq!(patched_modules(functions), ["acpi_tad", "xfs"]);
+        assert!(patched_modules(["vmlinux:version_proc_show"]).is_empty());
     }
 
     #[test]
