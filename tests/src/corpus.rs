@@ -155,19 +155,14 @@ pub fn unified_diff(base: &Path, target: &Path, files: &[String], message: &str)
     let mut out = format!("{message}\n\n");
     for f in files {
         let old = base.join(f);
-        let old_arg = if old.is_file() {
-            old
+        // A file only in `target` is created: `--- /dev/null`, as `git diff` writes it.
+        let (old_arg, old_label) = if old.is_file() {
+            (old, format!("a/{f}"))
         } else {
-            Path::new("/dev/null").to_owned()
+            (Path::new("/dev/null").to_owned(), "/dev/null".to_owned())
         };
         let output = Command::new("diff")
-            .args([
-                "-u",
-                "--label",
-                &format!("a/{f}"),
-                "--label",
-                &format!("b/{f}"),
-            ])
+            .args(["-u", "--label", &old_label, "--label", &format!("b/{f}")])
             .arg(&old_arg)
             .arg(target.join(f))
             .output()
@@ -361,6 +356,18 @@ mod tests {
                 vec!["include/linux/mm.h"],
             ]
         );
+    }
+
+    #[test]
+    fn a_file_only_in_the_target_is_diffed_as_created() {
+        let (base, target) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(base.path().join("old.c"), "int a;\n").unwrap();
+        std::fs::write(target.path().join("old.c"), "int b;\n").unwrap();
+        std::fs::write(target.path().join("new.h"), "int c;\n").unwrap();
+        let files = ["new.h".to_owned(), "old.c".to_owned()];
+        let diff = unified_diff(base.path(), target.path(), &files, "m");
+        assert!(diff.contains("--- /dev/null\n+++ b/new.h\n"), "{diff}");
+        assert!(diff.contains("--- a/old.c\n+++ b/old.c\n"), "{diff}");
     }
 
     #[test]
