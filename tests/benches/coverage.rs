@@ -43,8 +43,12 @@ use kstack_tests::{
 };
 
 /// The generic workload: what any kernel change should survive. `$MODULES` are the
-/// modules the patch changes, loaded so that the patch applies to them.
+/// modules the patch changes, loaded so that the patch applies to them. A case's
+/// check runs first, on the freshly patched kernel, as in `vm_cases`: checks count
+/// reads (`new-static-counter`, `print-once`) that the workload's would add to.
 const WORKLOAD: &str = r#"
+for m in $MODULES; do modprobe $m || exit 13; done
+[ -n "$CHECK" ] && { sh -c "$CHECK" || exit 14; }
 for f in /proc/version /proc/cmdline /proc/uptime /proc/loadavg /proc/meminfo \
          /proc/stat /proc/cpuinfo /proc/interrupts /proc/softirqs /proc/vmstat \
          /proc/zoneinfo /proc/self/status /proc/self/maps /proc/self/stat /proc/modules \
@@ -58,8 +62,6 @@ rm -r /tmp/w || exit 12
 ip link set lo up 2>/dev/null || ifconfig lo up 2>/dev/null
 ping -c 2 -W 1 127.0.0.1 > /dev/null 2>&1
 sleep 0.1; uname -a > /dev/null; date > /dev/null; ps > /dev/null
-for m in $MODULES; do modprobe $m || exit 13; done
-[ -n "$CHECK" ] && { sh -c "$CHECK" || exit 14; }
 for d in /sys/kernel/livepatch/*/; do
     [ "$(cat $d/enabled)" = 1 ] || exit 15
     [ "$(cat $d/transition)" = 0 ] || exit 16
