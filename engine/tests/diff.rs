@@ -215,6 +215,23 @@ fn new_function() {
     snapshot("new_function", &report);
 }
 
+/// 6.12, a unit objtool processed (a one-file module): the `__pfx_` symbol of a new
+/// function is its padding, which comes along with it, not a function of its own.
+/// Taken for one, it was carried as a second copy of the padding, and the new
+/// function's `__mcount_loc` entry pointed at no-ops (`ftrace_bug` at load).
+#[test]
+fn a_new_functions_prefix_symbol_is_not_a_function() {
+    let report = fixture("new_function_prefix");
+    assert!(report.has("function:new:clamp"));
+    assert!(report.has("function:changed:compute"));
+    let mut patched: Vec<&str> = report
+        .patched_functions()
+        .map(|f| f.name.as_str())
+        .collect();
+    patched.sort();
+    assert_eq!(patched, ["clamp", "compute"]);
+}
+
 #[test]
 fn changed_data_is_refused() {
     let report = fixture("changed_data");

@@ -1,20 +1,31 @@
 //! Benchmark: how much of what real kernels get kstack takes. A corpus of real fixes,
-//! the difference between Debian's `linux-source-6.1` 6.1.176-1 and 6.1.187-1 cut
-//! into fixes (`kstack_tests::corpus`), is drawn with a fixed seed; each fix is built
-//! with `kstack commit` for the 6.1.176-1 cloud kernel (6.1.0-50-cloud-amd64), and
-//! each that builds is synced in a VM on that kernel with `kstack try`, a generic
-//! workload run (and the modules it patches loaded), the kernel log checked, the
-//! patch reverted. Then the class cases (`examples/cases`, `examples/modules`, and
-//! kpatch's integration cases rewritten for this kernel in `examples/kpatch`, each
-//! with its own check) on the set-up kernel. Each fix ends as built and passed,
-//! refused with a named class, built but failed in the VM, or a tool error.
+//! the difference between two Debian source releases of a kernel line cut into
+//! fixes (`kstack_tests::corpus`), is drawn with a fixed seed; each fix is built with
+//! `kstack commit` for the cloud kernel of the older release, and each that builds is
+//! synced in a VM on that kernel with `kstack try`, a generic workload run (and the
+//! modules it patches loaded), the kernel log checked, the patch reverted. Then the
+//! class cases (`examples/cases`, `examples/modules`, and kpatch's integration cases
+//! rewritten for 6.1 in `examples/kpatch`, each with its own check; a line's own
+//! version under `<dir>/<line>/` where there is one) on the set-up kernel of the
+//! line. Each fix ends as built and passed, refused with a named class, built but
+//! failed in the VM, or a tool error; a class case can also not apply to the line's
+//! source.
+//!
+//! The line is `COVERAGE_LINE` (`kstack_tests::corpus::CorpusLine`):
+//! - `6.1` (the default): `linux-source-6.1` 6.1.176-1 to 6.1.187-1, built for
+//!   6.1.0-50-cloud-amd64; the class cases on the default set-up kernel; results in
+//!   `target/coverage/`.
+//! - `6.12`: `linux-source-6.12` 6.12.107-1~deb12u1 to 6.12.113-1~deb12u1 (not the
+//!   archive's newest two), built for 6.12.107+deb12-cloud-amd64; the class cases on
+//!   the newest 6.12 cloud kernel in the cache (`kstack_tests::LINE_612`); results in
+//!   `target/coverage-6.12/`.
 //!
 //! Run: `cargo bench -p kstack-tests --bench coverage` (after `cargo xtask setup`;
-//! it adds the base kernel with `kstack kernel add` and downloads the 6.1.187-1
-//! source, about 140 MB, into the cache). About an hour and a half on 2 cores.
+//! it adds the base kernel with `kstack kernel add` and downloads the target source,
+//! about 140 MB, into the cache). About an hour and a half on 2 cores.
 //! `COVERAGE_FIXES` (default 64) is how many fixes of the configuration to take,
 //! `COVERAGE_SEED` (default 20261127) the draw. The table is printed and written to
-//! `target/coverage/report.md`, each fix's diff and logs under `target/coverage/`.
+//! `report.md` in the line's directory, each fix's diff and logs beside it.
 
 // A benchmark driver: a failed unwrap is a failed run, with its message.
 #![allow(clippy::unwrap_used)]
@@ -26,16 +37,18 @@ use std::time::Instant;
 
 use kstack_engine::builder::assets::Cache;
 use kstack_engine::builder::deps::IncludeIndex;
-use kstack_tests::corpus::{self, Outcome};
-use kstack_tests::{CliStore, kernel, kstack_cli, workspace_root};
-
-const BASE_RELEASE: &str = "6.1.0-50-cloud-amd64";
-const BASE_VERSION: &str = "6.1.176-1";
-const TARGET_VERSION: &str = "6.1.187-1";
+use kstack_tests::corpus::{self, CorpusLine, Outcome};
+use kstack_tests::{
+    CliStore, LINE_612, example_for_line, kernel, kstack_cli, select_kernel, workspace_root,
+};
 
 /// The generic workload: what any kernel change should survive. `$MODULES` are the
-/// modules the patch changes, loaded so that the patch applies to them.
+/// modules the patch changes, loaded so that the patch applies to them. A case's
+/// check runs first, on the freshly patched kernel, as in `vm_cases`: checks count
+/// reads (`new-static-counter`, `print-once`) that the workload's would add to.
 const WORKLOAD: &str = r#"
+for m in $MODULES; do modprobe $m || exit 13; done
+[ -n "$CHECK" ] && { sh -c "$CHECK" || exit 14; }
 for f in /proc/version /proc/cmdline /proc/uptime /proc/loadavg /proc/meminfo \
          /proc/stat /proc/cpuinfo /proc/interrupts /proc/softirqs /proc/vmstat \
          /proc/zoneinfo /proc/self/status /proc/self/maps /proc/self/stat /proc/modules \
@@ -49,8 +62,6 @@ rm -r /tmp/w || exit 12
 ip link set lo up 2>/dev/null || ifconfig lo up 2>/dev/null
 ping -c 2 -W 1 127.0.0.1 > /dev/null 2>&1
 sleep 0.1; uname -a > /dev/null; date > /dev/null; ps > /dev/null
-for m in $MODULES; do modprobe $m || exit 13; done
-[ -n "$CHECK" ] && { sh -c "$CHECK" || exit 14; }
 for d in /sys/kernel/livepatch/*/; do
     [ "$(cat $d/enabled)" = 1 ] || exit 15
     [ "$(cat $d/transition)" = 0 ] || exit 16
@@ -89,22 +100,28 @@ struct Row {
 }
 
 fn main() {
-    let out_dir = workspace_root().join("target/coverage");
+    let line = CorpusLine::selected(std::env::var(corpus::LINE_ENV).ok().as_deref())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out_dir = line.report_dir(&workspace_root().join("target"));
     std::fs::create_dir_all(&out_dir).unwrap();
     let fixes: usize = env_or("COVERAGE_FIXES", 64);
     let seed: u64 = env_or("COVERAGE_SEED", 20_261_127);
+    let (base_version, target_version) = (line.base_version, line.target_version);
 
     let cache = Cache::from_env();
-    let base = ensure_base_kernel(&cache);
+    let base = ensure_base_kernel(&cache, &line);
     let base_tree = base
         .source()
         .expect("the base kernel's source was prepared");
-    let target_tree = ensure_target_source(&cache);
+    let target_tree = ensure_target_source(&cache, &line);
 
-    eprintln!("==> the fixes between {BASE_VERSION} and {TARGET_VERSION}");
+    eprintln!(
+        "==> the fixes between {} {base_version} and {target_version}",
+        line.source_package
+    );
     let changed = corpus::changed_files(&base_tree, &target_tree);
     let index =
-        IncludeIndex::load_or_scan(&target_tree, &cache.root().join("corpus/deps")).unwrap();
+        IncludeIndex::load_or_scan(&target_tree, &line.include_index_dir(cache.root())).unwrap();
     let groups = corpus::group(&changed, |f| index.includes_of(f).to_vec());
     eprintln!(
         "    {} files changed, {} fixes; drawing {fixes} the configuration builds (seed {seed})",
@@ -127,7 +144,7 @@ fn main() {
             &target_tree,
             &files,
             &format!(
-                "corpus {id}: {} ({BASE_VERSION} to {TARGET_VERSION})",
+                "corpus {id}: {} ({base_version} to {target_version})",
                 files.join(", ")
             ),
         );
@@ -143,31 +160,55 @@ fn main() {
         // The table so far, so that a run cut short still says what it found.
         std::fs::write(
             out_dir.join("report.md"),
-            report(&rows, &[], not_built, seed),
+            report(&line, &rows, &[], not_built, seed),
         )
         .unwrap();
     }
 
-    eprintln!("==> the class cases on the set-up kernel");
+    if line != corpus::LINE_6_1 {
+        // The class cases run on the line's set-up kernel (6.1's: the default one).
+        select_kernel(LINE_612);
+    }
     let current = kernel();
+    eprintln!(
+        "==> the class cases on the set-up kernel {}",
+        current.release
+    );
     let mut cases = Vec::new();
-    for dir in ["examples/cases", "examples/modules", "examples/kpatch"] {
-        let Ok(entries) = std::fs::read_dir(workspace_root().join(dir)) else {
+    for dir in ["cases", "modules", "kpatch"] {
+        let Ok(entries) = std::fs::read_dir(workspace_root().join("examples").join(dir)) else {
             continue;
         };
-        let mut diffs: Vec<PathBuf> = entries
+        let mut names: Vec<String> = entries
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|e| e == "diff"))
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
-        diffs.sort();
-        for diff in diffs {
-            let id = diff.file_stem().unwrap().to_string_lossy().into_owned();
+        names.sort();
+        for name in names {
+            // The line's own version where the source differs (and its check and hook
+            // file beside it: a line's directory has them where it needs them).
+            let diff = example_for_line(dir, &name);
+            let id = name.trim_end_matches(".diff").to_owned();
             let check = std::fs::read_to_string(diff.with_extension("check"))
+                .or_else(|_| {
+                    std::fs::read_to_string(
+                        workspace_root()
+                            .join("examples")
+                            .join(dir)
+                            .join(format!("{id}.check")),
+                    )
+                })
                 .ok()
                 .map(|c| c.trim().to_owned());
+            let shown = diff
+                .strip_prefix(workspace_root())
+                .unwrap_or(&diff)
+                .display()
+                .to_string();
             let row = run_fix(
                 &id,
-                &[format!("{dir}/{id}.diff")],
+                &[shown],
                 &diff,
                 &current.vmlinuz(),
                 &out_dir,
@@ -178,7 +219,7 @@ fn main() {
         }
     }
 
-    let report = report(&rows, &cases, not_built, seed);
+    let report = report(&line, &rows, &cases, not_built, seed);
     println!("{report}");
     std::fs::write(out_dir.join("report.md"), report).unwrap();
 }
@@ -233,14 +274,7 @@ fn run_fix(
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let modules: Vec<String> = functions
-        .iter()
-        .filter_map(|f| f["object"].as_str())
-        .filter(|o| *o != "vmlinux")
-        .map(str::to_owned)
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let modules = corpus::patched_modules(functions.iter().filter_map(|f| f.as_str()));
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("kstack.toml");
@@ -292,13 +326,18 @@ fn describe(outcome: &Outcome) -> String {
         Outcome::FailedInVm(why) => format!("built, failed in the VM: {why}"),
         Outcome::ToolError(why) => format!("tool error: {why}"),
         Outcome::NotBuilt => "not built for the configuration (not counted)".into(),
+        Outcome::DoesNotApply => "does not apply to the line's source (not built)".into(),
     }
 }
 
-fn report(rows: &[Row], cases: &[Row], not_built: usize, seed: u64) -> String {
+fn report(line: &CorpusLine, rows: &[Row], cases: &[Row], not_built: usize, seed: u64) -> String {
     let mut out = format!(
-        "### Coverage: {} real fixes ({BASE_VERSION} → {TARGET_VERSION}, seed {seed})\n\n",
-        rows.len()
+        "### Coverage: {} real fixes ({} {} → {}, built for {}, seed {seed})\n\n",
+        rows.len(),
+        line.source_package,
+        line.base_version,
+        line.target_version,
+        line.base_release
     );
     let mut columns: BTreeMap<&str, usize> = BTreeMap::new();
     let mut classes: BTreeMap<String, usize> = BTreeMap::new();
@@ -333,44 +372,46 @@ fn report(rows: &[Row], cases: &[Row], not_built: usize, seed: u64) -> String {
     out
 }
 
-fn ensure_base_kernel(cache: &Cache) -> kstack_engine::builder::assets::Kernel {
-    if let Ok(k) = cache.kernel(BASE_RELEASE)
+fn ensure_base_kernel(cache: &Cache, line: &CorpusLine) -> kstack_engine::builder::assets::Kernel {
+    let (release, version) = (line.base_release, line.base_version);
+    if let Ok(k) = cache.kernel(release)
         && k.source().is_some()
     {
         return k;
     }
-    eprintln!("==> kstack kernel add {BASE_RELEASE} --version {BASE_VERSION}");
+    eprintln!("==> kstack kernel add {release} --version {version}");
     let status = kstack_cli()
-        .args(["kernel", "add", BASE_RELEASE, "--version", BASE_VERSION])
+        .args(["kernel", "add", release, "--version", version])
         .status()
         .unwrap();
-    assert!(status.success(), "kstack kernel add {BASE_RELEASE} failed");
-    cache.kernel(BASE_RELEASE).unwrap()
+    assert!(status.success(), "kstack kernel add {release} failed");
+    cache.kernel(release).unwrap()
 }
 
-/// The 6.1.187-1 source, unpacked under the cache (`corpus/linux-<version>`).
-fn ensure_target_source(cache: &Cache) -> PathBuf {
-    let dir = cache.root().join(format!("corpus/linux-{TARGET_VERSION}"));
+/// The line's target source, unpacked under the cache (`corpus/linux-<version>`).
+fn ensure_target_source(cache: &Cache, line: &CorpusLine) -> PathBuf {
+    let dir = line.target_source_dir(cache.root());
     if dir.join("Makefile").is_file() {
         return dir;
     }
-    eprintln!("==> linux-source-6.1 {TARGET_VERSION}");
+    let package = format!("{}={}", line.source_package, line.target_version);
+    eprintln!("==> {package}");
     let debs = cache.root().join("debs");
     std::fs::create_dir_all(&debs).unwrap();
-    let deb = debs.join(format!("linux-source-6.1_{TARGET_VERSION}_all.deb"));
+    let deb = debs.join(line.target_deb_name());
     if !deb.is_file() {
         let ok = Command::new("apt-get")
             .current_dir(&debs)
-            .args(["download", &format!("linux-source-6.1={TARGET_VERSION}")])
+            .args(["download", &package])
             .status()
             .unwrap()
             .success();
-        assert!(
-            ok,
-            "apt-get download linux-source-6.1={TARGET_VERSION} failed"
-        );
+        assert!(ok, "apt-get download {package} failed");
     }
-    let unpack = cache.root().join("corpus/unpack");
+    // One unpacking place per version: two lines' runs may unpack at once.
+    let unpack = cache
+        .root()
+        .join(format!("corpus/unpack-{}", line.target_version));
     let _ = std::fs::remove_dir_all(&unpack);
     std::fs::create_dir_all(&unpack).unwrap();
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpack));

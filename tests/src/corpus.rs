@@ -1,6 +1,7 @@
 //! A corpus of real fixes for the coverage benchmark (`benches/coverage.rs`): the
-//! difference between two Debian `linux-source-6.1` releases, cut into fixes, drawn
-//! by a fixed seed; and the classification of what kstack made of each.
+//! difference between two Debian source releases of one kernel line (`6.1` or
+//! `6.12`: [`CorpusLine`]), cut into fixes, drawn by a fixed seed; and the
+//! classification of what kstack made of each.
 //!
 //! Without the upstream history between two releases, a "fix" is the change to one
 //! source file, grouped with the changed headers that file includes directly (a new
@@ -10,6 +11,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
+
+mod line;
+
+pub use line::{CorpusLine, LINE_6_1, LINE_6_12, LINE_ENV};
 
 /// Directories of the tree that hold no kernel code for x86-64.
 const SKIPPED: [&str; 6] = [
@@ -150,19 +155,14 @@ pub fn unified_diff(base: &Path, target: &Path, files: &[String], message: &str)
     let mut out = format!("{message}\n\n");
     for f in files {
         let old = base.join(f);
-        let old_arg = if old.is_file() {
-            old
+        // A file only in `target` is created: `--- /dev/null`, as `git diff` writes it.
+        let (old_arg, old_label) = if old.is_file() {
+            (old, format!("a/{f}"))
         } else {
-            Path::new("/dev/null").to_owned()
+            (Path::new("/dev/null").to_owned(), "/dev/null".to_owned())
         };
         let output = Command::new("diff")
-            .args([
-                "-u",
-                "--label",
-                &format!("a/{f}"),
-                "--label",
-                &format!("b/{f}"),
-            ])
+            .args(["-u", "--label", &old_label, "--label", &format!("b/{f}")])
             .arg(&old_arg)
             .arg(target.join(f))
             .output()
@@ -172,6 +172,19 @@ pub fn unified_diff(base: &Path, target: &Path, files: &[String], message: &str)
         out.push_str(&text);
     }
     out
+}
+
+/// The modules a patch changes, from its functions as `kstack commit --json` names
+/// them (`object:name[,sympos]`, docs/json.md): the objects but `vmlinux`, sorted.
+pub fn patched_modules<'a>(functions: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    functions
+        .into_iter()
+        .filter_map(|f| f.split_once(':').map(|(object, _)| object))
+        .filter(|object| *object != "vmlinux")
+        .map(str::to_owned)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 /// What kstack made of one fix.
@@ -185,6 +198,9 @@ pub enum Outcome {
     FailedInVm(String),
     /// kstack itself failed (an internal error, a crash, an unexpected status).
     ToolError(String),
+    /// The diff does not apply to the kernel's source (a class case written for
+    /// another line): nothing was built.
+    DoesNotApply,
     /// The configuration does not build the fix's files: not part of the corpus.
     NotBuilt,
 }
@@ -197,6 +213,7 @@ impl Outcome {
             Outcome::Refused(_) => "refused",
             Outcome::FailedInVm(_) => "built, failed in the VM",
             Outcome::ToolError(_) => "tool error",
+            Outcome::DoesNotApply => "does not apply to the line's source",
             Outcome::NotBuilt => "not built for the configuration",
         }
     }
@@ -233,8 +250,18 @@ const REFUSALS: [(&str, &str); 13] = [
     ),
 ];
 
+/// What `kstack commit` says when the diff does not fit the kernel's source
+/// (`TreeError::Apply`, `TreeError::NotInSource`).
+const NOT_APPLYING: [&str; 2] = [
+    "does not apply to the kernel source",
+    "which the source of kernel",
+];
+
 /// Classifies `kstack commit`'s exit status and standard error.
 pub fn classify_commit(code: Option<i32>, stderr: &str) -> Option<Outcome> {
+    if code != Some(0) && NOT_APPLYING.iter().any(|n| stderr.contains(n)) {
+        return Some(Outcome::DoesNotApply);
+    }
     match code {
         Some(0) => None,
         Some(3) => Some(Outcome::Refused("identical code (class 9)".into())),
@@ -332,6 +359,30 @@ mod tests {
     }
 
     #[test]
+    fn a_file_only_in_the_target_is_diffed_as_created() {
+        let (base, target) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(base.path().join("old.c"), "int a;\n").unwrap();
+        std::fs::write(target.path().join("old.c"), "int b;\n").unwrap();
+        std::fs::write(target.path().join("new.h"), "int c;\n").unwrap();
+        let files = ["new.h".to_owned(), "old.c".to_owned()];
+        let diff = unified_diff(base.path(), target.path(), &files, "m");
+        assert!(diff.contains("--- /dev/null\n+++ b/new.h\n"), "{diff}");
+        assert!(diff.contains("--- a/old.c\n+++ b/old.c\n"), "{diff}");
+    }
+
+    #[test]
+    fn the_modules_a_patch_changes_are_read_from_its_function_names() {
+        let functions = [
+            "acpi_tad:time_show",
+            "vmlinux:cmdline_proc_show",
+            "acpi_tad:time_store",
+            "xfs:xfs_stats_format,2",
+        ];
+        assert_eq!(patched_modules(functions), ["acpi_tad", "xfs"]);
+        assert!(patched_modules(["vmlinux:version_proc_show"]).is_empty());
+    }
+
+    #[test]
     fn the_draw_is_fixed_by_the_seed() {
         let items: Vec<u32> = (0..10).collect();
         let a = shuffled(&items, 20261127);
@@ -365,6 +416,20 @@ mod tests {
         assert_eq!(
             classify_commit(Some(65), "error: something new"),
             Some(Outcome::Refused("other: error: something new".into()))
+        );
+        assert_eq!(
+            classify_commit(
+                Some(65),
+                "error: the diff does not apply to the kernel source:\n1 out of 1 hunk FAILED"
+            ),
+            Some(Outcome::DoesNotApply)
+        );
+        assert_eq!(
+            classify_commit(
+                Some(65),
+                "error: the diff changes fs/x.c, which the source of kernel 6.12.117 does not have"
+            ),
+            Some(Outcome::DoesNotApply)
         );
         assert!(matches!(
             classify_commit(Some(70), "error: internal"),

@@ -624,13 +624,24 @@ fn prepare_unpacked(
     // KERNELRELEASE as Debian's build sets it: without it UTS_RELEASE differs and
     // code that embeds the release string compiles differently (LAB.md).
     let release_arg = format!("KERNELRELEASE={release}");
-    run_ok(
-        Command::new("make")
-            .arg("-C")
-            .arg(tmp)
-            .args(["-s", "olddefconfig"])
-            .arg(&release_arg),
-    )?;
+    // Kconfig evaluates the tools it finds here; hide those the build machine did not
+    // have. Only while configuring: the tools' names (`RUSTC=rustc`) stay what kbuild
+    // records in auto.conf.cmd, so later builds in the tree do not reconfigure it.
+    let hidden = hide_tools(&super::config::tools_the_build_lacked(wanted))?;
+    let path = hidden.as_ref().map(|h| h.path_var());
+    let with_path = |cmd: &mut Command| {
+        if let Some(path) = &path {
+            cmd.env("PATH", path);
+        }
+    };
+    let mut olddefconfig = Command::new("make");
+    olddefconfig
+        .arg("-C")
+        .arg(tmp)
+        .args(["-s", "olddefconfig"])
+        .arg(&release_arg);
+    with_path(&mut olddefconfig);
+    run_ok(&mut olddefconfig)?;
     let made = tmp.join(".config");
     let made = std::fs::read_to_string(&made).map_err(io_err(&made))?;
     let differences = super::config::differences(wanted, &made);
@@ -641,15 +652,18 @@ fn prepare_unpacked(
             differences,
         });
     }
-    run_ok(
-        Command::new("make")
-            .arg("-C")
-            .arg(tmp)
-            .arg("-s")
-            .arg(format!("-j{jobs}"))
-            .args(["prepare", "modules_prepare"])
-            .arg(&release_arg),
-    )?;
+    let mut prepare = Command::new("make");
+    prepare
+        .arg("-C")
+        .arg(tmp)
+        .arg("-s")
+        .arg(format!("-j{jobs}"))
+        .args(["prepare", "modules_prepare"])
+        .arg(&release_arg);
+    // `prepare` runs syncconfig, which evaluates the tools again.
+    with_path(&mut prepare);
+    run_ok(&mut prepare)?;
+    drop(hidden);
     Ok(())
 }
 
@@ -666,6 +680,45 @@ fn mark_prepared(
     generated.sort();
     write(&tmp.join(GENERATED_LIST), &generated.join("\n"))?;
     write(&tmp.join(PREPARED_MARKER), marker)
+}
+
+/// A directory of stand-ins for tools, first in `PATH`: each fails as a missing
+/// command does (exit 127, nothing on stdout).
+struct HiddenTools {
+    dir: tempfile::TempDir,
+}
+
+impl HiddenTools {
+    /// `PATH` with the stand-ins first.
+    fn path_var(&self) -> std::ffi::OsString {
+        let mut dirs = vec![self.dir.path().to_owned()];
+        dirs.extend(
+            std::env::var_os("PATH")
+                .iter()
+                .flat_map(std::env::split_paths),
+        );
+        std::env::join_paths(dirs).unwrap_or_else(|_| self.dir.path().as_os_str().to_owned())
+    }
+}
+
+/// Stand-ins that hide `tools` from the commands run with [`HiddenTools::path_var`];
+/// `None` when there is nothing to hide.
+fn hide_tools(tools: &[&str]) -> Result<Option<HiddenTools>, AssetError> {
+    use std::os::unix::fs::PermissionsExt;
+    if tools.is_empty() {
+        return Ok(None);
+    }
+    let dir = tempfile::tempdir().map_err(io_err(&std::env::temp_dir()))?;
+    for tool in tools {
+        let path = dir.path().join(tool);
+        write(
+            &path,
+            &format!("#!/bin/sh\necho \"{tool}: not found (hidden by kstack)\" >&2\nexit 127\n"),
+        )?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .map_err(io_err(&path))?;
+    }
+    Ok(Some(HiddenTools { dir }))
 }
 
 /// Refuses a kernel configuration kstack cannot build live patches for, with the
@@ -894,6 +947,28 @@ mod tests {
         assert_eq!(kernel.version(), None);
         // Its headers are its prepared source, which holds its Module.symvers.
         assert_eq!(kernel.headers(), kernel.src);
+    }
+
+    #[test]
+    fn a_hidden_tool_reads_as_missing_to_kconfigs_version_scripts() {
+        // What 6.12's scripts/rustc-version.sh does with `$(RUSTC)`: 0 when
+        // `rustc --version` fails.
+        let script = "if out=$(rustc --version 2>/dev/null); then echo \"$out\"; else echo 0; fi";
+        let hidden = super::hide_tools(&["rustc"]).unwrap().unwrap();
+        let out = std::process::Command::new("sh")
+            .args(["-c", script])
+            .env("PATH", hidden.path_var())
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n");
+        // The rest of PATH is still there.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "command -v sh"])
+            .env("PATH", hidden.path_var())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert!(super::hide_tools(&[]).unwrap().is_none());
     }
 
     #[test]

@@ -18,6 +18,35 @@ pub const TOOL_TEXT_ONLY: &[(&str, &str)] = &[(
      the same compiler): only the banner string of init/version.c (LINUX_COMPILER) holds it",
 )];
 
+/// Tools whose absence on the machine that built the kernel its configuration
+/// records: (the option, its value without the tool, the tool, where Kconfig reads
+/// it). Kconfig asks this machine's tool instead (`$(shell,...)` when the
+/// configuration is evaluated), so a tool the build machine lacked but this one has
+/// changes the option: Debian built 6.12 without rustc (`CONFIG_RUSTC_VERSION=0`),
+/// and with rustc in `PATH` here `make olddefconfig` sets it (and
+/// `CONFIG_RUSTC_LLVM_VERSION`) from this rustc. Preparing hides such a tool, as the
+/// build machine did not have it.
+pub const TOOLS_THE_BUILD_LACKED: &[(&str, &str, &str, &str)] = &[(
+    "CONFIG_RUSTC_VERSION",
+    "0",
+    "rustc",
+    // 6.12: init/Kconfig `config RUSTC_VERSION`; scripts/Kconfig.include `rustc-version
+    // := $(shell,$(srctree)/scripts/rustc-version.sh $(RUSTC))`, which prints 0 when
+    // `$(RUSTC) --version` fails; `rustc-llvm-version` likewise.
+    "scripts/Kconfig.include (rustc-version, rustc-llvm-version)",
+)];
+
+/// The tools of [`TOOLS_THE_BUILD_LACKED`] that the machine which built the kernel of
+/// the `wanted` configuration did not have.
+pub fn tools_the_build_lacked(wanted: &str) -> Vec<&'static str> {
+    let options = options(wanted);
+    TOOLS_THE_BUILD_LACKED
+        .iter()
+        .filter(|(option, absent, _, _)| options.get(option).copied().flatten() == Some(*absent))
+        .map(|(_, _, tool, _)| *tool)
+        .collect()
+}
+
 /// One option whose value is not the one asked for (`None`: not set).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigDifference {
@@ -102,6 +131,24 @@ CONFIG_PAHOLE_HAS_SPLIT_BTF=y
 CONFIG_DEBUG_INFO_BTF_MODULES=y
 # CONFIG_MODULE_SIG_FORCE is not set
 ";
+
+    #[test]
+    fn rustc_is_hidden_where_the_shipped_kernel_was_configured_without_it() {
+        // Debian's 6.12 cloud config (no Rust), and what `make olddefconfig` made of
+        // it with rustc 1.95 in PATH.
+        let shipped =
+            "CONFIG_GCC_VERSION=120200\nCONFIG_RUSTC_VERSION=0\nCONFIG_RUSTC_LLVM_VERSION=0\n";
+        assert_eq!(tools_the_build_lacked(shipped), ["rustc"]);
+        let here = "CONFIG_GCC_VERSION=120200\nCONFIG_RUSTC_VERSION=109500\nCONFIG_RUSTC_LLVM_VERSION=220102\n";
+        assert_eq!(differences(shipped, here).len(), 2);
+        // A kernel built with rustc, and 6.1 (whose Kconfig has no RUSTC_VERSION),
+        // are prepared with this machine's tools.
+        assert_eq!(
+            tools_the_build_lacked("CONFIG_RUSTC_VERSION=107800\n"),
+            Vec::<&str>::new()
+        );
+        assert_eq!(tools_the_build_lacked(SHIPPED), Vec::<&str>::new());
+    }
 
     #[test]
     fn the_same_config_but_for_the_compilers_name_has_no_difference() {

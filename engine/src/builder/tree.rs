@@ -743,9 +743,11 @@ pub fn check_built(tree: &Path, release: &str, unit: &str) -> Result<(), TreeErr
         .parent()
         .ok_or_else(not_built)?
         .to_path_buf();
+    let has_makefile =
+        |d: &Path| tree.join(d).join("Makefile").is_file() || tree.join(d).join("Kbuild").is_file();
     // A directory without a Makefile of its own (arch/x86/kvm/mmu) is built by its
     // parent's (`kvm-y += mmu/mmu.o`).
-    while !tree.join(&dir).join("Makefile").is_file() && !tree.join(&dir).join("Kbuild").is_file() {
+    while !has_makefile(&dir) {
         dir = dir.parent().ok_or_else(not_built)?.to_path_buf();
         if dir.as_os_str().is_empty() {
             return Err(not_built());
@@ -756,10 +758,18 @@ pub fn check_built(tree: &Path, release: &str, unit: &str) -> Result<(), TreeErr
         return Err(not_built());
     }
     // The top-level directories (fs, kernel, drivers, arch/x86, ...) are the top
-    // Makefile's own; every directory below must be descended into by its parent.
-    while let Some(parent) = dir.parent().filter(|p| p.components().count() >= 1) {
-        let top = parent.components().count() == 1 && !parent.starts_with("arch")
-            || parent.components().count() == 2 && parent.starts_with("arch");
+    // Makefile's own; every directory below must be descended into by the nearest
+    // directory above it that has a Makefile: drivers/net/ethernet/mellanox descends
+    // into `mlx5/core/` (`obj-$(CONFIG_MLX5_CORE) += mlx5/core/`), and mlx5 has none.
+    let top = |d: &Path| {
+        let n = d.components().count();
+        n <= 1 || n == 2 && d.starts_with("arch")
+    };
+    while !top(&dir) {
+        let mut parent = dir.parent().ok_or_else(not_built)?.to_path_buf();
+        while !has_makefile(&parent) && !top(&parent) {
+            parent = parent.parent().ok_or_else(not_built)?.to_path_buf();
+        }
         let listing = kbuild_dir(tree, &parent.to_string_lossy())?;
         let child = dir.to_string_lossy().into_owned();
         if !listing
@@ -769,10 +779,7 @@ pub fn check_built(tree: &Path, release: &str, unit: &str) -> Result<(), TreeErr
         {
             return Err(not_built());
         }
-        if top {
-            break;
-        }
-        dir = parent.to_path_buf();
+        dir = parent;
     }
     Ok(())
 }
@@ -832,6 +839,50 @@ fn run(cmd: &mut Command) -> Result<(), TreeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tree with a stand-in for scripts/Makefile.build that lists what kbuild's
+    /// would (scripts/Makefile.lib: `real-obj-*` with a module's parts, `subdir-ym`
+    /// with the directory prefixed), and `files` (path, text).
+    fn fake_kbuild_tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let tree = tempfile::tempdir().unwrap();
+        let build = "include $(src)/Makefile\n\
+                     parts := $(foreach m,$(obj-y) $(obj-m),$($(m:.o=-y)))\n\
+                     real-obj-y := $(addprefix $(obj)/,$(filter %.o,$(obj-y)))\n\
+                     real-obj-m := $(addprefix $(obj)/,$(filter %.o,$(obj-m) $(parts)))\n\
+                     subdir-ym := $(addprefix $(obj)/,$(patsubst %/,%,$(filter %/,$(obj-y) $(obj-m))))\n";
+        for (path, text) in [("scripts/Makefile.build", build)].iter().chain(files) {
+            let path = tree.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        tree
+    }
+
+    #[test]
+    fn a_unit_below_a_directory_without_a_makefile_is_found_built() {
+        // drivers/net/ethernet/mellanox/Makefile descends into `mlx5/core/`; mlx5/ has
+        // no Makefile, and mlx5_core's parts are in core/en/ (no Makefile either).
+        let tree = fake_kbuild_tree(&[
+            ("drivers/Makefile", "obj-y += vendor/\n"),
+            ("drivers/vendor/Makefile", "obj-m += mlx5/core/\n"),
+            (
+                "drivers/vendor/mlx5/core/Makefile",
+                "obj-m += mlx5_core.o\nmlx5_core-y := main.o en/rqt.o\n",
+            ),
+        ]);
+        let tree = tree.path();
+        check_built(tree, "r", "drivers/vendor/mlx5/core/en/rqt.o").unwrap();
+        assert!(matches!(
+            check_built(tree, "r", "drivers/vendor/mlx5/core/en/other.o"),
+            Err(TreeError::NotBuilt { .. })
+        ));
+        // Not descended into: not built, whatever the directory's own Makefile says.
+        std::fs::write(tree.join("drivers/vendor/Makefile"), "obj-m += other/\n").unwrap();
+        assert!(matches!(
+            check_built(tree, "r", "drivers/vendor/mlx5/core/en/rqt.o"),
+            Err(TreeError::NotBuilt { .. })
+        ));
+    }
 
     #[test]
     fn a_work_tree_renames_the_prepared_tree_in_the_tools_command_records() {

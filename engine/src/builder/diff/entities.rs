@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use kstack_kfacts::symbols::PREFIX_SYMBOL_PREFIX;
+
 use super::model::{Class, Elf};
 use super::names::{cold_parent, normalize_name};
 
@@ -29,6 +31,11 @@ pub(super) fn entities(elf: &Elf<'_>) -> Vec<Entity> {
         let Some(section) = sym.section else { continue };
         let class = elf.class(section);
         let kind = match class {
+            // objtool's `__pfx_` symbols (a unit it processed: 6.12's one-file modules)
+            // name a function's padding, which comes along with the function.
+            Class::Text | Class::InitText if sym.name.starts_with(PREFIX_SYMBOL_PREFIX) => {
+                continue;
+            }
             Class::Text | Class::InitText if sym.is_func() && sym.size > 0 => Kind::Function,
             Class::Data | Class::InitData if sym.is_object() => Kind::Data,
             _ => continue,
