@@ -70,16 +70,18 @@ fn link(
     (std::fs::read(&ko).unwrap(), linked, tree.keep())
 }
 
-/// The module's bytes with its build ID zeroed: the linker's hash of every byte.
+/// The module's bytes with its build ID zeroed (the linker's hash of every byte), and
+/// the contents of its `.BTF`, where kbuild made one: pahole encodes with several
+/// threads (`-j`), and the order of the types it writes differs from run to run, for
+/// kbuild's own links too. Its size does not.
 fn without_build_id(module: &[u8]) -> Vec<u8> {
     use object::{Object, ObjectSection};
     let file = object::File::parse(module).unwrap();
     let mut bytes = module.to_vec();
-    if let Some((start, len)) = file
-        .section_by_name(".note.gnu.build-id")
-        .and_then(|s| s.file_range())
-    {
-        bytes[start as usize..(start + len) as usize].fill(0);
+    for name in [".note.gnu.build-id", ".BTF"] {
+        if let Some((start, len)) = file.section_by_name(name).and_then(|s| s.file_range()) {
+            bytes[start as usize..(start + len) as usize].fill(0);
+        }
     }
     bytes
 }

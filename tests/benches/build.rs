@@ -10,8 +10,8 @@
 //! flags, which is what kpatch-build does (twice) for every patch.
 //!
 //! Run: `cargo bench -p kstack-tests --bench build` (after `cargo xtask setup`).
-//! `BENCH_RUNS` (default 3) is the number of warm pairs per patch; `BENCH_COLD=0`
-//! skips the cold build; `BENCH_FULL_KERNEL=1` adds the full build
+//! `BENCH_RUNS` (default 3) is the number of warm pairs per patch; `BENCH_WARM=0`
+//! skips the warm builds, `BENCH_COLD=0` the cold build; `BENCH_FULL_KERNEL=1` adds the full build
 //! (about 25 minutes on 2 cores).
 
 // A benchmark driver: a failed unwrap is a failed run, with its message.
@@ -93,7 +93,9 @@ fn main() {
     let mut warm_cpu = Vec::new();
     let mut warm_walls = Vec::new();
     let mut ratios = Vec::new();
-    for patch in &patches {
+    // `BENCH_WARM=0`: only the cold build (and the full kernel when asked).
+    let warm = std::env::var("BENCH_WARM").as_deref() != Ok("0");
+    for patch in patches.iter().filter(|_| warm) {
         let name = patch.file_stem().unwrap().to_string_lossy().into_owned();
         // The old way, as on the first build of a unit: kbuild in a full copy.
         let store = CliStore::new();
@@ -152,11 +154,13 @@ fn main() {
         warm_walls.push(wall);
         ratios.push(ratio);
     }
-    println!(
-        "median of the warm builds: {:.1} s wall, {:.2} x compiling the unit once",
-        median(warm_walls[..4.min(warm_walls.len())].to_vec()),
-        median(ratios[..4.min(ratios.len())].to_vec())
-    );
+    if warm {
+        println!(
+            "median of the warm builds: {:.1} s wall, {:.2} x compiling the unit once",
+            median(warm_walls[..4.min(warm_walls.len())].to_vec()),
+            median(ratios[..4.min(ratios.len())].to_vec())
+        );
+    }
 
     if std::env::var("BENCH_COLD").as_deref() != Ok("0") {
         // A fresh cache that shares only the downloaded packages.
