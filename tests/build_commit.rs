@@ -327,19 +327,8 @@ fn a_second_build_of_a_unit_reuses_its_records_and_builds_the_same_code() {
     let patch = example_patch("0004-loadavg-running-percent.diff");
     // The same change in other bytes (a line of this run in the message): a diff no
     // earlier build made a post object for, so the recorded compile runs.
-    let text = std::fs::read_to_string(&patch).unwrap();
-    let (subject, rest) = text.split_once("\n\n").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let variant = dir.path().join("0004-loadavg-running-percent.diff");
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    std::fs::write(
-        &variant,
-        format!("{subject}\n\nBuilt by the test run {nonce}.\n\n{rest}"),
-    )
-    .unwrap();
+    let variant = new_fix_like(&patch, dir.path());
     let build = |patch: &std::path::Path, extra: &[&str]| {
         let store = CliStore::new();
         let out = kstack_tests::kstack_cli()
@@ -403,6 +392,24 @@ fn a_second_build_of_a_unit_reuses_its_records_and_builds_the_same_code() {
         written.is_empty(),
         "builds wrote into the prepared tree: {written:?}"
     );
+}
+
+/// The same change as `patch` in other bytes (a line of this run in its message),
+/// written in `dir`: a diff no earlier build made a post object for.
+fn new_fix_like(patch: &std::path::Path, dir: &std::path::Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(patch).unwrap();
+    let (subject, rest) = text.split_once("\n\n").unwrap();
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let variant = dir.join(patch.file_name().unwrap());
+    std::fs::write(
+        &variant,
+        format!("{subject}\n\nBuilt by the test run {nonce}.\n\n{rest}"),
+    )
+    .unwrap();
+    variant
 }
 
 /// `module` with every occurrence of the name `from` written as `to` (same length).
@@ -541,14 +548,7 @@ fn a_recorded_compile_that_fails_falls_back_to_kbuild() {
     .unwrap();
 
     // A diff no build made objects for (its message differs): both compiles run.
-    let text = std::fs::read_to_string(&patch).unwrap();
-    let (subject, rest) = text.split_once("\n\n").unwrap();
-    let variant = cache.path().join("0004-variant.diff");
-    std::fs::write(
-        &variant,
-        format!("{subject}\n\nThe fallback test.\n\n{rest}"),
-    )
-    .unwrap();
+    let variant = new_fix_like(&patch, cache.path());
     let said = commit(&variant, &[]);
     assert!(
         said.contains(&format!(
