@@ -438,6 +438,111 @@ fn renumbered_static_local_is_the_same_object() {
     snapshot("static_local", &report);
 }
 
+/// The data symbol that function `function` of an object refers to.
+fn data_used_by(object: &[u8], function: &str) -> String {
+    use object::{ObjectSection, ObjectSymbol};
+    let file = object::File::parse(object).unwrap();
+    let section = file
+        .section_by_name(&format!(".text.{function}"))
+        .unwrap_or_else(|| panic!("no .text.{function}"));
+    section
+        .relocations()
+        .filter_map(|(_, r)| match r.target() {
+            object::RelocationTarget::Symbol(i) => file.symbol_by_index(i).ok(),
+            _ => None,
+        })
+        .map(|sym| match sym.kind() {
+            // GCC refers to a static through its section: name the object there.
+            object::SymbolKind::Section => {
+                let index = sym.section_index().unwrap();
+                file.symbols()
+                    .find(|s| {
+                        s.section_index() == Some(index) && s.kind() == object::SymbolKind::Data
+                    })
+                    .map(|s| s.name().unwrap().to_owned())
+                    .unwrap_or_default()
+            }
+            _ => sym.name().unwrap().to_owned(),
+        })
+        .find(|n| n.starts_with("hits"))
+        .unwrap_or_else(|| panic!("{function} refers to no hits"))
+}
+
+/// A change that adds a same-named static renumbers the unit's others: each old
+/// static is paired with its running object by its user, never by its post name,
+/// and a new twin that nothing tells apart from an old one (same contents, same
+/// user) is marked as a guess.
+#[test]
+fn renumbered_statics_keep_their_running_names_and_twins_are_guesses() {
+    let report = fixture("renumbered_twins");
+    let fixtures = PathBuf::from(FIXTURES);
+    let (pre_dir, post_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pre = compile(
+        &fixtures.join("renumbered_twins.pre.c"),
+        pre_dir.path(),
+        "renumbered_twins",
+    );
+    let post = compile(
+        &fixtures.join("renumbered_twins.post.c"),
+        post_dir.path(),
+        "renumbered_twins",
+    );
+    let hits: Vec<_> = report
+        .data
+        .iter()
+        .filter(|d| d.name.starts_with("hits"))
+        .collect();
+    assert_eq!(hits.len(), 3, "{hits:#?}");
+    // second's static: paired with the one second used before, under its new name.
+    let (second_pre, second_post) = (data_used_by(&pre, "second"), data_used_by(&post, "second"));
+    assert_ne!(second_pre, second_post, "the fixture no longer renumbers");
+    let second = hits
+        .iter()
+        .find(|d| d.post.as_ref().is_some_and(|p| p.name == second_post))
+        .unwrap();
+    assert_eq!(second.pre.as_ref().unwrap().name, second_pre);
+    assert_eq!(second.status, Status::Unchanged);
+    assert!(!second.indistinct, "{second:#?}");
+    // first's two: one paired by a guess, one new.
+    let first: Vec<_> = hits
+        .iter()
+        .filter(|d| d.post.as_ref().is_some_and(|p| p.name != second_post))
+        .collect();
+    assert_eq!(
+        first.iter().filter(|d| d.status == Status::New).count(),
+        1,
+        "{first:#?}"
+    );
+    assert_eq!(
+        first.iter().filter(|d| d.indistinct).count(),
+        1,
+        "{first:#?}"
+    );
+}
+
+/// Where the change leaves a group's numbering as it was, same-named statics pair
+/// by name, and none is a guess.
+#[test]
+fn undisturbed_same_named_statics_pair_by_name() {
+    let report = fixture("twins_unchanged");
+    assert_eq!(status(&report, "second"), Status::Changed);
+    let hits: Vec<_> = report
+        .data
+        .iter()
+        .filter(|d| d.name.starts_with("hits"))
+        .collect();
+    assert_eq!(hits.len(), 3, "{hits:#?}");
+    for d in hits {
+        assert!(!d.indistinct, "{d:#?}");
+        assert_eq!(d.status, Status::Unchanged, "{d:#?}");
+        assert_eq!(
+            d.pre.as_ref().unwrap().name,
+            d.post.as_ref().unwrap().name,
+            "{d:#?}"
+        );
+    }
+}
+
 #[test]
 fn special_entries_of_a_function() {
     let dir = tempfile::tempdir().unwrap();

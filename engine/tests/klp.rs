@@ -78,6 +78,8 @@ fn extract_one(object: &[u8], tu: &str, function: &str, resolver: &TestResolver)
             functions: &functions,
             new_data: &[],
             provided: &[],
+            kernel_names: &std::collections::BTreeMap::new(),
+            indistinct: &std::collections::BTreeSet::new(),
             objtool_at_link: false,
         },
         resolver,

@@ -112,6 +112,8 @@ fn real_kernel_objects_decode_and_every_function_extracts() {
                 functions: &functions,
                 new_data: &[],
                 provided: &[],
+                kernel_names: &std::collections::BTreeMap::new(),
+                indistinct: &std::collections::BTreeSet::new(),
                 objtool_at_link: false,
             };
             let out = klp::extract(&request, &resolver)

@@ -74,13 +74,17 @@ pub const LOCKDEP_KEY_STATIC: &str = "__key";
 /// GCC's numbering: `DO_ONCE_LITE` (`WARN_ONCE`, `printk_once`, `pr_*_once`;
 /// include/linux/once_lite.h), `DO_ONCE` (include/linux/once.h) and its static key,
 /// `WARN_ON_ONCE`'s flag where BUG flags cannot carry it (include/asm-generic/bug.h),
-/// and `printk_deferred_once`'s (include/linux/printk.h). A live patch gives its code
-/// fresh copies of these: sharing the running kernel's would mean finding the one
-/// of many same-named statics, for no gain (a fresh flag may print once more).
+/// and `printk_deferred_once`'s (include/linux/printk.h); and the rate-limit state
+/// of `printk_ratelimited`, `pr_*_ratelimited` and `DEFINE_RATELIMIT_STATE` in a
+/// function (`_rs`, include/linux/printk.h). A live patch gives its code fresh
+/// copies of these: sharing the running kernel's would mean finding the one of many
+/// same-named statics, for no gain (a fresh flag may print once more, a fresh
+/// rate-limit window one more burst).
 pub const ONCE_STATICS: &[&str] = &[
     "__already_done",
     "___done",
     "___once_key",
     "__warned",
     "__print_once",
+    "_rs",
 ];

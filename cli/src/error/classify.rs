@@ -550,6 +550,7 @@ impl Classify for BuildKlpError {
             | BuildKlpError::Resolve { .. }
             | BuildKlpError::NoSymbol { .. }
             | BuildKlpError::Ambiguous { .. }
+            | BuildKlpError::IndistinctStatic { .. }
             | BuildKlpError::InitReference { .. }
             | BuildKlpError::UnsupportedRelocation { .. }
             | BuildKlpError::UnknownSpecialSection { .. }

@@ -1,7 +1,7 @@
 //! The whole build of one patch: work tree, pre and post objects, the differ, the
 //! output object, the module around it, the post-link rewrite.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -673,6 +673,7 @@ fn build_job(
         }
         let objname = &objects[unit];
         let new_data = patch_data(report);
+        let (kernel_names, indistinct) = kernel_names(report);
         let objtool_at_link = req.kernel.objtool_at_link();
         let request = klp::ExtractRequest {
             object: &post_objects[unit],
@@ -681,6 +682,8 @@ fn build_job(
             functions: &specs,
             new_data: &new_data,
             provided: &provided,
+            kernel_names: &kernel_names,
+            indistinct: &indistinct,
             objtool_at_link,
         };
         let extracted = klp::extract(&request, &symbols).map_err(|source| {
@@ -1262,6 +1265,29 @@ fn patch_data(report: &DiffReport) -> Vec<String> {
         .collect()
 }
 
+/// The running kernel's names of the unit's local symbols that the change
+/// renumbered (post name → pre name, for functions and data the differ paired), and
+/// the post names of data it paired by a guess.
+fn kernel_names(report: &DiffReport) -> (BTreeMap<String, String>, BTreeSet<String>) {
+    let pairs = report
+        .functions
+        .iter()
+        .map(|f| (&f.pre, &f.post))
+        .chain(report.data.iter().map(|d| (&d.pre, &d.post)));
+    let renamed = pairs
+        .filter_map(|(pre, post)| Some((pre.as_ref()?, post.as_ref()?)))
+        .filter(|(pre, post)| pre.local && post.local && pre.name != post.name)
+        .map(|(pre, post)| (post.name.clone(), pre.name.clone()))
+        .collect();
+    let guessed = report
+        .data
+        .iter()
+        .filter(|d| d.indistinct)
+        .filter_map(|d| d.post.as_ref().map(|p| p.name.clone()))
+        .collect();
+    (renamed, guessed)
+}
+
 /// `KSTACK_STATE(id, version)` lines of a hook file.
 pub fn hook_states(hooks: &str) -> Vec<(u64, u64)> {
     hooks
@@ -1343,6 +1369,7 @@ mod tests {
                 size,
             }),
             allowed: false,
+            indistinct: false,
         };
         let report = DiffReport {
             functions: Vec::new(),

@@ -33,7 +33,7 @@ impl<'a, 'd> Differ<'a, 'd> {
     }
 
     pub(super) fn report(&self, opts: &DiffOptions) -> DiffReport {
-        let pairs = self.correlate();
+        let (pairs, indistinct) = self.correlate();
 
         // Correlated names: what references to either side of a pair compare as.
         let mut pre_names = HashMap::new();
@@ -91,6 +91,7 @@ impl<'a, 'd> Differ<'a, 'd> {
         let mut data = Vec::new();
         let mut refusals = Vec::new();
         for (a, b) in pairs {
+            let guessed = b.is_some_and(|b| indistinct.contains(&b));
             let a = a.map(|i| &self.pre_entities[i]);
             let b = b.map(|i| &self.post_entities[i]);
             let Some(kind) = a.or(b).map(|e| e.kind) else {
@@ -166,6 +167,7 @@ impl<'a, 'd> Differ<'a, 'd> {
                         pre,
                         post,
                         allowed,
+                        indistinct: guessed,
                     });
                 }
             }
@@ -430,7 +432,10 @@ impl<'a, 'd> Differ<'a, 'd> {
     /// Pairs pre and post entities: by normalised name; among several candidates,
     /// first by identical contents and referrers, then referrers, then contents,
     /// then order of appearance.
-    fn correlate(&self) -> Vec<Pair> {
+    /// Pairs pre and post entities; also the post entities that were paired with
+    /// one of several candidates that nothing tells apart (same normalised name,
+    /// contents and referrers: two `_rs` of one function), a guess.
+    fn correlate(&self) -> (Vec<Pair>, BTreeSet<usize>) {
         // (kind, normalised name) → (pre candidates, post candidates).
         type Candidates = (Vec<usize>, Vec<usize>);
         let mut groups: BTreeMap<(Kind, &str), Candidates> = BTreeMap::new();
@@ -448,36 +453,61 @@ impl<'a, 'd> Differ<'a, 'd> {
         };
 
         let mut pairs = Vec::new();
+        let mut indistinct = BTreeSet::new();
         for (pre, post) in groups.into_values() {
             if pre.len() <= 1 && post.len() <= 1 {
                 pairs.push((pre.first().copied(), post.first().copied()));
                 continue;
             }
+            // Names prove the pairing only where the change left the group's
+            // numbering as it was: the same names on both sides.
+            let names = |side: &[usize], keys: &[PairingKey]| {
+                let mut v: Vec<String> = side.iter().map(|&i| keys[i].name.clone()).collect();
+                v.sort_unstable();
+                v
+            };
+            let undisturbed = names(&pre, &pre_keys) == names(&post, &post_keys);
             let mut pre_left: Vec<Option<usize>> = pre.into_iter().map(Some).collect();
             let mut post_left: Vec<Option<usize>> = post.into_iter().map(Some).collect();
             type Stage = fn(&PairingKey, &PairingKey) -> bool;
-            let stages: [Stage; 4] = [
-                |x, y| x == y,
+            // The same name first: where the change did not renumber the unit's
+            // statics, each keeps its name, and the pairing is exact.
+            let stages: [Stage; 5] = [
+                |x, y| x.name == y.name && x.content == y.content && x.referrers == y.referrers,
+                |x, y| x.content == y.content && x.referrers == y.referrers,
                 |x, y| x.referrers == y.referrers,
                 |x, y| x.content == y.content,
                 |_, _| true,
             ];
-            for same in stages {
-                for slot in pre_left.iter_mut() {
-                    let Some(a) = *slot else { continue };
-                    let found = post_left
-                        .iter_mut()
-                        .find(|b| b.is_some_and(|b| same(&pre_keys[a], &post_keys[b])));
-                    if let Some(b) = found {
-                        pairs.push((Some(a), b.take()));
-                        *slot = None;
+            for (stage, same) in stages.into_iter().enumerate() {
+                if stage == 0 && !undisturbed {
+                    continue;
+                }
+                let last = stage + 1 == stages.len();
+                for i in 0..pre_left.len() {
+                    let Some(a) = pre_left[i] else { continue };
+                    let fits =
+                        |b: &Option<usize>| b.is_some_and(|b| same(&pre_keys[a], &post_keys[b]));
+                    let Some(j) = post_left.iter().position(fits) else {
+                        continue;
+                    };
+                    let b = post_left[j].take().expect("a fitting candidate is left");
+                    pre_left[i] = None;
+                    // Another candidate on either side would have done as well.
+                    let rival_post = post_left.iter().any(fits);
+                    let rival_pre = pre_left
+                        .iter()
+                        .any(|&p| p.is_some_and(|p| same(&pre_keys[p], &post_keys[b])));
+                    if stage > 0 && !last && (rival_post || rival_pre) {
+                        indistinct.insert(b);
                     }
+                    pairs.push((Some(a), Some(b)));
                 }
             }
             pairs.extend(pre_left.into_iter().flatten().map(|a| (Some(a), None)));
             pairs.extend(post_left.into_iter().flatten().map(|b| (None, Some(b))));
         }
-        pairs
+        (pairs, indistinct)
     }
 
     /// Per entity of one side: its contents with references by normalised names,
@@ -515,6 +545,7 @@ impl<'a, 'd> Differ<'a, 'd> {
         list.iter()
             .zip(referrers)
             .map(|(e, referrers)| PairingKey {
+                name: elf.sym(e.sym).name.clone(),
                 content: fnv1a(format!("{:?}", elf.fingerprint(e, &namer)).as_bytes()),
                 referrers,
             })
@@ -522,8 +553,10 @@ impl<'a, 'd> Differ<'a, 'd> {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 struct PairingKey {
+    /// The symbol's full name (`_rs.5`).
+    name: String,
     content: u32,
     referrers: BTreeSet<String>,
 }

@@ -189,6 +189,11 @@ pub struct DataReport {
     /// Changed, and [`DiffOptions::allowed_data`] says a hook handles it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub allowed: bool,
+    /// Paired by a guess: another same-named object of the unit has the same
+    /// contents and the same referrers (two `_rs` rate-limit states of one
+    /// function), so which running object the post one is cannot be known.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub indistinct: bool,
 }
 
 /// Why a patch cannot be built from this diff.

@@ -190,15 +190,22 @@ impl Extractor<'_, '_> {
                         });
                     }
                     let local = sym.is_local();
+                    // The name the running kernel's object has (the change may have
+                    // renumbered the unit's statics).
+                    let kernel_name = if local {
+                        self.kernel_name(&sym.name, sym.section, &place)?
+                    } else {
+                        sym.name.clone()
+                    };
                     let resolution = if !local && self.request.provided.contains(&sym.name) {
                         Resolution::InPatch
                     } else {
-                        self.resolve(&sym.name, local, &place)?
+                        self.resolve(&kernel_name, local, &place)?
                     };
                     let symbol = match resolution {
                         Resolution::Exported | Resolution::InPatch => sym.name.clone(),
                         Resolution::Livepatch { ref object, sympos } => {
-                            let klp = klp_symbol_name(object, &sym.name, sympos)?;
+                            let klp = klp_symbol_name(object, &kernel_name, sympos)?;
                             self.check_module_klp(
                                 object, &klp, &place, context, out_index, offset, &guarded,
                             )?;
@@ -209,7 +216,7 @@ impl Extractor<'_, '_> {
                         .entry(symbol.clone())
                         .or_insert_with(|| ExternalReference {
                             symbol: symbol.clone(),
-                            name: sym.name.clone(),
+                            name: kernel_name.clone(),
                             resolution,
                         });
                     OutTarget::External(symbol, addend)

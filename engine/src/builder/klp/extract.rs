@@ -864,6 +864,36 @@ impl Extractor<'_, '_> {
         }
     }
 
+    /// The running kernel's name of local symbol `name` of the post object (defined
+    /// in section `section`, if in one): the pre name the differ paired it with
+    /// where the change renumbered it. A reference to writable data the differ could
+    /// only guess the pairing of is refused.
+    pub(super) fn kernel_name(
+        &self,
+        name: &str,
+        section: Option<usize>,
+        place: &str,
+    ) -> Result<String> {
+        let writable = section.is_some_and(|t| {
+            let s = &self.input.sections[t];
+            s.has(object::elf::SHF_WRITE)
+        });
+        if writable && self.request.indistinct.contains(name) {
+            return Err(KlpError::IndistinctStatic {
+                tu: self.tu(),
+                place: place.to_owned(),
+                symbol: name.to_owned(),
+                base: crate::builder::diff::normalize_name(name),
+            });
+        }
+        Ok(self
+            .request
+            .kernel_names
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| name.to_owned()))
+    }
+
     pub(super) fn resolve(&mut self, name: &str, local: bool, place: &str) -> Result<Resolution> {
         let key = (name.to_owned(), local);
         if let Some(r) = self.resolved.get(&key) {

@@ -30,6 +30,8 @@ mod post_link;
 mod tests;
 mod write;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use kstack_kfacts::livepatch::BadName;
 
 pub use extract::extract;
@@ -74,6 +76,16 @@ pub struct ExtractRequest<'a> {
     /// Globals that other files of the same patch define (their new functions and
     /// data): plain references, which the module's own link resolves.
     pub provided: &'a [String],
+    /// The running kernel's names of the post object's local symbols that the
+    /// change renumbered (post `_rs.6` → `_rs.5`), from the differ's pairing: a
+    /// reference is resolved by the name the kernel's object has, never by a post
+    /// name that may be another object's in the kernel.
+    pub kernel_names: &'a BTreeMap<String, String>,
+    /// Post local data the differ paired with a running object by a guess (same
+    /// name, contents and referrers as another: [`crate::builder::diff::DataReport::indistinct`]):
+    /// a reference to it is refused unless the patch has its own copy or it is
+    /// read-only.
+    pub indistinct: &'a BTreeSet<String>,
     /// The patch module's link runs objtool on the linked module (6.12: see
     /// [`kstack_kfacts::sections::OBJTOOL_SECTIONS`]): the unit's objtool sections are
     /// left to it, not carried.
@@ -187,6 +199,18 @@ pub enum KlpError {
         place: String,
         section: String,
         detail: String,
+    },
+    #[error(
+        "{tu}: {place} refers to {symbol}, one of several statics named {base} in \
+         this file that the change renumbered and that have the same contents and \
+         the same users: which of the running kernel's it is cannot be known (give \
+         the new one another name, or keep the old ones' order)"
+    )]
+    IndistinctStatic {
+        tu: String,
+        place: String,
+        symbol: String,
+        base: String,
     },
     #[error("{tu}: {place} refers to {symbol} in {section}, which the kernel frees after boot")]
     InitReference {

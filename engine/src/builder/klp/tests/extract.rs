@@ -161,6 +161,8 @@ fn missing_symbols_and_functions_are_errors_with_context() {
         functions: &[changed("patched")],
         new_data: &[],
         provided: &[],
+        kernel_names: &std::collections::BTreeMap::new(),
+        indistinct: &std::collections::BTreeSet::new(),
         objtool_at_link: false,
     };
     let err = extract(&request, &resolver).unwrap_err().to_string();
@@ -175,6 +177,63 @@ fn missing_symbols_and_functions_are_errors_with_context() {
         extract(&request, &resolver),
         Err(KlpError::NoSuchFunction { .. })
     ));
+}
+
+/// A local the change renumbered is resolved, and named in its livepatch symbol,
+/// by the running kernel's name the differ paired it with; one the differ paired by
+/// a guess is refused.
+#[test]
+fn renumbered_locals_resolve_by_their_running_name_and_guesses_are_refused() {
+    let object = compile("basic.c", &[]);
+    let resolver = FakeResolver::new(&[
+        ("__fentry__", None),
+        ("printk", None),
+        ("report_failure", None),
+        ("jiffies", None),
+        ("saved_command_line", Some(0)),
+        ("counter.7", Some(3)),
+        ("helper", Some(1)),
+        ("shared_table", Some(0)),
+        ("once_a", Some(0)),
+        ("once_b", Some(0)),
+        ("patched", Some(2)),
+        ("callee", Some(0)),
+    ]);
+    let kernel_names =
+        std::collections::BTreeMap::from([("counter".to_owned(), "counter.7".to_owned())]);
+    let request = ExtractRequest {
+        object: &object,
+        tu: "test/basic.o",
+        objname: VMLINUX,
+        functions: &[changed("patched")],
+        new_data: &[],
+        provided: &[],
+        kernel_names: &kernel_names,
+        indistinct: &std::collections::BTreeSet::new(),
+        objtool_at_link: false,
+    };
+    let ex = extract(&request, &resolver).unwrap();
+    assert_eq!(resolver.asked_local("counter.7"), Some(true));
+    assert_eq!(
+        resolver.asked_local("counter"),
+        None,
+        "asked by the post name"
+    );
+    let counter = ex
+        .references
+        .iter()
+        .find(|r| r.name == "counter.7")
+        .unwrap_or_else(|| panic!("{:?}", ex.references));
+    assert_eq!(counter.symbol, ".klp.sym.vmlinux.counter.7,3");
+
+    let guessed = std::collections::BTreeSet::from(["counter".to_owned()]);
+    let request = ExtractRequest {
+        indistinct: &guessed,
+        ..request
+    };
+    let err = extract(&request, &resolver).unwrap_err();
+    assert!(matches!(err, KlpError::IndistinctStatic { .. }), "{err}");
+    assert!(err.to_string().contains("cannot be known"), "{err}");
 }
 
 #[test]
@@ -232,6 +291,8 @@ fn new_data_and_once_flags_are_carried_and_patch_globals_stay_plain() {
         functions: &[changed("patched")],
         new_data: &new_data,
         provided: &provided,
+        kernel_names: &std::collections::BTreeMap::new(),
+        indistinct: &std::collections::BTreeSet::new(),
         objtool_at_link: false,
     };
     let ex = extract(&request, &resolver).unwrap();
@@ -290,6 +351,8 @@ fn extract_shared(functions: &[FunctionSpec]) -> Result<Extracted> {
         functions,
         new_data: &[],
         provided: &[],
+        kernel_names: &std::collections::BTreeMap::new(),
+        indistinct: &std::collections::BTreeSet::new(),
         objtool_at_link: false,
     };
     extract(&request, &resolver)
@@ -369,6 +432,8 @@ fn the_padding_before_a_function_comes_along() {
         functions: &[changed("patched")],
         new_data: &[],
         provided: &[],
+        kernel_names: &std::collections::BTreeMap::new(),
+        indistinct: &std::collections::BTreeSet::new(),
         objtool_at_link: true,
     };
     let ex = extract(&request, &resolver).unwrap();

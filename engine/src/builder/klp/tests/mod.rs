@@ -183,6 +183,8 @@ pub(crate) fn extract_basic(functions: &[FunctionSpec]) -> (Extracted, FakeResol
         functions,
         new_data: &[],
         provided: &[],
+        kernel_names: &std::collections::BTreeMap::new(),
+        indistinct: &std::collections::BTreeSet::new(),
         objtool_at_link: false,
     };
     let extracted = extract(&request, &resolver).unwrap();

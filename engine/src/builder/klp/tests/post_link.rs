@@ -42,6 +42,8 @@ fn linked_module_of(objname: &str) -> Vec<u8> {
         functions: &[changed("patched")],
         new_data: &[],
         provided: &[],
+        kernel_names: &std::collections::BTreeMap::new(),
+        indistinct: &std::collections::BTreeSet::new(),
         objtool_at_link: false,
     };
     let resolver = FakeResolver::new(&[

@@ -41,6 +41,8 @@ fn extract_special_as(
         functions: &[changed("patched")],
         new_data,
         provided: &[],
+        kernel_names: &std::collections::BTreeMap::new(),
+        indistinct: &std::collections::BTreeSet::new(),
         objtool_at_link,
     };
     extract(&request, &special_resolver())
