@@ -322,3 +322,33 @@ fn module_functions_match_the_ko_the_host_would_load() {
     let report = runpre::match_by_name(&image, &laid.text, &laid.symbols);
     assert_eq!(report.outcome, Outcome::Differs, "{report}");
 }
+
+/// A host whose modules are installed compressed (Debian's 6.12 packages ship
+/// `.ko.xz`, kbuild's `xz --check=crc32 --lzma2=dict=1MiB`) proves against the
+/// decompressed ELF modprobe would load: the same bytes as the plain `.ko`.
+#[test]
+fn a_compressed_installed_module_reads_as_its_elf() {
+    use kstack_engine::runpre::ModulesDir;
+
+    let plain_dir = ModulesDir::new(common::kernel().modules_dir());
+    let plain = plain_dir
+        .ko("binfmt_misc")
+        .unwrap()
+        .expect("binfmt_misc.ko in the image package");
+    let dir = tempfile::tempdir().unwrap();
+    let rel = "kernel/fs/binfmt_misc.ko";
+    std::fs::create_dir_all(dir.path().join("kernel/fs")).unwrap();
+    std::fs::write(dir.path().join(rel), &plain).unwrap();
+    let status = std::process::Command::new("xz")
+        .args(["--check=crc32", "--lzma2=dict=1MiB"])
+        .arg(dir.path().join(rel))
+        .status()
+        .expect("xz runs (cargo xtask setup installs it)");
+    assert!(status.success());
+    std::fs::write(dir.path().join("modules.dep"), format!("{rel}.xz:\n")).unwrap();
+    let read = ModulesDir::new(dir.path()).ko("binfmt_misc").unwrap();
+    assert!(
+        read.as_deref() == Some(&plain[..]),
+        "not the plain module's bytes"
+    );
+}

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod klp;
 pub mod lineage;
 pub mod model;
+pub mod module_file;
 pub mod pack;
 pub mod promote;
 pub mod pull;

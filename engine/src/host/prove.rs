@@ -154,6 +154,19 @@ pub fn prove(
                 continue;
             }
             let report = matched(&mut sources, name, image)?;
+            // A module that is not loaded was compared with the `.ko` the host would
+            // load: the words say so.
+            let module_file = (against == Against::Running && sources.from_file(&image.object))
+                .then(|| format!("{}.ko", image.object));
+            let word = |text: String| match &module_file {
+                Some(ko) => text
+                    .replace(
+                        "the running code",
+                        &format!("the code of {ko} (not loaded)"),
+                    )
+                    .replace("the running kernel", ko),
+                None => against.word(text),
+            };
             let wanted = patch
                 .manifest
                 .functions
@@ -168,22 +181,22 @@ pub fn prove(
                     proof.matched += 1;
                     proof
                         .lines
-                        .push(format!("{name}: {}", against.word(report.to_string())));
+                        .push(format!("{name}: {}", word(report.to_string())));
                 }
                 // Same-named statics with identical code: whichever the patch names
                 // runs exactly the code it was built against.
                 Outcome::Ambiguous { sympos } if sympos.contains(&(wanted as usize)) => {
                     proof.matched += 1;
-                    proof.lines.push(against.word(format!(
+                    proof.lines.push(word(format!(
                         "{name}: {}: matches the running code at sympos {wanted} (and at {sympos:?}, identical)",
                         image.function
                     )));
                 }
-                Outcome::Matched { sympos, .. } => failures.push(against.word(format!(
+                Outcome::Matched { sympos, .. } => failures.push(word(format!(
                     "{}: the running code matches sympos {sympos}, but the patch replaces sympos {wanted}",
                     image.function
                 ))),
-                _ => failures.push(against.word(report.to_string())),
+                _ => failures.push(word(report.to_string())),
             }
         }
         if !failures.is_empty() {

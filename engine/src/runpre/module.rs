@@ -194,14 +194,10 @@ impl ModulesDir {
         else {
             return Ok(None);
         };
+        // Installed as kbuild compressed it (6.12's packages: `.ko.xz`); modprobe
+        // loads the decompressed ELF.
         let path = self.dir.join(file);
-        if path.extension().is_some_and(|e| e != "ko") {
-            return Err(RunPreError::Image {
-                what: path.display().to_string(),
-                detail: "compressed modules are not supported".into(),
-            });
-        }
-        std::fs::read(&path)
+        kstack_store::module_file::read_module(&path)
             .map(Some)
             .map_err(|source| RunPreError::Io { path, source })
     }

@@ -69,6 +69,12 @@ impl<'a> CodeSources<'a> {
         Ok(Some(match_by_name(image, &laid.text, &laid.symbols)))
     }
 
+    /// Whether code of `object` was compared with its `.ko` file (a module not
+    /// loaded), not with code in memory: reports must not call it the running code.
+    pub fn from_file(&self, object: &str) -> bool {
+        self.laid_out.contains_key(object)
+    }
+
     /// Forgets the laid-out `.ko` of `module` (a sweep over many modules need not
     /// keep them all).
     pub fn release(&mut self, module: &str) {
