@@ -1,7 +1,8 @@
 //! Live patches for loadable modules, on the real kernel: built from a diff of a
 //! module's source, synced while the module is not loaded (the kernel patches it
-//! when it loads, and again after a reload), reverted while it is not loaded; synced
-//! while it is loaded, one patch for vmlinux and a module together; and a host whose
+//! when it loads, and again after a reload), reverted while it is not loaded; a
+//! netfilter module synced while it is loaded; one patch for vmlinux and a module
+//! together; and a host whose
 //! modules lack the target. (Run-pre refusing a module patch built from a changed
 //! tree is in `vm_runpre_refuse`.)
 
@@ -87,6 +88,66 @@ fn a_module_patch_waits_for_its_module_and_survives_a_reload() {
     assert!(s["reverted"].trim().starts_with("debug "), "{}", ctx());
     assert_eq!(s["livepatches"].trim(), "0", "{}", ctx());
     assert!(!run.console.contains("Oops"), "{}", ctx());
+    assert!(!run.console.contains("Call Trace"), "{}", ctx());
+}
+
+/// A netfilter module the host loaded before the patch was synced is patched at
+/// once, its status shows the object patched (text and JSON), and reverting
+/// restores its code.
+#[test]
+fn a_netfilter_module_loaded_before_sync_is_patched_at_once() {
+    let store = CliStore::new();
+    let report = store.commit_diff("mods", &example("nf-conntrack-stat-header.diff"));
+    let functions = report["patch"]["functions"].as_array().unwrap();
+    assert_eq!(functions.len(), 1, "{report}");
+    assert_eq!(functions[0], "nf_conntrack:ct_cpu_seq_show", "{report}");
+
+    let mut vm = sandbox();
+    vm.add_modules(
+        &kstack_tests::kernel().modules_dir(),
+        &kstack_engine::sandbox::modules::ModuleSet::All,
+    )
+    .unwrap();
+    store.install(
+        &mut vm,
+        &[
+            ("mods", store.config(Some("mods"), None, "15s")),
+            ("none", store.config(None, None, "15s")),
+        ],
+    );
+    let header = "head -n 1 /proc/net/stat/nf_conntrack | cut -d' ' -f1";
+    let script = format!(
+        "export KSTACK_STATE_DIR=/var/lib/kstack\n\
+         modprobe nf_conntrack && echo loaded\n\
+         echo '== before'; {header}\n\
+         echo '== sync'; kstack --config /etc/kstack/mods.toml sync 2>&1; echo \"rc=$?\"\n\
+         echo '== status'; kstack --config /etc/kstack/mods.toml status 2>&1\n\
+         echo '== objects'; {OBJECTS}\n\
+         echo '== patched'; {header}\n\
+         echo '== revert'; kstack --config /etc/kstack/none.toml sync 2>&1; echo \"rc=$?\"\n\
+         echo '== reverted'; {header}\n\
+         echo '== still loaded'; grep -c '^nf_conntrack ' /proc/modules\n"
+    );
+    let run = vm.run(&script).unwrap();
+    let s = sections(&run.stdout);
+    let ctx = || {
+        format!(
+            "{}\n--- stderr\n{}\n--- console\n{}",
+            run.stdout, run.stderr, run.console
+        )
+    };
+    assert_eq!(s["before"].trim(), "entries", "{}", ctx());
+    assert!(s["sync"].contains("rc=0"), "{}", ctx());
+    assert!(!s["status"].contains("waiting for"), "{}", ctx());
+    assert!(
+        s["objects"].contains("\"name\":\"nf_conntrack\",\"patched\":true"),
+        "{}",
+        ctx()
+    );
+    assert_eq!(s["patched"].trim(), "entries(live-patched)", "{}", ctx());
+    assert!(s["revert"].contains("rc=0"), "{}", ctx());
+    assert_eq!(s["reverted"].trim(), "entries", "{}", ctx());
+    assert_eq!(s["still loaded"].trim(), "1", "{}", ctx());
     assert!(!run.console.contains("Call Trace"), "{}", ctx());
 }
 
