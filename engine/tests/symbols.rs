@@ -95,3 +95,50 @@ fn locals_groups(locals: &LocalsByFile) -> Vec<kstack_kfacts::symtab::FileSymbol
     }
     out
 }
+
+/// A patch to one module that reaches a global another module keeps to itself (it
+/// does not export it) is refused naming that module: the loader cannot resolve it
+/// and a livepatch relocation of the patched module cannot name another object.
+/// A name no module and not vmlinux has is reported as such.
+#[test]
+fn another_modules_unexported_global_is_refused_naming_its_module() {
+    use kstack_engine::builder::{ResolveError, SymbolResolver};
+    use kstack_engine::runpre::ModulesDir;
+
+    let installed = ModulesDir::new(common::kernel().modules_dir());
+    let dir = tempfile::tempdir().unwrap();
+    for (module, path) in [("xfs", "fs/xfs"), ("binfmt_misc", "fs")] {
+        let ko = installed.ko(module).unwrap().expect("in the image package");
+        std::fs::create_dir_all(dir.path().join(path)).unwrap();
+        std::fs::write(dir.path().join(path).join(format!("{module}.ko")), ko).unwrap();
+    }
+    let mut symbols = KernelSymbols::parse(common::kallsyms_text(), "").unwrap();
+    let binfmt = installed.ko("binfmt_misc").unwrap().unwrap();
+    symbols.add_module("binfmt_misc", &binfmt).unwrap();
+    symbols.set_modules_dir(dir.path());
+
+    let err = symbols
+        .resolve("binfmt_misc", "xfs_stats_format", "fs/binfmt_misc.o", false)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ResolveError::OtherModule {
+            name: "xfs_stats_format".into(),
+            module: "binfmt_misc".into(),
+            owner: "xfs".into(),
+        }
+    );
+    assert!(
+        err.to_string().contains("not exported by module xfs"),
+        "{err}"
+    );
+    let err = symbols
+        .resolve(
+            "binfmt_misc",
+            "no_such_symbol_anywhere",
+            "fs/binfmt_misc.o",
+            false,
+        )
+        .unwrap_err();
+    assert!(matches!(err, ResolveError::NotInModule { .. }), "{err}");
+}

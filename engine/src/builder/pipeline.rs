@@ -581,6 +581,9 @@ fn build_job(
     // what their code's references resolve against, and what `sympos` counts in.
     let modules: std::collections::BTreeSet<&String> =
         objects.values().filter(|o| *o != VMLINUX_OBJECT).collect();
+    if !modules.is_empty() {
+        symbols.set_modules_dir(req.kernel.modules_dir());
+    }
     for module in modules {
         let path = req
             .kernel

@@ -68,6 +68,10 @@ pub struct KernelSymbols {
     /// vmlinux's locals by source file, when the kernel's full symbol table is at
     /// hand: the exact answer to which of several same-named statics a unit means.
     locals: Option<LocalsByFile>,
+    /// The kernel's modules (the image package's, decompressed): where a name that
+    /// neither the patched module nor vmlinux has is looked for, to name the module
+    /// that keeps it to itself.
+    modules_dir: Option<PathBuf>,
 }
 
 impl KernelSymbols {
@@ -97,6 +101,7 @@ impl KernelSymbols {
             tu_names: HashMap::new(),
             modules: HashMap::new(),
             locals: None,
+            modules_dir: None,
         })
     }
 
@@ -127,6 +132,36 @@ impl KernelSymbols {
     /// statics are then told apart exactly, not by their neighbours.
     pub fn set_locals(&mut self, locals: LocalsByFile) {
         self.locals = Some(locals);
+    }
+
+    /// Gives the resolver the kernel's modules directory (every `.ko`), read only
+    /// when a reference resolves nowhere else.
+    pub fn set_modules_dir(&mut self, dir: impl Into<PathBuf>) {
+        self.modules_dir = Some(dir.into());
+    }
+
+    /// The module other than `object` whose `.ko` defines `name` as a global: a
+    /// symbol it does not export, which no other module can reach.
+    fn defined_by_another_module(&self, name: &str, object: &str) -> Option<String> {
+        use object::{Object, ObjectSymbol};
+        let mut files = Vec::new();
+        collect_modules(self.modules_dir.as_deref()?, &mut files);
+        files.sort();
+        files.into_iter().find_map(|path| {
+            let module = path
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".ko")?
+                .replace('-', "_");
+            if module == object {
+                return None;
+            }
+            let data = std::fs::read(&path).ok()?;
+            let file = object::File::parse(&*data).ok()?;
+            file.symbols()
+                .any(|s| s.is_global() && s.is_definition() && s.name() == Ok(name))
+                .then_some(module)
+        })
     }
 
     /// The kallsyms index the resolver reads.
@@ -237,10 +272,19 @@ impl SymbolResolver for KernelSymbols {
                             sympos,
                         })
                         .map_err(|e| match e {
-                            ResolveError::Missing { .. } => ResolveError::NotInModule {
-                                name: name.to_owned(),
-                                module: object.to_owned(),
-                            },
+                            ResolveError::Missing { .. } => {
+                                match self.defined_by_another_module(name, object) {
+                                    Some(owner) => ResolveError::OtherModule {
+                                        name: name.to_owned(),
+                                        module: object.to_owned(),
+                                        owner,
+                                    },
+                                    None => ResolveError::NotInModule {
+                                        name: name.to_owned(),
+                                        module: object.to_owned(),
+                                    },
+                                }
+                            }
                             other => other,
                         })
                 }
@@ -476,6 +520,21 @@ fn pick_by_neighbours<'t>(
                     .collect::<Vec<_>>()
             ),
         }),
+    }
+}
+
+/// Every `.ko` under `dir`, recursively.
+fn collect_modules(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_modules(&path, out);
+        } else if path.extension().is_some_and(|e| e == "ko") {
+            out.push(path);
+        }
     }
 }
 
