@@ -196,6 +196,10 @@ pub enum Outcome {
     Refused(String),
     /// Built, but failed in the VM: why.
     FailedInVm(String),
+    /// Built, proven and synced in the VM, the rest of the workload passed, but the
+    /// patched module cannot load there (no such device: a driver for hardware the
+    /// VM lacks), so its new code never ran: which modules.
+    NotExercised(String),
     /// kstack itself failed (an internal error, a crash, an unexpected status).
     ToolError(String),
     /// The diff does not apply to the kernel's source (a class case written for
@@ -212,6 +216,7 @@ impl Outcome {
             Outcome::Passed => "built and passed",
             Outcome::Refused(_) => "refused",
             Outcome::FailedInVm(_) => "built, failed in the VM",
+            Outcome::NotExercised(_) => "built, its module needs hardware the VM lacks",
             Outcome::ToolError(_) => "tool error",
             Outcome::DoesNotApply => "does not apply to the line's source",
             Outcome::NotBuilt => "not built for the configuration",
