@@ -1,8 +1,9 @@
 //! Benchmark: the cost of run-pre matching. The example patches are built into one
 //! stack; in an idle VM, `kstack sync --json` reports how long proving their
-//! functions against /proc/kcore took (reading kallsyms and kcore included), and
-//! `kstack verify --running` is timed as a whole; on the host, `kstack verify
-//! --image` does the same offline against the kernel image.
+//! functions against /proc/kcore took inside the sync (its `run_pre.ms`: reading
+//! kallsyms and kcore included), median of five syncs; on the host, `kstack verify
+//! --image` of the stack is timed as a whole process (decompressing the image
+//! included). The matcher over the whole kernel is `runpre_sweep`.
 //!
 //! Run: `cargo bench -p kstack-tests --bench runpre` (after `cargo xtask setup`).
 
