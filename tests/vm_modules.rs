@@ -92,8 +92,8 @@ fn a_module_patch_waits_for_its_module_and_survives_a_reload() {
 }
 
 /// A netfilter module the host loaded before the patch was synced is patched at
-/// once, its status shows the object patched (text and JSON), and reverting
-/// restores its code.
+/// once, its status shows the object patched (text and JSON), its new print-once
+/// message prints once, and reverting restores its code.
 #[test]
 fn a_netfilter_module_loaded_before_sync_is_patched_at_once() {
     let store = CliStore::new();
@@ -124,6 +124,8 @@ fn a_netfilter_module_loaded_before_sync_is_patched_at_once() {
          echo '== status'; kstack --config /etc/kstack/mods.toml status 2>&1\n\
          echo '== objects'; {OBJECTS}\n\
          echo '== patched'; {header}\n\
+         {header} >/dev/null\n\
+         echo '== printed'; dmesg | grep -c 'statistics read by live-patched code'\n\
          echo '== revert'; kstack --config /etc/kstack/none.toml sync 2>&1; echo \"rc=$?\"\n\
          echo '== reverted'; {header}\n\
          echo '== still loaded'; grep -c '^nf_conntrack ' /proc/modules\n"
@@ -145,6 +147,9 @@ fn a_netfilter_module_loaded_before_sync_is_patched_at_once() {
         ctx()
     );
     assert_eq!(s["patched"].trim(), "entries(live-patched)", "{}", ctx());
+    // The patched module code's print-once flag is the patch's own: read twice,
+    // printed once.
+    assert_eq!(s["printed"].trim(), "1", "{}", ctx());
     assert!(s["revert"].contains("rc=0"), "{}", ctx());
     assert_eq!(s["reverted"].trim(), "entries", "{}", ctx());
     assert_eq!(s["still loaded"].trim(), "1", "{}", ctx());
