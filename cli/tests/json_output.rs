@@ -422,7 +422,7 @@ fn approve_and_renew() {
 fn write_trust(env: &Env, keys: &[&str], revoked: &[&str]) {
     env.write_config(keys);
     let revoked: Vec<String> = revoked.iter().map(|k| format!("{k:?}")).collect();
-    let config = std::fs::read_to_string(env.path("kstack.toml")).unwrap();
+    let config = std::fs::read_to_string(env.path("kstack.toml")).expect("the config");
     std::fs::write(
         env.path("kstack.toml"),
         config.replace(
@@ -430,7 +430,7 @@ fn write_trust(env: &Env, keys: &[&str], revoked: &[&str]) {
             &format!("[trust]\nrevoked = [{}]\n", revoked.join(", ")),
         ),
     )
-    .unwrap();
+    .expect("writing the config");
 }
 
 #[test]
@@ -444,7 +444,7 @@ fn verify_vouches_for_history_signed_by_a_key_rotated_out_or_revoked() {
     let new = env.ok(&["key", "show", "second.key"]);
     let (old, new) = (old.trim(), new.trim());
     env.commit("fix-cmdline", &["cmdline_proc_show"]);
-    write_trust(&env, &[&old, &new], &[]);
+    write_trust(&env, &[old, new], &[]);
     let module = env.module("fix-meminfo", &["meminfo_proc_show"]);
     env.ok(&[
         "commit",
