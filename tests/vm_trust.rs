@@ -3,14 +3,17 @@
 //! what a fleet operator's policy adds. Checked in the kernel's own view
 //! (`/sys/kernel/livepatch`, the `/proc` files the test patches change).
 //!
-//! - Rollback replay: the host runs the head of `prod` (a commit that reverted
-//!   patch B); the ref is moved back to the older signed commit that still has B.
-//!   `plan` and `sync` refuse it (exit 65) naming both commits; B stays off. A pin
-//!   of the older commit, or `sync --allow-downgrade`, goes back on purpose.
-//! - Two-person rule: with `[trust] threshold = 2`, a head signed by one key is
-//!   refused, the same head approved by a second key syncs.
+//! - Rollback replay: the host synced the commit of `prod` that has patch B, then
+//!   its head (a commit that reverted B); the ref is moved back to the older
+//!   signed commit that still has B. `plan` and `sync` refuse it (exit 65) naming
+//!   both commits; B stays off. Going back on purpose: `kstack rollback` (to the
+//!   generation that had B; the next sync still refuses the rewound ref), a pin of
+//!   the older commit (planned), or `sync --allow-downgrade`.
+//! - Two-person rule: with `[trust] threshold = 2`, `sync` of a head signed by one
+//!   key is refused and the host stays on its generation; the same head approved
+//!   by a second key syncs.
 //! - Revocation: a head signed only by a revoked key is refused.
-//! - Freeze: an expired head is refused, or synced with a warning when
+//! - Freeze: an expired head is refused, or synced with a warning (exit 0) when
 //!   `[trust] expired = "warn"`; `status` shows the window.
 //! - Strict modes: `sync --boot` and `rollback` refuse a config or state directory
 //!   that other users can write, naming the path.
@@ -96,24 +99,41 @@ fn trust_beyond_signatures_in_the_vm() {
     let ref_file = format!("{GUEST_STORE}/{}", fx.stack("prod").ref_name());
     let script = format!(
         r#"{VIEW}
+generations() {{ echo "== $1"; kstack --config /etc/kstack/prod.toml --json generations; }}
 echo "== clock"; date -u +%s
+mkdir -p $(dirname {ref_file}); echo {with_b} > {ref_file}
+echo "== sync-with-b"; kstack --config /etc/kstack/prod.toml sync 2>&1; echo "rc=$?"
+echo {head} > {ref_file}
 echo "== sync"; kstack --config /etc/kstack/prod.toml sync 2>&1; echo "rc=$?"
 view synced
-mkdir -p $(dirname {ref_file}); echo {with_b} > {ref_file}
+echo {with_b} > {ref_file}
 echo "== plan-rewound"; kstack --config /etc/kstack/prod.toml plan 2>&1; echo "rc=$?"
 echo "== sync-rewound"; kstack --config /etc/kstack/prod.toml sync 2>&1; echo "rc=$?"
 view refused
+generations gen-refused
 echo "== plan-pinned"; kstack --config /etc/kstack/pinned.toml plan 2>&1; echo "rc=$?"
+echo "== rollback"; kstack --config /etc/kstack/prod.toml rollback 2>&1; echo "rc=$?"
+view rolled-back
+generations gen-rolled-back
+echo "== sync-after-rollback"; kstack --config /etc/kstack/prod.toml sync 2>&1; echo "rc=$?"
+echo {head} > {ref_file}
+echo "== sync-forward"; kstack --config /etc/kstack/prod.toml sync 2>&1; echo "rc=$?"
+view forward
+echo {with_b} > {ref_file}
 echo "== sync-allowed"; kstack --config /etc/kstack/prod.toml sync --allow-downgrade 2>&1; echo "rc=$?"
 view allowed
-echo "== two"; kstack --config /etc/kstack/two.toml plan 2>&1; echo "rc=$?"
+generations gen-before-two
+echo "== two"; kstack --config /etc/kstack/two.toml sync 2>&1; echo "rc=$?"
+view two-refused
+generations gen-after-two
 echo "== leaked"; kstack --config /etc/kstack/leaked.toml plan 2>&1; echo "rc=$?"
 echo "== stale"; kstack --config /etc/kstack/stale.toml sync 2>&1; echo "rc=$?"
-echo "== stale-warn"; kstack --config /etc/kstack/stale-warn.toml plan 2>&1; echo "rc=$?"
 echo "== two-approved"; kstack --config /etc/kstack/two-approved.toml sync 2>&1; echo "rc=$?"
 view approved
 echo "== status"; kstack --config /etc/kstack/two-approved.toml --json status
 echo "== status-text"; kstack --config /etc/kstack/two-approved.toml status
+echo "== stale-warn"; kstack --config /etc/kstack/stale-warn.toml sync 2>&1; echo "rc=$?"
+generations gen-stale-warn
 chmod 0666 /etc/kstack/two-approved.toml
 echo "== boot-writable-config"; kstack --config /etc/kstack/two-approved.toml sync --boot 2>&1; echo "rc=$?"
 chmod 0644 /etc/kstack/two-approved.toml
@@ -135,6 +155,24 @@ view end
     let now: i64 = s["clock"].trim().parse().unwrap();
     assert!(now > 1_700_000_000, "{}", s["clock"]);
 
+    let generations = |section: &str| -> serde_json::Value {
+        serde_json::from_str(s[section].trim())
+            .unwrap_or_else(|e| panic!("{section}: not JSON ({e}):\n{}", s[section]))
+    };
+    let current = |section: &str| -> (u64, String) {
+        let g = generations(section);
+        let number = g["current"].as_u64().unwrap_or_else(|| panic!("{g}"));
+        let entry = g["generations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["number"] == number)
+            .unwrap_or_else(|| panic!("{g}"));
+        (number, entry["commit"].as_str().unwrap().to_owned())
+    };
+
+    // Generation 1 has B, generation 2 (the head) withdrew it.
+    assert!(s["sync-with-b"].contains("rc=0"), "{}", s["sync-with-b"]);
     assert!(s["sync"].contains("rc=0"), "{}", s["sync"]);
     assert!(
         shows(&s["synced"], A) && !shows(&s["synced"], B),
@@ -157,6 +195,7 @@ view end
         "{}",
         s["refused"]
     );
+    assert_eq!(current("gen-refused"), (2, head.to_string()));
 
     // Going back on purpose: a pin plans it, the flag syncs it (with a warning).
     assert!(s["plan-pinned"].contains("rc=2"), "{}", s["plan-pinned"]);
@@ -165,15 +204,36 @@ view end
         "{}",
         s["plan-pinned"]
     );
+    // `kstack rollback` goes back to the generation before, the one with B. The
+    // next sync still refuses the rewound ref: it must descend from the newest
+    // commit a sync made current (the head); the head itself syncs again.
+    assert!(s["rollback"].contains("rc=0"), "{}", s["rollback"]);
+    assert!(shows(&s["rolled-back"], B), "{}", s["rolled-back"]);
+    assert_eq!(current("gen-rolled-back"), (1, with_b.to_string()));
+    let after = &s["sync-after-rollback"];
+    assert!(after.contains("rc=65"), "{after}");
+    assert!(after.contains("does not descend"), "{after}");
+    assert!(after.contains(&short(&head)), "{after}");
+    assert!(s["sync-forward"].contains("rc=0"), "{}", s["sync-forward"]);
+    assert!(!shows(&s["forward"], B), "{}", s["forward"]);
     let allowed = &s["sync-allowed"];
     assert!(allowed.contains("rc=0"), "{allowed}");
     assert!(allowed.contains("warning: --allow-downgrade"), "{allowed}");
     assert!(shows(&s["allowed"], B), "{}", s["allowed"]);
 
-    // One of two signatures: refused. A revoked signer: refused.
+    // One of two signatures: sync refuses, the host stays where it was. A revoked
+    // signer: refused.
     assert!(s["two"].contains("rc=65"), "{}", s["two"]);
     assert!(s["two"].contains("threshold requires 2"), "{}", s["two"]);
     assert!(s["two"].contains("kstack approve"), "{}", s["two"]);
+    assert_eq!(
+        generations("gen-after-two"),
+        generations("gen-before-two"),
+        "a refused sync makes no generation"
+    );
+    assert_eq!(current("gen-after-two").1, with_b.to_string());
+    assert!(!shows(&s["two-refused"], C), "{}", s["two-refused"]);
+    assert!(shows(&s["two-refused"], B), "{}", s["two-refused"]);
     assert!(s["leaked"].contains("rc=65"), "{}", s["leaked"]);
     assert!(s["leaked"].contains("revoked"), "{}", s["leaked"]);
 
@@ -186,13 +246,17 @@ view end
         "{stale_text}"
     );
     assert!(stale_text.contains("kstack renew"), "{stale_text}");
-    assert!(s["stale-warn"].contains("rc=2"), "{}", s["stale-warn"]);
+    // With expired = "warn", sync goes ahead (exit 0) and says why it should not.
+    let warned = &s["stale-warn"];
+    assert!(warned.contains("rc=0"), "{warned}");
     assert!(
-        s["stale-warn"].contains("Warning: stack stale's head"),
-        "{}",
-        s["stale-warn"]
+        warned.contains(&format!(
+            "warning: stack stale's head {} expired at 2020-09-14T12:26:40Z",
+            short(&stale)
+        )),
+        "{warned}"
     );
-    assert!(s["stale-warn"].contains("EXPIRED"), "{}", s["stale-warn"]);
+    assert_eq!(current("gen-stale-warn").1, stale.to_string());
 
     // Two of two: synced.
     assert!(s["two-approved"].contains("rc=0"), "{}", s["two-approved"]);

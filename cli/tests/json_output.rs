@@ -356,6 +356,44 @@ fn approve_and_renew() {
     "#);
     let (code, _) = env.json(&["verify", "prod"]);
     assert_eq!(code, 0);
+    // `log` and `show` list both signers: the author's key, then the approval.
+    let (first, second) = (first_public.trim(), second_public.trim());
+    let text = env.ok(&["log", "-n", "1"]);
+    assert!(
+        text.contains(&format!("Signer: {first} (trusted)\n"))
+            && text.contains(&format!("Approved-by: {second} (trusted)\n")),
+        "{text}"
+    );
+    let text = env.ok(&["show", "prod"]);
+    assert!(
+        text.contains(&format!("Signer: {first} (trusted;"))
+            && text.contains(&format!("Approved-by: {second} (trusted;")),
+        "{text}"
+    );
+    let signers = |json: &serde_json::Value| -> Vec<(String, String)> {
+        json["signers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["key"].to_string(), s["standing"].to_string()))
+            .collect()
+    };
+    let both = vec![
+        (format!("{first:?}"), "\"trusted\"".to_owned()),
+        (format!("{second:?}"), "\"trusted\"".to_owned()),
+    ];
+    let (code, json) = env.json(&["log", "-n", "1"]);
+    assert_eq!(code, 0);
+    let log: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(signers(&log["commits"][0]), both, "{json}");
+    assert_eq!(log["commits"][0]["trusted"], true, "{json}");
+    let (code, json) = env.json(&["show", "prod"]);
+    assert_eq!(code, 0);
+    let show: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(signers(&show), both, "{json}");
+    assert_eq!(show["signer"].as_str(), Some(first), "{json}");
+    assert_eq!(show["trusted"], true, "{json}");
+
     let (code, json) = env.json(&["approve", "prod", "--key", "second.key"]);
     assert_eq!(code, 1, "{json}");
     assert!(json.contains("already signed"), "{json}");
@@ -378,6 +416,91 @@ fn approve_and_renew() {
       "signer": "ed25519:197f6b23e16c8532c6abc838facd5ea789be0c76b2920334039bfa8b3d368d61"
     }
     "#);
+}
+
+/// Writes the config's `[trust]` with these keys and revoked keys.
+fn write_trust(env: &Env, keys: &[&str], revoked: &[&str]) {
+    env.write_config(keys);
+    let revoked: Vec<String> = revoked.iter().map(|k| format!("{k:?}")).collect();
+    let config = std::fs::read_to_string(env.path("kstack.toml")).expect("the config");
+    std::fs::write(
+        env.path("kstack.toml"),
+        config.replace(
+            "[trust]\n",
+            &format!("[trust]\nrevoked = [{}]\n", revoked.join(", ")),
+        ),
+    )
+    .expect("writing the config");
+}
+
+#[test]
+fn verify_vouches_for_history_signed_by_a_key_rotated_out_or_revoked() {
+    // The first commit is signed by the old key, the second by the new one.
+    let env = Env::new();
+    let new_key = env.path("second.key");
+    std::fs::write(&new_key, format!("{SECOND_SECRET}\n")).unwrap();
+    common::set_mode(&new_key, 0o600);
+    let old = env.ok(&["key", "show", "signing.key"]);
+    let new = env.ok(&["key", "show", "second.key"]);
+    let (old, new) = (old.trim(), new.trim());
+    env.commit("fix-cmdline", &["cmdline_proc_show"]);
+    write_trust(&env, &[old, new], &[]);
+    let module = env.module("fix-meminfo", &["meminfo_proc_show"]);
+    env.ok(&[
+        "commit",
+        "--module",
+        &module,
+        "--name",
+        "fix-meminfo",
+        "-m",
+        "add fix-meminfo",
+        "--key",
+        "second.key",
+    ]);
+
+    // The old key removed from [trust] keys, then kept there but revoked: either
+    // way the history it signed verifies, vouched for by the trusted head.
+    for (keys, revoked) in [(vec![new], vec![]), (vec![old, new], vec![old])] {
+        write_trust(&env, &keys, &revoked);
+        let out = env.run(&["verify", "prod"]);
+        let text = common::stdout(&out);
+        assert_eq!(out.status.code(), Some(0), "{text}{}", common::stderr(&out));
+        assert!(
+            text.contains(
+                "2 commit(s) of history (1 signed by keys not trusted today, vouched for by the head)"
+            ),
+            "{text}"
+        );
+        let (code, json) = env.json(&["verify", "prod"]);
+        assert_eq!(code, 0, "{json}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let result = &v["results"][0];
+        assert_eq!(result["ok"], true, "{json}");
+        assert_eq!(result["history"], 2, "{json}");
+        assert_eq!(result["history_vouched"], 1, "{json}");
+        assert_eq!(result["signers"], serde_json::json!([new]), "{json}");
+    }
+
+    // A head signed only by the revoked key is refused, whatever it signs on.
+    write_trust(&env, &[old, new], &[]);
+    env.commit("fix-version", &["version_proc_show"]);
+    write_trust(&env, &[old, new], &[old]);
+    let out = env.run(&["verify", "prod"]);
+    let text = common::stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(65),
+        "{text}{}",
+        common::stderr(&out)
+    );
+    assert!(text.contains("FAIL") && text.contains("revoked"), "{text}");
+    let (code, json) = env.json(&["verify", "prod"]);
+    assert_eq!(code, 65, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["results"][0]["ok"], false, "{json}");
+    assert_eq!(v["failed"], 1, "{json}");
+    let error = v["results"][0]["error"].as_str().unwrap();
+    assert!(error.contains(old) && error.contains("revoked"), "{error}");
 }
 
 #[test]

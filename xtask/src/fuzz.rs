@@ -69,6 +69,10 @@ pub const TARGETS: &[Target] = &[
         name: "pull_objects",
         max_len: 4096,
     },
+    Target {
+        name: "modsig",
+        max_len: 65536,
+    },
 ];
 
 /// Per-input and memory bounds of every run.
@@ -140,17 +144,18 @@ pub struct Outcome {
     pub failure: Option<String>,
 }
 
-/// Runs every target for `each` against its corpus in `work` (seeded first), in
+/// Runs `targets` for `each` against their corpora in `work` (seeded first), in
 /// turn; returns what each did. A failure does not stop the others.
 pub fn run_all(
     root: &Path,
     target_dir: &Path,
     work: &Path,
+    targets: &[&Target],
     each: Duration,
 ) -> Result<Vec<Outcome>> {
     seeds::write(root, &work.join("corpus"))?;
     let mut outcomes = Vec::new();
-    for target in TARGETS {
+    for target in targets {
         let outcome = run_one(root, target_dir, work, target, each)?;
         eprintln!(
             "    {:<14} {:>6.1} s  {:>9} runs  corpus {:>5}  {}",
@@ -244,7 +249,7 @@ fn host_triple() -> Result<String> {
 
 /// Seeds from the real files the tests use.
 mod seeds {
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
     use std::process::Command;
 
     use anyhow::{Context, Result, bail};
@@ -276,22 +281,18 @@ mod seeds {
             b"[stack]\nname = \"prod\"\ncommit = \"abcd\"\n[trust]\nkeys = [\"ed25519:00\"]\nthreshold = 2\nrevoked = []\nvalidity = \"14d\"\nexpired = \"warn\"\n[sync]\ntransition_timeout = \"30s\"\n",
         )?;
 
-        // Diffs: every example patch.
-        for dir in [
-            "examples/patches",
-            "examples/modules",
-            "examples/hooks",
-            "examples/cases",
-        ] {
-            let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if path.extension().is_some_and(|e| e == "diff") {
-                    let name = path.file_name().unwrap_or_default().to_string_lossy();
-                    put("unified_diff", &name, &std::fs::read(&path)?)?;
-                }
+        // Diffs: every example patch, `examples/**/*.diff` (the kpatch corpus and the
+        // other kernels' versions in subdirectories too), named by their path there
+        // because the same file name recurs in several directories.
+        let examples = root.join("examples");
+        for path in files_under(&examples)? {
+            if path.extension().is_some_and(|e| e == "diff") {
+                let name = path
+                    .strip_prefix(&examples)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .replace('/', "-");
+                put("unified_diff", &name, &std::fs::read(&path)?)?;
             }
         }
 
@@ -373,7 +374,28 @@ mod seeds {
 
         // A store's own files and objects: two commits, an approval, a renewal.
         store_seeds(&put)?;
+        modsig_seeds(&put, &module)?;
         Ok(())
+    }
+
+    /// Every file under `dir`, recursively, in a stable order.
+    fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+        let mut files = Vec::new();
+        let mut dirs = vec![dir.to_owned()];
+        while let Some(dir) = dirs.pop() {
+            let entries =
+                std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+            for entry in entries {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    dirs.push(entry.path());
+                } else {
+                    files.push(entry.path());
+                }
+            }
+        }
+        files.sort();
+        Ok(files)
     }
 
     type Put<'a> = dyn Fn(&str, &str, &[u8]) -> Result<()> + 'a;
@@ -454,6 +476,65 @@ mod seeds {
             )
             .as_bytes(),
         )?;
+        Ok(())
+    }
+
+    /// Signing certificates made as the module-signing tests make them (openssl, with
+    /// and without a subjectKeyIdentifier), in PEM and DER, and a module signed with
+    /// each by the set-up kernel's own `sign-file`, whole and as its PKCS#7 message
+    /// alone. Without a set-up kernel there is no `sign-file`: the certificates and
+    /// the unsigned module still seed the target.
+    fn modsig_seeds(put: &Put<'_>, module: &[u8]) -> Result<()> {
+        use kstack_engine::builder::sign::ModuleSigner;
+        use kstack_kfacts::modsig;
+
+        put("modsig", "unsigned", module)?;
+        let dir = tempfile::tempdir()?;
+        let headers = kstack_engine::builder::assets::Cache::from_env()
+            .current()
+            .ok()
+            .map(|k| k.headers());
+        for (name, key_id) in [("key-id", true), ("issuer-serial", false)] {
+            let key = dir.path().join(format!("{name}.key.pem"));
+            let cert = dir.path().join(format!("{name}.cert.pem"));
+            let mut cmd = Command::new("openssl");
+            cmd.args(["req", "-new", "-x509", "-newkey", "rsa:2048", "-sha256"])
+                .args(["-nodes", "-days", "3650", "-subj"])
+                .arg(format!("/CN=kstack fuzz {name}/"))
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert);
+            if !key_id {
+                cmd.args(["-addext", "subjectKeyIdentifier=none"])
+                    .args(["-addext", "authorityKeyIdentifier=none"]);
+            }
+            let out = cmd
+                .output()
+                .context("running openssl (apt-get install openssl)")?;
+            if !out.status.success() {
+                bail!(
+                    "openssl req failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+            let pem = std::fs::read(&cert)?;
+            put("modsig", &format!("{name}.cert.pem"), &pem)?;
+            let info = modsig::read_certificate(&pem)?;
+            put("modsig", &format!("{name}.cert.der"), &info.der)?;
+
+            let Some(headers) = &headers else { continue };
+            let signer = ModuleSigner::load(&key, &cert)?;
+            let signed = signer.sign(module, headers, &dir.path().join(name))?;
+            put("modsig", &format!("{name}.signed.ko"), &signed)?;
+            let trailer = modsig::MODULE_SIGNATURE_SIZE + modsig::MODULE_SIG_STRING.len();
+            let pkcs7 = signed
+                .get(module.len()..signed.len().saturating_sub(trailer))
+                .context("sign-file appended a signature")?;
+            put("modsig", &format!("{name}.p7"), pkcs7)?;
+        }
         Ok(())
     }
 

@@ -10,8 +10,8 @@
 //! - `cargo xtask demo`: set-up, then the demo in the sandbox VM.
 //! - `cargo xtask test`: set-up, then every check and test (what CI runs), with a
 //!   short bounded run of every fuzz target.
-//! - `cargo xtask fuzz [SECONDS]`: a long run of every fuzz target (default 300 s
-//!   each).
+//! - `cargo xtask fuzz [SECONDS [TARGET...]]`: a long run of every fuzz target, or
+//!   of those named (default 300 s each).
 //! - `cargo xtask deb`: the Debian package (see [`xtask::deb`]).
 
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ use kstack_engine::builder::assets::{self, Cache, FetchOptions};
 
 mod fuzz;
 
-/// How long each fuzz target runs in `cargo xtask test` (12 targets: about a
+/// How long each fuzz target runs in `cargo xtask test` (13 targets: about a
 /// minute in all).
 const SHORT_FUZZ: Duration = Duration::from_secs(5);
 /// How long each runs in `cargo xtask fuzz` unless told.
@@ -92,7 +92,8 @@ fn main() -> Result<()> {
                 Some(secs) => Duration::from_secs(secs.parse().context("fuzz SECONDS")?),
                 None => LONG_FUZZ,
             };
-            run_fuzz(&root, each)
+            let only: Vec<&str> = args.iter().skip(2).map(String::as_str).collect();
+            run_fuzz(&root, each, &only)
         }
         Some("deb") => {
             let binary = build_static(&root)?;
@@ -391,6 +392,22 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ])?;
+    // The fuzz crate, like its fmt check: its own workspace, checked in a target
+    // directory of its own (a plain stable check, no sanitizers, so that it does
+    // not rebuild the fuzz build's artifacts or the workspace's).
+    let fuzz_clippy = target_dir(root).join("fuzz/clippy");
+    cargo(&[
+        "clippy",
+        "--manifest-path",
+        "tests/fuzz/Cargo.toml",
+        "--all-targets",
+        "--quiet",
+        "--target-dir",
+        &fuzz_clippy.to_string_lossy(),
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     step("tests (unit, integration, and end-to-end in the VM)");
     let mut args = vec!["nextest", "run", "--workspace", "--profile", "ci"];
     args.extend(extra.iter().map(String::as_str));
@@ -401,7 +418,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         "fuzz targets, {} s each (cargo xtask fuzz runs them longer)",
         SHORT_FUZZ.as_secs()
     ));
-    run_fuzz(root, SHORT_FUZZ)?;
+    run_fuzz(root, SHORT_FUZZ, &[])?;
     step(&format!(
         "all tests passed in {:.0}s",
         started.elapsed().as_secs_f64()
@@ -409,18 +426,33 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Builds and runs every fuzz target for `each`; fails naming the crashing inputs.
-fn run_fuzz(root: &Path, each: Duration) -> Result<()> {
+/// Builds and runs every fuzz target (or those named in `only`) for `each`; fails
+/// naming the crashing inputs.
+fn run_fuzz(root: &Path, each: Duration, only: &[&str]) -> Result<()> {
+    let targets: Vec<&fuzz::Target> = fuzz::TARGETS
+        .iter()
+        .filter(|t| only.is_empty() || only.contains(&t.name))
+        .collect();
+    if let Some(unknown) = only
+        .iter()
+        .find(|name| !fuzz::TARGETS.iter().any(|t| t.name == **name))
+    {
+        let names: Vec<&str> = fuzz::TARGETS.iter().map(|t| t.name).collect();
+        bail!(
+            "no fuzz target {unknown}; the targets are {}",
+            names.join(", ")
+        );
+    }
     fuzz::ensure_tools()?;
     let dir = target_dir(root).join("fuzz");
     let build_dir = dir.join("build");
     fuzz::build(root, &build_dir)?;
     step(&format!(
         "running {} fuzz targets, {} s each",
-        fuzz::TARGETS.len(),
+        targets.len(),
         each.as_secs()
     ));
-    let outcomes = fuzz::run_all(root, &build_dir, &dir, each)?;
+    let outcomes = fuzz::run_all(root, &build_dir, &dir, &targets, each)?;
     let failed: Vec<String> = outcomes
         .iter()
         .filter_map(|o| o.failure.as_ref().map(|f| format!("{}: {f}", o.name)))
