@@ -14,6 +14,11 @@ static struct static_key my_key;
 static struct { const char *format; struct static_key key; } __UNIQUE_ID_ddebug7
 	__attribute__((used, section("__dyndbg"))) = { "debug\n" };
 #endif
+#ifdef TRACEPOINT
+/* A module's own tracepoint: its key in `struct tracepoint`, its static call. */
+extern struct { const char *name; struct static_key key; } __tracepoint_my_event;
+extern void __SCK__tp_func_my_event(void);
+#endif
 extern struct static_key exported_key;
 extern char boot_cpu_data[];
 extern void __SCK__my_call(void);
@@ -125,6 +130,13 @@ int patched(int x)
 	/* pr_debug's shape: the key lives in the call site's descriptor. */
 	if (key_on(&__UNIQUE_ID_ddebug7.key, 0))
 		printk("debug\n");
+#elif defined(TRACEPOINT)
+	/* trace_my_event()'s shape: a jump label over a static call. */
+	if (key_on(&__tracepoint_my_event.key, 0))
+		asm volatile("8: call __SCK__tp_func_my_event\n"
+			     ".pushsection .static_call_sites,\"a\"\n"
+			     " .long 8b - .\n .long __SCK__tp_func_my_event - .\n"
+			     ".popsection\n" : : : "memory");
 #else
 	if (key_on(&my_key, 1))
 		printk("key on\n");
@@ -132,7 +144,7 @@ int patched(int x)
 	if (cpu_has())
 		v += 2;
 	ALTERNATIVE_CALL(orig_insn, repl_insn);
-#ifndef DDEBUG /* a module's static call would be refused like its static key */
+#if !defined(DDEBUG) && !defined(TRACEPOINT) /* a module's static call would be refused like its static key */
 	OBJTOOL_SITES();
 #endif
 #ifdef CALL_SITES

@@ -373,22 +373,31 @@ impl Extractor<'_, '_> {
         Ok(kept)
     }
 
-    /// Whether the entry at `start` is the jump label of a dynamic-debug call site
-    /// (`pr_debug`, `dev_dbg`) whose key, in the descriptor `__UNIQUE_ID_ddebugN`, is
-    /// the target module's own: a livepatch relocation cannot reach it from a jump
-    /// table (see [`KlpError::ModuleSpecialRelocation`]). Such an entry is left out,
-    /// as kpatch does: the site keeps its compiled default, a jump over the message,
-    /// so the patched function's debug messages stay off while it is patched.
+    /// Whether the entry at `start` of a module's jump table or static call sites is
+    /// keyed by the target module's own dynamic-debug descriptor (`pr_debug`,
+    /// `dev_dbg`: `__UNIQUE_ID_ddebugN`) or tracepoint (`__tracepoint_X`, and its
+    /// static call `__SCK__tp_func_X`): a livepatch relocation cannot reach those
+    /// from a special section (see [`KlpError::ModuleSpecialRelocation`]). Such an
+    /// entry is left out, as kpatch does for debug sites: the site keeps its compiled
+    /// default (a jump over the message, over the trace call; the call itself goes
+    /// through the module's static call trampoline), so while patched the functions'
+    /// debug messages and that tracepoint stay off. A descriptor the patch adds lives
+    /// in the patch module with its key: its jump label is the patch's own.
     fn is_module_debug_site(&mut self, sec: usize, special: &SpecialSection, start: u64) -> bool {
-        use kstack_kfacts::sections::jump_entry;
-        if special.name != jump_entry::SECTION || self.request.objname == VMLINUX {
+        use kstack_kfacts::sections::{jump_entry, static_call_site};
+        if self.request.objname == VMLINUX {
             return false;
         }
+        let key_offset = match special.name {
+            n if n == jump_entry::SECTION => jump_entry::KEY,
+            n if n == static_call_site::SECTION => static_call_site::KEY,
+            _ => return false,
+        };
         let section = &self.input.sections[sec];
         let Some(key) = section
             .relocs
             .iter()
-            .find(|r| r.offset == start + jump_entry::KEY)
+            .find(|r| r.offset == start + key_offset)
         else {
             return false;
         };
@@ -403,20 +412,38 @@ impl Extractor<'_, '_> {
                 .map(|named| self.input.symbols[named].name.clone()),
             _ => Some(symbol.name.clone()),
         };
-        // A descriptor the patch adds lives in the patch module with its key: its
-        // jump label is the patch's own and is carried.
-        let debug = name.is_some_and(|n| {
-            n.starts_with("__UNIQUE_ID_ddebug") && !self.request.new_data.contains(&n)
-        });
-        if debug {
+        let Some(name) = name else {
+            return false;
+        };
+        if name.starts_with("__UNIQUE_ID_ddebug") && !self.request.new_data.contains(&name) {
             self.notes.insert(format!(
                 "{}: the dynamic debug messages (pr_debug) of the patched functions stay off \
                  while patched: their keys belong to module {}, which a jump label of a \
                  livepatch cannot refer to",
                 self.unit, self.request.objname
             ));
+            return true;
         }
-        debug
+        let Some(tracepoint) = name
+            .strip_prefix("__tracepoint_")
+            .or_else(|| name.strip_prefix("__SCK__tp_func_"))
+        else {
+            return false;
+        };
+        let objname = self.request.objname;
+        let own = matches!(
+            self.resolve(&name, false, &format!("{}+{start:#x}", special.name)),
+            Ok(Resolution::Livepatch { ref object, .. }) if object == objname
+        );
+        if own {
+            self.notes.insert(format!(
+                "{}: tracepoint {tracepoint} stays off in the patched functions while they \
+                 are patched: its key belongs to module {objname}, which a jump label or \
+                 static call site of a livepatch cannot refer to",
+                self.unit
+            ));
+        }
+        own
     }
 
     /// Carries the replacement code of the alternative at `start` of `.altinstructions`.

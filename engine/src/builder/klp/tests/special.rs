@@ -15,6 +15,8 @@ fn special_resolver() -> FakeResolver {
         ("__SCK__my_call", Some(0)),
         ("my_key", Some(0)),
         ("__UNIQUE_ID_ddebug7", Some(0)),
+        ("__tracepoint_my_event", Some(0)),
+        ("__SCK__tp_func_my_event", Some(0)),
         ("patched", Some(0)),
     ])
 }
@@ -176,6 +178,32 @@ fn module_targets_refuse_livepatch_relocations_in_special_sections() {
         matches!(&err, KlpError::ModuleSpecialRelocation { symbol, .. } if symbol == ".klp.sym.ext4.my_key,0"),
         "{err}"
     );
+}
+
+/// A module's own tracepoint in patched code: its jump label and its static call
+/// site are left out (the site stays off), with a note; in vmlinux they resolve.
+#[test]
+fn a_modules_own_tracepoint_is_left_off_with_a_note() {
+    let ex = extract_special(&["-DTRACEPOINT"], "ib_core").unwrap();
+    let elf = ElfFile64::<Endianness>::parse(&*ex.object).unwrap();
+    for section in ["__jump_table", ".static_call_sites"] {
+        let size = elf.section_by_name(section).map_or(0, |s| s.size());
+        assert_eq!(size, 0, "{section} of the module's tracepoint was carried");
+    }
+    assert!(
+        ex.notes
+            .iter()
+            .any(|n| n.contains("tracepoint my_event") && n.contains("module ib_core")),
+        "{:?}",
+        ex.notes
+    );
+    let ex = extract_special(&["-DTRACEPOINT"], VMLINUX).unwrap();
+    let elf = ElfFile64::<Endianness>::parse(&*ex.object).unwrap();
+    assert_eq!(
+        elf.section_by_name("__jump_table").map(|s| s.size()),
+        Some(16)
+    );
+    assert!(ex.notes.is_empty(), "{:?}", ex.notes);
 }
 
 #[test]
