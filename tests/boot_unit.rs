@@ -84,8 +84,8 @@ fn the_fleet_service_pulls_then_syncs_and_exports_metrics() {
 /// The value of `key=` in a unit's text (the last one, as systemd takes it).
 fn setting<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines()
-        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
 }
 
 #[test]

@@ -528,7 +528,7 @@ echo "== uptime"; cat /proc/uptime; ls /sys/kernel/livepatch; cat /sys/kernel/li
 /// exit code printed.
 fn fleet_service_script() -> String {
     let path = kstack_tests::workspace_root().join("examples/systemd/kstack-update.service");
-    let unit = std::fs::read_to_string(&path).unwrap();
+    let unit = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let exec = |key: &str| -> Vec<String> {
         unit.lines()
             .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
