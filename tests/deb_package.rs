@@ -139,30 +139,35 @@ fn the_package_is_lintian_clean_installs_works_and_purges() {
         root.join("usr/share/bash-completion/completions/kstack").display()
     )));
     assert_eq!(bash.trim(), "sync");
-    let fish = ok(Command::new("fish")
-        .arg("--no-config")
+    let fish_file = root.join("usr/share/fish/vendor_completions.d/kstack.fish");
+    for (typed, want) in [
+        ("kstack sy", "sync\t"),
+        ("kstack prom", "promote\t"),
+        ("kstack appr", "approve\t"),
+    ] {
+        let fish = ok(Command::new("fish")
+            .arg("--no-config")
+            .arg("-c")
+            .arg(format!(
+                "source {}; complete -C '{typed}'",
+                fish_file.display()
+            )));
+        assert!(fish.starts_with(want), "{typed}: {fish}");
+    }
+    // zsh completes only inside its line editor: an interactive zsh on a pseudo
+    // terminal (the zsh/zpty module) loads the package's _kstack through compinit,
+    // is sent `kstack sy` and a Tab, and redraws the line completed. It runs in an
+    // empty directory, so the file names zsh would fall back to cannot give `sync`.
+    let empty = tempfile::tempdir().unwrap();
+    let zsh = ok(Command::new("zsh")
+        .arg("-f")
         .arg("-c")
-        .arg(format!(
-            "source {}; complete -C 'kstack prom'",
-            root.join("usr/share/fish/vendor_completions.d/kstack.fish")
-                .display()
-        )));
-    assert!(fish.starts_with("promote\t"), "{fish}");
-    let fish = ok(Command::new("fish")
-        .arg("--no-config")
-        .arg("-c")
-        .arg(format!(
-            "source {}; complete -C 'kstack appr'",
-            root.join("usr/share/fish/vendor_completions.d/kstack.fish")
-                .display()
-        )));
-    assert!(fish.starts_with("approve\t"), "{fish}");
-    let zsh = ok(Command::new("zsh").arg("-f").arg("-c").arg(format!(
-        "fpath=({} $fpath); autoload -Uz compinit; compinit -u -d {}; print -r -- $_comps[kstack]",
-        root.join("usr/share/zsh/vendor-completions").display(),
-        dir.path().join("zcompdump").display()
-    )));
-    assert_eq!(zsh.trim(), "_kstack");
+        .arg(ZSH_COMPLETE)
+        .arg("zsh")
+        .arg(root.join("usr/share/zsh/vendor-completions"))
+        .arg(dir.path().join("zcompdump"))
+        .current_dir(empty.path()));
+    assert!(zsh.contains("kstack sync"), "{zsh:?}");
 
     // The conffile, a valid config; the units.
     let conffiles =
@@ -182,6 +187,28 @@ fn the_package_is_lintian_clean_installs_works_and_purges() {
         third_party.lines().any(|l| l.starts_with("gix ")),
         "{third_party}"
     );
+    // The crates' own licence files, with their copyright holders: subtle's
+    // BSD-3-Clause notice, the Unicode licence of unicode-ident's data, and a Zlib
+    // notice (foldhash).
+    for must in [
+        "Copyright (c) 2016-2024 Isis Agora Lovecruft",
+        "UNICODE LICENSE V3",
+        "Copyright (c) 2024 Orson Peters",
+    ] {
+        assert!(third_party.contains(must), "{must} not in third-party.txt");
+    }
+    let copyright = std::fs::read_to_string(root.join("usr/share/doc/kstack/copyright")).unwrap();
+    for licence in [
+        "License: MIT\n",
+        "License: Apache-2.0\n",
+        "License: BSD-3-Clause\n",
+        "License: Zlib\n",
+        "License: Unicode-3.0\n",
+        "License: LGPL-2.1+\n",
+        "License: GPL-3+ with GCC-exception-3.1\n",
+    ] {
+        assert!(copyright.contains(licence), "{licence} not in copyright");
+    }
 
     ok(dpkg(&root).args(["--purge", "kstack"]));
     let left: Vec<PathBuf> = walk(&root)
@@ -191,6 +218,26 @@ fn the_package_is_lintian_clean_installs_works_and_purges() {
         .collect();
     assert!(left.is_empty(), "left after purge: {left:?}");
 }
+
+/// Types `kstack sy` and a Tab into an interactive zsh whose fpath starts with `$1`
+/// (compinit's dump in `$2`), and prints what the terminal shows until the line
+/// reads `kstack sync` (or 10 s have passed).
+const ZSH_COMPLETE: &str = r#"
+zmodload zsh/zpty || exit 3
+zpty z zsh -f -i
+zpty -w z "fpath=($1 \$fpath); autoload -Uz compinit; compinit -u -d $2; PS1='READ''Y> '"
+# The prompt, not the echo of the line above (which reads READ''Y).
+zpty -r z out '*READY> '
+zpty -n -w z $'kstack sy\t'
+got=
+for i in {1..100}; do
+  zpty -r -t z chunk && got+=$chunk
+  [[ $got == *'kstack sync'* ]] && break
+  sleep 0.1
+done
+zpty -d z
+print -r -- "$got"
+"#;
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -45,6 +45,13 @@ fn load_order(view: &str) -> Vec<&str> {
     modules
 }
 
+/// The value of one sample in Prometheus text (`name` with its labels, if any).
+fn metric(text: &str, name: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ').map(str::to_owned))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
 #[test]
 fn sync_changes_resyncs_and_rolls_back() {
     let fx = StackFixture::new();
@@ -66,15 +73,23 @@ fn sync_changes_resyncs_and_rolls_back() {
         &vm,
         r#"
 view boot
+echo "== before-abc"; date +%s
 echo "== sync-abc"; kstack --config /etc/kstack/abc.toml sync; echo "rc=$?"
+echo "== after-abc"; date +%s
 view abc
+echo "== prom-abc"; kstack --config /etc/kstack/abc.toml status --format prometheus
 echo "== sync-ac"; kstack --config /etc/kstack/ac.toml sync; echo "rc=$?"
 view ac
 echo "== sync-again"; kstack --config /etc/kstack/ac.toml sync; echo "rc=$?"
 echo "== plan-again"; kstack --config /etc/kstack/ac.toml plan; echo "rc=$?"
 echo "== plan-abc"; kstack --config /etc/kstack/abc.toml plan; echo "rc=$?"
+echo "== before-rollback"; date +%s
 echo "== rollback"; kstack --config /etc/kstack/ac.toml rollback; echo "rc=$?"
+echo "== after-rollback"; date +%s
 view rolled-back
+mkdir -p /var/lib/prometheus/node-exporter
+kstack --config /etc/kstack/ac.toml status --format prometheus --textfile /var/lib/prometheus/node-exporter/kstack.prom
+echo "== prom-rollback"; cat /var/lib/prometheus/node-exporter/kstack.prom
 echo "== generations"; kstack --config /etc/kstack/ac.toml generations
 echo "== status"; kstack --config /etc/kstack/ac.toml --json status
 "#,
@@ -155,6 +170,40 @@ echo "== status"; kstack --config /etc/kstack/ac.toml --json status
         "{}",
         s["rolled-back"]
     );
+    // The metrics after each: the generation, its patches, how the last operation
+    // ended and when (the guest's clock, read before and after it).
+    let when = |name: &str| -> (u64, u64) {
+        let at = |sec: &str| s[&format!("{sec}-{name}")].trim().parse::<u64>().unwrap();
+        (at("before"), at("after"))
+    };
+    for (prom, operation, generation, (before, after)) in [
+        ("prom-abc", "sync", "1", when("abc")),
+        ("prom-rollback", "rollback", "1", when("rollback")),
+    ] {
+        let text = &s[prom];
+        assert_eq!(metric(text, "kstack_generation"), generation, "{text}");
+        assert_eq!(metric(text, "kstack_patches_applied"), "3", "{text}");
+        assert_eq!(metric(text, "kstack_drift"), "0", "{text}");
+        assert_eq!(
+            metric(
+                text,
+                &format!("kstack_last_sync_success{{operation=\"{operation}\"}}")
+            ),
+            "1",
+            "{text}"
+        );
+        let at: u64 = metric(text, "kstack_last_sync_timestamp_seconds")
+            .parse()
+            .unwrap();
+        assert!(
+            before <= at && at <= after,
+            "{prom}: {before} <= {at} <= {after}"
+        );
+        assert!(
+            text.contains("kstack_kernel_taint_flag{flag=\"K\"} 1"),
+            "{text}"
+        );
+    }
     let gens = &s["generations"];
     assert!(gens.lines().any(|l| l.starts_with("*   1")), "{gens}");
     assert!(gens.lines().any(|l| l.starts_with("    2")), "{gens}");
@@ -189,9 +238,19 @@ kstack --config /etc/kstack/good.toml sync >/dev/null; rc=$?; echo "== first"; e
 echo "== bad"; kstack --config /etc/kstack/bad.toml sync 2>&1; echo "rc=$?"
 view after
 echo "== generations"; kstack --config /etc/kstack/bad.toml generations
+echo "== prom"; kstack --config /etc/kstack/bad.toml status --format prometheus
 "#,
     );
     let s = sections(&run.stdout);
+    // The failure is exported: the host stayed on generation 1.
+    assert_eq!(
+        metric(&s["prom"], "kstack_last_sync_success{operation=\"sync\"}"),
+        "0",
+        "{}",
+        s["prom"]
+    );
+    assert_eq!(metric(&s["prom"], "kstack_generation"), "1");
+    assert_eq!(metric(&s["prom"], "kstack_patches_applied"), "1");
     let bad = &s["bad"];
     assert!(bad.contains("rc=1"), "{bad}");
     assert!(bad.contains("applying kstack_test_fail failed"), "{bad}");
@@ -458,5 +517,154 @@ echo "== uptime"; cat /proc/uptime; ls /sys/kernel/livepatch; cat /sys/kernel/li
         ["vendor-fix", "vendor_fix", "1"],
         "{}",
         s["uptime"]
+    );
+}
+
+/// The lines of `examples/systemd/kstack-update.service` that run commands, in the
+/// order systemd runs them, as a shell script that does what systemd does with them:
+/// ExecStartPre= then each ExecStart= in turn, stopping at the first that fails;
+/// then ExecStopPost= whatever happened. A line's `-` prefix (its failure is
+/// ignored) is dropped: the last line is run either way. Each line is echoed and its
+/// exit code printed.
+fn fleet_service_script() -> String {
+    let path = kstack_tests::workspace_root().join("examples/systemd/kstack-update.service");
+    let unit = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let exec = |key: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(|l| l.trim_start_matches('-').to_owned())
+            .collect()
+    };
+    let starts: Vec<String> = exec("ExecStartPre")
+        .into_iter()
+        .chain(exec("ExecStart"))
+        .collect();
+    let post = exec("ExecStopPost");
+    assert!(starts.len() >= 3 && post.len() == 1, "{unit}");
+    let mut script = String::from("failed=\n");
+    for line in &starts {
+        script.push_str(&format!(
+            "if [ -z \"$failed\" ]; then echo \"+ {}\"; {line} 2>&1; rc=$?; echo \"rc=$rc\"; [ $rc = 0 ] || failed=1; fi\n",
+            line.replace('"', "'")
+        ));
+    }
+    script.push_str(&format!("{} 2>&1; echo \"post rc=$?\"\n", post[0]));
+    script
+}
+
+#[test]
+fn the_fleet_service_pulls_from_the_configured_remote_syncs_and_writes_the_textfile() {
+    let fx = StackFixture::new();
+    let first = fx.commit("prod", "a", &build_test_module("kstack_test_a"));
+    fx.commit("prod", "b", &build_test_module("kstack_test_b"));
+    // `init` creates the store with gix, which seeds its random numbers from
+    // getrandom(2): that blocks until the kernel's CRNG is ready, which QEMU's default
+    // CPU (no RDRAND) and no RNG device delay for minutes; a real host's is ready at
+    // boot. QEMU's "max" CPU has RDRAND, which the kernel trusts at boot.
+    let mut vm = kstack_tests::sandbox_with(|o| o.cpu = Some("max".into()));
+    // The host has no store yet: the service's `init` makes it, `pull` (no URL)
+    // fetches from [store] remote, a bare store on a local path as a Git server's
+    // would be.
+    vm.add_host_tree("/srv/kstack.git", fx.store.path())
+        .unwrap();
+    let config = fx.config("prod", None, "10s").replacen(
+        "[store]\n",
+        "[store]\nremote = \"file:///srv/kstack.git\"\n",
+        1,
+    );
+    assert!(config.contains("remote = "), "{config}");
+    vm.add_file("/etc/kstack/kstack.toml", 0o644, config.clone())
+        .unwrap();
+    // The second run: the remote is gone, and the config pins the first commit, so a
+    // sync that ran anyway would revert B.
+    let broken = config
+        .replace("file:///srv/kstack.git", "file:///srv/gone.git")
+        .replace(
+            "name = \"prod\"\n",
+            &format!("name = \"prod\"\ncommit = \"{first}\"\n"),
+        );
+    vm.add_file("/root/broken.toml", 0o644, broken).unwrap();
+    let service = fleet_service_script();
+    let prom = "/var/lib/prometheus/node-exporter/kstack.prom";
+    let run = run(
+        &vm,
+        &format!(
+            r#"
+# The unit's paths: /usr/bin/kstack, and the textfile collector's directory.
+mkdir -p /usr/bin /var/lib/prometheus/node-exporter
+[ -e /usr/bin/kstack ] || ln -s "$(command -v kstack)" /usr/bin/kstack
+echo "== before"; date +%s
+echo "== service"
+{service}
+echo "== after"; date +%s
+view synced
+echo "== textfile"; cat {prom}
+echo "== stacks"; kstack log --oneline prod
+cp /root/broken.toml /etc/kstack/kstack.toml
+rm {prom}
+echo "== broken"
+{service}
+view kept
+echo "== textfile2"; cat {prom}
+"#
+        ),
+    );
+    let s = sections(&run.stdout);
+    let service = &s["service"];
+    // init, pull, sync each succeeded, then the textfile was written.
+    assert_eq!(
+        service.lines().filter(|l| *l == "rc=0").count(),
+        3,
+        "{service}"
+    );
+    assert!(
+        service.contains("+ /usr/bin/kstack --quiet pull"),
+        "{service}"
+    );
+    assert!(service.contains("post rc=0"), "{service}");
+    for m in [A, B] {
+        assert!(shows(&s["synced"], m), "{m} missing:\n{}", s["synced"]);
+    }
+    assert_eq!(
+        load_order(&s["synced"]),
+        ["kstack_test_a", "kstack_test_b"],
+        "{}",
+        s["synced"]
+    );
+    let before: u64 = s["before"].trim().parse().unwrap();
+    let after: u64 = s["after"].trim().parse().unwrap();
+    let text = &s["textfile"];
+    assert_eq!(metric(text, "kstack_generation"), "1");
+    assert_eq!(metric(text, "kstack_patches_applied"), "2");
+    assert_eq!(metric(text, "kstack_drift"), "0");
+    assert_eq!(
+        metric(text, "kstack_last_sync_success{operation=\"sync\"}"),
+        "1"
+    );
+    let at: u64 = metric(text, "kstack_last_sync_timestamp_seconds")
+        .parse()
+        .unwrap();
+    assert!(before <= at && at <= after, "{before} {at} {after}");
+    assert!(
+        text.contains("kstack_kernel_taint_flag{flag=\"K\"} 1"),
+        "{text}"
+    );
+
+    // A pull that fails stops the service before sync: the kernel keeps B, and the
+    // textfile is still written, with the earlier sync's result.
+    let broken = &s["broken"];
+    assert!(
+        broken.contains("+ /usr/bin/kstack --quiet pull"),
+        "{broken}"
+    );
+    assert!(!broken.contains("--quiet sync"), "{broken}");
+    assert!(broken.contains("gone.git"), "{broken}");
+    assert!(broken.contains("post rc=0"), "{broken}");
+    assert!(shows(&s["kept"], B), "{}", s["kept"]);
+    let text2 = &s["textfile2"];
+    assert_eq!(metric(text2, "kstack_generation"), "1");
+    assert_eq!(
+        metric(text2, "kstack_last_sync_timestamp_seconds"),
+        at.to_string()
     );
 }

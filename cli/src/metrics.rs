@@ -45,8 +45,9 @@ pub fn render(status: &Status) -> String {
     );
     metric(
         "kstack_patches_applied",
-        "kstack's livepatch modules that are enabled in the kernel.",
-        &one(status.applied.iter().filter(|p| p.enabled).count() as f64),
+        "Patches in kstack's livepatch modules that are enabled in the kernel \
+         (a cumulative module counts the patches it holds).",
+        &one(patches_applied(status) as f64),
     );
     metric(
         "kstack_patches_in_transition",
@@ -114,6 +115,19 @@ pub fn render(status: &Status) -> String {
         );
     }
     out
+}
+
+/// The patches the enabled modules carry: in replace mode one cumulative module
+/// holds every patch of the stack, so counting modules would say 1 for a host
+/// running five fixes. A module whose patches are not known (its commit is not in
+/// the store) counts as one.
+fn patches_applied(status: &Status) -> usize {
+    status
+        .applied
+        .iter()
+        .filter(|p| p.enabled)
+        .map(|p| p.holds.len().max(1))
+        .sum()
 }
 
 /// `{a="x",b="y"}`, values escaped as the format requires.
@@ -202,7 +216,7 @@ mod tests {
         # HELP kstack_generation The generation the host is on (0: none recorded yet).
         # TYPE kstack_generation gauge
         kstack_generation 4
-        # HELP kstack_patches_applied kstack's livepatch modules that are enabled in the kernel.
+        # HELP kstack_patches_applied Patches in kstack's livepatch modules that are enabled in the kernel (a cumulative module counts the patches it holds).
         # TYPE kstack_patches_applied gauge
         kstack_patches_applied 1
         # HELP kstack_patches_in_transition kstack's livepatches whose transition has not finished.
@@ -237,5 +251,53 @@ mod tests {
         # TYPE kstack_last_sync_timestamp_seconds gauge
         kstack_last_sync_timestamp_seconds 1700000000
         "#);
+    }
+
+    #[test]
+    fn a_cumulative_module_counts_the_patches_it_holds() {
+        let module = |name: &str, enabled: bool, holds: &[&str]| AppliedPatch {
+            module: name.into(),
+            enabled,
+            transition: false,
+            patch: Some("cumulative".into()),
+            functions: vec![],
+            holds: holds.iter().map(|h| (*h).to_owned()).collect(),
+            objects: vec![],
+        };
+        let mut status = Status {
+            release: "6.1.0-56-cloud-amd64".into(),
+            build_id: "3b43fad5".into(),
+            livepatch: true,
+            mode: kstack_engine::host::plan::Mode::Replace,
+            generation: None,
+            applied: vec![module("kstack_c1", true, &["a", "b", "c"])],
+            foreign: vec![],
+            drift: vec![],
+            taint: 0,
+            taint_flags: String::new(),
+            validity: None,
+            signers: vec![],
+            module_signing: ModuleSigning {
+                enforcement: Default::default(),
+                enforced: false,
+                trusted_keys: None,
+                trusted_keys_error: None,
+            },
+            last_sync: None,
+        };
+        let applied = |status: &Status| {
+            render(status)
+                .lines()
+                .find_map(|l| l.strip_prefix("kstack_patches_applied ").map(str::to_owned))
+                .expect("the metric is always there")
+        };
+        assert_eq!(applied(&status), "3");
+        // A disabled module does not count; one whose patches are unknown (its commit
+        // is not in the store) counts as one.
+        status
+            .applied
+            .insert(0, module("kstack_c0", false, &["a", "b"]));
+        status.applied.push(module("kstack_x", true, &[]));
+        assert_eq!(applied(&status), "4");
     }
 }

@@ -215,7 +215,9 @@ Description: live-patch a running Linux kernel from signed, declarative stacks
 }
 
 /// Every crate linked into kstack, with its version and licence (from `cargo
-/// metadata`, following normal dependencies from the `kstack` package).
+/// metadata`, following normal dependencies from the `kstack` package), then each
+/// crate's licence and copyright files from cargo's registry sources (as
+/// cargo-about gathers them).
 pub fn third_party_crates(root: &Path) -> Result<String> {
     let text = output(
         Command::new(env!("CARGO"))
@@ -259,26 +261,112 @@ pub fn third_party_crates(root: &Path) -> Result<String> {
             }
         }
     }
-    let mut lines: Vec<String> = seen
+    let mut crates: Vec<&serde_json::Value> = seen
         .iter()
         .filter_map(|id| by_id(id))
         .filter(|p| p["source"].is_string())
-        .map(|p| {
-            format!(
-                "{} {}: {}",
-                p["name"].as_str().unwrap_or("?"),
-                p["version"].as_str().unwrap_or("?"),
-                p["license"].as_str().unwrap_or("(see the crate)")
-            )
-        })
         .collect();
-    lines.sort();
-    lines.dedup();
-    Ok(format!(
+    let key = |p: &serde_json::Value| {
+        (
+            p["name"].as_str().unwrap_or("").to_owned(),
+            p["version"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    crates.sort_by_key(|p| key(p));
+    crates.dedup_by_key(|p| key(p));
+    let title = |p: &serde_json::Value| {
+        format!(
+            "{} {}: {}",
+            p["name"].as_str().unwrap_or("?"),
+            p["version"].as_str().unwrap_or("?"),
+            p["license"].as_str().unwrap_or("(see the crate)")
+        )
+    };
+    let mut out = String::from(
         "The Rust crates statically linked into /usr/bin/kstack, from crates.io, with\n\
-         their versions and licences (SPDX expressions, as the crates declare them).\n\n{}\n",
-        lines.join("\n")
-    ))
+         their versions and licences (SPDX expressions, as the crates declare them).\n\
+         Their licence and copyright files follow the list, as each crate ships them.\n\n",
+    );
+    for p in &crates {
+        out.push_str(&title(p));
+        out.push('\n');
+    }
+    // Each crate's own licence and copyright files, which name its copyright holders
+    // (what MIT, BSD and Zlib require to be reproduced); a text that an earlier crate
+    // already showed word for word is referred to, not repeated.
+    let mut shown: Vec<(String, String)> = Vec::new();
+    for p in &crates {
+        out.push_str(&format!("\n\n======== {} ========\n", title(p)));
+        let dir = p["manifest_path"]
+            .as_str()
+            .and_then(|m| Path::new(m).parent())
+            .context("a crate without a manifest path")?;
+        let files = licence_files(dir)?;
+        if files.is_empty() {
+            let authors: Vec<&str> = p["authors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str())
+                .collect();
+            out.push_str(&format!(
+                "The crate ships no licence file. Copyright: its authors ({}). \
+                 The licence texts are in /usr/share/doc/kstack/copyright.\n",
+                if authors.is_empty() {
+                    "not named in its Cargo.toml".to_owned()
+                } else {
+                    authors.join(", ")
+                }
+            ));
+            continue;
+        }
+        for file in files {
+            let name = file
+                .file_name()
+                .expect("a file")
+                .to_string_lossy()
+                .into_owned();
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let text = text.trim_end().to_owned();
+            match shown.iter().find(|(t, _)| *t == text) {
+                Some((_, first)) => {
+                    out.push_str(&format!("\n-- {name}: the same text as {first}\n"));
+                }
+                None => {
+                    out.push_str(&format!("\n-- {name}\n\n{text}\n"));
+                    shown.push((text, format!("{name} of {}", title(p))));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A crate's licence and copyright files (LICENSE*, LICENCE*, COPYING*,
+/// COPYRIGHT*, NOTICE*, UNLICENSE*), sorted by name.
+fn licence_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    const PREFIXES: [&str; 6] = [
+        "LICENSE",
+        "LICENCE",
+        "COPYING",
+        "COPYRIGHT",
+        "NOTICE",
+        "UNLICENSE",
+    ];
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_uppercase())
+            .unwrap_or_default();
+        if path.is_file() && PREFIXES.iter().any(|p| name.starts_with(p)) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 fn install(src: &Path, dest: &Path, mode: u32) -> Result<()> {

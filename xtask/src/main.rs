@@ -33,8 +33,9 @@ const LONG_FUZZ: Duration = Duration::from_secs(300);
 /// prerequisites for kbuild and the source tree (`patch` applies a stack's diffs;
 /// `dwarves` is pahole, whose version the kernel's configuration depends on),
 /// git for the distribution tests, systemd's verifier for the boot unit's test;
-/// OVMF (UEFI firmware), openssl and a Python venv for the module signing tests
-/// (keys, and `virt-fw-vars` to enrol a certificate in the firmware's `db`); lintian,
+/// OVMF (UEFI firmware), openssl, sbsigntool and a Python venv for the module signing
+/// tests (keys, `sbsign` to sign the kernel image for Secure Boot, and `virt-fw-vars`
+/// to enrol certificates in the firmware's variables); lintian,
 /// man-db, zsh and fish for the Debian package's test.
 const PACKAGES: &[&str] = &[
     "qemu-system-x86",
@@ -54,6 +55,7 @@ const PACKAGES: &[&str] = &[
     "systemd",
     "ovmf",
     "openssl",
+    "sbsigntool",
     "python3-venv",
     "lintian",
     "man-db",

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
+use kstack_engine::host::kernel::PatchedObject;
+use kstack_engine::host::kernel::signing::Enforcement;
 
 use super::GlobalArgs;
 use crate::context::Context;
@@ -134,17 +136,8 @@ pub fn cmd_status(ui: &Ui, global: &GlobalArgs, args: StatusArgs) -> Result<Exit
                 p.holds.join(", ")
             ));
         }
-        let waiting: Vec<&str> = p
-            .objects
-            .iter()
-            .filter(|o| !o.patched)
-            .map(|o| o.name.as_str())
-            .collect();
-        if !waiting.is_empty() {
-            ui.line(format!(
-                "      waiting for {} (patched when loaded)",
-                waiting.join(", ")
-            ));
+        for line in object_lines(&p.objects) {
+            ui.line(line);
         }
         for f in &p.functions {
             ui.line(format!("      {f}"));
@@ -157,19 +150,9 @@ pub fn cmd_status(ui: &Ui, global: &GlobalArgs, args: StatusArgs) -> Result<Exit
         ui.line(format!("drift:      {d}"));
     }
     let signing = &status.module_signing;
-    let reasons = signing.enforcement.reasons();
     ui.line(format!(
         "signatures: {}",
-        if signing.enforced {
-            format!("enforced ({})", reasons.join(", "))
-        } else {
-            let secure_boot = match signing.enforcement.secure_boot {
-                Some(true) => ", UEFI Secure Boot on",
-                Some(false) => ", UEFI Secure Boot off",
-                None => "",
-            };
-            format!("not enforced (unsigned modules load and taint the kernel){secure_boot}")
-        }
+        enforcement_words(&signing.enforcement)
     ));
     match (&signing.trusted_keys, &signing.trusted_keys_error) {
         (Some(keys), _) if keys.is_empty() => ui.line("  trusted keys: none"),
@@ -191,6 +174,53 @@ pub fn cmd_status(ui: &Ui, global: &GlobalArgs, args: StatusArgs) -> Result<Exit
         }
     ));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The kernel's own object in a livepatch (`kstack_kfacts::livepatch::VMLINUX`; the
+/// CLI does not depend on kfacts for one name).
+const VMLINUX: &str = "vmlinux";
+
+/// The objects a patch changes, one line each: patched, or waiting for the module
+/// to load (the kernel patches it then). A patch of vmlinux alone has the one
+/// object `vmlinux`, always patched: no line for it.
+fn object_lines(objects: &[PatchedObject]) -> Vec<String> {
+    if objects.iter().all(|o| o.name == VMLINUX && o.patched) {
+        return Vec::new();
+    }
+    objects
+        .iter()
+        .map(|o| {
+            if o.patched {
+                format!("      object {}: patched", o.name)
+            } else {
+                format!(
+                    "      object {}: waiting for {} (patched when it loads)",
+                    o.name, o.name
+                )
+            }
+        })
+        .collect()
+}
+
+/// Whether the kernel enforces module signatures, and why, in words: "unknown" when
+/// a source that could enforce them cannot be read (sysfs or securityfs not
+/// mounted), rather than a "not enforced" nothing showed.
+fn enforcement_words(e: &Enforcement) -> String {
+    let secure_boot = match e.secure_boot {
+        Some(true) => ", UEFI Secure Boot on",
+        Some(false) => ", UEFI Secure Boot off",
+        None => "",
+    };
+    if e.enforced() {
+        format!("enforced ({})", e.reasons().join(", "))
+    } else if !e.known() {
+        format!(
+            "unknown (cannot read {}){secure_boot}",
+            e.unreadable().join(", ")
+        )
+    } else {
+        format!("not enforced (unsigned modules load and taint the kernel){secure_boot}")
+    }
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a
@@ -217,4 +247,71 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
     }
     tmp.persist(path).map_err(|e| fail(e.error))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(name: &str, patched: bool) -> PatchedObject {
+        PatchedObject {
+            name: name.into(),
+            patched,
+        }
+    }
+
+    #[test]
+    fn each_object_of_a_module_patch_is_patched_or_waiting() {
+        assert!(object_lines(&[object("vmlinux", true)]).is_empty());
+        assert_eq!(
+            object_lines(&[
+                object("vmlinux", true),
+                object("binfmt_misc", true),
+                object("xfs", false),
+            ]),
+            [
+                "      object vmlinux: patched",
+                "      object binfmt_misc: patched",
+                "      object xfs: waiting for xfs (patched when it loads)",
+            ]
+        );
+    }
+
+    #[test]
+    fn enforcement_that_cannot_be_read_is_unknown() {
+        let off = Enforcement {
+            sig_enforce: Some(false),
+            lockdown: Some("none".into()),
+            secure_boot: Some(false),
+        };
+        assert_eq!(
+            enforcement_words(&off),
+            "not enforced (unsigned modules load and taint the kernel), UEFI Secure Boot off"
+        );
+        // Neither sysfs nor securityfs mounted: nothing is known.
+        assert_eq!(
+            enforcement_words(&Enforcement::default()),
+            "unknown (cannot read /sys/module/module/parameters/sig_enforce, \
+             /sys/kernel/security/lockdown)"
+        );
+        // sig_enforce off, but lockdown could still refuse unsigned modules.
+        let no_securityfs = Enforcement {
+            lockdown: None,
+            ..off.clone()
+        };
+        assert_eq!(
+            enforcement_words(&no_securityfs),
+            "unknown (cannot read /sys/kernel/security/lockdown), UEFI Secure Boot off"
+        );
+        // One source that enforces is enough to know.
+        let lockdown = Enforcement {
+            sig_enforce: None,
+            lockdown: Some("integrity".into()),
+            secure_boot: Some(true),
+        };
+        assert_eq!(
+            enforcement_words(&lockdown),
+            "enforced (lockdown=integrity (UEFI Secure Boot))"
+        );
+    }
 }

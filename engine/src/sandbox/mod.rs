@@ -73,6 +73,10 @@ pub struct SandboxOptions {
 pub struct Firmware {
     pub code: PathBuf,
     pub vars: PathBuf,
+    /// The code is a Secure Boot build, which needs SMM: the VM is then a q35
+    /// machine with SMM on and the flash writable from SMM only, as OVMF's
+    /// Secure Boot build requires (OvmfPkg/README).
+    pub secure_boot: bool,
 }
 
 impl Firmware {
@@ -81,12 +85,25 @@ impl Firmware {
         Firmware {
             code: OVMF_CODE.into(),
             vars: vars.into(),
+            secure_boot: false,
+        }
+    }
+
+    /// Debian's OVMF built with Secure Boot and SMM, with `vars` as variables
+    /// (PK, KEK and db enrolled and Secure Boot on, e.g. by `virt-fw-vars --sb`).
+    pub fn ovmf_secure_boot(vars: impl Into<PathBuf>) -> Firmware {
+        Firmware {
+            code: OVMF_CODE_SECBOOT.into(),
+            vars: vars.into(),
+            secure_boot: true,
         }
     }
 }
 
 /// Debian's OVMF build for 4 MiB flash, without SMM (`ovmf` package).
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// Debian's OVMF build for 4 MiB flash with Secure Boot and SMM (`ovmf` package).
+pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
 /// Its empty variable store.
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
@@ -338,6 +355,10 @@ impl Sandbox {
                 path: firmware.vars.clone(),
                 source,
             })?;
+            if firmware.secure_boot {
+                cmd.args(["-machine", "q35,smm=on"])
+                    .args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+            }
             cmd.arg("-drive").arg(format!(
                 "if=pflash,format=raw,unit=0,readonly=on,file={}",
                 firmware.code.display()

@@ -29,14 +29,22 @@ pub const PROC_KEYS: &str = "/proc/keys";
 const KEYCTL_DESCRIBE: libc::c_long = 6;
 const KEYCTL_READ: libc::c_long = 11;
 
+/// A directory sysfs always has: present when sysfs is mounted.
+const SYSFS_MODULE_DIR: &str = "sys/module";
+
+/// securityfs' list of the active LSMs (security/inode.c): readable when securityfs
+/// is mounted, with or without the lockdown LSM.
+const SECURITYFS_LSM: &str = "sys/kernel/security/lsm";
+
 /// What the kernel enforces for module signatures.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Enforcement {
-    /// `module.sig_enforce`; `None` when the kernel has no module signing
-    /// (`CONFIG_MODULE_SIG` unset) or sysfs is not mounted.
+    /// `module.sig_enforce`; `false` also when the kernel has no module signing
+    /// (`CONFIG_MODULE_SIG` unset: the parameter does not exist and no signature is
+    /// checked); `None` when sysfs is not mounted.
     pub sig_enforce: Option<bool>,
     /// The lockdown mode in force: `none`, `integrity` or `confidentiality`;
-    /// `None` without securityfs or the lockdown LSM.
+    /// `none` also without the lockdown LSM; `None` when securityfs is not mounted.
     pub lockdown: Option<String>,
     /// Whether the firmware booted with Secure Boot; `None` when not known (not a
     /// UEFI boot, or efivarfs not mounted).
@@ -52,13 +60,19 @@ impl Enforcement {
     /// Reads the files below `root` (`/` for the running kernel; tests give a copy).
     pub fn read_from(root: &Path) -> Enforcement {
         let text = |rel: &str| std::fs::read_to_string(root.join(rel)).ok();
-        let sig_enforce = text(SYSFS_SIG_ENFORCE).map(|t| t.trim() == "Y" || t.trim() == "1");
+        let sig_enforce = match text(SYSFS_SIG_ENFORCE) {
+            Some(t) => Some(t.trim() == "Y" || t.trim() == "1"),
+            None => root.join(SYSFS_MODULE_DIR).is_dir().then_some(false),
+        };
         // "[none] integrity confidentiality": the mode in force is bracketed.
-        let lockdown = text(SECURITYFS_LOCKDOWN).and_then(|t| {
-            let start = t.find('[')?;
-            let end = t[start..].find(']')?;
-            Some(t[start + 1..start + end].to_owned())
-        });
+        let lockdown = match text(SECURITYFS_LOCKDOWN) {
+            Some(t) => (|| {
+                let start = t.find('[')?;
+                let end = t[start..].find(']')?;
+                Some(t[start + 1..start + end].to_owned())
+            })(),
+            None => text(SECURITYFS_LSM).map(|_| "none".to_owned()),
+        };
         // Four bytes of attributes, then the value.
         let secure_boot = std::fs::read(root.join(EFIVARS_SECURE_BOOT))
             .ok()
@@ -76,6 +90,25 @@ impl Enforcement {
     pub fn enforced(&self) -> bool {
         self.sig_enforce == Some(true)
             || self.lockdown.as_deref().is_some_and(|mode| mode != "none")
+    }
+
+    /// Whether the answer of [`Enforcement::enforced`] is known: it is when a source
+    /// enforces, or when every source that could (sig_enforce, lockdown) was read.
+    pub fn known(&self) -> bool {
+        self.enforced() || (self.sig_enforce.is_some() && self.lockdown.is_some())
+    }
+
+    /// The files that could not be read, as absolute paths (empty when
+    /// [`Enforcement::known`] holds because everything was read).
+    pub fn unreadable(&self) -> Vec<String> {
+        [
+            (self.sig_enforce.is_none(), SYSFS_SIG_ENFORCE),
+            (self.lockdown.is_none(), SECURITYFS_LOCKDOWN),
+        ]
+        .into_iter()
+        .filter(|(missing, _)| *missing)
+        .map(|(_, rel)| format!("/{rel}"))
+        .collect()
     }
 
     /// Why signatures are enforced, in words (empty when they are not).
@@ -230,8 +263,19 @@ mod tests {
             std::fs::create_dir_all(path.parent().expect("has a parent")).expect("mkdir");
             std::fs::write(path, bytes).expect("write");
         };
+        // Nothing mounted: nothing known.
         assert_eq!(Enforcement::read_from(root.path()), Enforcement::default());
         assert!(!Enforcement::default().enforced());
+        assert!(!Enforcement::default().known());
+        // sysfs and securityfs mounted, but a kernel without module signing and
+        // without the lockdown LSM: known not to enforce.
+        std::fs::create_dir_all(root.path().join(SYSFS_MODULE_DIR)).expect("mkdir");
+        write(SECURITYFS_LSM, b"capability,yama,apparmor");
+        let e = Enforcement::read_from(root.path());
+        assert_eq!(e.sig_enforce, Some(false));
+        assert_eq!(e.lockdown.as_deref(), Some("none"));
+        assert!(e.known() && !e.enforced());
+        assert!(e.unreadable().is_empty());
         write(SYSFS_SIG_ENFORCE, b"N\n");
         write(SECURITYFS_LOCKDOWN, b"[none] integrity confidentiality\n");
         let e = Enforcement::read_from(root.path());
@@ -250,6 +294,21 @@ mod tests {
         let e = Enforcement::read_from(root.path());
         assert!(e.enforced());
         assert_eq!(e.reasons(), ["module.sig_enforce=1"]);
+    }
+
+    #[test]
+    fn without_securityfs_a_kernel_that_does_not_enforce_sig_enforce_is_unknown() {
+        // Lockdown could still refuse unsigned modules: nothing says it does not.
+        let root = tempfile::tempdir().expect("tempdir");
+        let path = root.path().join(SYSFS_SIG_ENFORCE);
+        std::fs::create_dir_all(path.parent().expect("has a parent")).expect("mkdir");
+        std::fs::write(&path, b"N\n").expect("write");
+        let e = Enforcement::read_from(root.path());
+        assert_eq!(e.sig_enforce, Some(false));
+        assert_eq!(e.lockdown, None);
+        assert!(!e.enforced());
+        assert!(!e.known());
+        assert_eq!(e.unreadable(), ["/sys/kernel/security/lockdown"]);
     }
 
     #[test]
