@@ -115,7 +115,8 @@ fn log_without_config_says_untrusted() {
         .command(&["log", "--config", "/nonexistent/kstack.toml"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "an explicit config must exist");
+    // A file named on the command line that cannot be read: a bad command line.
+    assert_eq!(out.status.code(), Some(64), "an explicit config must exist");
     let out = env
         .command(&["log", &format!("{BUILD_ID}/prod")])
         .env_remove("KSTACK_CONFIG")
@@ -148,7 +149,8 @@ fn commit_refuses_a_module_for_another_release() {
         "--kernel",
         BUILD_ID,
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    // A stack for another kernel is bad data.
+    assert_eq!(out.status.code(), Some(65));
     insta::assert_snapshot!(stderr(&out), @"error: other.ko was built for kernel 6.1.0-99-cloud-amd64, but stack 3b43fad5034874490492495d552c0af6a5fab235/prod is pinned to 6.1.0-56-cloud-amd64");
 }
 

@@ -11,7 +11,7 @@ use object::elf;
 use object::read::elf::{FileHeader as _, Rela as _, SectionHeader as _, Sym as _};
 
 use crate::reloc;
-use crate::sections::DEBUG_PREFIX;
+use crate::sections::{DEBUG_PREFIX, alt_instr};
 
 /// Why an object could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +65,14 @@ impl Section<'_> {
     /// String literals (`SHF_MERGE | SHF_STRINGS`, `.rodata.str1.*`).
     pub fn is_strings(&self) -> bool {
         self.has(elf::SHF_MERGE) && self.has(elf::SHF_STRINGS)
+    }
+
+    /// The layout of the entries of this `.altinstructions` section, from where its
+    /// relocations are ([`alt_instr::layout_of`]); `None` when no layout kstack knows
+    /// fits.
+    pub fn alt_layout(&self) -> Option<alt_instr::Layout> {
+        let offsets: Vec<u64> = self.relocs.iter().map(|r| r.offset).collect();
+        alt_instr::layout_of(self.size, &offsets)
     }
 
     /// The relocations with an offset in `start..end`.

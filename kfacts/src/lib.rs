@@ -11,6 +11,7 @@
 //! - [`reloc`]: x86-64 relocation kinds and their properties.
 //! - [`livepatch`]: livepatch names, ELF constants, `klp_*` structure offsets and
 //!   the sysfs and procfs paths of the livepatch ABI.
+//! - [`paths`]: the `/proc` and `/sys` files kstack reads the running kernel through.
 //! - [`modsig`]: the module signature trailer, its PKCS#7 signer, and the keyrings
 //!   the kernel checks module signatures against.
 //! - [`symbols`]: names of kernel symbols with a fixed meaning (`__fentry__`, the
@@ -32,6 +33,7 @@ pub mod elf;
 pub mod kallsyms;
 pub mod livepatch;
 pub mod modsig;
+pub mod paths;
 pub mod reloc;
 pub mod sections;
 pub mod symbols;

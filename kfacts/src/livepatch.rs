@@ -52,20 +52,15 @@ pub mod klp_object {
     pub const FUNCS: usize = 8;
 }
 
-/// One directory per registered livepatch, named after its module
-/// (kernel/livepatch/core.c, `klp_init_patch`).
-pub const SYSFS_ROOT: &str = "/sys/kernel/livepatch";
+/// One directory per registered livepatch (the path is one of [`crate::paths`]).
+pub const SYSFS_ROOT: &str = crate::paths::SYSFS_LIVEPATCH;
 /// `enabled` and `transition` in a patch's directory: `0` or `1`.
 pub const SYSFS_ENABLED: &str = "enabled";
 pub const SYSFS_TRANSITION: &str = "transition";
 /// `patched` in an object's directory (`<patch>/<object>/patched`): `1` while the
 /// object is loaded and patched.
 pub const SYSFS_PATCHED: &str = "patched";
-/// Loaded modules, most recently loaded first (kernel/module/procfs.c: new modules
-/// are added at the head of the `modules` list).
-pub const PROC_MODULES: &str = "/proc/modules";
-/// The taint bit mask (kernel/panic.c).
-pub const PROC_TAINTED: &str = "/proc/sys/kernel/tainted";
+pub use crate::paths::{PROC_MODULES, PROC_TAINTED};
 /// Per-task livepatch state in `/proc/<pid>/task/<tid>/`: -1 no transition, 0
 /// unpatched, 1 patched (fs/proc/base.c, `proc_pid_patch_state`).
 pub const TASK_PATCH_STATE: &str = "patch_state";

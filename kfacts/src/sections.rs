@@ -311,8 +311,16 @@ pub fn is_freed_after_boot(name: &str) -> bool {
 
 /// Build-time annotations: read by objtool or the linker and dropped
 /// (`.discard.*`, notes, `.comment`), and [`PATCHABLE_FUNCTION_ENTRIES`].
-pub const ANNOTATION_PREFIXES: &[&str] =
-    &[".discard", ".note", ".comment", PATCHABLE_FUNCTION_ENTRIES];
+pub const ANNOTATION_PREFIXES: &[&str] = &[
+    DISCARD_PREFIX,
+    ".note",
+    ".comment",
+    PATCHABLE_FUNCTION_ENTRIES,
+];
+
+/// Sections the linker drops (`/DISCARD/` in include/asm-generic/vmlinux.lds.h):
+/// objtool's annotations and the like, which no code reaches at run time.
+pub const DISCARD_PREFIX: &str = ".discard";
 
 /// Where `-fpatchable-function-entry=16,16` (`CONFIG_CALL_PADDING`, 6.2 and later:
 /// 6.12, not 6.1; arch/x86/Makefile `PADDING_CFLAGS`) records the padding before

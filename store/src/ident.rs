@@ -20,10 +20,7 @@ use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
 use object::{Object, ObjectSection};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// The running kernel's `.notes` section; exported by `kernel/ksysfs.c` (`notes_read`).
-pub const SYS_KERNEL_NOTES: &str = "/sys/kernel/notes";
-/// The running kernel's release (`uname -r`); `kernel/sysctl.c` / `kernel/utsname_sysctl.c`.
-pub const PROC_OSRELEASE: &str = "/proc/sys/kernel/osrelease";
+pub use kstack_kfacts::paths::{PROC_OSRELEASE, SYS_KERNEL_NOTES};
 
 /// Note type of the build ID; `NT_GNU_BUILD_ID` in `<elf.h>`, read by the kernel's
 /// `lib/buildid.c`.

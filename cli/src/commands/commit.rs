@@ -350,19 +350,30 @@ pub(crate) fn with_retry(
 
 /// The key that signs new commits: `--key`, else the config's `[trust] signing_key`.
 pub(crate) fn signing_key(ctx: &Context, flag: Option<&Path>) -> Result<SecretKey, CliError> {
-    let path = match flag.or(ctx.config.trust.signing_key.as_deref()) {
-        Some(path) => path.to_owned(),
-        None => {
+    let (path, from_config) = match (flag, ctx.config.trust.signing_key.as_deref()) {
+        (Some(path), _) => (path.to_owned(), false),
+        (None, Some(path)) => (path.to_owned(), true),
+        (None, None) => {
             let default = super::key::default_key_path(ctx);
             if !default.exists() {
                 return Err(CliError::user("no signing key").with_hint(
                     "run `kstack key generate`, then set [trust] signing_key in the config or pass --key FILE",
                 ));
             }
-            default
+            (default, false)
         }
     };
-    Ok(SecretKey::read(&path)?)
+    SecretKey::read(&path).map_err(|e| {
+        let e = CliError::from(e);
+        // A key the config names that cannot be read is a fault of the config (65),
+        // not of the command line (64).
+        match (from_config, &ctx.config_path) {
+            (true, Some(config)) => e
+                .context(format!("[trust] signing_key in {}", config.display()))
+                .with_kind(Kind::Data),
+            _ => e,
+        }
+    })
 }
 
 /// How long the commits a command signs stay valid: `--valid-for` (or

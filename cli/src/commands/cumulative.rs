@@ -1,18 +1,17 @@
 //! The stack's cumulative module, which `kstack commit` and `kstack revert` give every
 //! stack commit they make: every patch of the stack in one livepatch module with
 //! `replace = true` (docs/replace-mode.md), built from the patches' diffs, or the
-//! reason the stack cannot have one. The build is the engine's
-//! (`pipeline::build_cumulative`); this module decides when and shows it.
+//! reason the stack cannot have one. What it is built from and the build are the
+//! engine's (`source::cumulative`); this module decides when and shows it.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kstack_engine::builder::assets::Cache;
-use kstack_engine::builder::pipeline::{self, CumulativeRequest, Phase, StackPatch};
+use kstack_engine::builder::pipeline::Phase;
 use kstack_engine::builder::sign::ModuleSigner;
-use kstack_store::commit::{CommitError, Cumulative, NewCumulative, Prepared};
+use kstack_engine::builder::source::{self, CumulativeOutcome};
+use kstack_store::commit::{CommitError, Cumulative, Prepared};
 use kstack_store::keys::SecretKey;
-use kstack_store::model::{BEFORE_FILE, DIFF_FILE, HOOKS_FILE, PatchSource};
 use kstack_store::store::{Author, StackId, Store, StoreError};
 use kstack_store::verify::VerifiedStack;
 
@@ -84,105 +83,50 @@ pub(crate) fn publish_with_cumulative(
     }
 }
 
-/// The cumulative module of a verified (prepared) stack commit, or why it has none.
-/// A build that fails does not fail the commit: its patches stand on their own, and
-/// a host syncs the stack patch by patch.
+/// The cumulative module of a verified (prepared) stack commit, or why it has none
+/// (the engine's `source::cumulative` decides and builds; this shows it). A build
+/// that fails does not fail the commit: its patches stand on their own, and a host
+/// syncs the stack patch by patch.
 fn build(ui: &Ui, stack: &VerifiedStack, how: HowToBuild<'_>) -> Cumulative {
-    match patches_of(stack) {
-        Err(reason) => Cumulative::Impossible(reason),
-        Ok(patches) => match build_patches(ui, stack, patches, how) {
-            Ok(c) => c,
-            Err(reason) => {
-                ui.status(format!(
-                    "warning: no cumulative module for this commit: {reason}"
-                ));
-                Cumulative::Impossible(reason)
-            }
-        },
-    }
-}
-
-/// What the cumulative module is built from: every patch's diff and hooks. A patch
-/// without a diff (a prebuilt module) has no source to build it from.
-fn patches_of(stack: &VerifiedStack) -> Result<Vec<StackPatch>, String> {
-    let mut patches = Vec::new();
-    for patch in &stack.patches {
-        let diff = match (patch.manifest.source, patch.files.get(DIFF_FILE)) {
-            (PatchSource::Diff, Some(diff)) => diff.clone(),
-            _ => {
-                return Err(format!(
-                    "patch {} is a prebuilt module (commit --module), which kstack cannot \
-                     build into a cumulative module",
-                    patch.entry.name
-                ));
-            }
-        };
-        patches.push(StackPatch {
-            name: patch.entry.name.clone(),
-            module_name: patch.manifest.module_name.clone(),
-            diff,
-            hooks: patch.files.get(HOOKS_FILE).cloned(),
-        });
-    }
-    if patches.is_empty() {
-        return Err("the stack has no patches".to_owned());
-    }
-    if let Some(reason) = pipeline::cumulative_obstacle(&patches) {
-        return Err(reason);
-    }
-    Ok(patches)
-}
-
-fn build_patches(
-    ui: &Ui,
-    stack: &VerifiedStack,
-    patches: Vec<StackPatch>,
-    how: HowToBuild<'_>,
-) -> Result<Cumulative, String> {
     let cache = Cache::from_env();
-    let kernel = cache
-        .kernel_with_build_id(&stack.stack.build_id)
-        .ok_or_else(|| {
-            format!(
-                "kernel {} ({}) is not in the build cache {} (kstack kernel add)",
-                stack.stack.kernel_release,
-                stack.stack.build_id,
-                cache.root().display()
-            )
-        })?;
-    let guest_binary = kstack_engine::sandbox::find_guest_binary().map_err(|e| e.to_string())?;
-    let ids: Vec<String> = patches.iter().map(|p| p.module_name.clone()).collect();
-    let request = CumulativeRequest {
-        kernel: &kernel,
-        patches,
-        guest_binary,
-        signer: how.signer.cloned(),
-        reuse: how.reuse,
-    };
-    let bar = ui.steps(Phase::ALL.len() as u64, "building the cumulative module");
+    // The bar appears with the build's first phase: a stack that cannot have a
+    // cumulative module shows none.
+    let mut bar = None;
     let mut step = 0;
-    let result = pipeline::build_cumulative(&request, &cache.root().join("build"), &mut |phase| {
-        bar.set_position(step);
-        bar.set_message(format!("cumulative module: {}", phase.describe()));
-        step += 1;
-    });
-    bar.finish_and_clear();
-    let built =
-        result.map_err(|e| format!("building it failed: {}", kstack_store::error_chain(&e)))?;
-    let took: Duration = built.timings.iter().map(|(_, d)| *d).sum();
-    ui.status(format!(
-        "  cumulative module {} of {} patch(es) built in {:.1}s",
-        built.module_name,
-        ids.len(),
-        took.as_secs_f64()
-    ));
-    Ok(Cumulative::Module(NewCumulative {
-        patches: ids,
-        module: built.module,
-        functions: built.functions,
-        build: built.build_info,
-        extra: BTreeMap::from([(BEFORE_FILE.to_owned(), built.before.to_toml().into_bytes())]),
-    }))
+    let outcome = source::cumulative(
+        stack,
+        &cache,
+        how.signer.cloned(),
+        how.reuse,
+        &mut |phase: Phase| {
+            let bar = bar.get_or_insert_with(|| {
+                ui.steps(Phase::ALL.len() as u64, "building the cumulative module")
+            });
+            bar.set_position(step);
+            bar.set_message(format!("cumulative module: {}", phase.describe()));
+            step += 1;
+        },
+    );
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    match &outcome {
+        CumulativeOutcome::Built {
+            module_name,
+            cumulative,
+            took,
+        } => ui.status(format!(
+            "  cumulative module {module_name} of {} patch(es) built in {:.1}s",
+            cumulative.patches.len(),
+            took.as_secs_f64()
+        )),
+        CumulativeOutcome::Failed(e) => ui.status(format!(
+            "warning: no cumulative module for this commit: {}",
+            kstack_store::error_chain(e)
+        )),
+        CumulativeOutcome::Impossible(_) => {}
+    }
+    outcome.into_cumulative()
 }
 
 /// One line for `commit` and `revert`: the commit's cumulative module, or why it has

@@ -186,9 +186,18 @@ fn add_debian(ui: &Ui, cache: &Cache, args: KernelAddArgs) -> Result<ExitCode, C
     // now (one boot of the image in the sandbox) rather than by the first build. Not
     // fatal: a build reads them itself, and reports why it could not.
     let kallsyms = capture_symbols(ui, &kernel);
-    // The image was just fetched: one without a build ID is bad data.
-    let build_id = kstack_store::ident::image_build_id(&kernel.vmlinuz())
-        .map_err(|e| CliError::from(e).with_kind(Kind::Data))?;
+    // The image was just fetched: one without a build ID is bad data (as the error
+    // says of itself), but one kstack cannot read back is kstack's problem, not a
+    // bad command line.
+    let build_id = kstack_store::ident::image_build_id(&kernel.vmlinuz()).map_err(|e| {
+        let unreadable = matches!(e, kstack_store::ident::IdentError::Read { .. });
+        let e = CliError::from(e);
+        if unreadable {
+            e.with_kind(Kind::Internal)
+        } else {
+            e
+        }
+    })?;
     let line = kernel.line();
     if ui.json() {
         ui.emit_json(&KernelAddOutput {

@@ -4,12 +4,11 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use kstack_store::error_chain;
 
 use super::GlobalArgs;
 use super::log::resolve;
 use crate::context::Context;
-use crate::error::{CliError, EXIT_DATA, Kind};
+use crate::error::{CliError, Kind, check_readable_file};
 use crate::json::{RunPreJson, ValidityJson, VerifyOutput, VerifyResult};
 use crate::ui::Ui;
 use kstack_engine::host::prove::Against;
@@ -19,7 +18,9 @@ use kstack_engine::host::prove::Against;
 /// Recomputes the SHA-256 of every module, diff, manifest and stack.toml, checks the
 /// signature and that the config's [trust] keys list the signer, and checks the
 /// signatures and parent digests of the history. Without REV, every stack in the
-/// store is verified. Exits 65 if anything fails.
+/// store is verified. Exits 65 if a stack fails verification (or the worst kind of
+/// what failed: 69 when a module a patch targets is missing, 70 for a store kstack
+/// cannot read, 1 when the running kernel's code cannot be read).
 ///
 /// With --running (root), also proves that every replaced function's code as the
 /// patch was built matches what the running kernel executes (/proc/kcore at the
@@ -57,6 +58,13 @@ pub struct VerifyArgs {
 
 pub fn cmd_verify(ui: &Ui, global: &GlobalArgs, args: VerifyArgs) -> Result<ExitCode, CliError> {
     let ctx = Context::load(global, false)?;
+    // Files named on the command line are checked before anything is read (64).
+    if let Some(image) = &args.image {
+        check_readable_file(image, "--image")?;
+    }
+    if let Some(kallsyms) = &args.kallsyms {
+        check_readable_file(kallsyms, "--kallsyms")?;
+    }
     if ctx.config_path.is_none() {
         return Err(CliError::user("no trust policy: there is no config file")
             .with_hint("pass --config FILE whose [trust] keys lists the keys to trust"));
@@ -79,30 +87,37 @@ pub fn cmd_verify(ui: &Ui, global: &GlobalArgs, args: VerifyArgs) -> Result<Exit
     // that kernel). Its identity is read first; its text and symbols only when a
     // stack is for it.
     let image_identity = match &args.image {
-        Some(path) => Some(
-            kstack_store::ident::image_identity(path)
-                .map_err(|e| CliError::from(e).with_kind(Kind::Data))?,
-        ),
+        Some(path) => Some(kstack_store::ident::image_identity(path)?),
         None => None,
     };
     let mut matcher: Option<Matcher> = None;
     let mut results = Vec::new();
     let mut failed = 0;
+    // The kind of the worst failure, which gives the exit code.
+    let mut worst: Option<Kind> = None;
     for (name, commit, stack) in &targets {
         let checked = store
             .verify(*commit, stack.as_ref(), &policy)
-            .and_then(|v| store.history_headers(*commit, None).map(|h| (v, h)))
-            .map_err(|e| error_chain(&e))
+            .map_err(CliError::from)
+            .and_then(|v| {
+                let headers = store.history_headers(*commit, None)?;
+                Ok((v, headers))
+            })
             .and_then(|(v, headers)| match (&image_identity, &args.image) {
-                (Some(image), Some(path)) if image.build_id != v.stack.build_id => Err(format!(
-                    "image check: {} is kernel build ID {} ({}), but the stack is pinned to {} ({}): \
-                     its code says nothing about the kernel the stack is for, where sync would refuse it",
-                    path.display(),
-                    image.build_id,
-                    image.release.as_deref().unwrap_or("release unknown"),
-                    v.stack.build_id,
-                    v.stack.kernel_release
-                )),
+                (Some(image), Some(path)) if image.build_id != v.stack.build_id => {
+                    Err(CliError::new(
+                        Kind::Data,
+                        format!(
+                            "image check: {} is kernel build ID {} ({}), but the stack is pinned to {} ({}): \
+                             its code says nothing about the kernel the stack is for, where sync would refuse it",
+                            path.display(),
+                            image.build_id,
+                            image.release.as_deref().unwrap_or("release unknown"),
+                            v.stack.build_id,
+                            v.stack.kernel_release
+                        ),
+                    ))
+                }
                 _ => Ok((v, headers)),
             });
         let outcome = match checked {
@@ -169,8 +184,10 @@ pub fn cmd_verify(ui: &Ui, global: &GlobalArgs, args: VerifyArgs) -> Result<Exit
                     run_pre: proof.as_ref().map(|p| RunPreJson::new(p, against.key())),
                 });
             }
-            Err(message) => {
+            Err(err) => {
                 failed += 1;
+                worst = Some(worse(worst, err.kind()));
+                let message = err.message();
                 ui.line(format!("FAIL  {name}: {message}"));
                 results.push(VerifyResult::Failed {
                     rev: name.clone(),
@@ -187,16 +204,35 @@ pub fn cmd_verify(ui: &Ui, global: &GlobalArgs, args: VerifyArgs) -> Result<Exit
     if targets.is_empty() {
         ui.status("the store has no stacks");
     }
-    if failed > 0 {
+    if let Some(kind) = worst {
         if ui.json() {
-            return Ok(ExitCode::from(EXIT_DATA));
+            return Ok(ExitCode::from(kind.exit_code()));
         }
         return Err(CliError::new(
-            Kind::Data,
+            kind,
             format!("{failed} of {} failed verification", targets.len()),
         ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The kind that gives the exit code when several stacks fail for different
+/// reasons: a fault of kstack or of the machine outranks something missing, which
+/// outranks bad data (what `verify` is for), which outranks a plain failure; so a
+/// script that sees 65 knows every failure was the data's.
+fn worse(seen: Option<Kind>, next: Kind) -> Kind {
+    let rank = |kind: Kind| match kind {
+        Kind::Internal => 5,
+        Kind::Unavailable => 4,
+        Kind::Data => 3,
+        Kind::Usage => 2,
+        Kind::TempFail => 1,
+        Kind::User | Kind::NoChange => 0,
+    };
+    match seen {
+        Some(seen) if rank(seen) >= rank(next) => seen,
+        _ => next,
+    }
 }
 
 /// Where run-pre matching reads the kernel from, if anywhere.
@@ -218,42 +254,44 @@ impl Matcher {
         args: &VerifyArgs,
         identity: Option<&kstack_store::ident::KernelIdentity>,
     ) -> Result<Matcher, CliError> {
-        // Whatever stops reading the image or its symbols, the image is not usable.
-        let data = |e: CliError| e.with_kind(Kind::Data);
         if args.running {
             return Ok(Matcher::Running);
         }
         let Some(image) = &args.image else {
             return Ok(Matcher::None);
         };
-        let text = kstack_engine::runpre::ImageText::open(image).map_err(|e| data(e.into()))?;
+        let text = kstack_engine::runpre::ImageText::open(image)?;
         let build_id = match identity {
             Some(identity) => identity.build_id.clone(),
-            None => kstack_store::ident::image_build_id(image).map_err(|e| data(e.into()))?,
+            None => kstack_store::ident::image_build_id(image)?,
         };
         let cached =
             kstack_engine::builder::assets::Cache::from_env().kernel_with_build_id(&build_id);
         let modules = cached
             .as_ref()
             .map(|k| kstack_engine::runpre::ModulesDir::new(k.modules_dir()));
-        let kallsyms = match &args.kallsyms {
-            Some(path) => path.clone(),
+        const KALLSYMS_HINT: &str =
+            "pass --kallsyms FILE (a /proc/kallsyms of that kernel booted with nokaslr)";
+        // --kallsyms was checked to be readable: what cannot be read here is the
+        // cache's copy, which is missing until kstack has built for the kernel.
+        let (kallsyms, kind) = match &args.kallsyms {
+            Some(path) => (path.clone(), Kind::Usage),
             None => {
                 let kernel = cached.ok_or_else(|| {
-                        CliError::new(
-                            Kind::Unavailable,
-                            format!("no symbols for kernel {build_id}: kstack has not built for it"),
-                        )
-                        .with_hint("pass --kallsyms FILE (a /proc/kallsyms of that kernel booted with nokaslr)")
-                    })?;
-                kernel.dir().join("kallsyms")
+                    CliError::new(
+                        Kind::Unavailable,
+                        format!("no symbols for kernel {build_id}: kstack has not built for it"),
+                    )
+                    .with_hint(KALLSYMS_HINT)
+                })?;
+                (kernel.dir().join("kallsyms"), Kind::Unavailable)
             }
         };
         let text_symbols = std::fs::read_to_string(&kallsyms).map_err(|e| {
-            CliError::with_source(Kind::User, format!("cannot read {}", kallsyms.display()), e)
+            CliError::with_source(kind, format!("cannot read {}", kallsyms.display()), e)
+                .with_hint(KALLSYMS_HINT)
         })?;
-        let symbols = kstack_engine::runpre::KallsymsIndex::parse(&text_symbols)
-            .map_err(|e| data(e.into()))?;
+        let symbols = kstack_engine::runpre::KallsymsIndex::parse(&text_symbols)?;
         Ok(Matcher::Image {
             text,
             symbols,
@@ -272,7 +310,7 @@ impl Matcher {
     fn prove(
         &self,
         stack: &kstack_store::verify::VerifiedStack,
-    ) -> Result<Option<kstack_engine::host::prove::Proof>, String> {
+    ) -> Result<Option<kstack_engine::host::prove::Proof>, CliError> {
         use kstack_engine::host::prove;
         let patches: Vec<_> = stack.patches.iter().collect();
         let proof = match self {
@@ -295,8 +333,53 @@ impl Matcher {
             Against::Image => "image check",
             Against::Running => "run-pre",
         };
-        proof
-            .map(Some)
-            .map_err(|e| format!("{what}: {}", error_chain(&e)))
+        proof.map(Some).map_err(|e| CliError::from(e).context(what))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kstack_engine::host::prove::ProveError;
+    use kstack_engine::runpre::RunPreError;
+
+    /// What `verify` reports for a stack keeps its kind: a patch whose module is
+    /// missing is 69, a /proc/kcore that cannot be read 1, code that differs 65.
+    #[test]
+    fn a_failed_proof_keeps_its_kind() {
+        let kind = |e: ProveError| CliError::from(e).context("run-pre").kind();
+        let missing = ProveError::NoModule {
+            patch: "p".into(),
+            module: "xfs".into(),
+            dir: "/lib/modules/x".into(),
+        };
+        assert_eq!(kind(missing), Kind::Unavailable);
+        let kcore = ProveError::Kernel(RunPreError::Io {
+            path: "/proc/kcore".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        });
+        assert_eq!(kind(kcore), Kind::User);
+        let differs = ProveError::Mismatch {
+            patch: "p".into(),
+            reports: vec!["f: does not match".into()],
+        };
+        assert_eq!(kind(differs), Kind::Data);
+    }
+
+    /// The exit code is the worst failure's, whatever the order of the stacks.
+    #[test]
+    fn the_worst_kind_wins() {
+        let fold = |kinds: &[Kind]| kinds.iter().fold(None, |w, &k| Some(worse(w, k)));
+        assert_eq!(fold(&[Kind::Data, Kind::User]), Some(Kind::Data));
+        assert_eq!(fold(&[Kind::User, Kind::Data]), Some(Kind::Data));
+        assert_eq!(
+            fold(&[Kind::Data, Kind::Unavailable, Kind::Data]),
+            Some(Kind::Unavailable)
+        );
+        assert_eq!(
+            fold(&[Kind::Unavailable, Kind::Internal]),
+            Some(Kind::Internal)
+        );
+        assert_eq!(fold(&[]), None);
     }
 }

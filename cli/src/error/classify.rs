@@ -63,8 +63,10 @@ fn missing_program(err: &io::Error) -> bool {
 impl Classify for ConfigError {
     fn classify(&self) -> Class {
         match self {
+            // The path is --config's (or KSTACK_CONFIG's): a file named on the
+            // command line that cannot be read.
             ConfigError::Read { .. } => (
-                Kind::User,
+                Kind::Usage,
                 Some("pass --config FILE, or see examples/kstack.toml"),
             ),
             ConfigError::Invalid { .. } => (Kind::Data, None),
@@ -198,9 +200,10 @@ impl Classify for ProveError {
     fn classify(&self) -> Class {
         match self {
             // All refusals before loading: the stack is not proven for this kernel.
-            ProveError::BadFile { .. } | ProveError::Kernel(_) | ProveError::Mismatch { .. } => {
-                (Kind::Data, None)
-            }
+            ProveError::BadFile { .. } | ProveError::Mismatch { .. } => (Kind::Data, None),
+            // Reading the kernel's code: an image that is not one is bad data, a
+            // /proc/kcore or /proc/kallsyms that cannot be read is not.
+            ProveError::Kernel(e) => e.classify(),
             // The host lacks the module the patch targets: nothing to prove it against.
             ProveError::NoModule { .. } => (
                 Kind::Unavailable,
@@ -271,9 +274,11 @@ impl Classify for CommitError {
             CommitError::DamagedParent { .. } => {
                 (Kind::Data, Some("run `kstack verify` to see what is wrong"))
             }
-            CommitError::NotLivepatch { .. }
-            | CommitError::WrongRelease { .. }
-            | CommitError::BadExtraFile { .. }
+            // The module given to `commit --module` is not one the stack can carry.
+            CommitError::NotLivepatch { .. } | CommitError::WrongRelease { .. } => {
+                (Kind::Data, None)
+            }
+            CommitError::BadExtraFile { .. }
             | CommitError::PatchExists { .. }
             | CommitError::NoSuchPatch { .. }
             | CommitError::NoSuchStack { .. }
@@ -323,13 +328,16 @@ impl Classify for PullError {
 impl Classify for KeyError {
     fn classify(&self) -> Class {
         match self {
-            KeyError::BadSignatureFile { .. } => (Kind::Data, None),
-            KeyError::Write { .. } | KeyError::Random { .. } => (Kind::Internal, None),
-            KeyError::BadPublicKey { .. }
+            // A key file that was read but is not a key, or that others can read.
+            KeyError::BadSignatureFile { .. }
+            | KeyError::BadPublicKey { .. }
             | KeyError::BadSecretKey { .. }
-            | KeyError::Permissions { .. }
-            | KeyError::Exists { .. }
-            | KeyError::Read { .. } => (Kind::User, None),
+            | KeyError::Permissions { .. } => (Kind::Data, None),
+            // The path is --key's (a key the config names is re-kinded where it is
+            // read: `commit::signing_key`).
+            KeyError::Read { .. } => (Kind::Usage, None),
+            KeyError::Exists { .. } => (Kind::User, None),
+            KeyError::Write { .. } | KeyError::Random { .. } => (Kind::Internal, None),
         }
     }
 }
@@ -337,9 +345,16 @@ impl Classify for KeyError {
 impl Classify for IdentError {
     fn classify(&self) -> Class {
         match self {
-            IdentError::BadBuildId { .. }
-            | IdentError::Read { .. }
-            | IdentError::NoBuildId { .. }
+            // A build ID is parsed from text the user typed (`--kernel`); an image's
+            // own note is read with `BuildId::from_bytes`, whose error no caller keeps.
+            IdentError::BadBuildId { .. } => (Kind::Usage, None),
+            // `--kernel`, `--image` or `--module` names a file that cannot be read.
+            // Where kstack reads a file of its own (the cache's image, the running
+            // kernel's notes) the caller gives it its kind.
+            IdentError::Read { .. } => (Kind::Usage, None),
+            // The file was read but is not a kernel image (or not a module) kstack can
+            // identify: bad data.
+            IdentError::NoBuildId { .. }
             | IdentError::NotAKernel { .. }
             | IdentError::OldBootProtocol { .. }
             | IdentError::BadPayload { .. }
@@ -348,7 +363,7 @@ impl Classify for IdentError {
             | IdentError::BadElf { .. }
             | IdentError::NoModinfo { .. }
             | IdentError::NoVermagic { .. }
-            | IdentError::NoModuleName { .. } => (Kind::User, None),
+            | IdentError::NoModuleName { .. } => (Kind::Data, None),
         }
     }
 }
@@ -356,7 +371,8 @@ impl Classify for IdentError {
 impl Classify for StoreKlpError {
     fn classify(&self) -> Class {
         match self {
-            StoreKlpError::BadElf { .. } => (Kind::User, None),
+            // `commit --module` of a file that is not an ELF module.
+            StoreKlpError::BadElf { .. } => (Kind::Data, None),
         }
     }
 }

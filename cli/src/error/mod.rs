@@ -141,6 +141,12 @@ impl CliError {
         self.kind.exit_code()
     }
 
+    /// What the error is (for a command that reports several and exits with the
+    /// worst).
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
     /// The messages from the outermost to the root cause. A cause whose text its
     /// parent already shows (thiserror's `{source}` or `{0}` in a message) is left
     /// out, so that the chain joined with `: ` reads as the message does.

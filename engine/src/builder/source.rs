@@ -1,16 +1,22 @@
 //! A change to build, from a diff file or a commit of a kernel Git tree, and what it
 //! is built on: the diffs of the stack's earlier patches. Also the patch that a built
-//! change becomes in the store.
+//! change becomes in the store, and a stack commit's cumulative module, built from
+//! the patches the store holds.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use kstack_store::commit::NewPatch;
+use kstack_store::commit::{Cumulative, NewCumulative, NewPatch};
 use kstack_store::model::{BEFORE_FILE, DIFF_FILE, HOOKS_FILE, PatchSource};
 use kstack_store::store::{StackId, Store, StoreError};
-use kstack_store::verify::VerifyError;
+use kstack_store::verify::{VerifiedStack, VerifyError};
 
-use super::pipeline::Built;
+use super::assets::Cache;
+use super::pipeline::{
+    BuildError, Built, CumulativeRequest, Phase, StackPatch, build_cumulative, cumulative_obstacle,
+};
+use super::sign::ModuleSigner;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -271,6 +277,130 @@ pub fn base(store: &Store, stack: &StackId) -> Result<Base, SourceError> {
         }
     }
     Ok(base)
+}
+
+/// Why a stack's cumulative module, which its patches allow, could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum CumulativeError {
+    #[error("kernel {release} ({build_id}) is not in the build cache {cache} (kstack kernel add)")]
+    NoKernel {
+        release: String,
+        build_id: kstack_store::ident::BuildId,
+        cache: PathBuf,
+    },
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error("building it failed")]
+    Build(#[source] BuildError),
+}
+
+/// A stack commit's cumulative module, or why it has none.
+#[derive(Debug)]
+pub enum CumulativeOutcome {
+    /// Built: what the store commits, the module's name and how long it took.
+    Built {
+        cumulative: NewCumulative,
+        module_name: String,
+        took: Duration,
+    },
+    /// The stack cannot have one, known without building (a prebuilt patch, no
+    /// patches, hook states in an order the kernel refuses).
+    Impossible(String),
+    /// A build was tried and failed.
+    Failed(CumulativeError),
+}
+
+impl CumulativeOutcome {
+    /// What the store records: the module, or the reason there is none.
+    pub fn into_cumulative(self) -> Cumulative {
+        match self {
+            CumulativeOutcome::Built { cumulative, .. } => Cumulative::Module(cumulative),
+            CumulativeOutcome::Impossible(reason) => Cumulative::Impossible(reason),
+            CumulativeOutcome::Failed(e) => Cumulative::Impossible(kstack_store::error_chain(&e)),
+        }
+    }
+}
+
+/// The cumulative module of a verified (prepared) stack commit: every patch's diff
+/// and hooks built as one module (`pipeline::build_cumulative`) for the stack's
+/// kernel, found in `cache`, in `cache`'s work directory; `progress` hears each
+/// phase of the build.
+pub fn cumulative(
+    stack: &VerifiedStack,
+    cache: &Cache,
+    signer: Option<ModuleSigner>,
+    reuse: bool,
+    progress: &mut dyn FnMut(Phase),
+) -> CumulativeOutcome {
+    let patches = match cumulative_patches(stack) {
+        Ok(patches) => patches,
+        Err(reason) => return CumulativeOutcome::Impossible(reason),
+    };
+    let Some(kernel) = cache.kernel_with_build_id(&stack.stack.build_id) else {
+        return CumulativeOutcome::Failed(CumulativeError::NoKernel {
+            release: stack.stack.kernel_release.clone(),
+            build_id: stack.stack.build_id.clone(),
+            cache: cache.root().to_owned(),
+        });
+    };
+    let guest_binary = match crate::sandbox::find_guest_binary() {
+        Ok(path) => path,
+        Err(e) => return CumulativeOutcome::Failed(e.into()),
+    };
+    let ids: Vec<String> = patches.iter().map(|p| p.module_name.clone()).collect();
+    let request = CumulativeRequest {
+        kernel: &kernel,
+        patches,
+        guest_binary,
+        signer,
+        reuse,
+    };
+    let built = match build_cumulative(&request, &cache.root().join("build"), progress) {
+        Ok(built) => built,
+        Err(e) => return CumulativeOutcome::Failed(CumulativeError::Build(e)),
+    };
+    CumulativeOutcome::Built {
+        took: built.timings.iter().map(|(_, d)| *d).sum(),
+        module_name: built.module_name,
+        cumulative: NewCumulative {
+            patches: ids,
+            module: built.module,
+            functions: built.functions,
+            build: built.build_info,
+            extra: BTreeMap::from([(BEFORE_FILE.to_owned(), built.before.to_toml().into_bytes())]),
+        },
+    }
+}
+
+/// What the cumulative module is built from: every patch's diff and hooks, bottom
+/// first. A patch without a diff (a prebuilt module) has no source to build it from.
+fn cumulative_patches(stack: &VerifiedStack) -> Result<Vec<StackPatch>, String> {
+    let mut patches = Vec::new();
+    for patch in &stack.patches {
+        let diff = match (patch.manifest.source, patch.files.get(DIFF_FILE)) {
+            (PatchSource::Diff, Some(diff)) => diff.clone(),
+            _ => {
+                return Err(format!(
+                    "patch {} is a prebuilt module (commit --module), which kstack cannot \
+                     build into a cumulative module",
+                    patch.entry.name
+                ));
+            }
+        };
+        patches.push(StackPatch {
+            name: patch.entry.name.clone(),
+            module_name: patch.manifest.module_name.clone(),
+            diff,
+            hooks: patch.files.get(HOOKS_FILE).cloned(),
+        });
+    }
+    if patches.is_empty() {
+        return Err("the stack has no patches".to_owned());
+    }
+    if let Some(reason) = cumulative_obstacle(&patches) {
+        return Err(reason);
+    }
+    Ok(patches)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, SourceError> {

@@ -187,7 +187,7 @@ impl KernelSymbols {
         let mut options = SandboxOptions::new(vmlinuz, guest_binary);
         options.kernel_args.push("nokaslr".into());
         let vm = Sandbox::new(options)?;
-        let run = vm.run("cat /proc/kallsyms")?;
+        let run = vm.run(&format!("cat {}", kstack_kfacts::paths::PROC_KALLSYMS))?;
         let text = run.stdout;
         if !run.status.success()
             || text.lines().count() < 1000

@@ -18,6 +18,8 @@ use kstack_store::verify::VerifiedPatch;
 
 use kstack_store::model::BEFORE_FILE;
 
+use kstack_kfacts::paths::PROC_KALLSYMS;
+
 use crate::runpre::{
     self, BeforeFile, BeforeImage, CodeSources, KallsymsIndex, KernelText, MatchReport, ModulesDir,
     Outcome,
@@ -230,8 +232,8 @@ pub fn prove_running(
         });
     }
     let kallsyms =
-        std::fs::read_to_string("/proc/kallsyms").map_err(|source| runpre::RunPreError::Io {
-            path: "/proc/kallsyms".into(),
+        std::fs::read_to_string(PROC_KALLSYMS).map_err(|source| runpre::RunPreError::Io {
+            path: PROC_KALLSYMS.into(),
             source,
         })?;
     let symbols = KallsymsIndex::parse(&kallsyms).map_err(runpre::RunPreError::from)?;

@@ -12,11 +12,10 @@
 use std::collections::BTreeMap;
 
 use iced_x86::Mnemonic;
-use object::read::{
-    Object, ObjectSection, ObjectSymbol, Relocation, RelocationTarget as ObjTarget,
-};
-use object::{RelocationFlags, SectionIndex, SymbolKind, elf};
+use object::elf;
 use serde::{Deserialize, Serialize};
+
+use kstack_kfacts::elf::{RelObject, Reloc};
 
 use kstack_kfacts::livepatch::VMLINUX;
 pub use kstack_kfacts::reloc::RelocKind;
@@ -267,16 +266,18 @@ mod hex_bytes {
     }
 }
 
-/// The object being read, with what the extraction needs at hand.
+/// The object being read (through kstack's one model of a relocatable object, as
+/// the differ and the livepatch writer read theirs), with what the extraction needs
+/// at hand.
 struct Obj<'d> {
-    file: object::File<'d>,
+    file: RelObject<'d>,
     what: String,
 }
 
-/// Where a function is in the object.
+/// Where a function is in the object: its section's ELF index, value and size.
 #[derive(Clone, Copy)]
 struct Func {
-    section: SectionIndex,
+    section: usize,
     value: u64,
     size: u64,
 }
@@ -289,53 +290,45 @@ impl<'d> Obj<'d> {
         }
     }
 
-    fn section_name(&self, index: SectionIndex) -> String {
+    fn section_name(&self, index: usize) -> String {
         self.file
-            .section_by_index(index)
-            .ok()
-            .and_then(|s| s.name().ok().map(str::to_owned))
-            .unwrap_or_else(|| format!("section #{}", index.0))
+            .sections
+            .get(index)
+            .map_or_else(|| format!("section #{index}"), |s| s.name.clone())
     }
 
     /// The relocations of a section, by offset.
-    fn relocations(&self, index: SectionIndex) -> Result<Vec<(u64, Relocation)>, RunPreError> {
-        let section = self
-            .file
-            .section_by_index(index)
-            .map_err(|e| self.bad(e.to_string()))?;
-        let mut relocs: Vec<(u64, Relocation)> = section.relocations().collect();
-        relocs.sort_by_key(|(off, _)| *off);
-        Ok(relocs)
+    fn relocations(&self, index: usize) -> &[Reloc] {
+        self.file.sections.get(index).map_or(&[][..], |s| &s.relocs)
     }
 
     /// A relocation's symbol: its section, its value, and (for a named symbol that
     /// is not a section symbol) its name and whether it is local.
-    fn target_symbol(&self, reloc: &Relocation) -> Result<TargetSym, RunPreError> {
-        let ObjTarget::Symbol(index) = reloc.target() else {
-            return Err(self.bad(format!("relocation to {:?}, not a symbol", reloc.target())));
+    fn target_symbol(&self, reloc: &Reloc) -> Result<TargetSym, RunPreError> {
+        let Some(index) = reloc.symbol() else {
+            return Err(self.bad(format!(
+                "relocation at {:#x} to an absolute value, not a symbol",
+                reloc.offset
+            )));
         };
-        let sym = self
-            .file
-            .symbol_by_index(index)
-            .map_err(|e| self.bad(e.to_string()))?;
-        let name = sym.name().map_err(|e| self.bad(e.to_string()))?;
-        let named = sym.kind() != SymbolKind::Section && !name.is_empty();
+        let sym = &self.file.symbols[index];
+        let named = !sym.is_section() && !sym.name.is_empty();
         Ok(TargetSym {
-            section: sym.section_index(),
-            value: sym.address(),
-            name: named.then(|| name.to_owned()),
+            section: sym.section,
+            value: sym.value,
+            name: named.then(|| sym.name.clone()),
             local: sym.is_local(),
         })
     }
 
     /// The offset in `func` that a data field (`label - .` or an absolute address)
     /// refers to, if it refers into `func`.
-    fn offset_in(&self, func: Func, reloc: &Relocation) -> Result<Option<u32>, RunPreError> {
+    fn offset_in(&self, func: Func, reloc: &Reloc) -> Result<Option<u32>, RunPreError> {
         let t = self.target_symbol(reloc)?;
         if t.section != Some(func.section) {
             return Ok(None);
         }
-        let at = (t.value as i64).wrapping_add(reloc.addend()) - func.value as i64;
+        let at = (t.value as i64).wrapping_add(reloc.addend) - func.value as i64;
         Ok((0..func.size as i64).contains(&at).then_some(at as u32))
     }
 
@@ -344,7 +337,7 @@ impl<'d> Obj<'d> {
     fn resolve(
         &self,
         func: Func,
-        reloc: &Relocation,
+        reloc: &Reloc,
         referent: i64,
     ) -> Result<RelocTarget, RunPreError> {
         let t = self.target_symbol(reloc)?;
@@ -381,15 +374,11 @@ impl<'d> Obj<'d> {
                 local,
             });
         }
-        let sec = self
-            .file
-            .section_by_index(section)
-            .map_err(|e| self.bad(e.to_string()))?;
-        let strings = matches!(sec.flags(), object::SectionFlags::Elf { sh_flags, .. } if sh_flags.0 & elf::SHF_STRINGS.0 != 0);
-        let string = strings
+        let sec = &self.file.sections[section];
+        let string = sec
+            .has(elf::SHF_STRINGS)
             .then(|| {
-                let data = sec.data().ok()?;
-                let tail = data.get(usize::try_from(at).ok()?..)?;
+                let tail = sec.data.get(usize::try_from(at).ok()?..)?;
                 let end = tail.iter().position(|&b| b == 0)?;
                 Some(String::from_utf8_lossy(&tail[..end]).into_owned())
             })
@@ -402,21 +391,21 @@ impl<'d> Obj<'d> {
 
     /// A named symbol of `section` to anchor a section-relative reference at: the
     /// one that holds offset `at`, else any, globals first.
-    fn anchor(&self, section: SectionIndex, at: i64) -> Option<(String, u64, bool)> {
+    fn anchor(&self, section: usize, at: i64) -> Option<(String, u64, bool)> {
         let mut best: Option<(u8, String, u64, bool)> = None;
-        for sym in self.file.symbols() {
-            if sym.section_index() != Some(section) || sym.kind() == SymbolKind::Section {
+        // In symbol table order: among equals, the first wins.
+        for sym in self.file.symbols.iter().skip(1) {
+            if sym.section != Some(section) || sym.is_section() {
                 continue;
             }
-            let Ok(name) = sym.name() else { continue };
+            let name = &sym.name;
             if name.is_empty() || name.starts_with(".L") {
                 continue;
             }
-            let holds =
-                (sym.address() as i64..(sym.address() + sym.size().max(1)) as i64).contains(&at);
+            let holds = (sym.value as i64..(sym.value + sym.size.max(1)) as i64).contains(&at);
             let rank = u8::from(!holds) * 2 + u8::from(sym.is_local());
             if best.as_ref().is_none_or(|b| rank < b.0) {
-                best = Some((rank, name.to_owned(), sym.address(), sym.is_local()));
+                best = Some((rank, name.clone(), sym.value, sym.is_local()));
             }
         }
         best.map(|(_, n, v, l)| (n, v, l))
@@ -426,20 +415,18 @@ impl<'d> Obj<'d> {
     fn code_relocs(
         &self,
         func: Func,
-        index: SectionIndex,
+        index: usize,
         start: u64,
         code: &[u8],
     ) -> Result<Vec<RelocSite>, RunPreError> {
         let end = start + code.len() as u64;
         let insns = x86::decode_all(code, 0);
         let mut out = Vec::new();
-        for (off, reloc) in self.relocations(index)? {
+        for reloc in self.relocations(index) {
+            let (off, r_type) = (reloc.offset, reloc.r_type);
             if off < start || off >= end {
                 continue;
             }
-            let RelocationFlags::Elf { r_type } = reloc.flags() else {
-                continue;
-            };
             // R_X86_64_NONE changes no byte: it only keeps a symbol referenced.
             if r_type == elf::R_X86_64_NONE {
                 continue;
@@ -460,76 +447,66 @@ impl<'d> Obj<'d> {
                     .iter()
                     .find(|i| i.offset <= offset && offset < i.offset + i.len)
                     .map_or(offset + kind.width() as u32, |i| i.offset + i.len);
-                reloc.addend() + i64::from(insn_end - offset)
+                reloc.addend + i64::from(insn_end - offset)
             } else {
-                reloc.addend()
+                reloc.addend
             };
             out.push(RelocSite {
                 offset,
                 kind,
-                addend: reloc.addend(),
-                target: self.resolve(func, &reloc, referent)?,
+                addend: reloc.addend,
+                target: self.resolve(func, reloc, referent)?,
                 implicit: false,
             });
         }
         Ok(out)
     }
 
-    /// The entries of a special section, by entry index: `(field, relocation)`.
     /// The layout of the object's `.altinstructions` entries (6.1's or 6.12's),
     /// `None` without the section.
     fn alt_layout(&self) -> Result<Option<alt_instr::Layout>, RunPreError> {
-        let Some(section) = self.file.section_by_name(alt_instr::SECTION) else {
+        let Some(section) = self.file.section_named(alt_instr::SECTION) else {
             return Ok(None);
         };
-        let offsets: Vec<u64> = self
-            .relocations(section.index())?
-            .into_iter()
-            .map(|(off, _)| off)
-            .collect();
-        if offsets.is_empty() {
+        let section = &self.file.sections[section];
+        if section.relocs.is_empty() {
             return Ok(None);
         }
-        alt_instr::layout_of(section.size(), &offsets)
-            .map(Some)
-            .ok_or_else(|| {
-                self.bad(format!(
-                    "{}: its entries fit no layout of the kernel versions kstack knows (6.1, 6.12)",
-                    alt_instr::SECTION
-                ))
-            })
+        section.alt_layout().map(Some).ok_or_else(|| {
+            self.bad(format!(
+                "{}: its entries fit no layout of the kernel versions kstack knows (6.1, 6.12)",
+                alt_instr::SECTION
+            ))
+        })
     }
 
     fn entries(&self, name: &str, entry: u64) -> Result<Option<(Vec<u8>, Entries)>, RunPreError> {
-        let Some(section) = self.file.section_by_name(name) else {
+        let Some(section) = self.file.section_named(name) else {
             return Ok(None);
         };
-        let data = section
-            .data()
-            .map_err(|e| self.bad(e.to_string()))?
-            .to_vec();
-        let mut by_entry: BTreeMap<u64, Vec<(u64, Relocation)>> = BTreeMap::new();
-        for (off, reloc) in self.relocations(section.index())? {
+        let data = self.file.sections[section].data.to_vec();
+        let mut by_entry: Entries = BTreeMap::new();
+        for reloc in self.relocations(section) {
             by_entry
-                .entry(off / entry)
+                .entry(reloc.offset / entry)
                 .or_default()
-                .push((off % entry, reloc));
+                .push((reloc.offset % entry, *reloc));
         }
         Ok(Some((data, by_entry)))
     }
 }
 
 /// A special section's relocations by entry index: `(field offset, relocation)`.
-type Entries = BTreeMap<u64, Vec<(u64, Relocation)>>;
+type Entries = BTreeMap<u64, Vec<(u64, Reloc)>>;
 
 struct TargetSym {
-    section: Option<SectionIndex>,
+    section: Option<usize>,
     value: u64,
     name: Option<String>,
     local: bool,
 }
 
-fn field(fields: &[(u64, Relocation)], at: u64) -> Option<&Relocation> {
+fn field(fields: &[(u64, Reloc)], at: u64) -> Option<&Reloc> {
     fields.iter().find(|(f, _)| *f == at).map(|(_, r)| r)
 }
 
@@ -544,7 +521,8 @@ pub fn before_image_named(
     function: &str,
     what: &str,
 ) -> Result<BeforeImage, RunPreError> {
-    let file = object::File::parse(object).map_err(|source| RunPreError::Object {
+    // Also refuses what is not an x86-64 relocatable object.
+    let file = RelObject::parse(object).map_err(|source| RunPreError::Object {
         what: what.to_owned(),
         source,
     })?;
@@ -552,37 +530,31 @@ pub fn before_image_named(
         file,
         what: what.to_owned(),
     };
-    if obj.file.architecture() != object::Architecture::X86_64 {
-        return Err(obj.bad(format!("{:?} object, not x86-64", obj.file.architecture())));
-    }
-    let sym = obj
+    let (sym, section) = obj
         .file
-        .symbols()
-        .find(|s| s.kind() == SymbolKind::Text && s.is_definition() && s.name() == Ok(function))
+        .symbols
+        .iter()
+        .find_map(|s| match s.section {
+            Some(section) if s.is_func() && s.name == function => Some((s, section)),
+            _ => None,
+        })
         .ok_or_else(|| RunPreError::NoSuchFunction {
             what: what.to_owned(),
             function: function.to_owned(),
         })?;
-    let section = sym
-        .section_index()
-        .ok_or_else(|| obj.bad(format!("{function} has no section")))?;
     let func = Func {
         section,
-        value: sym.address(),
-        size: sym.size(),
+        value: sym.value,
+        size: sym.size,
     };
     let binding = if sym.is_weak() {
         Binding::Weak
-    } else if sym.is_global() {
+    } else if !sym.is_local() {
         Binding::Global
     } else {
         Binding::Local
     };
-    let data = obj
-        .file
-        .section_by_index(section)
-        .and_then(|s| s.data())
-        .map_err(|e| obj.bad(e.to_string()))?;
+    let data = obj.file.sections[section].data;
     let code = usize::try_from(func.value)
         .ok()
         .and_then(|v| data.get(v..v.checked_add(usize::try_from(func.size).ok()?)?))
@@ -783,8 +755,8 @@ fn special_sites(obj: &Obj, func: Func) -> Result<Vec<Site>, RunPreError> {
                 Some(at),
                 SiteKind::JumpLabel {
                     target: Referent {
-                        target: obj.resolve(func, target, target.addend())?,
-                        addend: target.addend(),
+                        target: obj.resolve(func, target, target.addend)?,
+                        addend: target.addend,
                     },
                     key: key_sym.name.unwrap_or_else(|| "?".into()),
                 },
@@ -802,7 +774,7 @@ fn special_sites(obj: &Obj, func: Func) -> Result<Vec<Site>, RunPreError> {
             let Some(at) = obj.offset_in(func, addr)? else {
                 continue;
             };
-            let flags = key.addend() & static_call_site::FLAGS;
+            let flags = key.addend & static_call_site::FLAGS;
             push(
                 Some(at),
                 SiteKind::StaticCall {
@@ -873,22 +845,13 @@ fn special_sites(obj: &Obj, func: Func) -> Result<Vec<Site>, RunPreError> {
 }
 
 /// The replacement code an `.altinstructions` entry points at, with its relocations.
-fn replacement(
-    obj: &Obj,
-    func: Func,
-    repl: &Relocation,
-    len: u8,
-) -> Result<Replacement, RunPreError> {
+fn replacement(obj: &Obj, func: Func, repl: &Reloc, len: u8) -> Result<Replacement, RunPreError> {
     let t = obj.target_symbol(repl)?;
     let section = t
         .section
         .ok_or_else(|| obj.bad("alternative replacement outside any section".into()))?;
-    let start = (t.value as i64 + repl.addend()) as u64;
-    let data = obj
-        .file
-        .section_by_index(section)
-        .and_then(|s| s.data())
-        .map_err(|e| obj.bad(e.to_string()))?;
+    let start = (t.value as i64 + repl.addend) as u64;
+    let data = obj.file.sections[section].data;
     let code = usize::try_from(start)
         .ok()
         .and_then(|s| data.get(s..s + usize::from(len)))

@@ -74,11 +74,11 @@ impl BeforeFile {
 /// Everything that can stop run-pre matching before a comparison has a result.
 #[derive(Debug, thiserror::Error)]
 pub enum RunPreError {
-    #[error("{what}: not a readable ELF object: {source}")]
+    #[error("{what}: {source}")]
     Object {
         what: String,
         #[source]
-        source: object::read::Error,
+        source: kstack_kfacts::elf::ElfError,
     },
     #[error("{what}: {detail}")]
     BadObject { what: String, detail: String },

@@ -17,8 +17,7 @@ use object::{Endianness, elf};
 
 use super::RunPreError;
 
-/// The running kernel's memory image (fs/proc/kcore.c).
-pub const PROC_KCORE: &str = "/proc/kcore";
+pub use kstack_kfacts::paths::PROC_KCORE;
 
 /// Reads kernel code at virtual addresses.
 pub trait KernelText {

@@ -274,8 +274,7 @@ impl<'d> Elf<'d> {
             .iter()
             .find(|r| r.offset == entry + alt_instr::REPL_OFFSET)?;
         let (section, offset) = self.data_reloc_target(rel)?;
-        let offsets: Vec<u64> = sec.relocs.iter().map(|r| r.offset).collect();
-        let layout = alt_instr::layout_of(sec.size, &offsets)?;
+        let layout = sec.alt_layout()?;
         let len = *sec
             .data
             .get(usize::try_from(entry + layout.replacementlen).ok()?)?;

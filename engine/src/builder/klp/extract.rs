@@ -10,7 +10,8 @@ use kstack_kfacts::elf::{RelObject, Reloc, Symbol};
 use kstack_kfacts::livepatch::{VMLINUX, check_objname};
 use kstack_kfacts::reloc::is_pc_relative;
 use kstack_kfacts::sections::{
-    self, ALTINSTR_AUX, EntryKind, SPECIAL_SECTIONS, SpecialSection, alt_instr,
+    self, ALTINSTR_AUX, DEBUG_PREFIX, DISCARD_PREFIX, EntryKind, SPECIAL_SECTIONS, SpecialSection,
+    alt_instr, has_prefix,
 };
 use kstack_kfacts::symbols::PREFIX_SYMBOL_PREFIX;
 use kstack_kfacts::x86;
@@ -116,7 +117,7 @@ impl Extractor<'_, '_> {
 
     fn index_referrers(&mut self) {
         for (src, section) in self.input.sections.iter().enumerate() {
-            if section.name.starts_with(".debug") || section.name.starts_with(".discard") {
+            if has_prefix(&section.name, &[DEBUG_PREFIX, DISCARD_PREFIX]) {
                 continue;
             }
             for rel in &section.relocs {
@@ -313,8 +314,7 @@ impl Extractor<'_, '_> {
     /// The layout of the object's `.altinstructions` entries (section `sec`).
     pub(super) fn alt_layout(&self, sec: usize) -> Result<alt_instr::Layout> {
         let section = &self.input.sections[sec];
-        let offsets: Vec<u64> = section.relocs.iter().map(|r| r.offset).collect();
-        alt_instr::layout_of(section.size, &offsets).ok_or_else(|| {
+        section.alt_layout().ok_or_else(|| {
             malformed(
                 &format!("{}: {}", self.unit, section.name),
                 "its entries fit no layout of the kernel versions kstack knows (6.1, 6.12)",

@@ -22,8 +22,7 @@ use kstack_kfacts::modsig::{
     EFIVARS_SECURE_BOOT, SECURITYFS_LOCKDOWN, SYSFS_SIG_ENFORCE, TRUSTED_KEYRINGS,
 };
 
-/// The keys file of the kernel's key management (security/keys/proc.c).
-pub const PROC_KEYS: &str = "/proc/keys";
+pub use kstack_kfacts::paths::PROC_KEYS;
 
 /// `keyctl(2)` commands (include/uapi/linux/keyctl.h).
 const KEYCTL_DESCRIBE: libc::c_long = 6;

@@ -4,7 +4,7 @@
 
 use iced_x86::{Mnemonic, Register};
 use kstack_kfacts::symbols::{
-    ALT_CALL_PLACEHOLDER, CALL_DEPTH_CALL_THUNK_PREFIX, CALL_DEPTH_JUMP_THUNK_PREFIX,
+    ALT_CALL_PLACEHOLDER, CALL_DEPTH_CALL_THUNK_PREFIX, CALL_DEPTH_JUMP_THUNK_PREFIX, FENTRY,
     ITS_THUNK_PREFIX, RETURN_THUNKS,
 };
 use kstack_kfacts::x86::{self, ENDBR_POISON, Insn, NOP5};
@@ -285,7 +285,7 @@ impl<'a> Walk<'a> {
                         && ins.len() == 5 =>
                 {
                     let target = ins.near_branch_target();
-                    let fentry = self.symbols.candidates("__fentry__");
+                    let fentry = self.symbols.candidates(FENTRY);
                     self.stats.fentry = if fentry.contains(&target) {
                         FentryState::Fentry
                     } else {
