@@ -86,6 +86,11 @@ pub struct CommitOutput {
     pub signer: String,
     /// The signed validity window.
     pub validity: Option<ValidityJson>,
+    /// What the build says the user should know, one sentence each (a module's
+    /// debug sites or tracepoint left off while patched, a fallback to kbuild);
+    /// absent when there is none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// The new commit's cumulative module.
     pub cumulative: CumulativeJson,
 }

@@ -135,15 +135,18 @@ pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<Exit
         _ => target_stack(&store, &stack_name, args.kernel.as_deref())?,
     };
     let prebuilt = matches!(patch, Input::Module(_));
+    // What the build says the user should know (a site left off, a fallback).
+    let mut notes = Vec::new();
     let patch = match patch {
         Input::Change { change, name } => {
             let checked = super::commit_diff::check(&store, &stack, change)?;
             if let Some(note) = &new_stack {
                 ui.status(note);
             }
-            let mut patch =
+            let (mut patch, built_notes) =
                 super::commit_diff::build(ui, checked, &name, module_signer, !args.no_cache)?;
             patch.functions.extend(args.functions.iter().cloned());
+            notes = built_notes;
             patch
         }
         Input::Module(patch) => patch,
@@ -205,6 +208,7 @@ pub fn cmd_commit(ui: &Ui, global: &GlobalArgs, args: CommitArgs) -> Result<Exit
                 functions,
             },
             signer: key.public().to_string(),
+            notes,
             cumulative: CumulativeJson::from(&verified),
             validity: verified
                 .stack

@@ -80,7 +80,7 @@ pub fn build(
     name: &str,
     signer: Option<ModuleSigner>,
     reuse: bool,
-) -> Result<NewPatch, CliError> {
+) -> Result<(NewPatch, Vec<String>), CliError> {
     let Checked {
         kernel,
         base,
@@ -125,5 +125,6 @@ pub fn build(
     for note in &built.notes {
         ui.status(format!("note: {note}"));
     }
-    Ok(change.into_patch(name, built))
+    let notes = built.notes.clone();
+    Ok((change.into_patch(name, built), notes))
 }
