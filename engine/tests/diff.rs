@@ -76,20 +76,20 @@ fn compile(source: &Path, dir: &Path, name: &str) -> Vec<u8> {
     std::fs::read(dir.join(format!("{name}.o"))).unwrap()
 }
 
-fn fixture_with(case: &str, opts: &DiffOptions) -> DiffReport {
+/// The pre and post objects of fixture files `pre` and `post`, both compiled as
+/// `<name>.c`.
+fn objects(pre: &str, post: &str, name: &str) -> (Vec<u8>, Vec<u8>) {
     let fixtures = PathBuf::from(FIXTURES);
     let pre_dir = tempfile::tempdir().unwrap();
     let post_dir = tempfile::tempdir().unwrap();
-    let pre = compile(
-        &fixtures.join(format!("{case}.pre.c")),
-        pre_dir.path(),
-        case,
-    );
-    let post = compile(
-        &fixtures.join(format!("{case}.post.c")),
-        post_dir.path(),
-        case,
-    );
+    (
+        compile(&fixtures.join(pre), pre_dir.path(), name),
+        compile(&fixtures.join(post), post_dir.path(), name),
+    )
+}
+
+fn fixture_with(case: &str, opts: &DiffOptions) -> DiffReport {
+    let (pre, post) = objects(&format!("{case}.pre.c"), &format!("{case}.post.c"), case);
     diff_objects(&pre, &post, opts).unwrap()
 }
 
@@ -474,19 +474,12 @@ fn data_used_by(object: &[u8], function: &str) -> String {
 /// user) is marked as a guess.
 #[test]
 fn renumbered_statics_keep_their_running_names_and_twins_are_guesses() {
-    let report = fixture("renumbered_twins");
-    let fixtures = PathBuf::from(FIXTURES);
-    let (pre_dir, post_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let pre = compile(
-        &fixtures.join("renumbered_twins.pre.c"),
-        pre_dir.path(),
+    let (pre, post) = objects(
+        "renumbered_twins.pre.c",
+        "renumbered_twins.post.c",
         "renumbered_twins",
     );
-    let post = compile(
-        &fixtures.join("renumbered_twins.post.c"),
-        post_dir.path(),
-        "renumbered_twins",
-    );
+    let report = diff_objects(&pre, &post, &DiffOptions::default()).unwrap();
     let hits: Vec<_> = report
         .data
         .iter()
@@ -524,7 +517,13 @@ fn renumbered_statics_keep_their_running_names_and_twins_are_guesses() {
 /// by name, and none is a guess.
 #[test]
 fn undisturbed_same_named_statics_pair_by_name() {
-    let report = fixture("twins_unchanged");
+    // Before: the twins as renumbered_twins ends; after: second changed.
+    let (pre, post) = objects(
+        "renumbered_twins.post.c",
+        "twins_unchanged.post.c",
+        "renumbered_twins",
+    );
+    let report = diff_objects(&pre, &post, &DiffOptions::default()).unwrap();
     assert_eq!(status(&report, "second"), Status::Changed);
     let hits: Vec<_> = report
         .data

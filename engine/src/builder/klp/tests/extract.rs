@@ -154,17 +154,8 @@ fn new_functions_are_carried_under_their_own_name() {
 fn missing_symbols_and_functions_are_errors_with_context() {
     let object = compile("basic.c", &[]);
     let resolver = FakeResolver::new(&[("__fentry__", None), ("printk", None)]);
-    let request = ExtractRequest {
-        object: &object,
-        tu: "test/basic.o",
-        objname: VMLINUX,
-        functions: &[changed("patched")],
-        new_data: &[],
-        provided: &[],
-        kernel_names: &std::collections::BTreeMap::new(),
-        indistinct: &std::collections::BTreeSet::new(),
-        objtool_at_link: false,
-    };
+    let functions = [changed("patched")];
+    let request = basic_request(&object, &functions);
     let err = extract(&request, &resolver).unwrap_err().to_string();
     assert!(err.starts_with("test/basic.o: patched"), "{err}");
     assert!(err.contains("is not in the target kernel"), "{err}");
@@ -185,32 +176,24 @@ fn missing_symbols_and_functions_are_errors_with_context() {
 #[test]
 fn renumbered_locals_resolve_by_their_running_name_and_guesses_are_refused() {
     let object = compile("basic.c", &[]);
-    let resolver = FakeResolver::new(&[
-        ("__fentry__", None),
-        ("printk", None),
-        ("report_failure", None),
-        ("jiffies", None),
-        ("saved_command_line", Some(0)),
-        ("counter.7", Some(3)),
-        ("helper", Some(1)),
-        ("shared_table", Some(0)),
-        ("once_a", Some(0)),
-        ("once_b", Some(0)),
-        ("patched", Some(2)),
-        ("callee", Some(0)),
-    ]);
+    // The kernel's `counter` is `counter.7`, the 3rd of that name.
+    let symbols: Vec<(&str, Option<u64>)> = BASIC_SYMBOLS
+        .iter()
+        .map(|&(n, pos)| {
+            if n == "counter" {
+                ("counter.7", Some(3))
+            } else {
+                (n, pos)
+            }
+        })
+        .collect();
+    let resolver = FakeResolver::new(&symbols);
     let kernel_names =
         std::collections::BTreeMap::from([("counter".to_owned(), "counter.7".to_owned())]);
+    let functions = [changed("patched")];
     let request = ExtractRequest {
-        object: &object,
-        tu: "test/basic.o",
-        objname: VMLINUX,
-        functions: &[changed("patched")],
-        new_data: &[],
-        provided: &[],
         kernel_names: &kernel_names,
-        indistinct: &std::collections::BTreeSet::new(),
-        objtool_at_link: false,
+        ..basic_request(&object, &functions)
     };
     let ex = extract(&request, &resolver).unwrap();
     assert_eq!(resolver.asked_local("counter.7"), Some(true));

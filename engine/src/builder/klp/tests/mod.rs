@@ -156,38 +156,52 @@ pub(crate) fn changed(name: &str) -> FunctionSpec {
     }
 }
 
+/// What the kernel of `basic.c`'s tests resolves: `None` exported, else the sympos.
+pub(crate) const BASIC_SYMBOLS: &[(&str, Option<u64>)] = &[
+    ("__fentry__", None),
+    ("printk", None),
+    ("report_failure", None),
+    ("jiffies", None),
+    ("saved_command_line", Some(0)),
+    ("counter", Some(0)),
+    ("helper", Some(1)),
+    ("shared_table", Some(0)),
+    ("once_a", Some(0)),
+    ("once_b", Some(0)),
+    ("patched", Some(2)),
+    ("callee", Some(0)),
+];
+
 pub(crate) fn basic_resolver() -> FakeResolver {
-    FakeResolver::new(&[
-        ("__fentry__", None),
-        ("printk", None),
-        ("report_failure", None),
-        ("jiffies", None),
-        ("saved_command_line", Some(0)),
-        ("counter", Some(0)),
-        ("helper", Some(1)),
-        ("shared_table", Some(0)),
-        ("once_a", Some(0)),
-        ("once_b", Some(0)),
-        ("patched", Some(2)),
-        ("callee", Some(0)),
-    ])
+    FakeResolver::new(BASIC_SYMBOLS)
 }
 
-pub(crate) fn extract_basic(functions: &[FunctionSpec]) -> (Extracted, FakeResolver) {
-    let object = compile("basic.c", &[]);
-    let resolver = basic_resolver();
-    let request = ExtractRequest {
-        object: &object,
+static NO_KERNEL_NAMES: std::collections::BTreeMap<String, String> =
+    std::collections::BTreeMap::new();
+static NO_GUESSES: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+
+/// The request for `functions` of `basic.c`'s object (vmlinux code, no new data).
+pub(crate) fn basic_request<'a>(
+    object: &'a [u8],
+    functions: &'a [FunctionSpec],
+) -> ExtractRequest<'a> {
+    ExtractRequest {
+        object,
         tu: "test/basic.o",
         objname: VMLINUX,
         functions,
         new_data: &[],
         provided: &[],
-        kernel_names: &std::collections::BTreeMap::new(),
-        indistinct: &std::collections::BTreeSet::new(),
+        kernel_names: &NO_KERNEL_NAMES,
+        indistinct: &NO_GUESSES,
         objtool_at_link: false,
-    };
-    let extracted = extract(&request, &resolver).unwrap();
+    }
+}
+
+pub(crate) fn extract_basic(functions: &[FunctionSpec]) -> (Extracted, FakeResolver) {
+    let object = compile("basic.c", &[]);
+    let resolver = basic_resolver();
+    let extracted = extract(&basic_request(&object, functions), &resolver).unwrap();
     (extracted, resolver)
 }
 
