@@ -346,11 +346,8 @@ fn a_second_build_of_a_unit_reuses_its_records_and_builds_the_same_code() {
     let variant = new_fix_like(&patch, dir.path());
     let build = |patch: &std::path::Path, extra: &[&str]| {
         let store = CliStore::new();
-        let out = kstack_tests::kstack_cli()
-            .arg("--store")
-            .arg(&store.store)
-            .args(["commit", "--stack", "reuse", "--key"])
-            .arg(&store.key)
+        let out = store
+            .commit_command("reuse")
             .args(extra)
             .arg(patch)
             .output()
@@ -527,12 +524,9 @@ fn a_recorded_compile_that_fails_falls_back_to_kbuild() {
     std::fs::write(cache.path().join("kernels/current"), &kernel.release).unwrap();
     let store = CliStore::new();
     let commit = |patch: &std::path::Path, extra: &[&str]| {
-        let out = kstack_tests::kstack_cli()
+        let out = store
+            .commit_command("fallback")
             .env("KSTACK_CACHE", cache.path())
-            .arg("--store")
-            .arg(&store.store)
-            .args(["commit", "--stack", "fallback", "--key"])
-            .arg(&store.key)
             .args(extra)
             .arg(patch)
             .output()

@@ -312,17 +312,7 @@ fn with_the_certificate_in_the_firmware_db_a_signed_build_loads_under_enforcemen
     let signing = &status["module_signing"];
     assert_eq!(signing["enforced"], true, "{status}");
     // The certificate came from the firmware's db into the platform keyring.
-    let keys = signing["trusted_keys"].as_array().unwrap();
-    let ours_key = keys
-        .iter()
-        .find(|k| {
-            k["description"]
-                .as_str()
-                .unwrap()
-                .starts_with("kstack test fleet: ")
-        })
-        .unwrap_or_else(|| panic!("our certificate is not among {keys:?}"));
-    assert_eq!(ours_key["keyring"], ".platform");
+    assert_our_certificate_is_in_the_platform_keyring(signing);
     // Secure Boot is off (these variables have no PK): read from efivarfs.
     let efivars = s
         .get("efivarfs")
@@ -369,6 +359,23 @@ fn with_the_certificate_in_the_firmware_db_a_signed_build_loads_under_enforcemen
     // A module whose signature verified does not taint the kernel as unsigned.
     assert!(!flags.contains('E'), "{flags}");
     assert!(!run.console.contains("Oops"), "{}", run.console);
+}
+
+/// The certificate the test enrolled in the firmware (`kstack test fleet: ...`) is
+/// among the keys `status` reports, in the kernel's `.platform` keyring: the kernel
+/// took it from the firmware's `db`.
+fn assert_our_certificate_is_in_the_platform_keyring(signing: &serde_json::Value) {
+    let keys = signing["trusted_keys"].as_array().unwrap();
+    let ours_key = keys
+        .iter()
+        .find(|k| {
+            k["description"]
+                .as_str()
+                .unwrap()
+                .starts_with("kstack test fleet: ")
+        })
+        .unwrap_or_else(|| panic!("our certificate is not among {keys:?}"));
+    assert_eq!(ours_key["keyring"], ".platform");
 }
 
 /// OVMF variables with Secure Boot on: `cert` is the platform key, the KEK and in
@@ -483,17 +490,7 @@ fn under_uefi_secure_boot_the_kernel_locks_down_and_a_patch_signed_by_a_db_key_l
     assert_eq!(signing["secure_boot"], true, "{signing}");
     assert_eq!(signing["lockdown"], "integrity", "{signing}");
     assert_eq!(signing["sig_enforce"], true, "{signing}");
-    let keys = signing["trusted_keys"].as_array().unwrap();
-    let ours_key = keys
-        .iter()
-        .find(|k| {
-            k["description"]
-                .as_str()
-                .unwrap()
-                .starts_with("kstack test fleet: ")
-        })
-        .unwrap_or_else(|| panic!("our certificate is not among {keys:?}"));
-    assert_eq!(ours_key["keyring"], ".platform");
+    assert_our_certificate_is_in_the_platform_keyring(signing);
 
     let unsigned = &s["sync unsigned"];
     assert!(unsigned.contains(REFUSED), "{unsigned}");

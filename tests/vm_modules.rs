@@ -6,8 +6,12 @@
 //! modules lack the target. (Run-pre refusing a module patch built from a changed
 //! tree is in `vm_runpre_refuse`.)
 
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns: a failure is a test failure
+
 use std::path::PathBuf;
 
+use kstack_engine::sandbox::modules::ModuleSet;
+use kstack_engine::sandbox::{GuestRun, Sandbox};
 use kstack_tests::{CliStore, sandbox, sections};
 
 /// A module example, the test kernel's line's version where it has one.
@@ -20,20 +24,12 @@ fn example(name: &str) -> PathBuf {
 const OBJECTS: &str = "kstack --config /etc/kstack/mods.toml --json status \
      | tr -d ' \\n' | grep -o '\"objects\":\\[[^]]*\\]' || echo none";
 
-#[test]
-fn a_module_patch_waits_for_its_module_and_survives_a_reload() {
-    let store = CliStore::new();
-    let report = store.commit_diff("mods", &example("xfs-stats-marker.diff"));
-    let functions = report["patch"]["functions"].as_array().unwrap();
-    assert_eq!(functions.len(), 1, "{report}");
-    assert_eq!(functions[0], "xfs:xfs_stats_format", "{report}");
-
+/// A sandbox with the kernel's modules `set` and two configs: `mods` runs the stack
+/// `mods` of `store`, `none` runs nothing.
+fn vm_with_modules(store: &CliStore, set: ModuleSet) -> Sandbox {
     let mut vm = sandbox();
-    vm.add_modules(
-        &kstack_tests::kernel().modules_dir(),
-        &kstack_engine::sandbox::modules::ModuleSet::All,
-    )
-    .unwrap();
+    vm.add_modules(&kstack_tests::kernel().modules_dir(), &set)
+        .unwrap();
     store.install(
         &mut vm,
         &[
@@ -41,6 +37,30 @@ fn a_module_patch_waits_for_its_module_and_survives_a_reload() {
             ("none", store.config(None, None, "15s")),
         ],
     );
+    vm
+}
+
+/// All a run printed, for an assertion's message.
+fn context(run: &GuestRun) -> String {
+    format!(
+        "{}\n--- stderr\n{}\n--- console\n{}",
+        run.stdout, run.stderr, run.console
+    )
+}
+
+/// Commits `diff` to stack `mods` and checks it replaces exactly `function`.
+fn commit_one(store: &CliStore, diff: &str, function: &str) {
+    let report = store.commit_diff("mods", &example(diff));
+    let functions = report["patch"]["functions"].as_array().unwrap();
+    assert_eq!(functions.len(), 1, "{report}");
+    assert_eq!(functions[0], function, "{report}");
+}
+
+#[test]
+fn a_module_patch_waits_for_its_module_and_survives_a_reload() {
+    let store = CliStore::new();
+    commit_one(&store, "xfs-stats-marker.diff", "xfs:xfs_stats_format");
+    let vm = vm_with_modules(&store, ModuleSet::All);
     let stats = "tail -n 1 /sys/fs/xfs/stats/stats";
     let script = format!(
         "export KSTACK_STATE_DIR=/var/lib/kstack\n\
@@ -61,12 +81,7 @@ fn a_module_patch_waits_for_its_module_and_survives_a_reload() {
     );
     let run = vm.run(&script).unwrap();
     let s = sections(&run.stdout);
-    let ctx = || {
-        format!(
-            "{}\n--- stderr\n{}\n--- console\n{}",
-            run.stdout, run.stderr, run.console
-        )
-    };
+    let ctx = || context(&run);
     assert!(s["sync"].contains("rc=0"), "{}", ctx());
     assert_eq!(s["loaded before"].trim(), "0", "{}", ctx());
     assert!(s["status"].contains("waiting for xfs"), "{}", ctx());
@@ -97,24 +112,12 @@ fn a_module_patch_waits_for_its_module_and_survives_a_reload() {
 #[test]
 fn a_netfilter_module_loaded_before_sync_is_patched_at_once() {
     let store = CliStore::new();
-    let report = store.commit_diff("mods", &example("nf-conntrack-stat-header.diff"));
-    let functions = report["patch"]["functions"].as_array().unwrap();
-    assert_eq!(functions.len(), 1, "{report}");
-    assert_eq!(functions[0], "nf_conntrack:ct_cpu_seq_show", "{report}");
-
-    let mut vm = sandbox();
-    vm.add_modules(
-        &kstack_tests::kernel().modules_dir(),
-        &kstack_engine::sandbox::modules::ModuleSet::All,
-    )
-    .unwrap();
-    store.install(
-        &mut vm,
-        &[
-            ("mods", store.config(Some("mods"), None, "15s")),
-            ("none", store.config(None, None, "15s")),
-        ],
+    commit_one(
+        &store,
+        "nf-conntrack-stat-header.diff",
+        "nf_conntrack:ct_cpu_seq_show",
     );
+    let vm = vm_with_modules(&store, ModuleSet::All);
     let header = "head -n 1 /proc/net/stat/nf_conntrack | cut -d' ' -f1";
     let script = format!(
         "export KSTACK_STATE_DIR=/var/lib/kstack\n\
@@ -132,12 +135,7 @@ fn a_netfilter_module_loaded_before_sync_is_patched_at_once() {
     );
     let run = vm.run(&script).unwrap();
     let s = sections(&run.stdout);
-    let ctx = || {
-        format!(
-            "{}\n--- stderr\n{}\n--- console\n{}",
-            run.stdout, run.stderr, run.console
-        )
-    };
+    let ctx = || context(&run);
     assert_eq!(s["before"].trim(), "entries", "{}", ctx());
     assert!(s["sync"].contains("rc=0"), "{}", ctx());
     assert!(!s["status"].contains("waiting for"), "{}", ctx());
@@ -181,19 +179,7 @@ fn a_loaded_module_and_vmlinux_are_patched_together() {
         "{report}"
     );
 
-    let mut vm = sandbox();
-    vm.add_modules(
-        &kstack_tests::kernel().modules_dir(),
-        &kstack_engine::sandbox::modules::ModuleSet::Named(vec!["binfmt_misc".into()]),
-    )
-    .unwrap();
-    store.install(
-        &mut vm,
-        &[
-            ("mods", store.config(Some("mods"), None, "15s")),
-            ("none", store.config(None, None, "15s")),
-        ],
-    );
+    let vm = vm_with_modules(&store, ModuleSet::Named(vec!["binfmt_misc".into()]));
     let status = "cat /proc/sys/fs/binfmt_misc/status";
     let script = format!(
         "export KSTACK_STATE_DIR=/var/lib/kstack\n\
@@ -209,12 +195,7 @@ fn a_loaded_module_and_vmlinux_are_patched_together() {
     );
     let run = vm.run(&script).unwrap();
     let s = sections(&run.stdout);
-    let ctx = || {
-        format!(
-            "{}\n--- stderr\n{}\n--- console\n{}",
-            run.stdout, run.stderr, run.console
-        )
-    };
+    let ctx = || context(&run);
     assert_eq!(s["before"].trim(), "enabled", "{}", ctx());
     assert!(s["sync"].contains("rc=0"), "{}", ctx());
     assert!(

@@ -305,6 +305,17 @@ impl CliStore {
         }
     }
 
+    /// `kstack --store <store> commit --stack <stack> --key <key>`, for the caller to
+    /// add its arguments and run.
+    pub fn commit_command(&self, stack: &str) -> std::process::Command {
+        let mut cmd = kstack_cli();
+        cmd.arg("--store")
+            .arg(&self.store)
+            .args(["commit", "--stack", stack, "--key"])
+            .arg(&self.key);
+        cmd
+    }
+
     /// `kstack commit <diff> --stack <stack>` for the test kernel; returns the JSON
     /// report.
     pub fn commit_diff(&self, stack: &str, diff: &Path) -> serde_json::Value {
