@@ -369,7 +369,7 @@ impl Extractor<'_, '_> {
             }
             start += stride;
         }
-        kept.retain(|&(start, _)| !self.is_module_debug_site(sec, special, start));
+        kept.retain(|&(start, _)| !self.is_module_own_key_site(sec, special, start));
         Ok(kept)
     }
 
@@ -383,7 +383,7 @@ impl Extractor<'_, '_> {
     /// through the module's static call trampoline), so while patched the functions'
     /// debug messages and that tracepoint stay off. A descriptor the patch adds lives
     /// in the patch module with its key: its jump label is the patch's own.
-    fn is_module_debug_site(&mut self, sec: usize, special: &SpecialSection, start: u64) -> bool {
+    fn is_module_own_key_site(&mut self, sec: usize, special: &SpecialSection, start: u64) -> bool {
         use kstack_kfacts::sections::{jump_entry, static_call_site};
         if self.request.objname == VMLINUX {
             return false;
